@@ -1,0 +1,1 @@
+"""Generated gRPC contracts of minithreads (do not edit: run `make proto`)."""
