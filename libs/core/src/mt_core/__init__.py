@@ -1,0 +1,1 @@
+"""Shared plumbing of minithreads: settings, logging, telemetry, errors, gRPC and Kafka helpers."""

@@ -1,0 +1,66 @@
+"""gRPC client channels: deadlines propagated, our errors rebuilt from statuses.
+
+``channel(addr, settings)`` returns a channel whose calls get the caller's remaining deadline
+(or the default timeout), and :func:`call` turns a failed call into our error classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from mt_core.rpc import deadline
+from mt_core.rpc.server import MAX_MESSAGE_BYTES
+from mt_core.rpc.status import error_from_rpc
+
+T = TypeVar("T")
+
+
+class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Gives each unary call min(its timeout or the default, the inbound call's remainder)."""
+
+    def __init__(self, default_timeout_s: float) -> None:
+        self._default_s = default_timeout_s
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        own = (
+            client_call_details.timeout
+            if client_call_details.timeout is not None
+            else self._default_s
+        )
+        details = grpc.aio.ClientCallDetails(
+            method=client_call_details.method,
+            timeout=deadline.effective_timeout_s(own),
+            metadata=client_call_details.metadata,
+            credentials=client_call_details.credentials,
+            wait_for_ready=client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
+
+
+def channel(addr: str, default_timeout_ms: int) -> grpc.aio.Channel:
+    """An insecure channel to ``addr`` (loopback or the compose network) with our interceptors."""
+    return grpc.aio.insecure_channel(
+        addr,
+        interceptors=[DeadlineInterceptor(default_timeout_ms / 1000)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 30_000),
+        ],
+    )
+
+
+async def call(awaitable: Awaitable[T]) -> T:
+    """Await a gRPC call, raising our error class instead of ``AioRpcError`` on failure."""
+    try:
+        return await awaitable
+    except grpc.aio.AioRpcError as err:
+        raise error_from_rpc(err) from None

@@ -1,0 +1,45 @@
+"""The one way a minithreads process runs: settings -> logging -> telemetry -> app -> signal.
+
+A service provides a settings class and an ``app(settings)`` async context manager that holds
+its servers and clients; this module runs it until SIGTERM or SIGINT and then unwinds it so
+in-flight work drains and spans are flushed before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+from mt_core.logging import setup_logging
+from mt_core.settings import ServiceSettings
+from mt_core.telemetry import telemetry
+
+S = TypeVar("S", bound=ServiceSettings)
+AppFactory = Callable[[S], AbstractAsyncContextManager[Any]]
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: S, app: AppFactory[S]) -> None:
+    """Run ``app(settings)`` until a termination signal arrives."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with app(settings):
+        log.info("ready", extra={"grpc_port": settings.grpc_port})
+        await stop.wait()
+        log.info("stopping")
+    log.info("stopped")
+
+
+def main(settings_cls: type[S], app: AppFactory[S]) -> None:
+    """Entry point of every service's ``__main__``."""
+    settings = settings_cls()
+    setup_logging(settings.service_name, settings.log_level, settings.log_json)
+    with telemetry(settings.service_name, settings.tracing_enabled):
+        asyncio.run(run(settings, app))

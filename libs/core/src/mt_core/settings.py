@@ -1,0 +1,50 @@
+"""Typed settings, built once at start-up from the environment and passed down.
+
+Every service subclasses :class:`ServiceSettings` with its own fields. Variables are prefixed
+``MT_`` (``MT_GRPC_PORT``, ``MT_USERS_ADDR``...); the standard ``OTEL_*`` variables are read by
+OpenTelemetry itself. Units are in the names (``_ms``, ``_s``).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every minithreads process needs to know about itself and its neighbours."""
+
+    model_config = SettingsConfigDict(env_prefix="MT_", extra="ignore", frozen=True)
+
+    service_name: str = Field("minithreads", description="service.name of traces and logs")
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    log_level: str = "INFO"
+    log_json: bool = True
+    shutdown_grace_ms: int = 5_000
+    default_rpc_timeout_ms: int = 5_000
+
+    # Where the neighbours are. Compose and the launcher set these; the defaults are `make up`'s.
+    users_addr: str = "127.0.0.1:50051"
+    graph_addr: str = "127.0.0.1:50052"
+    posts_addr: str = "127.0.0.1:50053"
+    counters_addr: str = "127.0.0.1:50054"
+    feed_addr: str = "127.0.0.1:50055"
+    kv_addr: str = "127.0.0.1:50060"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+
+    # Tracing: the exporter and its endpoint follow OTEL_TRACES_EXPORTER and
+    # OTEL_EXPORTER_ZIPKIN_ENDPOINT; this switch exists so tests can turn export off.
+    tracing_enabled: bool = True
+
+    def service_addrs(self) -> dict[str, str]:
+        """The gRPC address of each product service and the KV, by service name."""
+        return {
+            "users": self.users_addr,
+            "graph": self.graph_addr,
+            "posts": self.posts_addr,
+            "counters": self.counters_addr,
+            "feed": self.feed_addr,
+            "kv": self.kv_addr,
+        }

@@ -1,0 +1,99 @@
+"""OpenTelemetry bootstrap: one tracer provider per process, the library instrumentations on.
+
+The exporter follows the standard variables: ``OTEL_TRACES_EXPORTER`` (``zipkin`` by default,
+``otlp``, ``console`` or ``none``), ``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` /
+``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*`` and
+``OTEL_RESOURCE_ATTRIBUTES``. ``service.name`` is the service's folder name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+
+log = logging.getLogger(__name__)
+
+_instrumented = False
+
+
+def make_exporter(kind: str) -> SpanExporter | None:
+    """The span exporter named by ``OTEL_TRACES_EXPORTER`` (first of a comma list)."""
+    kind = kind.split(",")[0].strip().lower()
+    if kind in ("", "zipkin"):
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        return ZipkinExporter()  # reads OTEL_EXPORTER_ZIPKIN_ENDPOINT
+    if kind == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if kind == "console":
+        return ConsoleSpanExporter()
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown OTEL_TRACES_EXPORTER {kind!r} (zipkin, otlp, console or none)")
+
+
+def instrument_libraries() -> None:
+    """Turn on the instrumentations of the libraries we use; once per process."""
+    global _instrumented
+    if _instrumented:
+        return
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+    from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+    from opentelemetry.instrumentation.grpc import (
+        GrpcAioInstrumentorClient,
+        GrpcAioInstrumentorServer,
+        filters,
+    )
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    # Health probes run every second from the launcher and the gateway; tracing them buries
+    # the real traffic, so they are filtered out.
+    no_health = filters.negate(filters.health_check())
+    GrpcAioInstrumentorServer(filter_=no_health).instrument()  # type: ignore[no-untyped-call]
+    GrpcAioInstrumentorClient(filter_=no_health).instrument()  # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():
+        # The instrumentation subclasses web.Application, which aiohttp frowns upon; harmless.
+        warnings.filterwarnings("ignore", "Inheritance class", DeprecationWarning)
+        AioHttpServerInstrumentor().instrument()
+    AioHttpClientInstrumentor().instrument()
+    RedisInstrumentor().instrument()
+    AIOKafkaInstrumentor().instrument()
+    SQLAlchemyInstrumentor().instrument()
+    _instrumented = True
+
+
+@contextmanager
+def telemetry(service_name: str, enabled: bool = True) -> Iterator[TracerProvider]:
+    """Install the global tracer provider for this process; flush and shut it down on exit."""
+    resource = Resource.create({SERVICE_NAME: service_name})
+    if os.environ.get("OTEL_SERVICE_NAME"):
+        # We own service.name: it is the folder name, whatever the environment says.
+        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    provider = TracerProvider(resource=resource)
+    exporter = make_exporter(os.environ.get("OTEL_TRACES_EXPORTER", "zipkin")) if enabled else None
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    instrument_libraries()
+    log.debug("telemetry on", extra={"exporter": type(exporter).__name__})
+    try:
+        yield provider
+    finally:
+        provider.force_flush(timeout_millis=2_000)
+        provider.shutdown()
