@@ -1,0 +1,4 @@
+"""The counters service.
+
+Followers, following, posts, likes and replies counts, write-combined and cached.
+"""

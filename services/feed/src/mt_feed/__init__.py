@@ -1,0 +1,4 @@
+"""The feed service.
+
+The home feed read path: inbox merged with big authors' recent posts.
+"""

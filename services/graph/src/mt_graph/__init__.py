@@ -1,0 +1,1 @@
+"""The graph service: The follow graph, the synthetic legacy (Instagram) graph and imports."""

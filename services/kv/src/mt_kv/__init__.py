@@ -1,0 +1,4 @@
+"""The kv service.
+
+The quorum-replicated, sharded key-value store (after ZippyDB).
+"""

@@ -1,0 +1,1 @@
+"""The users service: Accounts, passwords, sessions, profiles, handle search and legacy linkage."""
