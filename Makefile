@@ -1,0 +1,50 @@
+# The two commands of the README are `make up` and `make test`; the rest are their parts.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export MT_HOME ?= $(CURDIR)/.local
+UV = $(shell infra/bootstrap-uv.sh)
+VENV_BIN := $(CURDIR)/.venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+infra:  ## install Kafka, Redis, etcd and Zipkin (idempotent)
+	infra/install.sh
+
+venv:  ## create .venv from the lock file (the `minithreads` CLI lands in .venv/bin)
+	$(UV) sync --locked --quiet
+
+install: infra venv  ## everything `up` and `test` need
+
+up: install  ## run the whole stack locally and print the URLs
+	$(VENV_BIN)/minithreads up --no-install
+
+down:  ## stop everything `up` started
+	@if [[ -x $(VENV_BIN)/minithreads ]]; then $(VENV_BIN)/minithreads down; else echo "nothing to stop"; fi
+
+ps:  ## what is running
+	$(VENV_BIN)/minithreads ps
+
+proto: venv  ## regenerate the mt_proto package from proto/*.proto
+	$(VENV_BIN)/python proto/generate.py
+
+proto-check: venv  ## fail if the generated package is stale
+	$(VENV_BIN)/python proto/generate.py --check
+
+format: venv  ## apply the formatter and the safe lint fixes
+	$(VENV_BIN)/ruff format .
+	$(VENV_BIN)/ruff check --fix .
+
+lint: venv proto-check  ## ruff (lint + format check) and mypy --strict
+	$(VENV_BIN)/ruff check .
+	$(VENV_BIN)/ruff format --check .
+	$(VENV_BIN)/mypy
+
+test-unit: venv  ## unit tests only (no services needed)
+	$(VENV_BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: install lint  ## lint, then every test: unit, integration and e2e against the real stack
+	$(VENV_BIN)/pytest $(PYTEST_ARGS)

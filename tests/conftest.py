@@ -1,0 +1,46 @@
+"""Fixtures shared by every test layer; the `stack` fixture gives integration tests the real
+local stack (Kafka, Redis, Zipkin and our services), starting it if it is not already up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mt_cli.manifest import Manifest, load
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).parent / "minithreads")
+
+
+def minithreads(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI, as an operator would."""
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
+def _all_healthy() -> bool:
+    result = minithreads("ps", "--json", timeout_s=60)
+    return result.returncode == 0 and all(
+        row["health"] == "healthy" for row in json.loads(result.stdout)
+    )
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Manifest]:
+    """The running stack. Started here (and stopped afterwards) unless it already runs; if it
+    cannot start, every test that needs it fails with the launcher's explanation."""
+    manifest = load(REPO)
+    if _all_healthy():
+        yield manifest
+        return
+    result = minithreads("up")
+    if result.returncode != 0:
+        pytest.fail(f"the stack did not start:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    yield manifest
+    result = minithreads("down")
+    assert result.returncode == 0, f"`minithreads down` failed:\n{result.stdout}{result.stderr}"

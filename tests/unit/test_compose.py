@@ -1,0 +1,72 @@
+"""docker-compose.yml is valid Compose and runs the same stack as the launcher's manifest.
+
+No Docker engine runs here, so the file is checked with the Compose Specification's own loader
+(compose-go, built from `infra/compose-check`), as `docker compose config` would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mt_cli.manifest import load
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _compose_check(path: Path) -> subprocess.CompletedProcess[str]:
+    build = subprocess.run(
+        [str(REPO / "infra" / "compose-check" / "build.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert build.returncode == 0, f"compose-check did not build:\n{build.stderr}"
+    binary = build.stdout.strip().splitlines()[-1]
+    return subprocess.run(
+        [binary, "-f", str(path)], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    result = _compose_check(REPO / "docker-compose.yml")
+    assert result.returncode == 0, f"docker-compose.yml is invalid: {result.stderr}"
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def test_compose__names_the_same_services_as_the_manifest(compose: dict[str, Any]) -> None:
+    assert set(compose) == set(load(REPO).processes)
+
+
+def test_compose__has_the_manifests_dependencies(compose: dict[str, Any]) -> None:
+    manifest = load(REPO)
+    for name, proc in manifest.processes.items():
+        assert set(compose[name]["depends_on"]) == set(proc.depends_on), name
+        assert set(compose[name]["depends_on"].values()) <= {"service_healthy"}, name
+
+
+def test_compose__health_checks_every_service(compose: dict[str, Any]) -> None:
+    assert [name for name, svc in compose.items() if not svc["healthcheck"]] == []
+
+
+def test_compose__uses_official_images_and_one_project_image(compose: dict[str, Any]) -> None:
+    assert compose["kafka"]["image"].startswith("apache/kafka:4.")
+    assert compose["redis"]["image"].startswith("redis:")
+    assert compose["zipkin"]["image"].startswith("openzipkin/zipkin:")
+    built = {name for name, svc in compose.items() if svc["build"]}
+    assert built == {"gateway", "users", "graph", "posts", "counters", "feed", "kv"}
+    assert len({compose[name]["image"] for name in built}) == 1
+
+
+def test_compose_check__rejects_an_invalid_file(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yml"
+    bad.write_text("services:\n  a:\n    image: x\n    depends_on: [ghost]\n")
+    result = _compose_check(bad)
+    assert result.returncode == 1
+    assert "ghost" in result.stderr

@@ -1,0 +1,79 @@
+"""Settings from the environment, JSON logs with trace ids, deadlines, exporter choice."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import pytest
+from mt_core.logging import setup_logging
+from mt_core.rpc import deadline
+from mt_core.settings import ServiceSettings
+from mt_core.telemetry import make_exporter
+from mt_gateway.settings import Settings as GatewaySettings
+from mt_users.settings import Settings as UsersSettings
+from opentelemetry.sdk.trace import TracerProvider
+
+
+def test_settings__read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MT_GRPC_PORT", "6001")
+    monkeypatch.setenv("MT_KV_ADDR", "kv:50060")
+    monkeypatch.setenv("MT_SHUTDOWN_GRACE_MS", "250")
+    settings = UsersSettings()
+    assert settings.service_name == "users"
+    assert settings.grpc_port == 6001
+    assert settings.kv_addr == "kv:50060"
+    assert settings.shutdown_grace_ms == 250
+
+
+def test_settings__reject_a_malformed_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MT_HTTP_PORT", "eighty")
+    with pytest.raises(ValueError, match="http_port"):
+        GatewaySettings()
+
+
+def test_settings__are_immutable() -> None:
+    settings = ServiceSettings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.grpc_port = 1  # type: ignore[misc]
+
+
+def test_logs__are_json_lines_with_the_trace_id(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("users", "INFO", json=True)
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("work") as span:
+        logging.getLogger("t").info("hello", extra={"user_id": "42"})
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    logging.getLogger("t").info("outside")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["message"] == "hello"
+    assert lines[0]["trace_id"] == trace_id
+    assert lines[0]["service"] == "users"
+    assert lines[0]["user_id"] == "42"
+    assert lines[1]["trace_id"] is None
+    logging.getLogger().handlers[:] = [logging.StreamHandler(io.StringIO())]
+
+
+async def test_deadline__outbound_timeout_is_cut_to_what_the_caller_has_left() -> None:
+    assert deadline.effective_timeout_s(5.0) == 5.0
+    token = deadline.set_remaining(0.5)
+    try:
+        await asyncio.sleep(0.1)
+        left = deadline.effective_timeout_s(5.0)
+        assert left is not None
+        assert 0.3 < left < 0.45
+        assert deadline.effective_timeout_s(0.05) == 0.05
+    finally:
+        deadline.reset(token)
+    assert deadline.remaining_s() is None
+
+
+def test_exporter__follows_otel_traces_exporter() -> None:
+    assert type(make_exporter("zipkin")).__name__ == "ZipkinExporter"
+    assert type(make_exporter("")).__name__ == "ZipkinExporter"
+    assert type(make_exporter("otlp")).__name__ == "OTLPSpanExporter"
+    assert make_exporter("none") is None
+    with pytest.raises(ValueError, match="jaeger-thrift"):
+        make_exporter("jaeger-thrift")
