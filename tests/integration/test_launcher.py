@@ -123,7 +123,7 @@ async def test_up__refuses_a_port_taken_by_a_foreign_process(tmp_path: Path) -> 
 
 async def test_logs__shows_a_process_log(toy: tuple[Path, dict[str, int]]) -> None:
     repo, _ = toy
-    manifest = load(repo)
+    manifest = load(repo, home=repo / ".local")  # never the real stack's $MT_HOME
     try:
         assert _cli(repo, "up", "--no-install", "db").returncode == 0
         log = _cli(repo, "logs", "db")

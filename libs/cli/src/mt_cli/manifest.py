@@ -76,9 +76,11 @@ def find_repo(start: Path | None = None) -> Path:
     raise ManifestError("cannot find the minithreads checkout (infra/stack.toml); set MT_REPO")
 
 
-def load(repo: Path | None = None) -> Manifest:
+def load(repo: Path | None = None, home: Path | None = None) -> Manifest:
+    """The manifest of ``repo`` (default: this checkout); runtime files under ``home``
+    (default: ``$MT_HOME``, else ``<repo>/.local``)."""
     repo = repo or find_repo()
-    home = Path(os.environ.get("MT_HOME", repo / ".local")).resolve()
+    home = (home or Path(os.environ.get("MT_HOME", repo / ".local"))).resolve()
     raw = tomllib.loads((repo / "infra" / "stack.toml").read_text())
     subs = {"repo": str(repo), "home": str(home), "python": sys.executable}
 
