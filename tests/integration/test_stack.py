@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -63,7 +64,7 @@ def test_ps_json__lists_every_process_with_pid_port_role_and_health(stack: Manif
         assert row["health"] == "healthy", row
         assert isinstance(row["pid"], int)
         assert row["port"] == stack.processes[name].port
-        assert row["role"] in {"infra", "service", "gateway"}
+        assert row["role"] in {"infra", "service", "gateway", "kv-manager", "kv-replica"}
     assert (rows["kafka"]["port"], rows["redis"]["port"], rows["zipkin"]["port"]) == (
         9092,
         6379,
@@ -94,17 +95,30 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.parametrize("service", sorted(SERVICES - {"gateway"}))
-def test_service__serves_health_and_stops_cleanly_on_sigterm(service: str) -> None:
+MODULES = {
+    "users": "mt_users",
+    "graph": "mt_graph",
+    "posts": "mt_posts",
+    "counters": "mt_counters",
+    "feed": "mt_feed",
+    "kv-manager": "mt_kv.manager",
+    "kv-replica": "mt_kv.replica",
+}
+
+
+@pytest.mark.parametrize("service", sorted(MODULES))
+def test_service__serves_health_and_stops_cleanly_on_sigterm(service: str, tmp_path: Path) -> None:
     port = _free_port()
     env = {
         **os.environ,
+        "MT_HOME": str(tmp_path),
+        "MT_KV_ADDR": f"127.0.0.1:{_free_port()}",  # a manager nobody runs: the replica still stops
         "MT_GRPC_PORT": str(port),
         "OTEL_TRACES_EXPORTER": "none",
         "MT_LOG_JSON": "true",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"mt_{service}"],
+        [sys.executable, "-m", MODULES[service]],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -60,7 +60,12 @@ def test_compose__uses_official_images_and_one_project_image(compose: dict[str, 
     assert compose["redis"]["image"].startswith("redis:")
     assert compose["zipkin"]["image"].startswith("openzipkin/zipkin:")
     built = {name for name, svc in compose.items() if svc["build"]}
-    assert built == {"gateway", "users", "graph", "posts", "counters", "feed", "kv"}
+    assert built == {"gateway", "users", "graph", "posts", "counters", "feed"} | {
+        "kv",
+        "kv-1",
+        "kv-2",
+        "kv-3",
+    }
     assert len({compose[name]["image"] for name in built}) == 1
 
 

@@ -62,9 +62,15 @@ def instrument_libraries() -> None:
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    # Health probes run every second from the launcher and the gateway; tracing them buries
-    # the real traffic, so they are filtered out.
-    no_health = filters.negate(filters.health_check())
+    # Health probes, KV heartbeats and idle replication rounds run many times a second;
+    # tracing them would bury the real traffic, so they are filtered out.
+    no_health = filters.negate(
+        filters.any_of(
+            filters.health_check(),
+            filters.method_name("Heartbeat"),
+            filters.method_name("Append"),
+        )
+    )
     GrpcAioInstrumentorServer(filter_=no_health).instrument()  # type: ignore[no-untyped-call]
     GrpcAioInstrumentorClient(filter_=no_health).instrument()  # type: ignore[no-untyped-call]
     with warnings.catch_warnings():

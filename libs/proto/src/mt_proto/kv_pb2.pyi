@@ -556,9 +556,35 @@ class ScanResponse(_message.Message):
 Global___ScanResponse: _TypeAlias = ScanResponse  # noqa: Y015
 
 @_typing.final
-class LogEntry(_message.Message):
-    """---- replication (primary -> followers) ----"""
+class LogPayload(_message.Message):
+    """---- replication (primary -> followers) ----
 
+    What a log entry carries: the effects of one already-validated write request, so applying
+    it is deterministic on every replica (an increment is logged as its resulting value).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EFFECTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def effects(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
+        """found=false deletes the key"""
+
+    def __init__(
+        self,
+        *,
+        effects: _abc.Iterable[Global___Item] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effects", b"effects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogPayload: _TypeAlias = LogPayload  # noqa: Y015
+
+@_typing.final
+class LogEntry(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
@@ -566,8 +592,9 @@ class LogEntry(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     epoch: _builtins.int
+    """the epoch of the primary that sequenced it (kept when re-replicated)"""
     payload: _builtins.bytes
-    """an encoded, already-validated write batch"""
+    """an encoded LogPayload"""
     def __init__(
         self,
         *,
@@ -584,39 +611,131 @@ class LogEntry(_message.Message):
 Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015
 
 @_typing.final
-class AppendRequest(_message.Message):
+class ShardAppend(_message.Message):
+    """One shard's part of an Append: entries following prev_seq, and what the primary has committed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHARD_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
-    PRIMARY_FIELD_NUMBER: _builtins.int
-    ENTRIES_FIELD_NUMBER: _builtins.int
     PREV_SEQ_FIELD_NUMBER: _builtins.int
+    PREV_EPOCH_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
     COMMIT_SEQ_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_REQUIRED_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     epoch: _builtins.int
-    primary: _builtins.str
     prev_seq: _builtins.int
-    """seq just before entries[0]"""
+    """seq just before entries[0] (or the primary's last seq if none)"""
+    prev_epoch: _builtins.int
+    """epoch of the entry at prev_seq (0 when prev_seq is 0)"""
     commit_seq: _builtins.int
     """highest seq a majority holds"""
+    snapshot_required: _builtins.bool
+    """the entries the follower needs are gone: pull a Snapshot"""
     @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]:
-        """a batch of consecutive entries"""
-
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
     def __init__(
         self,
         *,
         shard: _builtins.int = ...,
         epoch: _builtins.int = ...,
-        primary: _builtins.str = ...,
-        entries: _abc.Iterable[Global___LogEntry] | None = ...,
         prev_seq: _builtins.int = ...,
+        prev_epoch: _builtins.int = ...,
+        entries: _abc.Iterable[Global___LogEntry] | None = ...,
         commit_seq: _builtins.int = ...,
+        snapshot_required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_seq", b"commit_seq", "entries", b"entries", "epoch", b"epoch", "prev_seq", b"prev_seq", "primary", b"primary", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_seq", b"commit_seq", "entries", b"entries", "epoch", b"epoch", "prev_epoch", b"prev_epoch", "prev_seq", b"prev_seq", "shard", b"shard", "snapshot_required", b"snapshot_required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardAppend: _TypeAlias = ShardAppend  # noqa: Y015
+
+@_typing.final
+class ShardAppendResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Status:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ShardAppendResult._Status.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATUS_UNSPECIFIED: ShardAppendResult._Status.ValueType  # 0
+        OK: ShardAppendResult._Status.ValueType  # 1
+        """durable up to durable_seq"""
+        STALE_EPOCH: ShardAppendResult._Status.ValueType  # 2
+        """the follower knows a newer epoch: the sender is deposed"""
+        MISMATCH: ShardAppendResult._Status.ValueType  # 3
+        """prev_seq/prev_epoch not in the follower's log: resend from durable_seq"""
+        LEASE_WAIT: ShardAppendResult._Status.ValueType  # 4
+        """the follower still honours the previous primary's lease"""
+        NEED_SNAPSHOT: ShardAppendResult._Status.ValueType  # 5
+        """(sent by the primary's side) the follower is too far behind"""
+
+    class Status(_Status, metaclass=_StatusEnumTypeWrapper): ...
+    STATUS_UNSPECIFIED: ShardAppendResult.Status.ValueType  # 0
+    OK: ShardAppendResult.Status.ValueType  # 1
+    """durable up to durable_seq"""
+    STALE_EPOCH: ShardAppendResult.Status.ValueType  # 2
+    """the follower knows a newer epoch: the sender is deposed"""
+    MISMATCH: ShardAppendResult.Status.ValueType  # 3
+    """prev_seq/prev_epoch not in the follower's log: resend from durable_seq"""
+    LEASE_WAIT: ShardAppendResult.Status.ValueType  # 4
+    """the follower still honours the previous primary's lease"""
+    NEED_SNAPSHOT: ShardAppendResult.Status.ValueType  # 5
+    """(sent by the primary's side) the follower is too far behind"""
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DURABLE_SEQ_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    status: Global___ShardAppendResult.Status.ValueType
+    durable_seq: _builtins.int
+    """the follower's last durable seq that matches the sender's log"""
+    epoch: _builtins.int
+    """the follower's epoch for the shard"""
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        status: Global___ShardAppendResult.Status.ValueType = ...,
+        durable_seq: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["durable_seq", b"durable_seq", "epoch", b"epoch", "shard", b"shard", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardAppendResult: _TypeAlias = ShardAppendResult  # noqa: Y015
+
+@_typing.final
+class AppendRequest(_message.Message):
+    """One RPC per follower per group-commit round carries every shard the sender leads."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRIMARY_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    primary: _builtins.str
+    """replica id of the sender"""
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardAppend]: ...
+    def __init__(
+        self,
+        *,
+        primary: _builtins.str = ...,
+        shards: _abc.Iterable[Global___ShardAppend] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["primary", b"primary", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -626,24 +745,17 @@ Global___AppendRequest: _TypeAlias = AppendRequest  # noqa: Y015
 class AppendResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    OK_FIELD_NUMBER: _builtins.int
-    DURABLE_SEQ_FIELD_NUMBER: _builtins.int
-    EPOCH_FIELD_NUMBER: _builtins.int
-    ok: _builtins.bool
-    durable_seq: _builtins.int
-    """highest seq this follower holds durably"""
-    epoch: _builtins.int
-    """the follower's epoch (a higher one deposes the sender)"""
+    SHARDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardAppendResult]: ...
     def __init__(
         self,
         *,
-        ok: _builtins.bool = ...,
-        durable_seq: _builtins.int = ...,
-        epoch: _builtins.int = ...,
+        shards: _abc.Iterable[Global___ShardAppendResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["durable_seq", b"durable_seq", "epoch", b"epoch", "ok", b"ok"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -676,20 +788,24 @@ class SnapshotChunk(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
+    SEQ_EPOCH_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
-    """the snapshot's position"""
+    """the snapshot's position: every entry up to it is included"""
+    seq_epoch: _builtins.int
+    """epoch of the entry at seq"""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]: ...
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
+        seq_epoch: _builtins.int = ...,
         items: _abc.Iterable[Global___Item] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "seq", b"seq", "seq_epoch", b"seq_epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -701,10 +817,31 @@ class ShardInfo(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AddrsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
+    ADDRS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     epoch: _builtins.int
     primary: _builtins.str
@@ -713,6 +850,10 @@ class ShardInfo(_message.Message):
     def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """replica ids, primary included"""
 
+    @_builtins.property
+    def addrs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """replica id -> gRPC address"""
+
     def __init__(
         self,
         *,
@@ -720,10 +861,11 @@ class ShardInfo(_message.Message):
         epoch: _builtins.int = ...,
         primary: _builtins.str = ...,
         replicas: _abc.Iterable[_builtins.str] | None = ...,
+        addrs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "id", b"id", "primary", b"primary", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "epoch", b"epoch", "id", b"id", "primary", b"primary", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -738,12 +880,14 @@ class ReplicaInfo(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     ALIVE_FIELD_NUMBER: _builtins.int
     APPLIED_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_MS_AGO_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     addr: _builtins.str
     pid: _builtins.int
     alive: _builtins.bool
     applied_seq: _builtins.int
     """summed over its shards"""
+    last_heartbeat_ms_ago: _builtins.int
     def __init__(
         self,
         *,
@@ -752,10 +896,11 @@ class ReplicaInfo(_message.Message):
         pid: _builtins.int = ...,
         alive: _builtins.bool = ...,
         applied_seq: _builtins.int = ...,
+        last_heartbeat_ms_ago: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "alive", b"alive", "applied_seq", b"applied_seq", "id", b"id", "pid", b"pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "alive", b"alive", "applied_seq", b"applied_seq", "id", b"id", "last_heartbeat_ms_ago", b"last_heartbeat_ms_ago", "pid", b"pid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -768,25 +913,34 @@ class ShardProgress(_message.Message):
     SHARD_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     APPLIED_SEQ_FIELD_NUMBER: _builtins.int
-    DURABLE_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_EPOCH_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     epoch: _builtins.int
     applied_seq: _builtins.int
-    durable_seq: _builtins.int
+    last_seq: _builtins.int
+    """last entry in the replica's log (durable)"""
+    last_epoch: _builtins.int
+    """epoch of that entry: (last_epoch, last_seq) ranks candidates"""
     primary: _builtins.bool
+    serving: _builtins.bool
+    """a primary past its lease wait, or a caught-up follower"""
     def __init__(
         self,
         *,
         shard: _builtins.int = ...,
         epoch: _builtins.int = ...,
         applied_seq: _builtins.int = ...,
-        durable_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        last_epoch: _builtins.int = ...,
         primary: _builtins.bool = ...,
+        serving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_seq", b"applied_seq", "durable_seq", b"durable_seq", "epoch", b"epoch", "primary", b"primary", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_seq", b"applied_seq", "epoch", b"epoch", "last_epoch", b"last_epoch", "last_seq", b"last_seq", "primary", b"primary", "serving", b"serving", "shard", b"shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -861,6 +1015,86 @@ class RoutingRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoutingRequest: _TypeAlias = RoutingRequest  # noqa: Y015
+
+@_typing.final
+class StatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusRequest: _TypeAlias = StatusRequest  # noqa: Y015
+
+@_typing.final
+class StatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARDS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    FAILOVERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardInfo]: ...
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
+    @_builtins.property
+    def failovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Failover]:
+        """the most recent, newest last"""
+
+    def __init__(
+        self,
+        *,
+        shards: _abc.Iterable[Global___ShardInfo] | None = ...,
+        replicas: _abc.Iterable[Global___ReplicaInfo] | None = ...,
+        failovers: _abc.Iterable[Global___Failover] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class Failover(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    FROM_REPLICA_FIELD_NUMBER: _builtins.int
+    TO_REPLICA_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    DETECT_MS_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    epoch: _builtins.int
+    from_replica: _builtins.str
+    to_replica: _builtins.str
+    at_ms: _builtins.int
+    detect_ms: _builtins.int
+    """from the old primary's last heartbeat to the new assignment"""
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        from_replica: _builtins.str = ...,
+        to_replica: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+        detect_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "detect_ms", b"detect_ms", "epoch", b"epoch", "from_replica", b"from_replica", "shard", b"shard", "to_replica", b"to_replica"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Failover: _TypeAlias = Failover  # noqa: Y015
 
 @_typing.final
 class RoutingTable(_message.Message):

@@ -317,6 +317,11 @@ class ShardManagerStub:
                 request_serializer=mt__proto_dot_kv__pb2.RoutingRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_kv__pb2.RoutingTable.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/minithreads.kv.v1.ShardManager/Status',
+                request_serializer=mt__proto_dot_kv__pb2.StatusRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.StatusResponse.FromString,
+                _registered_method=True)
 
 
 class ShardManagerServicer:
@@ -334,6 +339,12 @@ class ShardManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -346,6 +357,11 @@ def add_ShardManagerServicer_to_server(servicer, server):
                     servicer.GetRoutingTable,
                     request_deserializer=mt__proto_dot_kv__pb2.RoutingRequest.FromString,
                     response_serializer=mt__proto_dot_kv__pb2.RoutingTable.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=mt__proto_dot_kv__pb2.StatusRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +418,33 @@ class ShardManager:
             '/minithreads.kv.v1.ShardManager/GetRoutingTable',
             mt__proto_dot_kv__pb2.RoutingRequest.SerializeToString,
             mt__proto_dot_kv__pb2.RoutingTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.ShardManager/Status',
+            mt__proto_dot_kv__pb2.StatusRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

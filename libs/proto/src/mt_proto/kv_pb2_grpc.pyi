@@ -111,12 +111,14 @@ class ShardManagerStub:
     def __new__(cls, channel: _aio.Channel) -> ShardManagerAsyncStub: ...
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_kv_pb2.HeartbeatRequest, _kv_pb2.HeartbeatResponse]
     GetRoutingTable: _grpc.UnaryUnaryMultiCallable[_kv_pb2.RoutingRequest, _kv_pb2.RoutingTable]
+    Status: _grpc.UnaryUnaryMultiCallable[_kv_pb2.StatusRequest, _kv_pb2.StatusResponse]
 
 @_typing.type_check_only
 class ShardManagerAsyncStub(ShardManagerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Heartbeat: _aio.UnaryUnaryMultiCallable[_kv_pb2.HeartbeatRequest, _kv_pb2.HeartbeatResponse]  # type: ignore[assignment]
     GetRoutingTable: _aio.UnaryUnaryMultiCallable[_kv_pb2.RoutingRequest, _kv_pb2.RoutingTable]  # type: ignore[assignment]
+    Status: _aio.UnaryUnaryMultiCallable[_kv_pb2.StatusRequest, _kv_pb2.StatusResponse]  # type: ignore[assignment]
 
 class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -132,5 +134,12 @@ class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _kv_pb2.RoutingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.RoutingTable, _abc.Awaitable[_kv_pb2.RoutingTable]]: ...
+
+    @_abc_1.abstractmethod
+    def Status(
+        self,
+        request: _kv_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.StatusResponse, _abc.Awaitable[_kv_pb2.StatusResponse]]: ...
 
 def add_ShardManagerServicer_to_server(servicer: ShardManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,11 +16,17 @@ from redis.asyncio import Redis
 
 from mt_gateway.settings import Settings
 
+# What "healthy" means per service: the process, except for the KV, where it is the cluster
+# (the shard manager reports its service NOT_SERVING while any shard lacks a live primary).
+HEALTH_SERVICE = {"kv": "minithreads.kv.v1.ShardManager"}
+
 
 async def services_health(settings: Settings) -> dict[str, str]:
     addrs = settings.service_addrs()
     timeout_s = settings.health_timeout_ms / 1000
-    states = await asyncio.gather(*(check(addr, "", timeout_s) for addr in addrs.values()))
+    states = await asyncio.gather(
+        *(check(addr, HEALTH_SERVICE.get(name, ""), timeout_s) for name, addr in addrs.items())
+    )
     return dict(zip(addrs, states, strict=True))
 
 

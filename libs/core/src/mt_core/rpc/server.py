@@ -105,6 +105,7 @@ def _wrap_stream(inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., Asyn
 class RunningServer:
     server: grpc.aio.Server
     port: int  # the bound port (useful when the settings asked for 0)
+    health: Any  # grpc_health's HealthServicer: set a service's status as the app sees fit
 
 
 @asynccontextmanager
@@ -132,7 +133,7 @@ async def grpc_server(
         await health_servicer.set(name, serving)
     log.info("gRPC serving", extra={"address": f"{settings.host}:{port}"})
     try:
-        yield RunningServer(server, port)
+        yield RunningServer(server, port, health_servicer)
     finally:
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_ms / 1000)

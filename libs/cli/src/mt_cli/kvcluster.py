@@ -1,0 +1,115 @@
+"""A KV cluster of its own (shard manager + replicas) as local processes, in a folder of its
+own on ports of its own: for tests that kill and pause replicas, and for benchmarks, without
+touching the stack `minithreads up` runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mt_cli.probes import probe
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class KVCluster:
+    home: Path
+    replicas: int = 3
+    shards: int = 16
+    extra_env: dict[str, str] = field(default_factory=dict)
+    manager_port: int = field(default_factory=free_port)
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for i in range(1, self.replicas + 1):
+            self.ports.setdefault(f"kv-{i}", free_port())
+
+    @property
+    def manager_addr(self) -> str:
+        return f"127.0.0.1:{self.manager_port}"
+
+    def addr(self, replica: str) -> str:
+        return f"127.0.0.1:{self.ports[replica]}"
+
+    def _env(self, port: int, **more: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "MT_HOME": str(self.home),
+            "MT_GRPC_PORT": str(port),
+            "MT_KV_ADDR": self.manager_addr,
+            "MT_KV_REPLICAS": ",".join(f"{r}={self.addr(r)}" for r in self.ports),
+            "MT_SHARDS": str(self.shards),
+            "OTEL_TRACES_EXPORTER": "none",
+            **self.extra_env,
+            **more,
+        }
+
+    def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with (logs / f"{name}.log").open("ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    async def start(self, timeout_s: float = 60) -> None:
+        self._spawn("kv", "mt_kv.manager", self._env(self.manager_port))
+        for name in self.ports:
+            self.start_replica(name)
+        await self.wait_healthy(timeout_s)
+
+    def start_replica(self, name: str) -> None:
+        self._spawn(name, "mt_kv.replica", self._env(self.ports[name], MT_REPLICA_ID=name))
+
+    async def wait_healthy(self, timeout_s: float = 60) -> None:
+        """Until the manager reports every shard with a live primary."""
+        deadline = time.monotonic() + timeout_s
+        from mt_core.rpc.health import check
+
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited: {self.log(name)[-2000:]}")
+            if await check(self.manager_addr, "minithreads.kv.v1.ShardManager") == "serving":
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"KV cluster not healthy in {timeout_s}s:\n{self.log('kv')[-2000:]}")
+
+    async def replica_up(self, name: str) -> bool:
+        return await probe("grpc", self.ports[name])
+
+    def log(self, name: str) -> str:
+        return (self.home / "logs" / f"{name}.log").read_text(errors="replace")
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        self.procs[name].send_signal(sig)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,390 @@
+"""The async KV client: routes by the shard manager's table, batches per shard, retries only
+where that is safe, and keeps version tokens per session for read-your-writes.
+
+Retry rules: a request a replica *refused* (not primary, stale epoch, lease wait, behind) did
+nothing, so it is retried after refreshing the routing table. A write whose outcome is unknown
+(the primary died after sequencing it, or the connection broke mid-call) is retried only when
+applying it twice is harmless — unconditional puts and deletes — and otherwise raised as
+``Unavailable(code="indeterminate")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import grpc
+from mt_core.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    MinithreadsError,
+    Unavailable,
+)
+from mt_core.rpc.status import error_from_rpc
+from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
+
+from mt_kv_client.routing import MAX_BATCH, Key, microshard, validate_value
+
+T = TypeVar("T")
+
+# Codes of refusals: nothing was done, so trying again (after a routing refresh) is safe.
+_REFUSED = {
+    "not_primary",
+    "stale_epoch",
+    "behind",
+    "too_stale",
+    "lease_wait",
+    "no_quorum",
+    "unknown_shard",
+}
+
+
+class Consistency(enum.IntEnum):
+    STRONG = pb.STRONG
+    STALE = pb.BOUNDED_STALENESS
+    RYW = pb.READ_YOUR_WRITES
+
+
+class Durability(enum.IntEnum):
+    QUORUM = pb.QUORUM
+    FAST_ACK = pb.FAST_ACK
+
+
+@dataclass(frozen=True)
+class Item:
+    key: Key
+    value: bytes
+    version: int
+    expires_at_ms: int = 0
+
+
+@dataclass
+class Session:
+    """Version tokens of one client's writes, per shard: reads with RYW see at least these."""
+
+    tokens: dict[int, pb.Version] = field(default_factory=dict)
+
+    def observe(self, version: pb.Version) -> None:
+        held = self.tokens.get(version.shard)
+        if held is None or version.seq > held.seq:
+            self.tokens[version.shard] = version
+
+
+@dataclass(frozen=True)
+class Put:
+    key: Key
+    value: bytes
+    ttl_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Increment:
+    key: Key
+    delta: int
+
+
+Mutation = Put | Delete | Increment
+
+
+@dataclass(frozen=True)
+class Check:
+    """A condition: ``version`` None = the key must be absent, -1 = present, else equal."""
+
+    key: Key
+    version: int | None
+
+    @staticmethod
+    def absent(key: Key) -> Check:
+        return Check(key, None)
+
+    @staticmethod
+    def present(key: Key) -> Check:
+        return Check(key, -1)
+
+
+def _pb_key(key: Key) -> pb.Key:
+    key.validate()
+    return pb.Key(keyspace=key.keyspace, partition=key.partition, key=key.key)
+
+
+def _pb_mutation(m: Mutation) -> pb.Mutation:
+    if isinstance(m, Put):
+        validate_value(m.value)
+        return pb.Mutation(key=_pb_key(m.key), put=pb.Mutation.Put(value=m.value, ttl_ms=m.ttl_ms))
+    if isinstance(m, Delete):
+        return pb.Mutation(key=_pb_key(m.key), delete=pb.Mutation.Delete())
+    return pb.Mutation(key=_pb_key(m.key), increment=pb.Mutation.Increment(delta=m.delta))
+
+
+def _pb_condition(c: Check) -> pb.Condition:
+    if c.version is None:
+        return pb.Condition(key=_pb_key(c.key), kind=pb.Condition.ABSENT)
+    if c.version < 0:
+        return pb.Condition(key=_pb_key(c.key), kind=pb.Condition.PRESENT)
+    return pb.Condition(key=_pb_key(c.key), kind=pb.Condition.VERSION_EQUALS, version=c.version)
+
+
+def _from_pb(item: pb.Item) -> Item | None:
+    if not item.found:
+        return None
+    key = Key(item.key.keyspace, item.key.partition, item.key.key)
+    return Item(key, item.value, item.version, item.expires_at_ms)
+
+
+class KVClient:
+    """``async with KVClient(manager_addr) as kv: await kv.put(Key(...), b"v")``."""
+
+    def __init__(
+        self, manager_addr: str, *, timeout_ms: int = 5_000, retry_budget_ms: int = 10_000
+    ) -> None:
+        self._manager_addr = manager_addr
+        self._timeout_s = timeout_ms / 1000
+        self._budget_s = retry_budget_ms / 1000
+        self._table = pb.RoutingTable()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, kv_pb2_grpc.KVAsyncStub] = {}
+        self._manager: grpc.aio.Channel | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+        self.session = Session()
+
+    async def __aenter__(self) -> KVClient:
+        self._manager = grpc.aio.insecure_channel(self._manager_addr)
+        await self.refresh()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for chan in self._channels.values():
+            await chan.close()
+        if self._manager is not None:
+            await self._manager.close()
+
+    # ---------------------------------------------------------------- routing
+
+    async def refresh(self) -> None:
+        """Fetch the routing table (coalescing concurrent refreshes into one call)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._fetch_table())
+        await asyncio.shield(self._refreshing)
+
+    async def _fetch_table(self) -> None:
+        assert self._manager is not None, "use KVClient as an async context manager"
+        stub = kv_pb2_grpc.ShardManagerStub(self._manager)
+        try:
+            self._table = await stub.GetRoutingTable(pb.RoutingRequest(), timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise Unavailable(f"shard manager unreachable: {err.code().name}") from None
+
+    def shard_of(self, key: Key) -> int:
+        if not self._table.microshards:
+            raise Unavailable("no routing table yet")
+        return self._table.microshard_to_shard[
+            microshard(key.keyspace, key.partition, self._table.microshards)
+        ]
+
+    def _info(self, shard: int) -> pb.ShardInfo:
+        return self._table.shards[shard]
+
+    def _stub(self, replica: str, shard: int) -> kv_pb2_grpc.KVAsyncStub:
+        addr = self._info(shard).addrs.get(replica)
+        if not addr:
+            raise FailedPrecondition(f"shard {shard} has no primary now", code="not_primary")
+        if addr not in self._stubs:
+            self._channels[addr] = grpc.aio.insecure_channel(addr)
+            self._stubs[addr] = kv_pb2_grpc.KVStub(self._channels[addr])
+        return self._stubs[addr]
+
+    def _route(self, shard: int) -> pb.Route:
+        return pb.Route(shard=shard, epoch=self._info(shard).epoch)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
+        """Run ``attempt`` until it succeeds, retrying refusals always and calls of unknown
+        outcome only if ``idempotent``, within the retry budget."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget_s
+        delay = 0.02
+        while True:
+            try:
+                return await attempt()
+            except grpc.aio.AioRpcError as err:
+                error: MinithreadsError = error_from_rpc(err)
+            except MinithreadsError as err:
+                error = err
+            if error.code in _REFUSED:
+                pass  # the replica did nothing: always safe to try again
+            elif isinstance(error, Unavailable | DeadlineExceeded):
+                if not idempotent:  # it may have happened: the caller must decide
+                    raise Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
+            else:
+                raise error
+            if loop.time() + delay > deadline:
+                raise error
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+            with contextlib.suppress(Unavailable):
+                await self.refresh()
+
+    # ---------------------------------------------------------------- reads
+
+    async def get(self, key: Key, consistency: Consistency = Consistency.STRONG) -> Item | None:
+        return (await self.multi_get([key], consistency))[key]
+
+    async def multi_get(
+        self, keys: Iterable[Key], consistency: Consistency = Consistency.STRONG
+    ) -> dict[Key, Item | None]:
+        """One round trip per shard, in parallel."""
+        by_shard: dict[int, list[Key]] = defaultdict(list)
+        for key in keys:
+            by_shard[self.shard_of(key)].append(key)
+        out: dict[Key, Item | None] = {}
+        parts = await asyncio.gather(
+            *(self._get_shard(shard, ks, consistency) for shard, ks in by_shard.items())
+        )
+        for part in parts:
+            out.update(part)
+        return out
+
+    async def _get_shard(
+        self, shard: int, keys: Sequence[Key], consistency: Consistency
+    ) -> dict[Key, Item | None]:
+        out: dict[Key, Item | None] = {}
+        for start in range(0, len(keys), MAX_BATCH):
+            chunk = keys[start : start + MAX_BATCH]
+
+            async def attempt(chunk: Sequence[Key] = chunk) -> pb.GetResponse:
+                request = pb.GetRequest(
+                    route=self._route(shard),
+                    keys=[_pb_key(k) for k in chunk],
+                    read=self._read_options(shard, consistency),
+                )
+                return await self._read_stub(shard, consistency).Get(
+                    request, timeout=self._timeout_s
+                )
+
+            reply = await self._retrying(attempt, idempotent=True)
+            for key, item in zip(chunk, reply.items, strict=True):
+                out[key] = _from_pb(item)
+        return out
+
+    def _read_options(self, shard: int, consistency: Consistency) -> pb.ReadOptions:
+        read = pb.ReadOptions(consistency=int(consistency))  # type: ignore[arg-type]
+        if consistency == Consistency.RYW and shard in self.session.tokens:
+            read.min_version.CopyFrom(self.session.tokens[shard])
+        return read
+
+    def _read_stub(self, shard: int, consistency: Consistency) -> kv_pb2_grpc.KVAsyncStub:
+        info = self._info(shard)
+        if consistency == Consistency.STRONG or not info.replicas:
+            return self._stub(info.primary, shard)
+        # Any replica may serve; one that cannot refuses and the retry lands elsewhere.
+        return self._stub(random.choice(list(info.replicas)), shard)
+
+    async def scan(
+        self,
+        keyspace: str,
+        partition: bytes,
+        prefix: bytes = b"",
+        *,
+        cursor: str = "",
+        limit: int = 100,
+        reverse: bool = False,
+        consistency: Consistency = Consistency.STRONG,
+    ) -> tuple[list[Item], str]:
+        """One page of a partition's keys with ``prefix``; the cursor resumes after it."""
+        shard = self.shard_of(Key(keyspace, partition, prefix))
+
+        async def attempt() -> pb.ScanResponse:
+            request = pb.ScanRequest(
+                route=self._route(shard),
+                keyspace=keyspace,
+                partition=partition,
+                prefix=prefix,
+                cursor=cursor,
+                limit=limit,
+                reverse=reverse,
+                read=self._read_options(shard, consistency),
+            )
+            return await self._read_stub(shard, consistency).Scan(request, timeout=self._timeout_s)
+
+        reply = await self._retrying(attempt, idempotent=True)
+        items = [item for item in map(_from_pb, reply.items) if item is not None]
+        return items, reply.next_cursor
+
+    # ---------------------------------------------------------------- writes
+
+    async def write(
+        self,
+        mutations: Sequence[Mutation],
+        checks: Sequence[Check] = (),
+        durability: Durability = Durability.QUORUM,
+    ) -> pb.WriteResponse:
+        """Apply ``mutations`` atomically if every check holds — within ONE shard (an OCC
+        transaction when the checks carry versions read earlier)."""
+        keys = [m.key for m in mutations] + [c.key for c in checks]
+        shards = {self.shard_of(k) for k in keys}
+        if len(shards) != 1:
+            raise InvalidArgument(
+                "a write (or transaction) must stay within one shard; use multi_put for many",
+                code="cross_shard",
+            )
+        shard = shards.pop()
+        idempotent = not checks and all(isinstance(m, Put | Delete) for m in mutations)
+        pb_mutations = [_pb_mutation(m) for m in mutations]
+        pb_checks = [_pb_condition(c) for c in checks]
+
+        async def attempt() -> pb.WriteResponse:
+            request = pb.WriteRequest(
+                route=self._route(shard),
+                mutations=pb_mutations,
+                conditions=pb_checks,
+                durability=int(durability),  # type: ignore[arg-type]
+            )
+            stub = self._stub(self._info(shard).primary, shard)
+            return await stub.Write(request, timeout=self._timeout_s)
+
+        reply = await self._retrying(attempt, idempotent=idempotent)
+        self.session.observe(reply.version)
+        return reply
+
+    async def put(
+        self, key: Key, value: bytes, *, ttl_ms: int = 0, durability: Durability = Durability.QUORUM
+    ) -> int:
+        """Store ``value``; returns the key's new version."""
+        reply = await self.write([Put(key, value, ttl_ms)], durability=durability)
+        return reply.results[0].version
+
+    async def put_if_absent(self, key: Key, value: bytes) -> int:
+        """Store only if the key does not exist; raises FailedPrecondition otherwise."""
+        reply = await self.write([Put(key, value)], [Check.absent(key)])
+        return reply.results[0].version
+
+    async def delete(self, key: Key) -> None:
+        await self.write([Delete(key)])
+
+    async def increment(self, key: Key, delta: int = 1) -> int:
+        reply = await self.write([Increment(key, delta)])
+        return int(reply.results[0].value)
+
+    async def multi_put(self, items: Iterable[tuple[Key, bytes]]) -> None:
+        """Many puts, grouped into one write per shard (each shard's part is atomic)."""
+        by_shard: dict[int, list[Mutation]] = defaultdict(list)
+        for key, value in items:
+            by_shard[self.shard_of(key)].append(Put(key, value))
+        writes = [
+            self.write(part[i : i + MAX_BATCH])
+            for part in by_shard.values()
+            for i in range(0, len(part), MAX_BATCH)
+        ]
+        await asyncio.gather(*writes)

@@ -1,0 +1,45 @@
+"""Where a key lives: keyspace + partition -> μshard (a hash) -> shard (the routing table).
+
+The client and the replicas both use :func:`microshard`, so the function is part of the
+contract: changing it moves every key. One partition's rows hash together, which is what makes
+a prefix scan within a partition a single-shard operation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from mt_core.errors import InvalidArgument, TooLarge
+
+MAX_KEY_BYTES = 1024  # keyspace + partition + key
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_BATCH = 1000  # mutations or keys per request
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    keyspace: str
+    partition: bytes
+    key: bytes = b""
+
+    def validate(self) -> None:
+        if not self.keyspace:
+            raise InvalidArgument("a key needs a keyspace", code="invalid_key")
+        size = len(self.keyspace) + len(self.partition) + len(self.key)
+        if size > MAX_KEY_BYTES:
+            raise TooLarge(
+                f"key is {size} bytes; the limit is {MAX_KEY_BYTES}", code="key_too_large"
+            )
+
+
+def microshard(keyspace: str, partition: bytes, microshards: int) -> int:
+    digest = hashlib.blake2b(keyspace.encode() + b"\x00" + partition, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % microshards
+
+
+def validate_value(value: bytes) -> None:
+    if len(value) > MAX_VALUE_BYTES:
+        raise TooLarge(
+            f"value is {len(value)} bytes; the limit is {MAX_VALUE_BYTES}", code="value_too_large"
+        )

@@ -1,0 +1,1 @@
+"""The shard manager: heartbeats, epochs, primary assignment and failover."""

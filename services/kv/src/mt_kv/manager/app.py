@@ -1,0 +1,63 @@
+"""Wiring of the shard manager process.
+
+Its overall gRPC health is the process's; the ShardManager service's health says whether the
+cluster is whole (every shard has a live primary) — that is what the gateway's /healthz shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2
+from mt_core.rpc.server import Servicer, grpc_server
+from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
+
+from mt_kv.manager.core import ShardManager
+from mt_kv.manager.grpc_api import ShardManagerServicer
+from mt_kv.settings import ManagerSettings
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ShardManager"].full_name
+
+
+@asynccontextmanager
+async def app(settings: ManagerSettings) -> AsyncIterator[None]:
+    home = Path(settings.home)
+    manager = ShardManager(
+        replicas=settings.replica_addrs(),
+        shards=settings.shards,
+        microshards=settings.microshards,
+        state_path=Path(settings.state_path or home / "data" / "kv" / "manager.json"),
+        failover_timeout_ms=settings.failover_timeout_ms,
+        lease_ms=settings.lease_ms,
+    )
+    mount = Servicer(
+        SERVICE,
+        lambda s: kv_pb2_grpc.add_ShardManagerServicer_to_server(ShardManagerServicer(manager), s),
+    )
+    async with grpc_server(settings, [mount]) as running:
+
+        async def watch() -> None:
+            # Heartbeats drive failover; this also catches a cluster that went silent entirely.
+            while True:
+                manager.tick()
+                ok = manager.healthy()
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await running.health.set(SERVICE, status)
+                await asyncio.sleep(0.2)
+
+        task = asyncio.create_task(watch(), name="kv-manager-watch")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,264 @@
+"""Shard manager logic: who is primary of each shard, under which epoch.
+
+Failover in two steps, so a lost primary's committed writes are never lost:
+1. fence — the shard moves to a new epoch with no primary; replicas learn it from their next
+   heartbeat and from then on refuse the old primary, so their logs stop growing;
+2. elect — once a majority reports the new epoch, the one with the most up-to-date log
+   (highest (last_epoch, last_seq), as in Raft) becomes primary in that epoch. Every committed
+   entry is on a majority, so on at least one fenced replica, so on the winner.
+The state (epochs, primaries) is kept in a JSON file so epochs never go backwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mt_proto import kv_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardAssignment:
+    id: int
+    epoch: int = 0
+    primary: str = ""
+    replicas: list[str] = field(default_factory=list)
+    fenced_at: float = 0.0  # monotonic time the current epoch started without a primary
+    lost_primary: str = ""  # the primary being replaced, for the failover record
+    assigned_beat: int = 0  # the primary's heartbeat count when it was assigned
+
+
+@dataclass
+class ReplicaView:
+    id: str
+    addr: str
+    pid: int = 0
+    last_seen: float = -1e9
+    beats: int = 0
+    progress: dict[int, pb.ShardProgress] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FailoverRecord:
+    shard: int
+    epoch: int
+    from_replica: str
+    to_replica: str
+    at_ms: int
+    detect_ms: int
+
+
+class ShardManager:
+    def __init__(
+        self,
+        replicas: dict[str, str],
+        shards: int,
+        microshards: int,
+        state_path: Path,
+        failover_timeout_ms: int,
+        lease_ms: int,
+    ) -> None:
+        self.replicas = {rid: ReplicaView(rid, addr) for rid, addr in replicas.items()}
+        self.order = list(replicas)
+        self.microshards = microshards
+        self.failover_timeout_s = failover_timeout_ms / 1000
+        self.lease_ms = lease_ms
+        self.state_path = state_path
+        self.shards = [ShardAssignment(i, replicas=list(self.order)) for i in range(shards)]
+        self.failovers: deque[FailoverRecord] = deque(maxlen=200)
+        self.routing_version = 0
+        self._lost_at: dict[int, float] = {}  # shard -> when its primary was last heard of
+        self._started = time.monotonic()
+        self._load()
+
+    # ---------------------------------------------------------------- persistence
+
+    def _load(self) -> None:
+        if not self.state_path.exists():
+            return
+        saved = json.loads(self.state_path.read_text())
+        for entry in saved["shards"]:
+            if entry["id"] < len(self.shards):
+                shard = self.shards[entry["id"]]
+                shard.epoch, shard.primary = entry["epoch"], entry["primary"]
+        self.routing_version = saved.get("routing_version", 0)
+
+    def _save(self) -> None:
+        self.routing_version += 1
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        data = {
+            "routing_version": self.routing_version,
+            "shards": [{"id": s.id, "epoch": s.epoch, "primary": s.primary} for s in self.shards],
+        }
+        with tmp.open("w") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self.state_path)
+
+    # ---------------------------------------------------------------- liveness
+
+    def alive(self, rid: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return now - self.replicas[rid].last_seen < self.failover_timeout_s
+
+    def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        view = self.replicas.get(req.replica_id)
+        if view is None:
+            raise KeyError(req.replica_id)
+        view.last_seen = time.monotonic()
+        view.beats += 1
+        view.pid = req.pid
+        if req.addr:
+            view.addr = req.addr
+        view.progress = {p.shard: p for p in req.shards}
+        self.tick()
+        return pb.HeartbeatResponse(shards=self.shard_infos(), lease_ms=self.lease_ms)
+
+    def tick(self) -> None:
+        """Fence shards whose primary is lost; elect where a majority is fenced."""
+        now = time.monotonic()
+        changed = False
+        # Just (re)started, we have not heard from anyone yet: silence is not loss.
+        settled = now - self._started >= self.failover_timeout_s
+        for shard in self.shards:
+            if shard.primary and settled and self._primary_lost(shard, now):
+                self._lost_at.setdefault(shard.id, self.replicas[shard.primary].last_seen)
+                log.warning(
+                    "primary lost; fencing", extra={"shard": shard.id, "primary": shard.primary}
+                )
+                shard.epoch += 1
+                shard.fenced_at = now
+                shard.lost_primary, shard.primary = shard.primary, ""
+                changed = True
+            if not shard.primary:
+                changed |= self._elect(shard, now)
+        if changed:
+            self._save()
+
+    def _primary_lost(self, shard: ShardAssignment, now: float) -> bool:
+        if not self.alive(shard.primary, now):
+            return True
+        # Alive but restarted: it reports our epoch without being primary (it never resumes
+        # an epoch it loaded from disk), so a new epoch is needed.
+        # Two heartbeats after its assignment it must have taken the role (the response to the
+        # first carried it).
+        view = self.replicas[shard.primary]
+        progress = view.progress.get(shard.id)
+        return (
+            progress is not None
+            and progress.epoch == shard.epoch
+            and not progress.primary
+            and view.beats >= shard.assigned_beat + 2
+        )
+
+    def _elect(self, shard: ShardAssignment, now: float) -> bool:
+        changed = False
+        if shard.epoch == 0:
+            shard.epoch, shard.fenced_at = 1, now  # first start: fence epoch 1, then elect
+            changed = True
+        fenced = [
+            rid
+            for rid in shard.replicas
+            if self.alive(rid, now)
+            and (p := self.replicas[rid].progress.get(shard.id)) is not None
+            and p.epoch >= shard.epoch
+        ]
+        if len(fenced) < len(shard.replicas) // 2 + 1:
+            return changed
+
+        def rank(rid: str) -> tuple[int, int, int]:
+            p = self.replicas[rid].progress[shard.id]
+            preferred = self.order[shard.id % len(self.order)]
+            return (p.last_epoch, p.last_seq, 1 if rid == preferred else 0)
+
+        winner = max(fenced, key=rank)
+        shard.primary = winner
+        shard.assigned_beat = self.replicas[winner].beats
+        lost_at = self._lost_at.pop(shard.id, None)
+        origin, shard.lost_primary = shard.lost_primary, ""
+        if lost_at is not None:
+            record = FailoverRecord(
+                shard.id,
+                shard.epoch,
+                origin,
+                winner,
+                int(time.time() * 1000),
+                int((now - lost_at) * 1000),
+            )
+            self.failovers.append(record)
+            log.warning("failover", extra=asdict(record))
+        else:
+            log.info(
+                "primary assigned",
+                extra={"shard": shard.id, "epoch": shard.epoch, "primary": winner},
+            )
+        return True
+
+    # ---------------------------------------------------------------- views
+
+    def shard_infos(self) -> list[pb.ShardInfo]:
+        addrs = {rid: view.addr for rid, view in self.replicas.items()}
+        return [
+            pb.ShardInfo(
+                id=s.id,
+                epoch=s.epoch,
+                primary=s.primary,
+                replicas=s.replicas,
+                addrs={rid: addrs[rid] for rid in s.replicas},
+            )
+            for s in self.shards
+        ]
+
+    def routing_table(self) -> pb.RoutingTable:
+        n = len(self.shards)
+        return pb.RoutingTable(
+            version=self.routing_version,
+            microshards=self.microshards,
+            shards=self.shard_infos(),
+            replicas=self.replica_infos(),
+            microshard_to_shard=[u % n for u in range(self.microshards)],
+        )
+
+    def replica_infos(self) -> list[pb.ReplicaInfo]:
+        now = time.monotonic()
+        return [
+            pb.ReplicaInfo(
+                id=v.id,
+                addr=v.addr,
+                pid=v.pid,
+                alive=self.alive(v.id, now),
+                applied_seq=sum(p.applied_seq for p in v.progress.values()),
+                last_heartbeat_ms_ago=min(int((now - v.last_seen) * 1000), 2**31),
+            )
+            for v in self.replicas.values()
+        ]
+
+    def healthy(self) -> bool:
+        """Every shard has a live primary."""
+        now = time.monotonic()
+        return all(s.primary and self.alive(s.primary, now) for s in self.shards)
+
+    def status(self) -> pb.StatusResponse:
+        failovers = [
+            pb.Failover(
+                shard=f.shard,
+                epoch=f.epoch,
+                from_replica=f.from_replica,
+                to_replica=f.to_replica,
+                at_ms=f.at_ms,
+                detect_ms=f.detect_ms,
+            )
+            for f in self.failovers
+        ]
+        return pb.StatusResponse(
+            shards=self.shard_infos(), replicas=self.replica_infos(), failovers=failovers
+        )

@@ -1,0 +1,1 @@
+"""A KV replica: primary for some shards, follower for the others."""

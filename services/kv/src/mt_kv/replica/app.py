@@ -1,0 +1,76 @@
+"""Wiring of a replica process: store, replica, gRPC surfaces and the heartbeat to the manager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from mt_core.rpc.server import Servicer, grpc_server
+from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
+
+from mt_kv.replica.core import Replica
+from mt_kv.replica.grpc_api import KVServicer, ReplicationServicer
+from mt_kv.settings import ReplicaSettings
+from mt_kv.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def heartbeats(replica: Replica, settings: ReplicaSettings) -> None:
+    """Report progress to the shard manager and follow the assignment it answers with."""
+    async with grpc.aio.insecure_channel(settings.kv_addr) as chan:
+        stub = kv_pb2_grpc.ShardManagerStub(chan)
+        warned = False
+        while True:
+            request = pb.HeartbeatRequest(
+                replica_id=replica.id,
+                addr=settings.addr(),
+                pid=os.getpid(),
+                shards=replica.progress(),
+            )
+            try:
+                reply = await stub.Heartbeat(request, timeout=1.0)
+                replica.assign(reply.shards, reply.lease_ms)
+                warned = False
+            except grpc.aio.AioRpcError as err:
+                if not warned:
+                    log.warning("shard manager unreachable", extra={"error": err.code().name})
+                    warned = True
+            await asyncio.sleep(settings.heartbeat_ms / 1000)
+
+
+@asynccontextmanager
+async def app(settings: ReplicaSettings) -> AsyncIterator[None]:
+    store = Store(settings.store())
+    await store.open()
+    replica = Replica(settings, store)
+    await replica.load()
+    servicers = [
+        Servicer(
+            pb.DESCRIPTOR.services_by_name["KV"].full_name,
+            lambda s: kv_pb2_grpc.add_KVServicer_to_server(KVServicer(replica), s),
+        ),
+        Servicer(
+            pb.DESCRIPTOR.services_by_name["Replication"].full_name,
+            lambda s: kv_pb2_grpc.add_ReplicationServicer_to_server(
+                ReplicationServicer(replica), s
+            ),
+        ),
+    ]
+    async with grpc_server(settings, servicers):
+        replica.start()
+        beat = asyncio.create_task(heartbeats(replica, settings), name="kv-heartbeat")
+        try:
+            yield
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            await replica.stop()
+            await store.close()

@@ -1,0 +1,112 @@
+"""One shard as a replica holds it: its log tail, committed data, role and leases."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from mt_proto import kv_pb2 as pb
+
+from mt_kv.data import Entry, KeyT, ShardData
+
+
+class Role(enum.Enum):
+    NONE = "none"  # just started, or fenced without a primary
+    PRIMARY = "primary"
+    FOLLOWER = "follower"
+
+
+@dataclass
+class Waiter:
+    seq: int
+    future: asyncio.Future[None]
+
+
+@dataclass
+class Shard:
+    id: int
+    data: ShardData = field(default_factory=ShardData)
+    epoch: int = 0
+    primary: str = ""
+    replicas: tuple[str, ...] = ()
+    role: Role = Role.NONE
+    applied_seq: int = 0
+    applied_epoch: int = 0
+    # The log tail kept in memory (also in the store): entries tail_start .. last.
+    tail: list[pb.LogEntry] = field(default_factory=list)
+    tail_start: int = 1
+    commit_seq: int = 0
+    # ---- as primary
+    # Sequenced, uncommitted writes: key -> (seq, new entry or None for a delete).
+    pending: dict[KeyT, tuple[int, Entry | None]] = field(default_factory=dict)
+    unpersisted: list[pb.LogEntry] = field(default_factory=list)
+    local_durable_seq: int = 0
+    waiters: deque[Waiter] = field(default_factory=deque)
+    next_seq: dict[str, int] = field(default_factory=dict)
+    match_seq: dict[str, int] = field(default_factory=dict)
+    acked_at: dict[str, float] = field(default_factory=dict)  # follower -> round start it acked
+    in_flight: set[str] = field(default_factory=set)
+    lease_until: float = 0.0
+    serving_after: float = 0.0
+    store_floor: int = 0  # the store's log is trimmed up to here
+    # ---- as follower
+    last_ack_at: float = 0.0  # when we last acknowledged a primary (our lease promise)
+    last_ack_primary: str = ""
+    fresh_at: float = 0.0  # when we were last caught up with the primary's commit point
+    snapshotting: bool = False
+
+    @property
+    def last_seq(self) -> int:
+        return self.tail[-1].seq if self.tail else self.tail_start - 1
+
+    @property
+    def last_epoch(self) -> int:
+        if self.tail:
+            return self.tail[-1].epoch
+        return self.applied_epoch if self.applied_seq == self.last_seq else 0
+
+    def entry(self, seq: int) -> pb.LogEntry | None:
+        index = seq - self.tail_start
+        return self.tail[index] if 0 <= index < len(self.tail) else None
+
+    def epoch_at(self, seq: int) -> int | None:
+        """The epoch of the entry at ``seq`` if known (0 for the empty prefix)."""
+        if seq == 0:
+            return 0
+        found = self.entry(seq)
+        if found is not None:
+            return found.epoch
+        if seq == self.applied_seq:
+            return self.applied_epoch
+        return None
+
+    def append(self, entry: pb.LogEntry) -> None:
+        assert entry.seq == self.last_seq + 1, (entry.seq, self.last_seq)
+        if not self.tail:
+            self.tail_start = entry.seq
+        self.tail.append(entry)
+
+    def truncate_after(self, seq: int) -> None:
+        """Drop log entries after ``seq`` (never committed ones)."""
+        assert seq >= self.applied_seq, (seq, self.applied_seq)
+        keep = max(0, seq - self.tail_start + 1)
+        del self.tail[keep:]
+        if not self.tail:
+            self.tail_start = seq + 1
+
+    def trim(self, keep_entries: int) -> int:
+        """Forget the oldest applied entries beyond ``keep_entries``; returns the new floor."""
+        excess = min(len(self.tail) - keep_entries, self.applied_seq - self.tail_start + 1)
+        if excess > 0:
+            del self.tail[:excess]
+            self.tail_start += excess
+        return self.tail_start - 1
+
+    def view(self, key: KeyT, now_ms: int) -> Entry | None:
+        """The value a new write must see: pending (sequenced) writes over committed data."""
+        if key in self.pending:
+            pending = self.pending[key][1]
+            return pending if pending is not None and pending.live(now_ms) else None
+        return self.data.get(key, now_ms)

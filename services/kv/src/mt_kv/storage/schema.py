@@ -1,0 +1,43 @@
+"""The tables of a replica's store.
+
+``kv_items`` is the applied state of every shard the replica holds, ``kv_log`` the recent
+replication log (entries past the applied point are replayed or truncated on recovery), and
+``kv_shards`` each shard's epoch and applied position.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table
+
+metadata = MetaData()
+
+items = Table(
+    "kv_items",
+    metadata,
+    Column("keyspace", String(255), primary_key=True),
+    Column("partition", LargeBinary, primary_key=True),
+    Column("key", LargeBinary, primary_key=True),
+    Column("shard", Integer, nullable=False, index=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False, default=0),
+)
+
+log = Table(
+    "kv_log",
+    metadata,
+    Column("shard", Integer, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+)
+
+shards = Table(
+    "kv_shards",
+    metadata,
+    Column("shard", Integer, primary_key=True),
+    Column("epoch", BigInteger, nullable=False, default=0),
+    Column("primary", String(64), nullable=False, default=""),
+    Column("applied_seq", BigInteger, nullable=False, default=0),
+    Column("applied_epoch", BigInteger, nullable=False, default=0),
+)

@@ -1,0 +1,207 @@
+"""A replica's durable store: each group-commit round is one transaction (one fsync).
+
+The replica keeps its working state in memory and uses this store to survive a crash: the log
+entries it acknowledged as durable, the effects it applied, and each shard's epoch. On start it
+migrates the schema (Alembic) and loads everything back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import delete, event, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mt_kv.storage.schema import items, log, shards
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+@dataclass(frozen=True)
+class LogRow:
+    shard: int
+    seq: int
+    epoch: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    shard: int
+    keyspace: str
+    partition: bytes
+    key: bytes
+    value: bytes | None  # None deletes
+    version: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    shard: int
+    epoch: int
+    primary: str
+    applied_seq: int
+    applied_epoch: int
+
+
+@dataclass
+class Batch:
+    """Everything one round makes durable, in one transaction."""
+
+    log_appends: list[LogRow] = field(default_factory=list)
+    log_truncate_after: dict[int, int] = field(default_factory=dict)  # shard -> keep seq <= n
+    log_trim_upto: dict[int, int] = field(default_factory=dict)  # shard -> drop seq <= n
+    replace_shards: dict[int, list[ItemRow]] = field(default_factory=dict)  # snapshot installs
+    item_writes: list[ItemRow] = field(default_factory=list)
+    metas: dict[int, ShardMeta] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (
+            self.log_appends
+            or self.log_truncate_after
+            or self.log_trim_upto
+            or self.replace_shards
+            or self.item_writes
+            or self.metas
+        )
+
+
+@dataclass
+class Loaded:
+    metas: dict[int, ShardMeta]
+    items: list[ItemRow]
+    log: list[LogRow]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    # WAL + synchronous=FULL: a committed round is on disk (fsync) before we acknowledge it.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._engine: AsyncEngine | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        assert self._engine is not None, "store not open"
+        return self._engine
+
+    async def open(self) -> None:
+        if self._url.startswith("sqlite"):
+            path = self._url.split("///", 1)[-1]
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._engine = create_async_engine(self._url, pool_size=1, max_overflow=0)
+        if self._engine.dialect.name == "sqlite":
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(_migrate)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    async def load(self) -> Loaded:
+        async with self.engine.connect() as conn:
+            metas = {
+                row.shard: ShardMeta(
+                    row.shard, row.epoch, row.primary, row.applied_seq, row.applied_epoch
+                )
+                for row in await conn.execute(select(shards))
+            }
+            item_rows = [
+                ItemRow(
+                    r.shard, r.keyspace, r.partition, r.key, r.value, r.version, r.expires_at_ms
+                )
+                for r in await conn.execute(select(items))
+            ]
+            log_rows = [
+                LogRow(r.shard, r.seq, r.epoch, r.payload)
+                for r in await conn.execute(select(log).order_by(log.c.shard, log.c.seq))
+            ]
+        return Loaded(metas, item_rows, log_rows)
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert(table)
+
+    async def commit(self, batch: Batch) -> None:
+        """Make ``batch`` durable, atomically."""
+        if batch.empty():
+            return
+        async with self._lock, self.engine.begin() as conn:
+            for shard, after in batch.log_truncate_after.items():
+                await conn.execute(delete(log).where(log.c.shard == shard, log.c.seq > after))
+            for shard, upto in batch.log_trim_upto.items():
+                await conn.execute(delete(log).where(log.c.shard == shard, log.c.seq <= upto))
+            if batch.log_appends:
+                stmt = self._insert(log)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[log.c.shard, log.c.seq],
+                    set_={"epoch": stmt.excluded.epoch, "payload": stmt.excluded.payload},
+                )
+                await conn.execute(stmt, [vars(r) for r in batch.log_appends])
+            for shard, rows in batch.replace_shards.items():
+                await conn.execute(delete(items).where(items.c.shard == shard))
+                await self._write_items(conn, rows)
+            await self._write_items(conn, batch.item_writes)
+            if batch.metas:
+                stmt = self._insert(shards)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[shards.c.shard],
+                    set_={
+                        "epoch": stmt.excluded.epoch,
+                        "primary": stmt.excluded.primary,
+                        "applied_seq": stmt.excluded.applied_seq,
+                        "applied_epoch": stmt.excluded.applied_epoch,
+                    },
+                )
+                await conn.execute(stmt, [vars(m) for m in batch.metas.values()])
+
+    async def _write_items(self, conn: Any, rows: Sequence[ItemRow]) -> None:
+        # Last write per key wins within a round; deletes and upserts go as two statements.
+        latest: dict[tuple[str, bytes, bytes], ItemRow] = {}
+        for row in rows:
+            latest[(row.keyspace, row.partition, row.key)] = row
+        upserts = [vars(r) for r in latest.values() if r.value is not None]
+        deletes = [r for r in latest.values() if r.value is None]
+        if upserts:
+            stmt = self._insert(items)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[items.c.keyspace, items.c.partition, items.c.key],
+                set_={
+                    "shard": stmt.excluded.shard,
+                    "value": stmt.excluded.value,
+                    "version": stmt.excluded.version,
+                    "expires_at_ms": stmt.excluded.expires_at_ms,
+                },
+            )
+            await conn.execute(stmt, upserts)
+        for row in deletes:
+            await conn.execute(
+                delete(items).where(
+                    items.c.keyspace == row.keyspace,
+                    items.c.partition == row.partition,
+                    items.c.key == row.key,
+                )
+            )
+
+
+def _migrate(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

@@ -1,0 +1,191 @@
+"""The KV under real faults: kill -9 a primary under write load, kill a follower, pause a
+primary past its lease. No acknowledged write may be lost, and a deposed primary must not
+accept writes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from mt_cli.kvcluster import KVCluster
+from mt_core.errors import MinithreadsError
+from mt_kv_client import Consistency, Key, KVClient
+from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
+
+pytestmark = pytest.mark.chaos
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[KVCluster]:
+    kv = KVCluster(tmp_path)
+    try:
+        await kv.start()
+        yield kv
+    finally:
+        kv.stop()
+
+
+async def _status(cluster: KVCluster) -> pb.StatusResponse:
+    async with grpc.aio.insecure_channel(cluster.manager_addr) as chan:
+        return await kv_pb2_grpc.ShardManagerStub(chan).Status(pb.StatusRequest(), timeout=2)
+
+
+async def _busiest_primary(cluster: KVCluster) -> str:
+    status = await _status(cluster)
+    return Counter(s.primary for s in status.shards).most_common(1)[0][0]
+
+
+class Writers:
+    """Clients putting unique keys as fast as they can, recording what was acknowledged."""
+
+    def __init__(self, kv: KVClient, clients: int = 16) -> None:
+        self.kv = kv
+        self.acked: dict[Key, bytes] = {}
+        self.failed = 0
+        self.last_ack_at = 0.0
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._run(c)) for c in range(clients)]
+
+    async def _run(self, client: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            key = Key("test", f"w{client}-{n}".encode(), b"v")
+            value = f"{client}:{n}".encode()
+            n += 1
+            try:
+                await self.kv.put(key, value)
+            except MinithreadsError:
+                self.failed += 1
+                continue
+            self.acked[key] = value
+            self.last_ack_at = time.monotonic()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def _verify(kv: KVClient, acked: dict[Key, bytes]) -> None:
+    found = await kv.multi_get(list(acked))
+    lost = [key for key, value in acked.items() if found[key] is None or found[key].value != value]  # type: ignore[union-attr]
+    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:3]}"
+
+
+async def test_kill_primary_under_write_load__loses_no_acknowledged_write(
+    cluster: KVCluster,
+) -> None:
+    async with KVClient(cluster.manager_addr, retry_budget_ms=20_000) as kv:
+        writers = Writers(kv)
+        await asyncio.sleep(1.5)
+        victim = await _busiest_primary(cluster)
+        before = len(writers.acked)
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        await asyncio.sleep(4)
+        await writers.stop()
+        assert len(writers.acked) > before + 100, "writes did not resume after the kill"
+        status = await _status(cluster)
+        assert victim not in {s.primary for s in status.shards}, "leadership did not move"
+        assert status.failovers, "no failover recorded"
+        assert max(f.detect_ms for f in status.failovers) < 5_000
+        await _verify(kv, writers.acked)
+        # The killed replica comes back and catches up before it serves stale reads.
+        cluster.start_replica(victim)
+        await cluster.wait_healthy()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            progress = {r.id: r.applied_seq for r in (await _status(cluster)).replicas}
+            if len(set(progress.values())) == 1:
+                break
+            await asyncio.sleep(0.2)
+        assert len(set(progress.values())) == 1, f"replicas did not converge: {progress}"
+    del killed_at
+
+
+async def test_kill_follower__writes_continue_and_it_catches_up(cluster: KVCluster) -> None:
+    async with KVClient(cluster.manager_addr) as kv:
+        status = await _status(cluster)
+        follower = "kv-3"
+        # Only keys of shards where kv-3 is a follower: their writes must not even pause.
+        keys = [
+            key
+            for key in (Key("test", f"f{i}".encode(), b"") for i in range(600))
+            if status.shards[kv.shard_of(key)].primary != follower
+        ][:300]
+        cluster.kill(follower)
+        started = time.monotonic()
+        await kv.multi_put((key, b"x") for key in keys)
+        assert time.monotonic() - started < 2, "writes stalled without a follower"
+        cluster.start_replica(follower)
+        await cluster.wait_healthy()
+        deadline = time.monotonic() + 20
+        async with grpc.aio.insecure_channel(cluster.addr(follower)) as chan:
+            stub = kv_pb2_grpc.KVStub(chan)
+            while time.monotonic() < deadline:
+                missing = 0
+                for key in keys[:50]:
+                    shard = kv.shard_of(key)
+                    try:
+                        reply = await stub.Get(
+                            pb.GetRequest(
+                                route=pb.Route(shard=shard),
+                                keys=[
+                                    pb.Key(
+                                        keyspace=key.keyspace, partition=key.partition, key=key.key
+                                    )
+                                ],
+                                read=pb.ReadOptions(consistency=pb.BOUNDED_STALENESS),
+                            )
+                        )
+                        missing += not reply.items[0].found
+                    except grpc.aio.AioRpcError:
+                        missing += 1
+                if missing == 0:
+                    break
+                await asyncio.sleep(0.3)
+        assert missing == 0, "the restarted follower never caught up"
+
+
+async def test_paused_primary__cannot_write_after_failover(cluster: KVCluster) -> None:
+    async with KVClient(cluster.manager_addr) as kv:
+        key = Key("test", b"stale", b"k")
+        await kv.put(key, b"before")
+        shard = kv.shard_of(key)
+        old = (await _status(cluster)).shards[shard]
+        cluster.signal(old.primary, signal.SIGSTOP)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            now = (await _status(cluster)).shards[shard]
+            if now.primary and now.primary != old.primary:
+                break
+            await asyncio.sleep(0.2)
+        assert now.primary != old.primary, "no failover while the primary was paused"
+        await kv.put(key, b"after")  # the new primary takes writes
+        cluster.signal(old.primary, signal.SIGCONT)
+        async with grpc.aio.insecure_channel(cluster.addr(old.primary)) as chan:
+            stub = kv_pb2_grpc.KVStub(chan)
+            stale_write = pb.WriteRequest(
+                route=pb.Route(shard=shard, epoch=old.epoch),
+                mutations=[
+                    pb.Mutation(
+                        key=pb.Key(keyspace="test", partition=b"stale", key=b"k"),
+                        put=pb.Mutation.Put(value=b"from-the-stale-primary"),
+                    )
+                ],
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Write(stale_write, timeout=5)
+            assert refused.value.code() in {
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.UNAVAILABLE,
+            }
+        item = await kv.get(key, Consistency.STRONG)
+        assert item is not None
+        assert item.value == b"after"

@@ -1,0 +1,200 @@
+"""The KV service through its client, on a real 3-replica cluster of its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from mt_cli.kvcluster import KVCluster
+from mt_core.errors import FailedPrecondition, InvalidArgument, TooLarge
+from mt_kv_client import Consistency, Durability, Key, KVClient
+from mt_kv_client.client import Check, Increment, Put
+from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KVCluster]:
+    kv = KVCluster(Path(tmp_path_factory.mktemp("kv")))
+    try:
+        await kv.start()
+        yield kv
+    finally:
+        kv.stop()
+
+
+@pytest.fixture
+async def kv(cluster: KVCluster) -> AsyncIterator[KVClient]:
+    async with KVClient(cluster.manager_addr) as client:
+        yield client
+
+
+def k(partition: str, key: str = "", keyspace: str = "test") -> Key:
+    return Key(keyspace, partition.encode(), key.encode())
+
+
+async def test_put_get__strong_and_ryw_reads_see_an_acknowledged_write(kv: KVClient) -> None:
+    version = await kv.put(k("alice", "name"), b"Alice")
+    assert version > 0
+    for consistency in (Consistency.STRONG, Consistency.RYW):
+        item = await kv.get(k("alice", "name"), consistency)
+        assert item is not None, consistency
+        assert (item.value, item.version) == (b"Alice", version)
+    assert await kv.get(k("alice", "missing")) is None
+
+
+async def test_stale_read__sees_the_write_within_the_staleness_bound(kv: KVClient) -> None:
+    await kv.put(k("alice", "bio"), b"hi")
+    seen = None
+    for _ in range(20):  # a follower may lag, but by no more than the bound (1 s by default)
+        seen = await kv.get(k("alice", "bio"), Consistency.STALE)
+        if seen is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert seen is not None
+    assert seen.value == b"hi"
+
+
+async def test_delete__removes_the_key(kv: KVClient) -> None:
+    await kv.put(k("bob", "x"), b"1")
+    await kv.delete(k("bob", "x"))
+    assert await kv.get(k("bob", "x")) is None
+
+
+async def test_multi_put_and_multi_get__span_many_shards_in_one_call_each(kv: KVClient) -> None:
+    keys = [k(f"user-{i}", "profile") for i in range(200)]
+    assert len({kv.shard_of(key) for key in keys}) > 8
+    await kv.multi_put((key, key.partition) for key in keys)
+    found = await kv.multi_get(keys)
+    assert all(found[key] is not None and found[key].value == key.partition for key in keys)  # type: ignore[union-attr]
+
+
+async def test_scan__pages_a_partition_in_key_order_both_ways(kv: KVClient) -> None:
+    await kv.multi_put((k("carol", f"post:{i:04d}"), str(i).encode()) for i in range(250))
+    await kv.put(k("carol", "zzz-other"), b"not a post")
+    seen: list[bytes] = []
+    cursor = ""
+    while True:
+        items, cursor = await kv.scan("test", b"carol", b"post:", cursor=cursor, limit=100)
+        seen += [item.key.key for item in items]
+        if not cursor:
+            break
+    assert seen == [f"post:{i:04d}".encode() for i in range(250)]
+    newest, cursor = await kv.scan("test", b"carol", b"post:", limit=3, reverse=True)
+    assert [i.key.key for i in newest] == [b"post:0249", b"post:0248", b"post:0247"]
+    older, _ = await kv.scan("test", b"carol", b"post:", limit=2, reverse=True, cursor=cursor)
+    assert [i.key.key for i in older] == [b"post:0246", b"post:0245"]
+
+
+async def test_conditional_writes__absent_present_and_version(kv: KVClient) -> None:
+    key = k("dave", "handle")
+    v1 = await kv.put_if_absent(key, b"dave")
+    with pytest.raises(FailedPrecondition) as lost:
+        await kv.put_if_absent(key, b"other")
+    assert lost.value.code == "condition_failed"
+    await kv.write([Put(key, b"dave2")], [Check.present(key)])
+    with pytest.raises(FailedPrecondition):
+        await kv.write([Put(key, b"dave3")], [Check(key, v1)])  # stale version
+    item = await kv.get(key)
+    assert item is not None
+    assert item.value == b"dave2"
+
+
+async def test_transaction__concurrent_read_modify_writes_never_lose_an_update(
+    kv: KVClient,
+) -> None:
+    key = k("erin", "balance")
+    await kv.put(key, b"0")
+
+    async def add_one() -> None:
+        while True:
+            item = await kv.get(key)
+            assert item is not None
+            try:
+                await kv.write(
+                    [Put(key, str(int(item.value) + 1).encode())], [Check(key, item.version)]
+                )
+                return
+            except FailedPrecondition:
+                continue  # someone else won: read again
+
+    await asyncio.gather(*(add_one() for _ in range(40)))
+    item = await kv.get(key)
+    assert item is not None
+    assert item.value == b"40"
+
+
+async def test_increment__concurrent_increments_sum_exactly(kv: KVClient) -> None:
+    key = k("frank", "likes")
+    results = await asyncio.gather(*(kv.increment(key, 1) for _ in range(300)))
+    assert sorted(results) == list(range(1, 301))
+    item = await kv.get(key)
+    assert item is not None
+    assert item.value == b"300"
+
+
+async def test_write__across_shards_is_refused(kv: KVClient) -> None:
+    a, b = (
+        k("x1"),
+        next(k(f"y{i}") for i in range(100) if kv.shard_of(k(f"y{i}")) != kv.shard_of(k("x1"))),
+    )
+    with pytest.raises(InvalidArgument) as err:
+        await kv.write([Put(a, b"1"), Increment(b, 1)])
+    assert err.value.code == "cross_shard"
+
+
+async def test_ttl__a_key_expires(kv: KVClient) -> None:
+    await kv.put(k("gina", "otp"), b"123456", ttl_ms=300)
+    assert await kv.get(k("gina", "otp")) is not None
+    await asyncio.sleep(0.5)
+    assert await kv.get(k("gina", "otp")) is None
+
+
+async def test_fast_ack__returns_a_token_and_the_write_becomes_readable(kv: KVClient) -> None:
+    await kv.put(k("hank", "draft"), b"v", durability=Durability.FAST_ACK)
+    item = await kv.get(k("hank", "draft"), Consistency.RYW)
+    assert item is not None
+    assert item.value == b"v"
+
+
+async def test_bad_input__gets_clear_errors_not_crashes(kv: KVClient, cluster: KVCluster) -> None:
+    with pytest.raises(TooLarge):
+        await kv.put(k("ivy", "x" * 2000), b"v")
+    with pytest.raises(TooLarge):
+        await kv.put(k("ivy", "big"), b"x" * (1024 * 1024 + 1))
+    with pytest.raises(InvalidArgument) as unknown:
+        await kv.put(k("ivy", "x", keyspace="no-such-keyspace"), b"v")
+    assert unknown.value.code == "unknown_keyspace"
+    with pytest.raises(InvalidArgument):
+        await kv.scan("test", b"ivy", cursor="not-hex!")
+    # A malformed request straight to a replica: a clear status, and the replica lives on.
+    async with grpc.aio.insecure_channel(cluster.addr("kv-1")) as chan:
+        stub = kv_pb2_grpc.KVStub(chan)
+        with pytest.raises(grpc.aio.AioRpcError) as raw:
+            await stub.Write(pb.WriteRequest(route=pb.Route(shard=999)))
+        assert raw.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.aio.AioRpcError) as token:
+            await stub.Get(
+                pb.GetRequest(
+                    route=pb.Route(shard=0),
+                    keys=[pb.Key(keyspace="test", partition=b"p")],
+                    read=pb.ReadOptions(
+                        consistency=pb.READ_YOUR_WRITES, min_version=pb.Version(shard=0, seq=2**62)
+                    ),
+                )
+            )
+        assert token.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await cluster.replica_up("kv-1")
+
+
+async def test_status__shows_every_shard_with_a_primary_and_live_replicas(
+    cluster: KVCluster,
+) -> None:
+    async with grpc.aio.insecure_channel(cluster.manager_addr) as chan:
+        status = await kv_pb2_grpc.ShardManagerStub(chan).Status(pb.StatusRequest())
+    assert len(status.shards) == 16
+    assert all(s.primary and s.epoch >= 1 and len(s.replicas) == 3 for s in status.shards)
+    assert {r.id for r in status.replicas if r.alive} == {"kv-1", "kv-2", "kv-3"}
