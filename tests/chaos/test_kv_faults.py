@@ -189,3 +189,53 @@ async def test_paused_primary__cannot_write_after_failover(cluster: KVCluster) -
         item = await kv.get(key, Consistency.STRONG)
         assert item is not None
         assert item.value == b"after"
+
+
+async def test_far_behind_follower__catches_up_from_a_snapshot(tmp_path: Path) -> None:
+    # A tiny log retention: a follower down for 600 writes to its shard is past the log.
+    cluster = KVCluster(tmp_path, extra_env={"MT_LOG_RETENTION_ENTRIES": "100"})
+    try:
+        await cluster.start()
+        async with KVClient(cluster.manager_addr) as kv:
+            status = await _status(cluster)
+            shard = 0
+            primary = status.shards[shard].primary
+            victim = next(r for r in status.shards[shard].replicas if r != primary)
+            keys = [
+                key
+                for key in (Key("test", f"s{i}".encode(), b"") for i in range(20_000))
+                if kv.shard_of(key) == shard
+            ]
+            cluster.kill(victim)
+            for key in keys[:600]:
+                await kv.put(key, key.partition)  # one write at a time: 600 log entries
+            cluster.start_replica(victim)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if "snapshot installed" in cluster.log(victim):
+                    break
+                await asyncio.sleep(0.2)
+            assert "snapshot installed" in cluster.log(victim), cluster.log(victim)[-3000:]
+            # Once caught up it serves bounded-staleness reads with every value.
+            async with grpc.aio.insecure_channel(cluster.addr(victim)) as chan:
+                stub = kv_pb2_grpc.KVStub(chan)
+                for _ in range(50):
+                    try:
+                        reply = await stub.Get(
+                            pb.GetRequest(
+                                route=pb.Route(shard=shard),
+                                keys=[
+                                    pb.Key(keyspace="test", partition=k.partition)
+                                    for k in keys[:600]
+                                ],
+                                read=pb.ReadOptions(consistency=pb.BOUNDED_STALENESS),
+                            )
+                        )
+                        if all(item.found for item in reply.items):
+                            break
+                    except grpc.aio.AioRpcError:
+                        pass
+                    await asyncio.sleep(0.2)
+                assert all(item.found and item.value == item.key.partition for item in reply.items)
+    finally:
+        cluster.stop()

@@ -17,7 +17,7 @@ import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from mt_core.errors import (
@@ -144,6 +144,54 @@ def _from_pb(item: pb.Item) -> Item | None:
     return Item(key, item.value, item.version, item.expires_at_ms)
 
 
+class _Coalescer:
+    """Gathers single-key calls made in the same event-loop turn into one RPC per group.
+
+    Sixty-four callers each doing one get become a handful of multi-key Gets: the per-RPC
+    cost (the dominant one in Python gRPC) is paid once per batch, and a batch of puts is one
+    log entry on the server. Only calls whose meaning does not change when grouped are
+    coalesced (reads, and writes without conditions).
+    """
+
+    def __init__(self, send: Callable[[Any, list[Any]], Awaitable[list[Any]]]) -> None:
+        self._send = send
+        self._groups: dict[Any, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, group: Any, payload: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._groups.setdefault(group, []).append((payload, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        groups, self._groups = self._groups, {}
+        for group, calls in groups.items():
+            for start in range(0, len(calls), MAX_BATCH):
+                task = asyncio.create_task(self._run(group, calls[start : start + MAX_BATCH]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, group: Any, calls: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._send(group, [payload for payload, _ in calls])
+        except BaseException as err:  # every caller of the batch gets the batch's failure
+            for _, future in calls:
+                if not future.done():
+                    future.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
+            return
+        for (_, future), result in zip(calls, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
 class KVClient:
     """``async with KVClient(manager_addr) as kv: await kv.put(Key(...), b"v")``."""
 
@@ -159,6 +207,8 @@ class KVClient:
         self._manager: grpc.aio.Channel | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self.session = Session()
+        self._reads = _Coalescer(self._send_reads)
+        self._writes = _Coalescer(self._send_writes)
 
     async def __aenter__(self) -> KVClient:
         self._manager = grpc.aio.insecure_channel(self._manager_addr)
@@ -239,7 +289,15 @@ class KVClient:
     # ---------------------------------------------------------------- reads
 
     async def get(self, key: Key, consistency: Consistency = Consistency.STRONG) -> Item | None:
-        return (await self.multi_get([key], consistency))[key]
+        key.validate()
+        result: Item | None = await self._reads.submit((self.shard_of(key), consistency), key)
+        return result
+
+    async def _send_reads(
+        self, group: tuple[int, Consistency], keys: list[Key]
+    ) -> list[Item | None]:
+        found = await self._get_shard(group[0], keys, group[1])
+        return [found[key] for key in keys]
 
     async def multi_get(
         self, keys: Iterable[Key], consistency: Consistency = Consistency.STRONG
@@ -358,12 +416,24 @@ class KVClient:
         self.session.observe(reply.version)
         return reply
 
+    async def _one(self, mutation: Mutation, durability: Durability) -> pb.Item:
+        """A single unconditional mutation, coalesced with concurrent ones of the same shard."""
+        result: pb.Item = await self._writes.submit(
+            (self.shard_of(mutation.key), durability), mutation
+        )
+        return result
+
+    async def _send_writes(
+        self, group: tuple[int, Durability], mutations: list[Mutation]
+    ) -> list[pb.Item]:
+        reply = await self.write(mutations, durability=group[1])
+        return list(reply.results)
+
     async def put(
         self, key: Key, value: bytes, *, ttl_ms: int = 0, durability: Durability = Durability.QUORUM
     ) -> int:
         """Store ``value``; returns the key's new version."""
-        reply = await self.write([Put(key, value, ttl_ms)], durability=durability)
-        return reply.results[0].version
+        return (await self._one(Put(key, value, ttl_ms), durability)).version
 
     async def put_if_absent(self, key: Key, value: bytes) -> int:
         """Store only if the key does not exist; raises FailedPrecondition otherwise."""
@@ -371,11 +441,10 @@ class KVClient:
         return reply.results[0].version
 
     async def delete(self, key: Key) -> None:
-        await self.write([Delete(key)])
+        await self._one(Delete(key), Durability.QUORUM)
 
     async def increment(self, key: Key, delta: int = 1) -> int:
-        reply = await self.write([Increment(key, delta)])
-        return int(reply.results[0].value)
+        return int((await self._one(Increment(key, delta), Durability.QUORUM)).value)
 
     async def multi_put(self, items: Iterable[tuple[Key, bytes]]) -> None:
         """Many puts, grouped into one write per shard (each shard's part is atomic)."""

@@ -174,6 +174,10 @@ class ShardManager:
         ]
         if len(fenced) < len(shard.replicas) // 2 + 1:
             return changed
+        if shard.epoch == 1 and len(fenced) < len(shard.replicas) and now - shard.fenced_at < 3:
+            # First start: give every replica a moment to report, so primaries spread evenly
+            # instead of all landing on the first two that came up.
+            return changed
 
         def rank(rid: str) -> tuple[int, int, int]:
             p = self.replicas[rid].progress[shard.id]

@@ -81,7 +81,7 @@ class Replica:
             shard = self.shard(meta.shard)
             shard.epoch, shard.primary = meta.epoch, meta.primary
             shard.applied_seq, shard.applied_epoch = meta.applied_seq, meta.applied_epoch
-            shard.tail_start = meta.applied_seq + 1
+            shard.reset(meta.applied_seq, meta.applied_epoch)
             shard.commit_seq = meta.applied_seq
         by_shard: dict[int, list[tuple[KeyT, Entry]]] = {}
         for row in loaded.items:
@@ -97,7 +97,7 @@ class Replica:
         for entry in loaded.log:
             shard = self.shard(entry.shard)
             if not shard.tail and entry.seq <= shard.applied_seq:
-                shard.tail_start = entry.seq
+                shard.tail_start, shard.base_epoch = entry.seq, None  # older epochs unknown
             if entry.seq == shard.last_seq + 1:
                 shard.tail.append(
                     pb.LogEntry(seq=entry.seq, epoch=entry.epoch, payload=entry.payload)
@@ -528,12 +528,14 @@ class Replica:
     def _append_for(self, shard: Shard, follower: str) -> pb.ShardAppend:
         nxt = min(shard.next_seq.get(follower, shard.last_seq + 1), shard.last_seq + 1)
         prev = nxt - 1
-        prev_epoch = shard.epoch_at(prev)
+        prev_epoch = shard.epoch_at(prev) if prev >= shard.tail_start - 1 else None
         msg = pb.ShardAppend(shard=shard.id, epoch=shard.epoch, commit_seq=shard.commit_seq)
         if prev_epoch is None:
             # What the follower needs is no longer in our log: it must copy a snapshot.
+            # prev_seq tells it our log's floor, so a follower already past it just says where
+            # it is instead of copying again.
             msg.snapshot_required = True
-            msg.prev_seq = shard.last_seq
+            msg.prev_seq = shard.tail_start - 1
             return msg
         msg.prev_seq, msg.prev_epoch = prev, prev_epoch
         upto = min(shard.last_seq, prev + self.settings.max_entries_per_append)
@@ -665,6 +667,8 @@ class Replica:
         if shard.snapshotting:
             return result(S.MISMATCH, shard.applied_seq)
         if sa.snapshot_required:
+            if shard.applied_seq >= sa.prev_seq:
+                return result(S.MISMATCH, shard.applied_seq)
             shard.snapshotting = True
             self._tasks.append(asyncio.create_task(self._pull_snapshot(shard, primary, sa.epoch)))
             return result(S.MISMATCH, shard.applied_seq)
@@ -702,7 +706,7 @@ class Replica:
                         ItemRow(shard.id, *key, item.value, item.version, item.expires_at_ms)
                     )
             shard.data.replace(entries)
-            shard.tail, shard.tail_start = [], seq + 1
+            shard.reset(seq, seq_epoch)
             shard.applied_seq, shard.applied_epoch, shard.commit_seq = seq, seq_epoch, seq
             meta = ShardMeta(shard.id, shard.epoch, shard.primary, seq, seq_epoch)
             await self.store.commit(

@@ -37,6 +37,7 @@ class Shard:
     # The log tail kept in memory (also in the store): entries tail_start .. last.
     tail: list[pb.LogEntry] = field(default_factory=list)
     tail_start: int = 1
+    base_epoch: int | None = 0  # epoch of the entry just before the tail (None: unknown)
     commit_seq: int = 0
     # ---- as primary
     # Sequenced, uncommitted writes: key -> (seq, new entry or None for a delete).
@@ -65,7 +66,7 @@ class Shard:
     def last_epoch(self) -> int:
         if self.tail:
             return self.tail[-1].epoch
-        return self.applied_epoch if self.applied_seq == self.last_seq else 0
+        return self.base_epoch or 0
 
     def entry(self, seq: int) -> pb.LogEntry | None:
         index = seq - self.tail_start
@@ -73,33 +74,35 @@ class Shard:
 
     def epoch_at(self, seq: int) -> int | None:
         """The epoch of the entry at ``seq`` if known (0 for the empty prefix)."""
-        if seq == 0:
+        if seq == 0 and self.tail_start == 1:
             return 0
         found = self.entry(seq)
         if found is not None:
             return found.epoch
+        if seq == self.tail_start - 1:
+            return self.base_epoch
         if seq == self.applied_seq:
             return self.applied_epoch
         return None
 
     def append(self, entry: pb.LogEntry) -> None:
         assert entry.seq == self.last_seq + 1, (entry.seq, self.last_seq)
-        if not self.tail:
-            self.tail_start = entry.seq
         self.tail.append(entry)
+
+    def reset(self, seq: int, epoch: int) -> None:
+        """An empty log positioned after ``seq`` (a snapshot install)."""
+        self.tail, self.tail_start, self.base_epoch = [], seq + 1, epoch
 
     def truncate_after(self, seq: int) -> None:
         """Drop log entries after ``seq`` (never committed ones)."""
         assert seq >= self.applied_seq, (seq, self.applied_seq)
-        keep = max(0, seq - self.tail_start + 1)
-        del self.tail[keep:]
-        if not self.tail:
-            self.tail_start = seq + 1
+        del self.tail[max(0, seq - self.tail_start + 1) :]
 
     def trim(self, keep_entries: int) -> int:
         """Forget the oldest applied entries beyond ``keep_entries``; returns the new floor."""
         excess = min(len(self.tail) - keep_entries, self.applied_seq - self.tail_start + 1)
         if excess > 0:
+            self.base_epoch = self.tail[excess - 1].epoch
             del self.tail[:excess]
             self.tail_start += excess
         return self.tail_start - 1

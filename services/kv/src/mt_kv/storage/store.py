@@ -15,8 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import delete, event, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -135,41 +134,23 @@ class Store:
             ]
         return Loaded(metas, item_rows, log_rows)
 
-    def _insert(self, table: Any) -> Any:
-        return (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert(table)
-
     async def commit(self, batch: Batch) -> None:
         """Make ``batch`` durable, atomically."""
         if batch.empty():
             return
         async with self._lock, self.engine.begin() as conn:
             for shard, after in batch.log_truncate_after.items():
-                await conn.execute(delete(log).where(log.c.shard == shard, log.c.seq > after))
+                await conn.execute(_LOG_TRUNCATE, {"shard": shard, "seq": after})
             for shard, upto in batch.log_trim_upto.items():
-                await conn.execute(delete(log).where(log.c.shard == shard, log.c.seq <= upto))
+                await conn.execute(_LOG_TRIM, {"shard": shard, "seq": upto})
             if batch.log_appends:
-                stmt = self._insert(log)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[log.c.shard, log.c.seq],
-                    set_={"epoch": stmt.excluded.epoch, "payload": stmt.excluded.payload},
-                )
-                await conn.execute(stmt, [vars(r) for r in batch.log_appends])
+                await conn.execute(_LOG_UPSERT, [vars(r) for r in batch.log_appends])
             for shard, rows in batch.replace_shards.items():
-                await conn.execute(delete(items).where(items.c.shard == shard))
+                await conn.execute(_ITEMS_CLEAR, {"shard": shard})
                 await self._write_items(conn, rows)
             await self._write_items(conn, batch.item_writes)
             if batch.metas:
-                stmt = self._insert(shards)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[shards.c.shard],
-                    set_={
-                        "epoch": stmt.excluded.epoch,
-                        "primary": stmt.excluded.primary,
-                        "applied_seq": stmt.excluded.applied_seq,
-                        "applied_epoch": stmt.excluded.applied_epoch,
-                    },
-                )
-                await conn.execute(stmt, [vars(m) for m in batch.metas.values()])
+                await conn.execute(_META_UPSERT, [vars(m) for m in batch.metas.values()])
 
     async def _write_items(self, conn: Any, rows: Sequence[ItemRow]) -> None:
         # Last write per key wins within a round; deletes and upserts go as two statements.
@@ -177,27 +158,37 @@ class Store:
         for row in rows:
             latest[(row.keyspace, row.partition, row.key)] = row
         upserts = [vars(r) for r in latest.values() if r.value is not None]
-        deletes = [r for r in latest.values() if r.value is None]
+        deletes = [vars(r) for r in latest.values() if r.value is None]
         if upserts:
-            stmt = self._insert(items)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[items.c.keyspace, items.c.partition, items.c.key],
-                set_={
-                    "shard": stmt.excluded.shard,
-                    "value": stmt.excluded.value,
-                    "version": stmt.excluded.version,
-                    "expires_at_ms": stmt.excluded.expires_at_ms,
-                },
-            )
-            await conn.execute(stmt, upserts)
-        for row in deletes:
-            await conn.execute(
-                delete(items).where(
-                    items.c.keyspace == row.keyspace,
-                    items.c.partition == row.partition,
-                    items.c.key == row.key,
-                )
-            )
+            await conn.execute(_ITEM_UPSERT, upserts)
+        if deletes:
+            await conn.execute(_ITEM_DELETE, deletes)
+
+
+# The hot statements, as plain SQL built once: ON CONFLICT ... DO UPDATE is the same in SQLite
+# and PostgreSQL, and text() skips per-call statement construction and cache-key work.
+_LOG_UPSERT = text(
+    "INSERT INTO kv_log (shard, seq, epoch, payload) VALUES (:shard, :seq, :epoch, :payload) "
+    "ON CONFLICT (shard, seq) DO UPDATE SET epoch = excluded.epoch, payload = excluded.payload"
+)
+_LOG_TRUNCATE = text("DELETE FROM kv_log WHERE shard = :shard AND seq > :seq")
+_LOG_TRIM = text("DELETE FROM kv_log WHERE shard = :shard AND seq <= :seq")
+_ITEMS_CLEAR = text("DELETE FROM kv_items WHERE shard = :shard")
+_ITEM_UPSERT = text(
+    "INSERT INTO kv_items (keyspace, partition, key, shard, value, version, expires_at_ms) "
+    "VALUES (:keyspace, :partition, :key, :shard, :value, :version, :expires_at_ms) "
+    "ON CONFLICT (keyspace, partition, key) DO UPDATE SET shard = excluded.shard, "
+    "value = excluded.value, version = excluded.version, expires_at_ms = excluded.expires_at_ms"
+)
+_ITEM_DELETE = text(
+    "DELETE FROM kv_items WHERE keyspace = :keyspace AND partition = :partition AND key = :key"
+)
+_META_UPSERT = text(
+    'INSERT INTO kv_shards (shard, epoch, "primary", applied_seq, applied_epoch) '
+    "VALUES (:shard, :epoch, :primary, :applied_seq, :applied_epoch) "
+    'ON CONFLICT (shard) DO UPDATE SET epoch = excluded.epoch, "primary" = excluded."primary", '
+    "applied_seq = excluded.applied_seq, applied_epoch = excluded.applied_epoch"
+)
 
 
 def _migrate(connection: Connection) -> None:
