@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,12 +75,11 @@ def cmd_ps(manifest: Manifest, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'NAME':<10} {'PID':>8} {'PORT':>6}  {'ROLE':<8} HEALTH")
+    print(f"{'NAME':<10} {'PID':>8} {'PORT':>6}  {'ROLE':<10} HEALTH")
     for row in rows:
         pid = row["pid"] if row["pid"] is not None else "-"
-        print(
-            f"{row['name']!s:<10} {pid!s:>8} {row['port']!s:>6}  {row['role']!s:<8} {row['health']}"
-        )
+        name, port, role = str(row["name"]), str(row["port"]), str(row["role"])
+        print(f"{name:<10} {pid!s:>8} {port:>6}  {role:<10} {row['health']}")
     return 0
 
 
@@ -144,10 +144,16 @@ def parser() -> argparse.ArgumentParser:
     p_probe.add_argument("port", type=int)
     p_probe.add_argument("--timeout-s", type=float, default=2.0)
     p_probe.set_defaults(run=None)
+    from mt_cli import kvcmd
+
+    p_kv = sub.add_parser("kv", help="the KV service: put, get, status, bench")
+    kvcmd.add_arguments(p_kv)
+    p_kv.set_defaults(run=lambda manifest, args: kvcmd.run(args, manifest.home))
     return top
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `minithreads ps | head` ends quiet
     args = parser().parse_args(argv)
     if args.command == "probe":  # needs no checkout: it runs inside the compose image too
         sys.exit(cmd_probe(args))

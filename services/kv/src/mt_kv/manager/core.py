@@ -23,6 +23,8 @@ from mt_proto import kv_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+REBALANCE_QUIET_S = 2.0  # no primary moves for this long before a rebalancing move
+
 
 @dataclass
 class ShardAssignment:
@@ -33,6 +35,7 @@ class ShardAssignment:
     fenced_at: float = 0.0  # monotonic time the current epoch started without a primary
     lost_primary: str = ""  # the primary being replaced, for the failover record
     assigned_beat: int = 0  # the primary's heartbeat count when it was assigned
+    planned: str = ""  # a rebalancing handoff's intended primary (wins ties in the election)
 
 
 @dataclass
@@ -76,6 +79,7 @@ class ShardManager:
         self.routing_version = 0
         self._lost_at: dict[int, float] = {}  # shard -> when its primary was last heard of
         self._started = time.monotonic()
+        self._last_change = self._started
         self._load()
 
     # ---------------------------------------------------------------- persistence
@@ -131,7 +135,9 @@ class ShardManager:
         settled = now - self._started >= self.failover_timeout_s
         for shard in self.shards:
             if shard.primary and settled and self._primary_lost(shard, now):
-                self._lost_at.setdefault(shard.id, self.replicas[shard.primary].last_seen)
+                # Never heard from since we started: count from our start, not from the epoch.
+                heard = max(self.replicas[shard.primary].last_seen, self._started)
+                self._lost_at.setdefault(shard.id, heard)
                 log.warning(
                     "primary lost; fencing", extra={"shard": shard.id, "primary": shard.primary}
                 )
@@ -142,7 +148,46 @@ class ShardManager:
             if not shard.primary:
                 changed |= self._elect(shard, now)
         if changed:
+            self._last_change = now
+        elif self._rebalance(now):
+            self._last_change = now
+            changed = True
+        if changed:
             self._save()
+
+    def _rebalance(self, now: float) -> bool:
+        """Move one primary from the busiest replica to the idlest (after failovers or a
+        late start), when all is quiet and the target's log has caught up. The move is a
+        fence + election like a failover, with the target winning the tie; the shard's
+        writes wait out one lease."""
+        if now - self._last_change < REBALANCE_QUIET_S or any(not s.primary for s in self.shards):
+            return False
+        alive = [rid for rid in self.order if self.alive(rid, now)]
+        if len(alive) < 2:
+            return False
+        counts = {rid: 0 for rid in alive}
+        for shard in self.shards:
+            counts[shard.primary] = counts.get(shard.primary, 0) + 1
+        target = min(alive, key=lambda rid: counts[rid])
+        source = max(counts, key=lambda rid: counts[rid])
+        if counts[source] - counts[target] < 2:
+            return False
+        for shard in self.shards:
+            if shard.primary != source or target not in shard.replicas:
+                continue
+            theirs = self.replicas[source].progress.get(shard.id)
+            ours = self.replicas[target].progress.get(shard.id)
+            if (
+                theirs
+                and ours
+                and (ours.last_epoch, ours.last_seq) >= (theirs.last_epoch, theirs.last_seq)
+            ):
+                log.info("rebalancing", extra={"shard": shard.id, "from": source, "to": target})
+                shard.epoch += 1
+                shard.fenced_at = now
+                shard.planned, shard.primary = target, ""
+                return True
+        return False
 
     def _primary_lost(self, shard: ShardAssignment, now: float) -> bool:
         if not self.alive(shard.primary, now):
@@ -174,18 +219,21 @@ class ShardManager:
         ]
         if len(fenced) < len(shard.replicas) // 2 + 1:
             return changed
+        live = [rid for rid in shard.replicas if self.alive(rid, now)]
         if shard.epoch == 1 and len(fenced) < len(shard.replicas) and now - shard.fenced_at < 3:
             # First start: give every replica a moment to report, so primaries spread evenly
             # instead of all landing on the first two that came up.
             return changed
+        if len(fenced) < len(live) and now - shard.fenced_at < 1:
+            return changed  # a live replica has yet to report the new epoch: hear it out
 
         def rank(rid: str) -> tuple[int, int, int]:
             p = self.replicas[rid].progress[shard.id]
-            preferred = self.order[shard.id % len(self.order)]
+            preferred = shard.planned or self.order[shard.id % len(self.order)]
             return (p.last_epoch, p.last_seq, 1 if rid == preferred else 0)
 
         winner = max(fenced, key=rank)
-        shard.primary = winner
+        shard.primary, shard.planned = winner, ""
         shard.assigned_beat = self.replicas[winner].beats
         lost_at = self._lost_at.pop(shard.id, None)
         origin, shard.lost_primary = shard.lost_primary, ""
@@ -241,7 +289,7 @@ class ShardManager:
                 pid=v.pid,
                 alive=self.alive(v.id, now),
                 applied_seq=sum(p.applied_seq for p in v.progress.values()),
-                last_heartbeat_ms_ago=min(int((now - v.last_seen) * 1000), 2**31),
+                last_heartbeat_ms_ago=min(int((now - v.last_seen) * 1000), 2**32 - 1),
             )
             for v in self.replicas.values()
         ]
