@@ -51,16 +51,11 @@ def add_arguments(kv: argparse.ArgumentParser) -> None:
     get.add_argument("--consistency", choices=sorted(CONSISTENCY), default="strong")
     status = sub.add_parser("status", help="shards, epochs, primaries and replicas")
     status.add_argument("--json", action="store_true")
-    bench = sub.add_parser(
-        "bench", help="throughput and p99 on a fresh cluster, optionally vs etcd"
+    from mt_cli import kvbench
+
+    kvbench.add_arguments(
+        sub.add_parser("bench", help="throughput and p99 on a fresh cluster, optionally vs etcd")
     )
-    bench.add_argument(
-        "--vs", choices=["etcd"], help="also drive a 3-node etcd cluster, same shape"
-    )
-    bench.add_argument("--json", action="store_true", help="only the JSON line on stdout")
-    bench.add_argument("--duration-s", type=float, default=10.0, help="per phase")
-    bench.add_argument("--concurrency", type=int, default=64)
-    bench.add_argument("--value-bytes", type=int, default=100)
 
 
 async def _put(args: argparse.Namespace) -> int:
