@@ -35,7 +35,7 @@ drop_policy() {
 # and disable any that got running anyway.
 apt_packages() {
   local missing=() p
-  for p in redis-server redis-tools etcd-server etcd-client; do
+  for p in redis-server redis-tools etcd-server etcd-client postgresql-15; do
     installed "$p" || missing+=("$p")
   done
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)

@@ -31,6 +31,7 @@ class KVCluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     manager_port: int = field(default_factory=free_port)
     ports: dict[str, int] = field(default_factory=dict)
+    store_urls: dict[str, str] = field(default_factory=dict)  # replica -> MT_STORE_URL
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,7 +73,10 @@ class KVCluster:
         await self.wait_healthy(timeout_s)
 
     def start_replica(self, name: str) -> None:
-        self._spawn(name, "mt_kv.replica", self._env(self.ports[name], MT_REPLICA_ID=name))
+        more = {"MT_REPLICA_ID": name}
+        if name in self.store_urls:
+            more["MT_STORE_URL"] = self.store_urls[name]
+        self._spawn(name, "mt_kv.replica", self._env(self.ports[name], **more))
 
     async def wait_healthy(self, timeout_s: float = 60) -> None:
         """Until the manager reports every shard with a live primary."""
