@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 
 import grpc
 from mt_core.errors import (
+    ERROR_CLASSES,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     MinithreadsError,
     Unavailable,
@@ -188,7 +190,11 @@ class _Coalescer:
                 raise
             return
         for (_, future), result in zip(calls, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
                 future.set_result(result)
 
 
@@ -248,9 +254,15 @@ class KVClient:
         return self._table.shards[shard]
 
     def _stub(self, replica: str, shard: int) -> kv_pb2_grpc.KVAsyncStub:
+        return self._stub_at(self._addr(replica, shard))
+
+    def _addr(self, replica: str, shard: int) -> str:
         addr = self._info(shard).addrs.get(replica)
         if not addr:
             raise FailedPrecondition(f"shard {shard} has no primary now", code="not_primary")
+        return addr
+
+    def _stub_at(self, addr: str) -> kv_pb2_grpc.KVAsyncStub:
         if addr not in self._stubs:
             self._channels[addr] = grpc.aio.insecure_channel(addr)
             self._stubs[addr] = kv_pb2_grpc.KVStub(self._channels[addr])
@@ -290,14 +302,49 @@ class KVClient:
 
     async def get(self, key: Key, consistency: Consistency = Consistency.STRONG) -> Item | None:
         key.validate()
-        result: Item | None = await self._reads.submit((self.shard_of(key), consistency), key)
+        shard = self.shard_of(key)
+        addr = self._addr(self._read_replica(shard, consistency), shard)
+        result: Item | None = await self._reads.submit((addr, consistency), (shard, key))
         return result
 
     async def _send_reads(
-        self, group: tuple[int, Consistency], keys: list[Key]
-    ) -> list[Item | None]:
-        found = await self._get_shard(group[0], keys, group[1])
-        return [found[key] for key in keys]
+        self, group: tuple[str, Consistency], calls: list[tuple[int, Key]]
+    ) -> list[Item | BaseException | None]:
+        """One BatchGet to one replica for every shard's keys; a part it refuses is retried
+        on its own (reads are always safe to retry)."""
+        addr, consistency = group
+        by_shard: dict[int, list[Key]] = defaultdict(list)
+        for shard, key in calls:
+            by_shard[shard].append(key)
+        shards = list(by_shard)
+        request = pb.BatchGetRequest(
+            gets=[
+                pb.GetRequest(
+                    route=self._route(shard),
+                    keys=[_pb_key(k) for k in by_shard[shard]],
+                    read=self._read_options(shard, consistency),
+                )
+                for shard in shards
+            ]
+        )
+        found: dict[tuple[int, Key], Item | BaseException | None] = {}
+        try:
+            reply = await self._stub_at(addr).BatchGet(request, timeout=self._timeout_s)
+            outcomes: list[pb.GetResult | None] = list(reply.results)
+        except grpc.aio.AioRpcError:
+            outcomes = [None] * len(shards)
+        for shard, outcome in zip(shards, outcomes, strict=True):
+            keys = by_shard[shard]
+            if outcome is not None and outcome.HasField("ok"):
+                items = outcome.ok.items
+                found.update({(shard, k): _from_pb(i) for k, i in zip(keys, items, strict=True)})
+                continue
+            try:  # refused, or the call failed: the retrying path takes it from here
+                retried = await self._get_shard(shard, keys, consistency)
+                found.update({(shard, k): retried[k] for k in keys})
+            except MinithreadsError as err:
+                found.update({(shard, k): err for k in keys})
+        return [found[call] for call in calls]
 
     async def multi_get(
         self, keys: Iterable[Key], consistency: Consistency = Consistency.STRONG
@@ -343,11 +390,14 @@ class KVClient:
         return read
 
     def _read_stub(self, shard: int, consistency: Consistency) -> kv_pb2_grpc.KVAsyncStub:
+        return self._stub(self._read_replica(shard, consistency), shard)
+
+    def _read_replica(self, shard: int, consistency: Consistency) -> str:
         info = self._info(shard)
         if consistency == Consistency.STRONG or not info.replicas:
-            return self._stub(info.primary, shard)
+            return info.primary
         # Any replica may serve; one that cannot refuses and the retry lands elsewhere.
-        return self._stub(random.choice(list(info.replicas)), shard)
+        return random.choice(list(info.replicas))
 
     async def scan(
         self,
@@ -417,16 +467,77 @@ class KVClient:
         return reply
 
     async def _one(self, mutation: Mutation, durability: Durability) -> pb.Item:
-        """A single unconditional mutation, coalesced with concurrent ones of the same shard."""
-        result: pb.Item = await self._writes.submit(
-            (self.shard_of(mutation.key), durability), mutation
-        )
+        """A single unconditional mutation, batched with concurrent ones bound for the same
+        primary (one BatchWrite carrying a write per shard)."""
+        shard = self.shard_of(mutation.key)
+        addr = self._addr(self._info(shard).primary, shard)
+        result: pb.Item = await self._writes.submit((addr, durability), (shard, mutation))
         return result
 
     async def _send_writes(
-        self, group: tuple[int, Durability], mutations: list[Mutation]
-    ) -> list[pb.Item]:
-        reply = await self.write(mutations, durability=group[1])
+        self, group: tuple[str, Durability], calls: list[tuple[int, Mutation]]
+    ) -> list[pb.Item | BaseException]:
+        addr, durability = group
+        by_shard: dict[int, list[Mutation]] = defaultdict(list)
+        for shard, mutation in calls:
+            by_shard[shard].append(mutation)
+        shards = list(by_shard)
+        request = pb.BatchWriteRequest(
+            writes=[
+                pb.WriteRequest(
+                    route=self._route(shard),
+                    mutations=[_pb_mutation(m) for m in by_shard[shard]],
+                    durability=int(durability),  # type: ignore[arg-type]
+                )
+                for shard in shards
+            ]
+        )
+        outcomes: list[pb.WriteResult | None]
+        try:
+            reply = await self._stub_at(addr).BatchWrite(request, timeout=self._timeout_s)
+            outcomes = list(reply.results)
+        except grpc.aio.AioRpcError:
+            outcomes = [None] * len(shards)  # unknown outcome for every part
+        results: dict[int, list[pb.Item] | BaseException] = {}
+        for shard, outcome in zip(shards, outcomes, strict=True):
+            results[shard] = await self._settle(shard, by_shard[shard], outcome, durability)
+        position: dict[int, int] = defaultdict(int)
+        out: list[pb.Item | BaseException] = []
+        for shard, _ in calls:
+            part = results[shard]
+            if isinstance(part, BaseException):
+                out.append(part)
+            else:
+                out.append(part[position[shard]])
+                position[shard] += 1
+        return out
+
+    async def _settle(
+        self,
+        shard: int,
+        mutations: list[Mutation],
+        outcome: pb.WriteResult | None,
+        durability: Durability,
+    ) -> list[pb.Item] | BaseException:
+        """One shard's part of a BatchWrite: its results, or a retry where that is safe."""
+        if outcome is not None and outcome.HasField("ok"):
+            self.session.observe(outcome.ok.version)
+            return list(outcome.ok.results)
+        if outcome is not None:
+            cls = ERROR_CLASSES.get(outcome.error.kind, Internal)
+            error: MinithreadsError = cls(outcome.error.message, code=outcome.error.code)
+        else:
+            error = Unavailable("the batch call failed", code="indeterminate")
+        idempotent = all(isinstance(m, Put | Delete) for m in mutations)
+        refused = error.code in _REFUSED
+        if not refused and not (isinstance(error, Unavailable) and idempotent):
+            if isinstance(error, Unavailable):
+                return Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
+            return error
+        try:
+            reply = await self.write(mutations, durability=durability)
+        except MinithreadsError as err:
+            return err
         return list(reply.results)
 
     async def put(

@@ -49,6 +49,16 @@ class KVStub:
                 request_serializer=mt__proto_dot_kv__pb2.ScanRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_kv__pb2.ScanResponse.FromString,
                 _registered_method=True)
+        self.BatchGet = channel.unary_unary(
+                '/minithreads.kv.v1.KV/BatchGet',
+                request_serializer=mt__proto_dot_kv__pb2.BatchGetRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.BatchGetResponse.FromString,
+                _registered_method=True)
+        self.BatchWrite = channel.unary_unary(
+                '/minithreads.kv.v1.KV/BatchWrite',
+                request_serializer=mt__proto_dot_kv__pb2.BatchWriteRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.BatchWriteResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -72,6 +82,18 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchWrite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +111,16 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Scan,
                     request_deserializer=mt__proto_dot_kv__pb2.ScanRequest.FromString,
                     response_serializer=mt__proto_dot_kv__pb2.ScanResponse.SerializeToString,
+            ),
+            'BatchGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGet,
+                    request_deserializer=mt__proto_dot_kv__pb2.BatchGetRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.BatchGetResponse.SerializeToString,
+            ),
+            'BatchWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchWrite,
+                    request_deserializer=mt__proto_dot_kv__pb2.BatchWriteRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.BatchWriteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +204,60 @@ class KV:
             '/minithreads.kv.v1.KV/Scan',
             mt__proto_dot_kv__pb2.ScanRequest.SerializeToString,
             mt__proto_dot_kv__pb2.ScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.KV/BatchGet',
+            mt__proto_dot_kv__pb2.BatchGetRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.BatchGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.KV/BatchWrite',
+            mt__proto_dot_kv__pb2.BatchWriteRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.BatchWriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

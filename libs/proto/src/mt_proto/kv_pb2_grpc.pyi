@@ -41,6 +41,8 @@ class KVStub:
     Get: _grpc.UnaryUnaryMultiCallable[_kv_pb2.GetRequest, _kv_pb2.GetResponse]
     Write: _grpc.UnaryUnaryMultiCallable[_kv_pb2.WriteRequest, _kv_pb2.WriteResponse]
     Scan: _grpc.UnaryUnaryMultiCallable[_kv_pb2.ScanRequest, _kv_pb2.ScanResponse]
+    BatchGet: _grpc.UnaryUnaryMultiCallable[_kv_pb2.BatchGetRequest, _kv_pb2.BatchGetResponse]
+    BatchWrite: _grpc.UnaryUnaryMultiCallable[_kv_pb2.BatchWriteRequest, _kv_pb2.BatchWriteResponse]
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -48,6 +50,8 @@ class KVAsyncStub(KVStub):
     Get: _aio.UnaryUnaryMultiCallable[_kv_pb2.GetRequest, _kv_pb2.GetResponse]  # type: ignore[assignment]
     Write: _aio.UnaryUnaryMultiCallable[_kv_pb2.WriteRequest, _kv_pb2.WriteResponse]  # type: ignore[assignment]
     Scan: _aio.UnaryUnaryMultiCallable[_kv_pb2.ScanRequest, _kv_pb2.ScanResponse]  # type: ignore[assignment]
+    BatchGet: _aio.UnaryUnaryMultiCallable[_kv_pb2.BatchGetRequest, _kv_pb2.BatchGetResponse]  # type: ignore[assignment]
+    BatchWrite: _aio.UnaryUnaryMultiCallable[_kv_pb2.BatchWriteRequest, _kv_pb2.BatchWriteResponse]  # type: ignore[assignment]
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -70,6 +74,20 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         request: _kv_pb2.ScanRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.ScanResponse, _abc.Awaitable[_kv_pb2.ScanResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BatchGet(
+        self,
+        request: _kv_pb2.BatchGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.BatchGetResponse, _abc.Awaitable[_kv_pb2.BatchGetResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BatchWrite(
+        self,
+        request: _kv_pb2.BatchWriteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.BatchWriteResponse, _abc.Awaitable[_kv_pb2.BatchWriteResponse]]: ...
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

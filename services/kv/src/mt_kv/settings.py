@@ -30,6 +30,7 @@ class ReplicaSettings(ServiceSettings):
     store_url: str = ""  # default: a SQLite file under $MT_HOME/data/<replica_id>/
     heartbeat_ms: int = 100  # to the shard manager
     round_interval_ms: int = 50  # an idle primary still replicates this often (lease, commit)
+    group_commit_delay_ms: float = 2.0  # how long a round waits for more writes to join it
     replication_timeout_ms: int = 1_000
     max_entries_per_append: int = 2_000
     log_retention_entries: int = 50_000  # per shard; a follower further behind gets a snapshot

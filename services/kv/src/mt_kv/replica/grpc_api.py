@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from mt_core.errors import MinithreadsError
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
@@ -24,6 +26,28 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     async def Scan(self, request: pb.ScanRequest, context: Any) -> pb.ScanResponse:
         return await self.replica.scan(request)
 
+    async def BatchGet(self, request: pb.BatchGetRequest, context: Any) -> pb.BatchGetResponse:
+        results = await asyncio.gather(*(self._get(g) for g in request.gets))
+        return pb.BatchGetResponse(results=results)
+
+    async def BatchWrite(
+        self, request: pb.BatchWriteRequest, context: Any
+    ) -> pb.BatchWriteResponse:
+        results = await asyncio.gather(*(self._write(w) for w in request.writes))
+        return pb.BatchWriteResponse(results=results)
+
+    async def _get(self, request: pb.GetRequest) -> pb.GetResult:
+        try:
+            return pb.GetResult(ok=await self.replica.get(request))
+        except MinithreadsError as err:
+            return pb.GetResult(error=_error(err))
+
+    async def _write(self, request: pb.WriteRequest) -> pb.WriteResult:
+        try:
+            return pb.WriteResult(ok=await self.replica.write(request))
+        except MinithreadsError as err:
+            return pb.WriteResult(error=_error(err))
+
 
 class ReplicationServicer(kv_pb2_grpc.ReplicationServicer):
     def __init__(self, replica: Replica) -> None:
@@ -37,3 +61,7 @@ class ReplicationServicer(kv_pb2_grpc.ReplicationServicer):
     ) -> AsyncIterator[pb.SnapshotChunk]:
         async for chunk in self.replica.snapshot(request):
             yield chunk
+
+
+def _error(err: MinithreadsError) -> pb.Error:
+    return pb.Error(kind=type(err).__name__, code=err.code, message=err.message)
