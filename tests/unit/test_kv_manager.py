@@ -1,0 +1,111 @@
+"""The shard manager's rules, driven with heartbeats (no processes): fence, then elect the
+most up-to-date of a fenced majority; never elect without a majority; replace a restarted
+primary; rebalance one primary at a time."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from mt_kv.manager.core import ShardManager
+from mt_proto import kv_pb2 as pb
+
+REPLICAS = {"kv-1": "a:1", "kv-2": "a:2", "kv-3": "a:3"}
+
+
+def manager(tmp_path: Path, shards: int = 1) -> ShardManager:
+    m = ShardManager(
+        REPLICAS, shards, 64, tmp_path / "m.json", failover_timeout_ms=300, lease_ms=200
+    )
+    m._started -= 10
+    return m
+
+
+def beat(
+    m: ShardManager, rid: str, *, epoch: int, last: tuple[int, int] = (0, 0), primary: bool = False
+) -> pb.HeartbeatResponse:
+    progress = [
+        pb.ShardProgress(
+            shard=s.id, epoch=epoch, last_epoch=last[0], last_seq=last[1], primary=primary
+        )
+        for s in m.shards
+    ]
+    return m.heartbeat(pb.HeartbeatRequest(replica_id=rid, shards=progress))
+
+
+def test_first_start__fences_epoch_1_then_elects_once_all_report(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    for rid in REPLICAS:
+        beat(m, rid, epoch=0)
+    assert (m.shards[0].epoch, m.shards[0].primary) == (1, "")  # fenced, nobody elected yet
+    for rid in REPLICAS:
+        beat(m, rid, epoch=1)
+    assert m.shards[0].primary == "kv-1"  # shard 0's preferred replica, on a tie
+
+
+def test_election__picks_the_most_up_to_date_log_of_the_fenced(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.shards[0].epoch, m.shards[0].primary = 3, ""
+    beat(m, "kv-1", epoch=3, last=(2, 40))
+    beat(m, "kv-2", epoch=3, last=(3, 7))  # a later epoch beats a longer log
+    beat(m, "kv-3", epoch=3, last=(2, 90))
+    assert m.shards[0].primary == "kv-2"
+
+
+def test_election__never_without_a_fenced_majority(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.shards[0].epoch, m.shards[0].primary = 3, ""
+    beat(m, "kv-1", epoch=3, last=(2, 40))
+    beat(m, "kv-2", epoch=2, last=(2, 99))  # has not seen the fence: its log may still grow
+    assert m.shards[0].primary == ""
+
+
+def test_lost_primary__is_fenced_and_replaced_by_a_survivor(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.shards[0].epoch, m.shards[0].primary = 5, "kv-1"
+    for rid in REPLICAS:
+        beat(m, rid, epoch=5, last=(5, 10), primary=rid == "kv-1")
+    time.sleep(0.35)  # kv-1 goes silent past the failover timeout
+    beat(m, "kv-2", epoch=5, last=(5, 10))
+    assert (m.shards[0].epoch, m.shards[0].primary) == (6, "")
+    beat(m, "kv-2", epoch=6, last=(5, 10))
+    beat(m, "kv-3", epoch=6, last=(5, 9))
+    assert m.shards[0].primary == "kv-2"
+    assert m.failovers[-1].from_replica == "kv-1"
+    assert m.failovers[-1].to_replica == "kv-2"
+
+
+def test_restarted_primary__gets_a_new_epoch(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.shards[0].epoch, m.shards[0].primary = 5, "kv-1"
+    for _ in range(3):  # back, reporting our epoch, but not primary: it never resumes one
+        beat(m, "kv-1", epoch=5, last=(5, 10), primary=False)
+    assert m.shards[0].epoch == 6
+
+
+def test_epochs__survive_a_manager_restart(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.shards[0].epoch, m.shards[0].primary = 7, ""
+    for rid in REPLICAS:
+        beat(m, rid, epoch=7, last=(7, 1))
+    again = manager(tmp_path)
+    assert (again.shards[0].epoch, again.shards[0].primary) == (7, m.shards[0].primary)
+
+
+def test_rebalance__moves_one_primary_to_an_idle_caught_up_replica(tmp_path: Path) -> None:
+    m = manager(tmp_path, shards=3)
+    for shard in m.shards:
+        shard.epoch, shard.primary = 2, "kv-1"
+    m._last_change -= 60
+    for rid in REPLICAS:
+        beat(m, rid, epoch=2, last=(2, 5), primary=rid == "kv-1")
+    moved = [s for s in m.shards if s.epoch == 3]
+    assert len(moved) == 1
+    assert moved[0].planned in {"kv-2", "kv-3"}
+
+
+@pytest.mark.parametrize("unknown", ["kv-9", ""])
+def test_heartbeat__from_an_unknown_replica_is_refused(tmp_path: Path, unknown: str) -> None:
+    with pytest.raises(KeyError):
+        manager(tmp_path).heartbeat(pb.HeartbeatRequest(replica_id=unknown))

@@ -1,0 +1,97 @@
+"""A replica's shard log and in-memory data: the operations replication relies on."""
+
+from __future__ import annotations
+
+from mt_kv.data import ShardData
+from mt_kv.replica.shard import Shard
+from mt_proto import kv_pb2 as pb
+
+
+def entry(seq: int, epoch: int) -> pb.LogEntry:
+    return pb.LogEntry(seq=seq, epoch=epoch)
+
+
+def test_log__epoch_at_knows_the_tail_and_the_entry_before_it() -> None:
+    shard = Shard(0)
+    assert shard.epoch_at(0) == 0
+    for seq in range(1, 6):
+        shard.append(entry(seq, 1 if seq < 4 else 2))
+    assert [shard.epoch_at(s) for s in range(1, 6)] == [1, 1, 1, 2, 2]
+    assert shard.epoch_at(6) is None
+    assert (shard.last_seq, shard.last_epoch) == (5, 2)
+
+
+def test_log__trim_keeps_only_applied_entries_out_and_remembers_the_floor() -> None:
+    shard = Shard(0)
+    for seq in range(1, 11):
+        shard.append(entry(seq, 1))
+    shard.applied_seq = 6
+    floor = shard.trim(keep_entries=2)
+    assert floor == 6  # never past what is applied, even if more could go
+    assert shard.epoch_at(6) == 1  # the floor's epoch is kept for the next Append's prev
+    assert shard.epoch_at(5) is None
+    assert shard.epoch_at(0) is None  # the empty prefix is no longer ours to vouch for
+
+
+def test_log__truncate_drops_an_uncommitted_suffix() -> None:
+    shard = Shard(0)
+    for seq in range(1, 6):
+        shard.append(entry(seq, 1))
+    shard.applied_seq = 2
+    shard.truncate_after(3)
+    assert shard.last_seq == 3
+    shard.append(entry(4, 2))
+    assert shard.epoch_at(4) == 2
+
+
+def test_log__reset_positions_an_empty_log_after_a_snapshot() -> None:
+    shard = Shard(0)
+    shard.reset(100, 4)
+    assert (shard.last_seq, shard.last_epoch, shard.epoch_at(100)) == (100, 4, 4)
+    shard.append(entry(101, 5))
+    assert shard.last_seq == 101
+
+
+def _put(
+    keyspace: str, partition: bytes, key: bytes, value: bytes, version: int, ttl: int = 0
+) -> pb.Item:
+    return pb.Item(
+        key=pb.Key(keyspace=keyspace, partition=partition, key=key),
+        found=True,
+        value=value,
+        version=version,
+        expires_at_ms=ttl,
+    )
+
+
+def test_data__scan_stays_in_its_partition_and_prefix() -> None:
+    data = ShardData()
+    data.apply(
+        [
+            _put("t", b"p", b"a1", b"1", 1),
+            _put("t", b"p", b"a2", b"2", 2),
+            _put("t", b"p", b"b1", b"3", 3),
+            _put("t", b"p\x00", b"a1", b"x", 4),  # another partition sorting right after
+            _put("t", b"q", b"a1", b"y", 5),
+        ]
+    )
+    found, more = data.scan("t", b"p", b"a", None, 10, False, 0)
+    assert [k[2] for k, _ in found] == [b"a1", b"a2"]
+    assert not more
+    everything, _ = data.scan("t", b"p", b"", None, 10, False, 0)
+    assert [k[2] for k, _ in everything] == [b"a1", b"a2", b"b1"]
+    newest, more = data.scan("t", b"p", b"", None, 2, True, 0)
+    assert [k[2] for k, _ in newest] == [b"b1", b"a2"]
+    assert more
+    rest, more = data.scan("t", b"p", b"", b"a2", 2, True, 0)
+    assert [k[2] for k, _ in rest] == [b"a1"]
+    assert not more
+
+
+def test_data__expired_keys_are_invisible_and_listed_for_deletion() -> None:
+    data = ShardData()
+    data.apply([_put("t", b"p", b"otp", b"1", 1, ttl=1_000), _put("t", b"p", b"keep", b"2", 2)])
+    assert data.get(("t", b"p", b"otp"), 999) is not None
+    assert data.get(("t", b"p", b"otp"), 1_000) is None
+    assert [k for k, _ in data.expired(1_000, 10)] == [("t", b"p", b"otp")]
+    assert data.expired(1_000, 10) == []
