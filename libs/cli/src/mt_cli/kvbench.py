@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mt_core.service import tune_gc
 from mt_kv_client import Consistency, Durability, Key, KVClient
 
 from mt_cli.kvcluster import KVCluster, free_port
@@ -437,6 +438,7 @@ def _table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, home: Path) -> int:
     """Progress (and, without --json, a summary table) on stderr; one JSON line on stdout."""
+    tune_gc(50_000)  # the driver is a long-lived asyncio client too; the same for both systems
     try:
         result = asyncio.run(
             run_bench(

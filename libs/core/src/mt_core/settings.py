@@ -23,6 +23,7 @@ class ServiceSettings(BaseSettings):
     log_json: bool = True
     shutdown_grace_ms: int = 5_000
     default_rpc_timeout_ms: int = 5_000
+    gc_gen0_threshold: int = 50_000  # allocations between young collections (CPython: 700)
 
     # Where the neighbours are. Compose and the launcher set these; the defaults are `make up`'s.
     users_addr: str = "127.0.0.1:50051"

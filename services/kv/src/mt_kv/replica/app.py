@@ -51,6 +51,7 @@ async def app(settings: ReplicaSettings) -> AsyncIterator[None]:
     await store.open()
     replica = Replica(settings, store)
     await replica.load()
+
     servicers = [
         Servicer(
             pb.DESCRIPTOR.services_by_name["KV"].full_name,

@@ -523,11 +523,17 @@ class Replica:
             return  # the follower is down or slow; the next round tries again
         finally:
             self._in_flight.discard(follower)
+        behind = False
         for (shard, epoch), result in zip(sent, reply.shards, strict=False):
             if shard.role is not Role.PRIMARY or shard.epoch != epoch:
                 continue
             self._on_result(shard, follower, result, started)
             self._advance_commit(shard)
+            behind |= shard.next_seq.get(follower, 0) <= shard.last_seq
+        if behind:
+            # Rounds skip a follower while its Append is out; entries sequenced meanwhile must
+            # not wait for the idle tick to reach it.
+            self._kick.set()
 
     def _append_for(self, shard: Shard, follower: str) -> pb.ShardAppend:
         nxt = min(shard.next_seq.get(follower, shard.last_seq + 1), shard.last_seq + 1)
