@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -114,3 +115,54 @@ def test_http_body__has_the_contract_shape_and_hides_internals() -> None:
     limited = response_for(e.RateLimited("slow down", retry_after_s=2.5))
     assert limited.status == 429
     assert limited.headers["Retry-After"] == "3"
+
+
+async def test_deadline__an_inbound_deadline_bounds_the_outbound_call() -> None:
+    """A -> B over mt_core channels: B sees A's caller's deadline, not B's default timeout."""
+    seen: list[float] = []
+
+    async def inner(
+        request: health_pb2.HealthCheckRequest, context: object
+    ) -> health_pb2.HealthCheckResponse:
+        seen.append(context.time_remaining())  # type: ignore[attr-defined]
+        return health_pb2.HealthCheckResponse()
+
+    def mount(name: str, handler: Any) -> Servicer:
+        generic = grpc.method_handlers_generic_handler(
+            name,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    handler,
+                    request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                    response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+                )
+            },
+        )
+        return Servicer(name, lambda server: server.add_generic_rpc_handlers([generic]))
+
+    def method(chan: grpc.aio.Channel, name: str) -> grpc.aio.UnaryUnaryMultiCallable:  # type: ignore[type-arg]
+        return chan.unary_unary(
+            f"/{name}/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+    settings = ServiceSettings(service_name="test", grpc_port=0, shutdown_grace_ms=100)
+    to_b: list[grpc.aio.Channel] = []
+
+    async def outer(
+        request: health_pb2.HealthCheckRequest, context: object
+    ) -> health_pb2.HealthCheckResponse:
+        return await method(to_b[0], "test.Inner")(request)
+
+    async with (
+        grpc_server(settings, [mount("test.Inner", inner)]) as b,
+        grpc_server(settings, [mount("test.Outer", outer)]) as a,
+        channel(f"127.0.0.1:{b.port}", default_timeout_ms=30_000) as b_chan,
+        channel(f"127.0.0.1:{a.port}", default_timeout_ms=30_000) as a_chan,
+    ):
+        to_b.append(b_chan)
+        await method(a_chan, "test.Outer")(health_pb2.HealthCheckRequest(), timeout=2.0)
+    assert len(seen) == 1
+    # Not the 30 s default: the 2 s deadline travelled (give or take clock rounding).
+    assert 0 < seen[0] < 3, f"B had {seen[0]:.1f}s: the 2 s deadline was not propagated"

@@ -29,6 +29,7 @@ from mt_core.errors import (
     MinithreadsError,
     Unavailable,
 )
+from mt_core.rpc import deadline
 from mt_core.rpc.status import error_from_rpc
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
@@ -227,6 +228,11 @@ class KVClient:
         if self._manager is not None:
             await self._manager.close()
 
+    def _call_timeout_s(self) -> float | None:
+        """Our timeout, cut to what the inbound request being served has left (deadline
+        propagation, without the cost of a client interceptor on this hot path)."""
+        return deadline.effective_timeout_s(self._timeout_s)
+
     # ---------------------------------------------------------------- routing
 
     async def refresh(self) -> None:
@@ -239,7 +245,9 @@ class KVClient:
         assert self._manager is not None, "use KVClient as an async context manager"
         stub = kv_pb2_grpc.ShardManagerStub(self._manager)
         try:
-            self._table = await stub.GetRoutingTable(pb.RoutingRequest(), timeout=self._timeout_s)
+            self._table = await stub.GetRoutingTable(
+                pb.RoutingRequest(), timeout=self._call_timeout_s()
+            )
         except grpc.aio.AioRpcError as err:
             raise Unavailable(f"shard manager unreachable: {err.code().name}") from None
 
@@ -329,7 +337,7 @@ class KVClient:
         )
         found: dict[tuple[int, Key], Item | BaseException | None] = {}
         try:
-            reply = await self._stub_at(addr).BatchGet(request, timeout=self._timeout_s)
+            reply = await self._stub_at(addr).BatchGet(request, timeout=self._call_timeout_s())
             outcomes: list[pb.GetResult | None] = list(reply.results)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(shards)
@@ -375,7 +383,7 @@ class KVClient:
                     read=self._read_options(shard, consistency),
                 )
                 return await self._read_stub(shard, consistency).Get(
-                    request, timeout=self._timeout_s
+                    request, timeout=self._call_timeout_s()
                 )
 
             reply = await self._retrying(attempt, idempotent=True)
@@ -424,7 +432,9 @@ class KVClient:
                 reverse=reverse,
                 read=self._read_options(shard, consistency),
             )
-            return await self._read_stub(shard, consistency).Scan(request, timeout=self._timeout_s)
+            return await self._read_stub(shard, consistency).Scan(
+                request, timeout=self._call_timeout_s()
+            )
 
         reply = await self._retrying(attempt, idempotent=True)
         items = [item for item in map(_from_pb, reply.items) if item is not None]
@@ -460,7 +470,7 @@ class KVClient:
                 durability=int(durability),  # type: ignore[arg-type]
             )
             stub = self._stub(self._info(shard).primary, shard)
-            return await stub.Write(request, timeout=self._timeout_s)
+            return await stub.Write(request, timeout=self._call_timeout_s())
 
         reply = await self._retrying(attempt, idempotent=idempotent)
         self.session.observe(reply.version)
@@ -494,7 +504,7 @@ class KVClient:
         )
         outcomes: list[pb.WriteResult | None]
         try:
-            reply = await self._stub_at(addr).BatchWrite(request, timeout=self._timeout_s)
+            reply = await self._stub_at(addr).BatchWrite(request, timeout=self._call_timeout_s())
             outcomes = list(reply.results)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(shards)  # unknown outcome for every part
