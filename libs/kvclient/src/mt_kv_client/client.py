@@ -357,17 +357,10 @@ class KVClient:
     async def multi_get(
         self, keys: Iterable[Key], consistency: Consistency = Consistency.STRONG
     ) -> dict[Key, Item | None]:
-        """One round trip per shard, in parallel."""
-        by_shard: dict[int, list[Key]] = defaultdict(list)
-        for key in keys:
-            by_shard[self.shard_of(key)].append(key)
-        out: dict[Key, Item | None] = {}
-        parts = await asyncio.gather(
-            *(self._get_shard(shard, ks, consistency) for shard, ks in by_shard.items())
-        )
-        for part in parts:
-            out.update(part)
-        return out
+        """One BatchGet per replica (the batcher groups the keys), in parallel."""
+        unique = list(dict.fromkeys(keys))
+        found = await asyncio.gather(*(self.get(key, consistency) for key in unique))
+        return dict(zip(unique, found, strict=True))
 
     async def _get_shard(
         self, shard: int, keys: Sequence[Key], consistency: Consistency
@@ -568,13 +561,8 @@ class KVClient:
         return int((await self._one(Increment(key, delta), Durability.QUORUM)).value)
 
     async def multi_put(self, items: Iterable[tuple[Key, bytes]]) -> None:
-        """Many puts, grouped into one write per shard (each shard's part is atomic)."""
-        by_shard: dict[int, list[Mutation]] = defaultdict(list)
-        for key, value in items:
-            by_shard[self.shard_of(key)].append(Put(key, value))
-        writes = [
-            self.write(part[i : i + MAX_BATCH])
-            for part in by_shard.values()
-            for i in range(0, len(part), MAX_BATCH)
-        ]
-        await asyncio.gather(*writes)
+        """Many puts: one BatchWrite per primary (the batcher groups them); each shard's part of
+        a batch is atomic, and the call fails if any part does."""
+        await asyncio.gather(
+            *(self._one(Put(key, value), Durability.QUORUM) for key, value in items)
+        )
