@@ -68,7 +68,7 @@ def instrument_libraries() -> None:
         filters.any_of(
             filters.health_check(),
             filters.method_name("Heartbeat"),
-            filters.method_name("Append"),
+            filters.method_name("AppendStream"),
         )
     )
     GrpcAioInstrumentorServer(filter_=no_health).instrument()  # type: ignore[no-untyped-call]

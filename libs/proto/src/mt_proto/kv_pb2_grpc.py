@@ -278,8 +278,8 @@ class ReplicationStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Append = channel.unary_unary(
-                '/minithreads.kv.v1.Replication/Append',
+        self.AppendStream = channel.stream_stream(
+                '/minithreads.kv.v1.Replication/AppendStream',
                 request_serializer=mt__proto_dot_kv__pb2.AppendRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_kv__pb2.AppendResponse.FromString,
                 _registered_method=True)
@@ -293,8 +293,10 @@ class ReplicationStub:
 class ReplicationServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Append(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def AppendStream(self, request_iterator, context):
+        """One long-lived stream per primary -> follower pair, one request per group-commit round;
+        responses come back in request order, and no call is set up per round.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -308,8 +310,8 @@ class ReplicationServicer:
 
 def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Append': grpc.unary_unary_rpc_method_handler(
-                    servicer.Append,
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
                     request_deserializer=mt__proto_dot_kv__pb2.AppendRequest.FromString,
                     response_serializer=mt__proto_dot_kv__pb2.AppendResponse.SerializeToString,
             ),
@@ -330,7 +332,7 @@ class Replication:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Append(request,
+    def AppendStream(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -340,10 +342,10 @@ class Replication:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/minithreads.kv.v1.Replication/Append',
+            '/minithreads.kv.v1.Replication/AppendStream',
             mt__proto_dot_kv__pb2.AppendRequest.SerializeToString,
             mt__proto_dot_kv__pb2.AppendResponse.FromString,
             options,

@@ -96,22 +96,31 @@ class ReplicationStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ReplicationAsyncStub: ...
-    Append: _grpc.UnaryUnaryMultiCallable[_kv_pb2.AppendRequest, _kv_pb2.AppendResponse]
+    AppendStream: _grpc.StreamStreamMultiCallable[_kv_pb2.AppendRequest, _kv_pb2.AppendResponse]
+    """One long-lived stream per primary -> follower pair, one request per group-commit round;
+    responses come back in request order, and no call is set up per round.
+    """
     Snapshot: _grpc.UnaryStreamMultiCallable[_kv_pb2.SnapshotRequest, _kv_pb2.SnapshotChunk]
 
 @_typing.type_check_only
 class ReplicationAsyncStub(ReplicationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Append: _aio.UnaryUnaryMultiCallable[_kv_pb2.AppendRequest, _kv_pb2.AppendResponse]  # type: ignore[assignment]
+    AppendStream: _aio.StreamStreamMultiCallable[_kv_pb2.AppendRequest, _kv_pb2.AppendResponse]  # type: ignore[assignment]
+    """One long-lived stream per primary -> follower pair, one request per group-commit round;
+    responses come back in request order, and no call is set up per round.
+    """
     Snapshot: _aio.UnaryStreamMultiCallable[_kv_pb2.SnapshotRequest, _kv_pb2.SnapshotChunk]  # type: ignore[assignment]
 
 class ReplicationServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
-    def Append(
+    def AppendStream(
         self,
-        request: _kv_pb2.AppendRequest,
+        request_iterator: _MaybeAsyncIterator[_kv_pb2.AppendRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_kv_pb2.AppendResponse, _abc.Awaitable[_kv_pb2.AppendResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_kv_pb2.AppendResponse], _abc.AsyncIterator[_kv_pb2.AppendResponse]]:
+        """One long-lived stream per primary -> follower pair, one request per group-commit round;
+        responses come back in request order, and no call is set up per round.
+        """
 
     @_abc_1.abstractmethod
     def Snapshot(

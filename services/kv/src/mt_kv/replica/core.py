@@ -3,8 +3,8 @@
 Write path (primary): validate, check conditions against committed data overlaid with the
 writes already sequenced, assign the next seq, log the *effects* (an increment is logged as its
 result), then wait. A round — one per tick of the flusher — makes every new entry durable
-locally (one transaction) while sending it to each follower (one Append RPC per follower for all
-shards). An entry commits when a majority holds it and an entry of the current epoch is at or
+locally (one transaction) while sending it to each follower (one Append message per follower
+for all shards, on a long-lived stream). An entry commits when a majority holds it and an entry of the current epoch is at or
 past it (Raft's rule, so an old epoch's tail is never committed by counting); then it is applied
 to the in-memory data and its writers are answered.
 
@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -71,6 +72,7 @@ class Replica:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: set[str] = set()  # followers with an Append outstanding
+        self._streams: dict[str, Any] = {}  # follower -> its AppendStream call
         self._keyspaces = settings.keyspaces()
 
     # ------------------------------------------------------------------ lifetime
@@ -121,6 +123,8 @@ class Replica:
                 await task
         for shard in self.shards.values():
             self._fail_waiters(shard, "replica stopping")
+        for follower in list(self._streams):
+            self._drop_stream(follower)
         for chan in self._channels.values():
             await chan.close()
 
@@ -516,10 +520,9 @@ class Replica:
             return
         self._in_flight.add(follower)
         try:
-            reply = await self._stub(follower).Append(
-                request, timeout=self.settings.replication_timeout_ms / 1000
-            )
-        except grpc.aio.AioRpcError:
+            reply = await self._append_on_stream(follower, request)
+        except (grpc.aio.AioRpcError, TimeoutError, ConnectionError):
+            self._drop_stream(follower)
             return  # the follower is down or slow; the next round tries again
         finally:
             self._in_flight.discard(follower)
@@ -534,6 +537,27 @@ class Replica:
             # Rounds skip a follower while its Append is out; entries sequenced meanwhile must
             # not wait for the idle tick to reach it.
             self._kick.set()
+
+    async def _append_on_stream(
+        self, follower: str, request: pb.AppendRequest
+    ) -> pb.AppendResponse:
+        """One Append over the follower's long-lived stream (opened on first use). One request
+        is outstanding per follower at a time, so the next response is this request's."""
+        call = self._streams.get(follower)
+        if call is None or call.done():
+            call = self._stub(follower).AppendStream()
+            self._streams[follower] = call
+        timeout_s = self.settings.replication_timeout_ms / 1000
+        await asyncio.wait_for(call.write(request), timeout_s)
+        reply = await asyncio.wait_for(call.read(), timeout_s)
+        if not isinstance(reply, pb.AppendResponse):  # EOF: the follower ended the stream
+            raise ConnectionError(f"{follower} closed the replication stream")
+        return reply
+
+    def _drop_stream(self, follower: str) -> None:
+        call = self._streams.pop(follower, None)
+        if call is not None:
+            call.cancel()
 
     def _append_for(self, shard: Shard, follower: str) -> pb.ShardAppend:
         nxt = min(shard.next_seq.get(follower, shard.last_seq + 1), shard.last_seq + 1)

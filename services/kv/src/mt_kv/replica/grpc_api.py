@@ -53,8 +53,11 @@ class ReplicationServicer(kv_pb2_grpc.ReplicationServicer):
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
 
-    async def Append(self, request: pb.AppendRequest, context: Any) -> pb.AppendResponse:
-        return await self.replica.append(request)
+    async def AppendStream(
+        self, requests: AsyncIterator[pb.AppendRequest], context: Any
+    ) -> AsyncIterator[pb.AppendResponse]:
+        async for request in requests:
+            yield await self.replica.append(request)
 
     async def Snapshot(
         self, request: pb.SnapshotRequest, context: Any
