@@ -4,9 +4,9 @@ Write path (primary): validate, check conditions against committed data overlaid
 writes already sequenced, assign the next seq, log the *effects* (an increment is logged as its
 result), then wait. A round — one per tick of the flusher — makes every new entry durable
 locally (one transaction) while sending it to each follower (one Append message per follower
-for all shards, on a long-lived stream). An entry commits when a majority holds it and an entry of the current epoch is at or
-past it (Raft's rule, so an old epoch's tail is never committed by counting); then it is applied
-to the in-memory data and its writers are answered.
+for all shards, on a long-lived stream). An entry commits when a majority holds it and an
+entry of the current epoch is at or past it (Raft's rule, so an old epoch's tail is never
+committed by counting); then it is applied to the in-memory data and its writers are answered.
 
 Leases: a follower that acknowledged a primary promises not to help another primary for
 ``lease`` seconds; a primary serves strong reads while a majority acknowledged it within the
