@@ -77,3 +77,17 @@ def test_exporter__follows_otel_traces_exporter() -> None:
     assert make_exporter("none") is None
     with pytest.raises(ValueError, match="jaeger-thrift"):
         make_exporter("jaeger-thrift")
+
+
+def test_inject_headers__carries_the_current_trace_without_duplicating() -> None:
+    from mt_core.messaging import inject_headers
+
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("publish") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        headers = inject_headers([("kind", b"follow")])
+        again = inject_headers(headers)
+    assert headers[0] == ("kind", b"follow")
+    assert trace_id in dict(headers)["traceparent"].decode()
+    assert [k for k, _ in again].count("traceparent") == 1
+    assert inject_headers() == []  # no current span: nothing to carry

@@ -140,6 +140,17 @@ def _pb_condition(c: Check) -> pb.Condition:
     return pb.Condition(key=_pb_key(c.key), kind=pb.Condition.VERSION_EQUALS, version=c.version)
 
 
+P = TypeVar("P")
+
+
+def _by_shard(calls: Iterable[tuple[int, P]]) -> dict[int, list[P]]:
+    """Coalesced calls grouped by shard, each group in call order."""
+    grouped: dict[int, list[P]] = defaultdict(list)
+    for shard, payload in calls:
+        grouped[shard].append(payload)
+    return grouped
+
+
 def _from_pb(item: pb.Item) -> Item | None:
     if not item.found:
         return None
@@ -321,9 +332,7 @@ class KVClient:
         """One BatchGet to one replica for every shard's keys; a part it refuses is retried
         on its own (reads are always safe to retry)."""
         addr, consistency = group
-        by_shard: dict[int, list[Key]] = defaultdict(list)
-        for shard, key in calls:
-            by_shard[shard].append(key)
+        by_shard = _by_shard(calls)
         shards = list(by_shard)
         request = pb.BatchGetRequest(
             gets=[
@@ -335,24 +344,39 @@ class KVClient:
                 for shard in shards
             ]
         )
-        found: dict[tuple[int, Key], Item | BaseException | None] = {}
         try:
             reply = await self._stub_at(addr).BatchGet(request, timeout=self._call_timeout_s())
             outcomes: list[pb.GetResult | None] = list(reply.results)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(shards)
-        for shard, outcome in zip(shards, outcomes, strict=True):
-            keys = by_shard[shard]
-            if outcome is not None and outcome.HasField("ok"):
-                items = outcome.ok.items
-                found.update({(shard, k): _from_pb(i) for k, i in zip(keys, items, strict=True)})
-                continue
-            try:  # refused, or the call failed: the retrying path takes it from here
-                retried = await self._get_shard(shard, keys, consistency)
-                found.update({(shard, k): retried[k] for k in keys})
-            except MinithreadsError as err:
-                found.update({(shard, k): err for k in keys})
+        parts = await asyncio.gather(
+            *(
+                self._read_part(shard, by_shard[shard], outcome, consistency)
+                for shard, outcome in zip(shards, outcomes, strict=True)
+            )
+        )
+        found = {
+            (shard, key): result
+            for shard, part in zip(shards, parts, strict=True)
+            for key, result in part.items()
+        }
         return [found[call] for call in calls]
+
+    async def _read_part(
+        self,
+        shard: int,
+        keys: list[Key],
+        outcome: pb.GetResult | None,
+        consistency: Consistency,
+    ) -> dict[Key, Item | BaseException | None]:
+        """One shard's part of a BatchGet; a refused or failed part takes the retrying path
+        (reads are always safe to retry), all parts at once."""
+        if outcome is not None and outcome.HasField("ok"):
+            return {k: _from_pb(i) for k, i in zip(keys, outcome.ok.items, strict=True)}
+        try:
+            return dict(await self._get_shard(shard, keys, consistency))
+        except MinithreadsError as err:
+            return dict.fromkeys(keys, err)
 
     async def multi_get(
         self, keys: Iterable[Key], consistency: Consistency = Consistency.STRONG
@@ -481,9 +505,7 @@ class KVClient:
         self, group: tuple[str, Durability], calls: list[tuple[int, Mutation]]
     ) -> list[pb.Item | BaseException]:
         addr, durability = group
-        by_shard: dict[int, list[Mutation]] = defaultdict(list)
-        for shard, mutation in calls:
-            by_shard[shard].append(mutation)
+        by_shard = _by_shard(calls)
         shards = list(by_shard)
         request = pb.BatchWriteRequest(
             writes=[
@@ -501,9 +523,14 @@ class KVClient:
             outcomes = list(reply.results)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(shards)  # unknown outcome for every part
-        results: dict[int, list[pb.Item] | BaseException] = {}
-        for shard, outcome in zip(shards, outcomes, strict=True):
-            results[shard] = await self._settle(shard, by_shard[shard], outcome, durability)
+        # Parts that must be retried are retried together: a failover touches many shards.
+        settled = await asyncio.gather(
+            *(
+                self._settle(shard, by_shard[shard], outcome, durability)
+                for shard, outcome in zip(shards, outcomes, strict=True)
+            )
+        )
+        results = dict(zip(shards, settled, strict=True))
         position: dict[int, int] = defaultdict(int)
         out: list[pb.Item | BaseException] = []
         for shard, _ in calls:

@@ -842,8 +842,6 @@ class ShardAppendResult(_message.Message):
         """prev_seq/prev_epoch not in the follower's log: resend from durable_seq"""
         LEASE_WAIT: ShardAppendResult._Status.ValueType  # 4
         """the follower still honours the previous primary's lease"""
-        NEED_SNAPSHOT: ShardAppendResult._Status.ValueType  # 5
-        """(sent by the primary's side) the follower is too far behind"""
 
     class Status(_Status, metaclass=_StatusEnumTypeWrapper): ...
     STATUS_UNSPECIFIED: ShardAppendResult.Status.ValueType  # 0
@@ -855,8 +853,6 @@ class ShardAppendResult(_message.Message):
     """prev_seq/prev_epoch not in the follower's log: resend from durable_seq"""
     LEASE_WAIT: ShardAppendResult.Status.ValueType  # 4
     """the follower still honours the previous primary's lease"""
-    NEED_SNAPSHOT: ShardAppendResult.Status.ValueType  # 5
-    """(sent by the primary's side) the follower is too far behind"""
 
     SHARD_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
