@@ -93,7 +93,8 @@ class Store:
     def __init__(self, url: str) -> None:
         self._url = url
         self._engine: AsyncEngine | None = None
-        self._lock = asyncio.Lock()
+        self._queue: list[tuple[Batch, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -135,22 +136,49 @@ class Store:
         return Loaded(metas, item_rows, log_rows)
 
     async def commit(self, batch: Batch) -> None:
-        """Make ``batch`` durable, atomically."""
+        """Make ``batch`` durable, atomically.
+
+        Batches committed concurrently (the primary's round and the Appends it follows other
+        primaries by) share one transaction, so one fsync: a commit that arrives while one is
+        being written waits for the next, which takes everything queued meanwhile.
+        """
         if batch.empty():
             return
-        async with self._lock, self.engine.begin() as conn:
-            for shard, after in batch.log_truncate_after.items():
-                await conn.execute(_LOG_TRUNCATE, {"shard": shard, "seq": after})
-            for shard, upto in batch.log_trim_upto.items():
-                await conn.execute(_LOG_TRIM, {"shard": shard, "seq": upto})
-            if batch.log_appends:
-                await conn.execute(_LOG_UPSERT, [vars(r) for r in batch.log_appends])
-            for shard, rows in batch.replace_shards.items():
-                await conn.execute(_ITEMS_CLEAR, {"shard": shard})
-                await self._write_items(conn, rows)
-            await self._write_items(conn, batch.item_writes)
-            if batch.metas:
-                await conn.execute(_META_UPSERT, [vars(m) for m in batch.metas.values()])
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        await asyncio.shield(future)
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            queued, self._queue = self._queue, []
+            try:
+                async with self.engine.begin() as conn:
+                    for batch, _ in queued:
+                        await self._apply(conn, batch)
+            except Exception as err:
+                for _, future in queued:
+                    if not future.done():
+                        future.set_exception(err)
+            else:
+                for _, future in queued:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _apply(self, conn: Any, batch: Batch) -> None:
+        for shard, after in batch.log_truncate_after.items():
+            await conn.execute(_LOG_TRUNCATE, {"shard": shard, "seq": after})
+        for shard, upto in batch.log_trim_upto.items():
+            await conn.execute(_LOG_TRIM, {"shard": shard, "seq": upto})
+        if batch.log_appends:
+            await conn.execute(_LOG_UPSERT, [vars(r) for r in batch.log_appends])
+        for shard, rows in batch.replace_shards.items():
+            await conn.execute(_ITEMS_CLEAR, {"shard": shard})
+            await self._write_items(conn, rows)
+        await self._write_items(conn, batch.item_writes)
+        if batch.metas:
+            await conn.execute(_META_UPSERT, [vars(m) for m in batch.metas.values()])
 
     async def _write_items(self, conn: Any, rows: Sequence[ItemRow]) -> None:
         # Last write per key wins within a round; deletes and upserts go as two statements.
