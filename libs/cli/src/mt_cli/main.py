@@ -149,6 +149,11 @@ def parser() -> argparse.ArgumentParser:
     p_kv = sub.add_parser("kv", help="the KV service: put, get, status, bench")
     kvcmd.add_arguments(p_kv)
     p_kv.set_defaults(run=lambda manifest, args: kvcmd.run(args, manifest.home))
+    from mt_cli import clientcmd
+
+    p_client = sub.add_parser("client", help="use the REST API as a user: signup, post, feed...")
+    clientcmd.add_arguments(p_client)
+    p_client.set_defaults(run=lambda manifest, args: clientcmd.run(args, manifest.home))
     return top
 
 

@@ -581,6 +581,30 @@ class KVClient:
         reply = await self.write([Put(key, value)], [Check.absent(key)])
         return reply.results[0].version
 
+    async def claim(
+        self, key: Key, value: bytes, *, ttl_ms: int = 0, extra: Sequence[Mutation] = ()
+    ) -> tuple[bool, Item]:
+        """Put ``value`` (and ``extra``, same shard) only if ``key`` is absent. Returns
+        (True, our item) if we won, or (False, the holder's item) if someone else holds it.
+
+        A losing check can see a competing write that is sequenced but not yet committed, which
+        a read cannot see yet: then we look again shortly, and try again if the competitor was
+        never committed (its primary failed).
+        """
+        for attempt in range(20):
+            try:
+                reply = await self.write([Put(key, value, ttl_ms), *extra], [Check.absent(key)])
+            except FailedPrecondition as err:
+                if err.code != "condition_failed":
+                    raise
+                held = await self.get(key)
+                if held is not None:
+                    return False, held
+                await asyncio.sleep(0.005 * (attempt + 1))
+                continue
+            return True, Item(key, value, reply.results[0].version)
+        raise Unavailable(f"{key} is contended; try again", code="contended")
+
     async def delete(self, key: Key) -> None:
         await self._one(Delete(key), Durability.QUORUM)
 
