@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from mt_proto import common_pb2 as mt__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mt_proto/feed.proto\x12\x13minithreads.feed.v1\x1a\x15mt_proto/common.proto\"E\n\x08\x46\x65\x65\x64Item\x12\x0f\n\x07post_id\x18\x01 \x01(\t\x12\x11\n\tauthor_id\x18\x02 \x01(\t\x12\x15\n\rcreated_at_us\x18\x03 \x01(\x03\"U\n\x0eGetFeedRequest\x12\x11\n\tviewer_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"T\n\x0fGetFeedResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.minithreads.feed.v1.FeedItem\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"&\n\x13RebuildInboxRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x14RebuildInboxResponse\x12\x0c\n\x04size\x18\x01 \x01(\x05\"\'\n\x14GetInboxStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x82\x01\n\nInboxStats\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x17\n\x0flast_read_at_us\x18\x05 \x01(\x03\x12\x1a\n\x12last_rebuilt_at_us\x18\x06 \x01(\x03\"\x9a\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x33\n\x04type\x18\x02 \x01(\x0e\x32%.minithreads.feed.v1.NotificationType\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x14\n\x07post_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rcreated_at_us\x18\x05 \x01(\x03\x42\n\n\x08_post_id\"]\n\x18ListNotificationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"b\n\x19ListNotificationsResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.minithreads.feed.v1.Notification\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t*\x8c\x01\n\x10NotificationType\x12!\n\x1dNOTIFICATION_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18NOTIFICATION_TYPE_FOLLOW\x10\x01\x12\x1a\n\x16NOTIFICATION_TYPE_LIKE\x10\x02\x12\x1b\n\x17NOTIFICATION_TYPE_REPLY\x10\x03\x32\x99\x03\n\x0b\x46\x65\x65\x64Service\x12T\n\x07GetFeed\x12#.minithreads.feed.v1.GetFeedRequest\x1a$.minithreads.feed.v1.GetFeedResponse\x12\x63\n\x0cRebuildInbox\x12(.minithreads.feed.v1.RebuildInboxRequest\x1a).minithreads.feed.v1.RebuildInboxResponse\x12[\n\rGetInboxStats\x12).minithreads.feed.v1.GetInboxStatsRequest\x1a\x1f.minithreads.feed.v1.InboxStats\x12r\n\x11ListNotifications\x12-.minithreads.feed.v1.ListNotificationsRequest\x1a..minithreads.feed.v1.ListNotificationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mt_proto/feed.proto\x12\x13minithreads.feed.v1\x1a\x15mt_proto/common.proto\"E\n\x08\x46\x65\x65\x64Item\x12\x0f\n\x07post_id\x18\x01 \x01(\t\x12\x11\n\tauthor_id\x18\x02 \x01(\t\x12\x15\n\rcreated_at_us\x18\x03 \x01(\x03\"U\n\x0eGetFeedRequest\x12\x11\n\tviewer_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"T\n\x0fGetFeedResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.minithreads.feed.v1.FeedItem\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"&\n\x13RebuildInboxRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x14RebuildInboxResponse\x12\x0c\n\x04size\x18\x01 \x01(\x05\"\'\n\x14GetInboxStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x82\x01\n\nInboxStats\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x17\n\x0flast_read_at_us\x18\x05 \x01(\x03\x12\x1a\n\x12last_rebuilt_at_us\x18\x06 \x01(\x03\"\x9a\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x33\n\x04type\x18\x02 \x01(\x0e\x32%.minithreads.feed.v1.NotificationType\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x14\n\x07post_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rcreated_at_us\x18\x05 \x01(\x03\x42\n\n\x08_post_id\"]\n\x18ListNotificationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"b\n\x19ListNotificationsResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.minithreads.feed.v1.Notification\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xba\x01\n\x17\x41\x64\x64NotificationsRequest\x12I\n\ndeliveries\x18\x01 \x03(\x0b\x32\x35.minithreads.feed.v1.AddNotificationsRequest.Delivery\x1aT\n\x08\x44\x65livery\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x37\n\x0cnotification\x18\x02 \x01(\x0b\x32!.minithreads.feed.v1.Notification\"\x1a\n\x18\x41\x64\x64NotificationsResponse*\x8c\x01\n\x10NotificationType\x12!\n\x1dNOTIFICATION_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18NOTIFICATION_TYPE_FOLLOW\x10\x01\x12\x1a\n\x16NOTIFICATION_TYPE_LIKE\x10\x02\x12\x1b\n\x17NOTIFICATION_TYPE_REPLY\x10\x03\x32\x8a\x04\n\x0b\x46\x65\x65\x64Service\x12T\n\x07GetFeed\x12#.minithreads.feed.v1.GetFeedRequest\x1a$.minithreads.feed.v1.GetFeedResponse\x12\x63\n\x0cRebuildInbox\x12(.minithreads.feed.v1.RebuildInboxRequest\x1a).minithreads.feed.v1.RebuildInboxResponse\x12[\n\rGetInboxStats\x12).minithreads.feed.v1.GetInboxStatsRequest\x1a\x1f.minithreads.feed.v1.InboxStats\x12r\n\x11ListNotifications\x12-.minithreads.feed.v1.ListNotificationsRequest\x1a..minithreads.feed.v1.ListNotificationsResponse\x12o\n\x10\x41\x64\x64Notifications\x12,.minithreads.feed.v1.AddNotificationsRequest\x1a-.minithreads.feed.v1.AddNotificationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mt_proto.feed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NOTIFICATIONTYPE']._serialized_start=916
-  _globals['_NOTIFICATIONTYPE']._serialized_end=1056
+  _globals['_NOTIFICATIONTYPE']._serialized_start=1133
+  _globals['_NOTIFICATIONTYPE']._serialized_end=1273
   _globals['_FEEDITEM']._serialized_start=67
   _globals['_FEEDITEM']._serialized_end=136
   _globals['_GETFEEDREQUEST']._serialized_start=138
@@ -54,6 +54,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=813
   _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=815
   _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=913
-  _globals['_FEEDSERVICE']._serialized_start=1059
-  _globals['_FEEDSERVICE']._serialized_end=1468
+  _globals['_ADDNOTIFICATIONSREQUEST']._serialized_start=916
+  _globals['_ADDNOTIFICATIONSREQUEST']._serialized_end=1102
+  _globals['_ADDNOTIFICATIONSREQUEST_DELIVERY']._serialized_start=1018
+  _globals['_ADDNOTIFICATIONSREQUEST_DELIVERY']._serialized_end=1102
+  _globals['_ADDNOTIFICATIONSRESPONSE']._serialized_start=1104
+  _globals['_ADDNOTIFICATIONSRESPONSE']._serialized_end=1130
+  _globals['_FEEDSERVICE']._serialized_start=1276
+  _globals['_FEEDSERVICE']._serialized_end=1798
 # @@protoc_insertion_point(module_scope)

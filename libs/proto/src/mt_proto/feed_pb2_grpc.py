@@ -54,6 +54,11 @@ class FeedServiceStub:
                 request_serializer=mt__proto_dot_feed__pb2.ListNotificationsRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_feed__pb2.ListNotificationsResponse.FromString,
                 _registered_method=True)
+        self.AddNotifications = channel.unary_unary(
+                '/minithreads.feed.v1.FeedService/AddNotifications',
+                request_serializer=mt__proto_dot_feed__pb2.AddNotificationsRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_feed__pb2.AddNotificationsResponse.FromString,
+                _registered_method=True)
 
 
 class FeedServiceServicer:
@@ -90,6 +95,16 @@ class FeedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddNotifications(self, request, context):
+        """Deliver notifications into their users' inboxes (callers: the services whose writes cause
+        them; the async workers once events flow through Kafka). Idempotent by notification id:
+        a redelivered notification is stored once. Self-notifications (actor == user) are dropped.
+        INVALID_ARGUMENT: invalid_notification (no user, id, actor or type), too_many_ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +127,11 @@ def add_FeedServiceServicer_to_server(servicer, server):
                     servicer.ListNotifications,
                     request_deserializer=mt__proto_dot_feed__pb2.ListNotificationsRequest.FromString,
                     response_serializer=mt__proto_dot_feed__pb2.ListNotificationsResponse.SerializeToString,
+            ),
+            'AddNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddNotifications,
+                    request_deserializer=mt__proto_dot_feed__pb2.AddNotificationsRequest.FromString,
+                    response_serializer=mt__proto_dot_feed__pb2.AddNotificationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +242,33 @@ class FeedService:
             '/minithreads.feed.v1.FeedService/ListNotifications',
             mt__proto_dot_feed__pb2.ListNotificationsRequest.SerializeToString,
             mt__proto_dot_feed__pb2.ListNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.feed.v1.FeedService/AddNotifications',
+            mt__proto_dot_feed__pb2.AddNotificationsRequest.SerializeToString,
+            mt__proto_dot_feed__pb2.AddNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,12 @@ class FeedServiceStub:
     """Introspection of a user's inbox (operators, tests, load-test assertions)."""
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_feed_pb2.ListNotificationsRequest, _feed_pb2.ListNotificationsResponse]
     """A user's notifications, newest first."""
+    AddNotifications: _grpc.UnaryUnaryMultiCallable[_feed_pb2.AddNotificationsRequest, _feed_pb2.AddNotificationsResponse]
+    """Deliver notifications into their users' inboxes (callers: the services whose writes cause
+    them; the async workers once events flow through Kafka). Idempotent by notification id:
+    a redelivered notification is stored once. Self-notifications (actor == user) are dropped.
+    INVALID_ARGUMENT: invalid_notification (no user, id, actor or type), too_many_ids.
+    """
 
 @_typing.type_check_only
 class FeedServiceAsyncStub(FeedServiceStub):
@@ -74,6 +80,12 @@ class FeedServiceAsyncStub(FeedServiceStub):
     """Introspection of a user's inbox (operators, tests, load-test assertions)."""
     ListNotifications: _aio.UnaryUnaryMultiCallable[_feed_pb2.ListNotificationsRequest, _feed_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """A user's notifications, newest first."""
+    AddNotifications: _aio.UnaryUnaryMultiCallable[_feed_pb2.AddNotificationsRequest, _feed_pb2.AddNotificationsResponse]  # type: ignore[assignment]
+    """Deliver notifications into their users' inboxes (callers: the services whose writes cause
+    them; the async workers once events flow through Kafka). Idempotent by notification id:
+    a redelivered notification is stored once. Self-notifications (actor == user) are dropped.
+    INVALID_ARGUMENT: invalid_notification (no user, id, actor or type), too_many_ids.
+    """
 
 class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -112,5 +124,17 @@ class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feed_pb2.ListNotificationsResponse, _abc.Awaitable[_feed_pb2.ListNotificationsResponse]]:
         """A user's notifications, newest first."""
+
+    @_abc_1.abstractmethod
+    def AddNotifications(
+        self,
+        request: _feed_pb2.AddNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feed_pb2.AddNotificationsResponse, _abc.Awaitable[_feed_pb2.AddNotificationsResponse]]:
+        """Deliver notifications into their users' inboxes (callers: the services whose writes cause
+        them; the async workers once events flow through Kafka). Idempotent by notification id:
+        a redelivered notification is stored once. Self-notifications (actor == user) are dropped.
+        INVALID_ARGUMENT: invalid_notification (no user, id, actor or type), too_many_ids.
+        """
 
 def add_FeedServiceServicer_to_server(servicer: FeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

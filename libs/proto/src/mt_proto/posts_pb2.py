@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mt_proto import common_pb2 as mt__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mt_proto/posts.proto\x12\x14minithreads.posts.v1\x1a\x15mt_proto/common.proto\"n\n\x04Post\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tauthor_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\x08reply_to\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rcreated_at_us\x18\x05 \x01(\x03\x42\x0b\n\t_reply_to\"\x8a\x01\n\x11\x43reatePostRequest\x12\x11\n\tauthor_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\x08reply_to\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0fidempotency_key\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_reply_toB\x12\n\x10_idempotency_key\"!\n\x0eGetPostRequest\x12\x0f\n\x07post_id\x18\x01 \x01(\t\"(\n\x14\x42\x61tchGetPostsRequest\x12\x10\n\x08post_ids\x18\x01 \x03(\t\"\xa8\x01\n\x15\x42\x61tchGetPostsResponse\x12\x45\n\x05posts\x18\x01 \x03(\x0b\x32\x36.minithreads.posts.v1.BatchGetPostsResponse.PostsEntry\x1aH\n\nPostsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.minithreads.posts.v1.Post:\x02\x38\x01\"6\n\x11\x44\x65letePostRequest\x12\x0f\n\x07post_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\t\"\x14\n\x12\x44\x65letePostResponse\"[\n\x14ListUserPostsRequest\x12\x11\n\tauthor_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"W\n\x15ListUserPostsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.minithreads.posts.v1.Post\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"W\n\x12ListRepliesRequest\x12\x0f\n\x07post_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"U\n\x13ListRepliesResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.minithreads.posts.v1.Post\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"/\n\x0bLikeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07post_id\x18\x02 \x01(\t\"\x1f\n\x0cLikeResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"1\n\rUnlikeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07post_id\x18\x02 \x01(\t\"!\n\x0eUnlikeResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"9\n\x14\x42\x61tchGetLikedRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08post_ids\x18\x02 \x03(\t\"/\n\x15\x42\x61tchGetLikedResponse\x12\x16\n\x0eliked_post_ids\x18\x01 \x03(\t2\xd5\x06\n\x0cPostsService\x12Q\n\nCreatePost\x12\'.minithreads.posts.v1.CreatePostRequest\x1a\x1a.minithreads.posts.v1.Post\x12K\n\x07GetPost\x12$.minithreads.posts.v1.GetPostRequest\x1a\x1a.minithreads.posts.v1.Post\x12h\n\rBatchGetPosts\x12*.minithreads.posts.v1.BatchGetPostsRequest\x1a+.minithreads.posts.v1.BatchGetPostsResponse\x12_\n\nDeletePost\x12\'.minithreads.posts.v1.DeletePostRequest\x1a(.minithreads.posts.v1.DeletePostResponse\x12h\n\rListUserPosts\x12*.minithreads.posts.v1.ListUserPostsRequest\x1a+.minithreads.posts.v1.ListUserPostsResponse\x12\x62\n\x0bListReplies\x12(.minithreads.posts.v1.ListRepliesRequest\x1a).minithreads.posts.v1.ListRepliesResponse\x12M\n\x04Like\x12!.minithreads.posts.v1.LikeRequest\x1a\".minithreads.posts.v1.LikeResponse\x12S\n\x06Unlike\x12#.minithreads.posts.v1.UnlikeRequest\x1a$.minithreads.posts.v1.UnlikeResponse\x12h\n\rBatchGetLiked\x12*.minithreads.posts.v1.BatchGetLikedRequest\x1a+.minithreads.posts.v1.BatchGetLikedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mt_proto/posts.proto\x12\x14minithreads.posts.v1\x1a\x15mt_proto/common.proto\"n\n\x04Post\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tauthor_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\x08reply_to\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rcreated_at_us\x18\x05 \x01(\x03\x42\x0b\n\t_reply_to\"\x8a\x01\n\x11\x43reatePostRequest\x12\x11\n\tauthor_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\x08reply_to\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0fidempotency_key\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_reply_toB\x12\n\x10_idempotency_key\"!\n\x0eGetPostRequest\x12\x0f\n\x07post_id\x18\x01 \x01(\t\"(\n\x14\x42\x61tchGetPostsRequest\x12\x10\n\x08post_ids\x18\x01 \x03(\t\"\xa8\x01\n\x15\x42\x61tchGetPostsResponse\x12\x45\n\x05posts\x18\x01 \x03(\x0b\x32\x36.minithreads.posts.v1.BatchGetPostsResponse.PostsEntry\x1aH\n\nPostsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.minithreads.posts.v1.Post:\x02\x38\x01\"6\n\x11\x44\x65letePostRequest\x12\x0f\n\x07post_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\t\"\x14\n\x12\x44\x65letePostResponse\"n\n\x14ListUserPostsRequest\x12\x11\n\tauthor_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\x12\x11\n\tbefore_id\x18\x03 \x01(\t\"W\n\x15ListUserPostsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.minithreads.posts.v1.Post\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"W\n\x12ListRepliesRequest\x12\x0f\n\x07post_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"U\n\x13ListRepliesResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.minithreads.posts.v1.Post\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"/\n\x0bLikeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07post_id\x18\x02 \x01(\t\"\x1f\n\x0cLikeResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"1\n\rUnlikeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07post_id\x18\x02 \x01(\t\"!\n\x0eUnlikeResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"9\n\x14\x42\x61tchGetLikedRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08post_ids\x18\x02 \x03(\t\"/\n\x15\x42\x61tchGetLikedResponse\x12\x16\n\x0eliked_post_ids\x18\x01 \x03(\t2\xd5\x06\n\x0cPostsService\x12Q\n\nCreatePost\x12\'.minithreads.posts.v1.CreatePostRequest\x1a\x1a.minithreads.posts.v1.Post\x12K\n\x07GetPost\x12$.minithreads.posts.v1.GetPostRequest\x1a\x1a.minithreads.posts.v1.Post\x12h\n\rBatchGetPosts\x12*.minithreads.posts.v1.BatchGetPostsRequest\x1a+.minithreads.posts.v1.BatchGetPostsResponse\x12_\n\nDeletePost\x12\'.minithreads.posts.v1.DeletePostRequest\x1a(.minithreads.posts.v1.DeletePostResponse\x12h\n\rListUserPosts\x12*.minithreads.posts.v1.ListUserPostsRequest\x1a+.minithreads.posts.v1.ListUserPostsResponse\x12\x62\n\x0bListReplies\x12(.minithreads.posts.v1.ListRepliesRequest\x1a).minithreads.posts.v1.ListRepliesResponse\x12M\n\x04Like\x12!.minithreads.posts.v1.LikeRequest\x1a\".minithreads.posts.v1.LikeResponse\x12S\n\x06Unlike\x12#.minithreads.posts.v1.UnlikeRequest\x1a$.minithreads.posts.v1.UnlikeResponse\x12h\n\rBatchGetLiked\x12*.minithreads.posts.v1.BatchGetLikedRequest\x1a+.minithreads.posts.v1.BatchGetLikedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,25 +51,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEPOSTRESPONSE']._serialized_start=626
   _globals['_DELETEPOSTRESPONSE']._serialized_end=646
   _globals['_LISTUSERPOSTSREQUEST']._serialized_start=648
-  _globals['_LISTUSERPOSTSREQUEST']._serialized_end=739
-  _globals['_LISTUSERPOSTSRESPONSE']._serialized_start=741
-  _globals['_LISTUSERPOSTSRESPONSE']._serialized_end=828
-  _globals['_LISTREPLIESREQUEST']._serialized_start=830
-  _globals['_LISTREPLIESREQUEST']._serialized_end=917
-  _globals['_LISTREPLIESRESPONSE']._serialized_start=919
-  _globals['_LISTREPLIESRESPONSE']._serialized_end=1004
-  _globals['_LIKEREQUEST']._serialized_start=1006
-  _globals['_LIKEREQUEST']._serialized_end=1053
-  _globals['_LIKERESPONSE']._serialized_start=1055
-  _globals['_LIKERESPONSE']._serialized_end=1086
-  _globals['_UNLIKEREQUEST']._serialized_start=1088
-  _globals['_UNLIKEREQUEST']._serialized_end=1137
-  _globals['_UNLIKERESPONSE']._serialized_start=1139
-  _globals['_UNLIKERESPONSE']._serialized_end=1172
-  _globals['_BATCHGETLIKEDREQUEST']._serialized_start=1174
-  _globals['_BATCHGETLIKEDREQUEST']._serialized_end=1231
-  _globals['_BATCHGETLIKEDRESPONSE']._serialized_start=1233
-  _globals['_BATCHGETLIKEDRESPONSE']._serialized_end=1280
-  _globals['_POSTSSERVICE']._serialized_start=1283
-  _globals['_POSTSSERVICE']._serialized_end=2136
+  _globals['_LISTUSERPOSTSREQUEST']._serialized_end=758
+  _globals['_LISTUSERPOSTSRESPONSE']._serialized_start=760
+  _globals['_LISTUSERPOSTSRESPONSE']._serialized_end=847
+  _globals['_LISTREPLIESREQUEST']._serialized_start=849
+  _globals['_LISTREPLIESREQUEST']._serialized_end=936
+  _globals['_LISTREPLIESRESPONSE']._serialized_start=938
+  _globals['_LISTREPLIESRESPONSE']._serialized_end=1023
+  _globals['_LIKEREQUEST']._serialized_start=1025
+  _globals['_LIKEREQUEST']._serialized_end=1072
+  _globals['_LIKERESPONSE']._serialized_start=1074
+  _globals['_LIKERESPONSE']._serialized_end=1105
+  _globals['_UNLIKEREQUEST']._serialized_start=1107
+  _globals['_UNLIKEREQUEST']._serialized_end=1156
+  _globals['_UNLIKERESPONSE']._serialized_start=1158
+  _globals['_UNLIKERESPONSE']._serialized_end=1191
+  _globals['_BATCHGETLIKEDREQUEST']._serialized_start=1193
+  _globals['_BATCHGETLIKEDREQUEST']._serialized_end=1250
+  _globals['_BATCHGETLIKEDRESPONSE']._serialized_start=1252
+  _globals['_BATCHGETLIKEDRESPONSE']._serialized_end=1299
+  _globals['_POSTSSERVICE']._serialized_start=1302
+  _globals['_POSTSSERVICE']._serialized_end=2155
 # @@protoc_insertion_point(module_scope)

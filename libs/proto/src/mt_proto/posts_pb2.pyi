@@ -228,7 +228,12 @@ class ListUserPostsRequest(_message.Message):
 
     AUTHOR_ID_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    BEFORE_ID_FIELD_NUMBER: _builtins.int
     author_id: _builtins.str
+    before_id: _builtins.str
+    """Only posts older than this post id (ids sort by time): how the feed merges timelines
+    page by page. Ignored when page.cursor is set.
+    """
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
     def __init__(
@@ -236,10 +241,11 @@ class ListUserPostsRequest(_message.Message):
         *,
         author_id: _builtins.str = ...,
         page: _common_pb2.PageRequest | None = ...,
+        before_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "before_id", b"before_id", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

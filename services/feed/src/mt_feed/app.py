@@ -5,13 +5,33 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mt_core.rpc.server import grpc_server
+from mt_core.rpc.client import channel
+from mt_core.rpc.server import Servicer, grpc_server
+from mt_kv_client import KVClient
+from mt_proto import feed_pb2, feed_pb2_grpc, graph_pb2_grpc, posts_pb2_grpc
 
+from mt_feed.domain import Feed
+from mt_feed.grpc_api import FeedServicer
 from mt_feed.settings import Settings
+
+SERVICE = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    # Only health is served until the service's contract is implemented.
-    async with grpc_server(settings, servicers=()):
-        yield
+    timeout = settings.default_rpc_timeout_ms
+    async with (
+        KVClient(settings.kv_addr) as kv,
+        channel(settings.graph_addr, timeout) as graph,
+        channel(settings.posts_addr, timeout) as posts,
+    ):
+        feed = Feed(
+            settings,
+            kv,
+            graph_pb2_grpc.GraphServiceStub(graph),
+            posts_pb2_grpc.PostsServiceStub(posts),
+        )
+        servicer = FeedServicer(feed)
+        add = feed_pb2_grpc.add_FeedServiceServicer_to_server
+        async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
+            yield

@@ -5,13 +5,46 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mt_core.rpc.server import grpc_server
+from mt_core.rpc.client import channel
+from mt_core.rpc.server import Servicer, grpc_server
+from mt_kv_client import KVClient
+from mt_legacy import LegacyGraph
+from mt_proto import counters_pb2_grpc, feed_pb2_grpc, graph_pb2, graph_pb2_grpc, users_pb2_grpc
 
+from mt_graph.domain import Graph
+from mt_graph.grpc_api import GraphServicer
+from mt_graph.imports import Legacy
 from mt_graph.settings import Settings
+
+SERVICE = graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name
 
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    # Only health is served until the service's contract is implemented.
-    async with grpc_server(settings, servicers=()):
-        yield
+    timeout = settings.default_rpc_timeout_ms
+    async with (
+        KVClient(settings.kv_addr) as kv,
+        channel(settings.counters_addr, timeout) as counters,
+        channel(settings.feed_addr, timeout) as feed,
+        channel(settings.users_addr, timeout) as users,
+    ):
+        graph = Graph(
+            kv,
+            counters_pb2_grpc.CountersServiceStub(counters),
+            feed_pb2_grpc.FeedServiceStub(feed),
+        )
+        legacy = Legacy(
+            settings,
+            kv,
+            graph,
+            LegacyGraph(settings.legacy_seed, settings.legacy_size),
+            users_pb2_grpc.UsersServiceStub(users),
+        )
+        servicer = GraphServicer(graph, legacy)
+        add = graph_pb2_grpc.add_GraphServiceServicer_to_server
+        async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
+            await legacy.resume()
+            try:
+                yield
+            finally:
+                await legacy.stop()

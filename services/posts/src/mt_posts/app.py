@@ -5,13 +5,33 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mt_core.rpc.server import grpc_server
+from mt_core.rpc.client import channel
+from mt_core.rpc.server import Servicer, grpc_server
+from mt_kv_client import KVClient
+from mt_proto import counters_pb2_grpc, feed_pb2_grpc, posts_pb2, posts_pb2_grpc
 
+from mt_posts.domain import Posts
+from mt_posts.grpc_api import PostsServicer
 from mt_posts.settings import Settings
+
+SERVICE = posts_pb2.DESCRIPTOR.services_by_name["PostsService"].full_name
 
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    # Only health is served until the service's contract is implemented.
-    async with grpc_server(settings, servicers=()):
-        yield
+    timeout = settings.default_rpc_timeout_ms
+    async with (
+        KVClient(settings.kv_addr) as kv,
+        channel(settings.counters_addr, timeout) as counters,
+        channel(settings.feed_addr, timeout) as feed,
+    ):
+        posts = Posts(
+            settings,
+            kv,
+            counters_pb2_grpc.CountersServiceStub(counters),
+            feed_pb2_grpc.FeedServiceStub(feed),
+        )
+        servicer = PostsServicer(posts)
+        add = posts_pb2_grpc.add_PostsServiceServicer_to_server
+        async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
+            yield

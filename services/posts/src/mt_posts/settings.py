@@ -8,3 +8,5 @@ from mt_core.settings import ServiceSettings
 class Settings(ServiceSettings):
     service_name: str = "posts"
     grpc_port: int = 50053
+    max_text_chars: int = 500
+    idempotency_ttl_s: int = 24 * 3600

@@ -5,13 +5,30 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mt_core.rpc.server import grpc_server
+from mt_core.rpc.server import Servicer, grpc_server
+from mt_kv_client import KVClient
+from mt_legacy import LegacyGraph
+from mt_proto import users_pb2, users_pb2_grpc
 
+from mt_users.domain import Users
+from mt_users.grpc_api import UsersServicer
 from mt_users.settings import Settings
+
+SERVICE = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
 
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    # Only health is served until the service's contract is implemented.
-    async with grpc_server(settings, servicers=()):
-        yield
+    async with KVClient(settings.kv_addr) as kv:
+        users = Users(settings, kv, LegacyGraph(settings.legacy_seed, settings.legacy_size))
+        servicer = UsersServicer(users)
+        async with grpc_server(
+            settings,
+            [
+                Servicer(
+                    SERVICE,
+                    lambda s: users_pb2_grpc.add_UsersServiceServicer_to_server(servicer, s),
+                )
+            ],
+        ):
+            yield

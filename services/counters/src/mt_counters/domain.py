@@ -1,0 +1,218 @@
+"""Counters: atomic, write-combined increments in the KV; cached reads with leases in Redis.
+
+Each counter is ``counters/<kind>:<entity>`` in the KV. Increments of one key are combined:
+while a write for the key is in flight, further deltas queue, and the next write carries their
+sum — a celebrity's follower count takes one KV write per round trip, not one per follow.
+A delta with an idempotency key also writes ``idem:<key>`` (with a TTL) in the counter's
+partition, in the same atomic write, conditional on it being absent: a redelivered delta is
+acknowledged without being applied again. If a combined write fails its condition, its deltas
+are retried one by one so that only the duplicates are dropped.
+
+Reads without ``fresh`` go through Redis with a lease-get (as in Facebook's memcache): on a
+miss, one reader takes a short lease and fills the entry from the KV; the others wait for it
+instead of all hitting the KV. An increment deletes the entry and the lease, so a reader that
+read before the increment cannot put the old value back. Redis failing only costs speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mt_core.errors import FailedPrecondition, InvalidArgument
+from mt_kv_client import Key, KVClient
+from mt_kv_client.client import Check, Increment, Mutation, Put
+from mt_proto import counters_pb2 as pb
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from mt_counters.settings import Settings
+
+log = logging.getLogger(__name__)
+MAX_KEYS = 1000
+
+# Set the entry only if our lease is still there (no increment came in between).
+_FILL = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
+
+def _name(key: pb.CounterKey) -> str:
+    if key.kind == pb.COUNTER_KIND_UNSPECIFIED or not key.entity_id or len(key.entity_id) > 128:
+        raise InvalidArgument("a counter key needs a kind and an entity id", code="invalid_key")
+    return f"{pb.CounterKind.Name(key.kind)}:{key.entity_id}"
+
+
+def _kv_key(name: str) -> Key:
+    return Key("counters", name.encode())
+
+
+@dataclass
+class _Queued:
+    deltas: list[tuple[int, str, asyncio.Future[None]]] = field(default_factory=list)
+    flushing: bool = False
+
+
+class Counters:
+    def __init__(self, settings: Settings, kv: KVClient, redis: Redis) -> None:
+        self.settings = settings
+        self.kv = kv
+        self.redis = redis
+        self._queues: dict[str, _Queued] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._fill = redis.register_script(_FILL)
+
+    # ------------------------------------------------------------------ increments
+
+    async def increment(
+        self, deltas: Sequence[pb.CounterDelta], idempotency_key: str
+    ) -> list[pb.CounterValue]:
+        if len(deltas) > MAX_KEYS:
+            raise InvalidArgument(f"at most {MAX_KEYS} deltas per call", code="too_many_keys")
+        summed: dict[str, int] = {}
+        keys: dict[str, pb.CounterKey] = {}
+        for d in deltas:
+            name = _name(d.key)
+            summed[name] = summed.get(name, 0) + d.delta
+            keys[name] = d.key
+        loop = asyncio.get_running_loop()
+        waits = []
+        for name, delta in summed.items():
+            future: asyncio.Future[None] = loop.create_future()
+            queue = self._queues.setdefault(name, _Queued())
+            queue.deltas.append((delta, idempotency_key, future))
+            if not queue.flushing:
+                queue.flushing = True
+                task = asyncio.create_task(self._flush(name, queue))
+                self._flushes.add(task)  # held until done: the loop keeps only weak references
+                task.add_done_callback(self._flushes.discard)
+            waits.append(future)
+        await asyncio.gather(*waits)
+        return await self.get(list(keys.values()), fresh=True)
+
+    async def _flush(self, name: str, queue: _Queued) -> None:
+        try:
+            while queue.deltas:
+                batch = queue.deltas[: self.settings.max_combined]
+                del queue.deltas[: len(batch)]
+                await self._write(name, batch)
+        finally:
+            queue.flushing = False
+            if not queue.deltas:
+                self._queues.pop(name, None)
+
+    async def _write(self, name: str, batch: list[tuple[int, str, asyncio.Future[None]]]) -> None:
+        try:
+            await self._apply(name, [(d, k) for d, k, _ in batch])
+        except FailedPrecondition:
+            # Some delta was a duplicate: apply them one by one, dropping only duplicates.
+            for delta, key, future in batch:
+                try:
+                    await self._apply(name, [(delta, key)])
+                except FailedPrecondition:
+                    pass  # already applied earlier: acknowledged, not applied again
+                except Exception as err:
+                    _settle(future, err)
+                _settle(future, None)
+            await self._invalidate(name)
+            return
+        except Exception as err:
+            for *_, future in batch:
+                _settle(future, err)
+            return
+        for *_, future in batch:
+            _settle(future, None)
+        await self._invalidate(name)
+
+    async def _apply(self, name: str, deltas: list[tuple[int, str]]) -> None:
+        key = _kv_key(name)
+        total, seen = 0, set()
+        for delta, idem in deltas:
+            if idem:
+                if idem in seen:
+                    continue  # the same delivery twice in one batch counts once
+                seen.add(idem)
+            total += delta
+        mutations: list[Mutation] = [Increment(key, total)]
+        checks = []
+        for idem in seen:
+            idem_key = Key("counters", key.partition, f"idem:{idem}".encode())
+            mutations.append(Put(idem_key, b"1", ttl_ms=self.settings.idempotency_ttl_s * 1000))
+            checks.append(Check.absent(idem_key))
+        await self.kv.write(mutations, checks)
+
+    async def _invalidate(self, name: str) -> None:
+        try:
+            await self.redis.delete(f"c:{name}", f"lease:{name}")
+        except RedisError:
+            log.warning("counter cache invalidation failed", extra={"counter": name})
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, keys: Sequence[pb.CounterKey], fresh: bool) -> list[pb.CounterValue]:
+        if len(keys) > MAX_KEYS:
+            raise InvalidArgument(f"at most {MAX_KEYS} keys per call", code="too_many_keys")
+        names = [_name(k) for k in keys]
+        unique = list(dict.fromkeys(names))
+        if fresh:
+            values = await self._from_kv(unique)
+        else:
+            values = await self._cached(unique)
+        return [pb.CounterValue(key=k, value=values[n]) for k, n in zip(keys, names, strict=True)]
+
+    async def _from_kv(self, names: list[str]) -> dict[str, int]:
+        found = await self.kv.multi_get([_kv_key(n) for n in names])
+        return {n: int(found[_kv_key(n)].value) if found[_kv_key(n)] else 0 for n in names}  # type: ignore[union-attr]
+
+    async def _cached(self, names: list[str]) -> dict[str, int]:
+        try:
+            cached = await self.redis.mget([f"c:{n}" for n in names])
+        except RedisError:
+            return await self._from_kv(names)
+        values = {n: int(v) for n, v in zip(names, cached, strict=True) if v is not None}
+        missing = [n for n in names if n not in values]
+        if missing:
+            filled = await asyncio.gather(*(self._lease_get(n) for n in missing))
+            values.update(zip(missing, filled, strict=True))
+        return values
+
+    async def _lease_get(self, name: str) -> int:
+        token = secrets.token_hex(8)
+        waited_ms = 0
+        try:
+            while True:
+                if await self.redis.set(f"lease:{name}", token, nx=True, px=self.settings.lease_ms):
+                    value = (await self._from_kv([name]))[name]
+                    await self._fill(
+                        keys=[f"c:{name}", f"lease:{name}"],
+                        args=[token, value, self.settings.cache_ttl_ms],
+                    )
+                    return value
+                # Someone else is filling it: wait for their value rather than read the KV too.
+                await asyncio.sleep(self.settings.lease_wait_ms / 1000)
+                waited_ms += self.settings.lease_wait_ms
+                cached = await self.redis.get(f"c:{name}")
+                if cached is not None:
+                    return int(cached)
+                if waited_ms >= self.settings.lease_ms:
+                    break
+        except RedisError:
+            pass
+        return (await self._from_kv([name]))[name]
+
+
+def _settle(future: asyncio.Future[None], err: BaseException | None) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(err)
