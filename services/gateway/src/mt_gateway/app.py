@@ -10,36 +10,66 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from mt_gateway import health
-from mt_gateway.middleware import errors_middleware
+from mt_gateway import api, health, openapi
+from mt_gateway.backends import Backends, backends
+from mt_gateway.limits import RateLimiter, shedding_middleware
+from mt_gateway.middleware import errors_middleware, metrics_middleware
+from mt_gateway.routing import mount
 from mt_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+assert api  # the handlers register themselves on import
 
 
 async def metrics(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(settings: Settings, redis: Redis) -> web.Application:
-    application = web.Application(middlewares=[errors_middleware], client_max_size=64 * 1024)
+def build_app(settings: Settings, redis: Redis, b: Backends) -> web.Application:
+    application = web.Application(
+        middlewares=[
+            errors_middleware,
+            metrics_middleware,
+            shedding_middleware(settings.max_in_flight),
+        ],
+        client_max_size=settings.max_body_bytes,
+    )
+    limiter = RateLimiter(redis)
+    application["limiter"] = limiter
     application.add_routes(health.routes(settings, redis))
     application.router.add_get("/metrics", metrics)
+    document = openapi.spec()
+    application.router.add_get("/openapi.json", lambda _: _json(document))
+    application.router.add_get("/docs", lambda _: _html(openapi.docs_page()))
+    mount(application, b, settings, redis, limiter)
     return application
+
+
+async def _json(document: object) -> web.Response:
+    return web.json_response(document)
+
+
+async def _html(page: str) -> web.Response:
+    return web.Response(text=page, content_type="text/html")
 
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    redis = Redis.from_url(settings.redis_url, socket_timeout=settings.health_timeout_ms / 1000)
-    runner = web.AppRunner(
-        build_app(settings, redis), shutdown_timeout=settings.shutdown_grace_ms / 1000
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.health_timeout_ms / 1000,
+        socket_connect_timeout=settings.health_timeout_ms / 1000,
     )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.http_port, reuse_address=True)
-    await site.start()
-    log.info("HTTP serving", extra={"port": settings.http_port})
-    try:
-        yield
-    finally:
-        await runner.cleanup()
-        await redis.aclose()
+    async with backends(settings) as b:
+        runner = web.AppRunner(
+            build_app(settings, redis, b), shutdown_timeout=settings.shutdown_grace_ms / 1000
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.http_port, reuse_address=True)
+        await site.start()
+        log.info("HTTP serving", extra={"port": settings.http_port})
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+            await redis.aclose()

@@ -1,0 +1,477 @@
+"""The REST API v1 handlers (DESIGN.md §3): validate, call the services, render.
+
+Each handler is registered once with :func:`~mt_gateway.routing.endpoint`; the pipeline in
+:mod:`mt_gateway.routing` has already rate-limited, authenticated and validated the request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from mt_core.errors import FailedPrecondition, InvalidArgument
+from mt_core.rpc.client import call
+from mt_proto import common_pb2 as cpb
+from mt_proto import feed_pb2 as fpb
+from mt_proto import graph_pb2 as gpb
+from mt_proto import posts_pb2 as ppb
+from mt_proto import users_pb2 as upb
+
+from mt_gateway import idempotency, render, schemas
+from mt_gateway.routing import Ctx, client_ip, endpoint
+
+ERRORS_AUTH = (401,)
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.json_response(payload, status=status)
+
+
+def _no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def _page(ctx: Ctx) -> cpb.PageRequest:
+    return cpb.PageRequest(limit=ctx.limit, cursor=ctx.cursor)
+
+
+async def _user_id(ctx: Ctx, handle: str) -> str:
+    user = await call(ctx.b.users.GetUserByHandle(upb.GetUserByHandleRequest(handle=handle)))
+    return user.id
+
+
+# ---------------------------------------------------------------------- accounts and sessions
+
+
+@endpoint(
+    "POST",
+    "/v1/accounts",
+    "Sign up (optionally linked to a legacy account)",
+    body=schemas.AccountIn,
+    response=schemas.SessionOut,
+    status=201,
+    errors=(400, 404, 409),
+)
+async def create_account(ctx: Ctx) -> web.StreamResponse:
+    body: schemas.AccountIn = ctx.body
+    request = upb.CreateAccountRequest(password=body.password)
+    for name in ("handle", "display_name", "legacy_id"):
+        if getattr(body, name) is not None:
+            setattr(request, name, getattr(body, name))
+    reply = await call(ctx.b.users.CreateAccount(request))
+    return _json(
+        {"user": await render.user(ctx.b, reply.user, fresh=True), "token": reply.token}, 201
+    )
+
+
+@endpoint(
+    "POST",
+    "/v1/sessions",
+    "Log in",
+    body=schemas.SessionIn,
+    response=schemas.SessionOut,
+    status=201,
+    errors=(400, 401, 429),
+)
+async def login(ctx: Ctx) -> web.StreamResponse:
+    body: schemas.SessionIn = ctx.body
+    limiter = ctx.request.app["limiter"]
+    # Password guessing: per account from anywhere, and per address across accounts. These
+    # limits fail closed: without Redis we cannot count, so we do not let guesses through.
+    await limiter.hit(
+        "login-ip", client_ip(ctx.request), ctx.settings.login_per_ip_per_min, fail_open=False
+    )
+    await limiter.hit(
+        "login-handle",
+        body.handle.strip().casefold(),
+        ctx.settings.login_per_handle_per_min,
+        fail_open=False,
+    )
+    reply = await call(
+        ctx.b.users.Login(upb.LoginRequest(handle=body.handle, password=body.password))
+    )
+    return _json(
+        {"user": await render.user(ctx.b, reply.user, fresh=True), "token": reply.token}, 201
+    )
+
+
+@endpoint(
+    "DELETE",
+    "/v1/sessions/current",
+    "Log out: the token stops working",
+    auth="required",
+    status=204,
+    errors=ERRORS_AUTH,
+)
+async def logout(ctx: Ctx) -> web.StreamResponse:
+    await call(ctx.b.users.RevokeSession(upb.RevokeSessionRequest(token=ctx.token or "")))
+    return _no_content()
+
+
+@endpoint(
+    "GET",
+    "/v1/me",
+    "The caller's profile",
+    auth="required",
+    response=schemas.UserOut,
+    errors=ERRORS_AUTH,
+)
+async def me(ctx: Ctx) -> web.StreamResponse:
+    user = await call(ctx.b.users.GetUser(upb.GetUserRequest(user_id=ctx.me)))
+    return _json(await render.user(ctx.b, user, fresh=True))
+
+
+@endpoint(
+    "PATCH",
+    "/v1/me",
+    "Change display name and/or bio",
+    auth="required",
+    body=schemas.ProfileIn,
+    response=schemas.UserOut,
+    errors=(400, 401),
+)
+async def update_me(ctx: Ctx) -> web.StreamResponse:
+    body: schemas.ProfileIn = ctx.body
+    request = upb.UpdateProfileRequest(user_id=ctx.me)
+    if body.display_name is not None:
+        request.display_name = body.display_name
+    if body.bio is not None:
+        request.bio = body.bio
+    user = await call(ctx.b.users.UpdateProfile(request))
+    return _json(await render.user(ctx.b, user, fresh=True))
+
+
+@endpoint("GET", "/v1/users/{handle}", "A user's profile", response=schemas.UserOut, errors=(404,))
+async def get_user(ctx: Ctx) -> web.StreamResponse:
+    user = await call(
+        ctx.b.users.GetUserByHandle(upb.GetUserByHandleRequest(handle=ctx.param("handle")))
+    )
+    return _json(await render.user(ctx.b, user))
+
+
+@endpoint(
+    "GET",
+    "/v1/search/users",
+    "Users whose handle starts with q",
+    response=schemas.UserOut,
+    paged=True,
+    errors=(400,),
+    extra_query=("q",),
+)
+async def search_users(ctx: Ctx) -> web.StreamResponse:
+    q = ctx.request.query.get("q", "")
+    if not q:
+        raise InvalidArgument("q (a handle prefix) is required", code="invalid_query")
+    reply = await call(ctx.b.users.SearchUsers(upb.SearchUsersRequest(prefix=q, page=_page(ctx))))
+    return _json(render.page(await render.users(ctx.b, list(reply.items)), reply.next_cursor))
+
+
+# ---------------------------------------------------------------------- graph
+
+
+@endpoint(
+    "PUT",
+    "/v1/me/following/{handle}",
+    "Follow (idempotent)",
+    auth="required",
+    status=204,
+    errors=(400, 401, 404),
+)
+async def follow(ctx: Ctx) -> web.StreamResponse:
+    followee = await _user_id(ctx, ctx.param("handle"))
+    await call(ctx.b.graph.Follow(gpb.FollowRequest(follower_id=ctx.me, followee_id=followee)))
+    return _no_content()
+
+
+@endpoint(
+    "DELETE",
+    "/v1/me/following/{handle}",
+    "Unfollow (idempotent)",
+    auth="required",
+    status=204,
+    errors=(401, 404),
+)
+async def unfollow(ctx: Ctx) -> web.StreamResponse:
+    followee = await _user_id(ctx, ctx.param("handle"))
+    await call(ctx.b.graph.Unfollow(gpb.UnfollowRequest(follower_id=ctx.me, followee_id=followee)))
+    return _no_content()
+
+
+@endpoint(
+    "GET",
+    "/v1/users/{handle}/followers",
+    "Who follows the user, newest first",
+    response=schemas.UserOut,
+    paged=True,
+    errors=(400, 404),
+)
+async def followers(ctx: Ctx) -> web.StreamResponse:
+    user_id = await _user_id(ctx, ctx.param("handle"))
+    reply = await call(
+        ctx.b.graph.ListFollowers(gpb.ListFollowersRequest(user_id=user_id, page=_page(ctx)))
+    )
+    items = await render.users_list(ctx.b, [e.user_id for e in reply.items])
+    return _json(render.page(items, reply.next_cursor))
+
+
+@endpoint(
+    "GET",
+    "/v1/users/{handle}/following",
+    "Whom the user follows, newest first",
+    response=schemas.UserOut,
+    paged=True,
+    errors=(400, 404),
+)
+async def following(ctx: Ctx) -> web.StreamResponse:
+    user_id = await _user_id(ctx, ctx.param("handle"))
+    reply = await call(
+        ctx.b.graph.ListFollowing(gpb.ListFollowingRequest(user_id=user_id, page=_page(ctx)))
+    )
+    items = await render.users_list(ctx.b, [e.user_id for e in reply.items])
+    return _json(render.page(items, reply.next_cursor))
+
+
+@endpoint(
+    "POST",
+    "/v1/me/imports",
+    "Copy the linked legacy account's follow graph (async)",
+    auth="required",
+    body=schemas.ImportIn,
+    response=schemas.ImportOut,
+    status=202,
+    errors=(401, 409),
+)
+async def start_import(ctx: Ctx) -> web.StreamResponse:
+    user = await call(ctx.b.users.GetUser(upb.GetUserRequest(user_id=ctx.me)))
+    if not user.HasField("legacy_id"):
+        raise FailedPrecondition(
+            "this account is not linked to a legacy account", code="no_legacy_account"
+        )
+    started = await call(
+        ctx.b.graph.StartImport(gpb.StartImportRequest(user_id=ctx.me, legacy_id=user.legacy_id))
+    )
+    return _json(render.import_(started), 202)
+
+
+@endpoint(
+    "GET",
+    "/v1/me/imports/{id}",
+    "Progress of an import",
+    auth="required",
+    response=schemas.ImportOut,
+    errors=(401, 404),
+)
+async def get_import(ctx: Ctx) -> web.StreamResponse:
+    found = await call(
+        ctx.b.graph.GetImport(gpb.GetImportRequest(user_id=ctx.me, import_id=ctx.param("id")))
+    )
+    return _json(render.import_(found))
+
+
+@endpoint(
+    "GET",
+    "/v1/legacy/accounts/{legacy_id}",
+    "A simulated legacy (Instagram) account",
+    response=schemas.LegacyAccountOut,
+    errors=(404,),
+)
+async def legacy_account(ctx: Ctx) -> web.StreamResponse:
+    account = await call(
+        ctx.b.graph.GetLegacyAccount(gpb.GetLegacyAccountRequest(legacy_id=ctx.param("legacy_id")))
+    )
+    return _json(
+        {
+            "legacy_id": account.legacy_id,
+            "handle": account.handle,
+            "following_count": account.following_count,
+        }
+    )
+
+
+@endpoint(
+    "GET",
+    "/v1/legacy/accounts/{legacy_id}/following",
+    "Whom a legacy account follows there, and who has joined",
+    response=schemas.LegacyFollowingOut,
+    paged=True,
+    errors=(400, 404),
+)
+async def legacy_following(ctx: Ctx) -> web.StreamResponse:
+    reply = await call(
+        ctx.b.graph.ListLegacyFollowing(
+            gpb.ListLegacyFollowingRequest(legacy_id=ctx.param("legacy_id"), page=_page(ctx))
+        )
+    )
+    ids = [a.legacy_id for a in reply.items]
+    joined = await call(
+        ctx.b.users.BatchGetUsersByLegacyId(upb.BatchGetUsersByLegacyIdRequest(legacy_ids=ids))
+    )
+    items = [
+        {"legacy_id": a.legacy_id, "handle": a.handle, "on_app": a.legacy_id in joined.users}
+        for a in reply.items
+    ]
+    return _json(render.page(items, reply.next_cursor))
+
+
+# ---------------------------------------------------------------------- posts
+
+
+@endpoint(
+    "POST",
+    "/v1/posts",
+    "Publish a post or a reply (Idempotency-Key: same key, same post, once)",
+    auth="required",
+    body=schemas.PostIn,
+    response=schemas.PostOut,
+    status=201,
+    errors=(400, 401, 404, 409),
+    headers=("Idempotency-Key",),
+)
+async def create_post(ctx: Ctx) -> web.StreamResponse:
+    body: schemas.PostIn = ctx.body
+    key = ctx.request.headers.get("Idempotency-Key")
+    request = ppb.CreatePostRequest(author_id=ctx.me, text=body.text)
+    if body.reply_to is not None:
+        request.reply_to = body.reply_to
+
+    async def run() -> tuple[int, Any]:
+        post = await call(ctx.b.posts.CreatePost(request))
+        return 201, (await render.posts(ctx.b, [post], ctx.viewer, fresh=True))[0]
+
+    if key is None:
+        status, payload = await run()
+    else:
+        request.idempotency_key = idempotency.check_key(key)
+        status, payload = await idempotency.once(
+            ctx.redis,
+            ctx.me,
+            key,
+            body.model_dump(),
+            run,
+            ctx.settings.idempotency_ttl_s,
+            ctx.settings.idempotency_wait_ms,
+        )
+    return _json(payload, status)
+
+
+@endpoint(
+    "GET", "/v1/posts/{id}", "A post", auth="optional", response=schemas.PostOut, errors=(404,)
+)
+async def get_post(ctx: Ctx) -> web.StreamResponse:
+    post = await call(ctx.b.posts.GetPost(ppb.GetPostRequest(post_id=ctx.param("id"))))
+    # A signed-in reader sees the counts fresh: their own like shows on their next read.
+    return _json((await render.posts(ctx.b, [post], ctx.viewer, fresh=ctx.viewer is not None))[0])
+
+
+@endpoint(
+    "DELETE",
+    "/v1/posts/{id}",
+    "Delete a post (author only)",
+    auth="required",
+    status=204,
+    errors=(401, 403, 404),
+)
+async def delete_post(ctx: Ctx) -> web.StreamResponse:
+    await call(
+        ctx.b.posts.DeletePost(ppb.DeletePostRequest(post_id=ctx.param("id"), actor_id=ctx.me))
+    )
+    return _no_content()
+
+
+@endpoint(
+    "GET",
+    "/v1/posts/{id}/replies",
+    "Direct replies, oldest first",
+    auth="optional",
+    response=schemas.PostOut,
+    paged=True,
+    errors=(400, 404),
+)
+async def replies(ctx: Ctx) -> web.StreamResponse:
+    reply = await call(
+        ctx.b.posts.ListReplies(ppb.ListRepliesRequest(post_id=ctx.param("id"), page=_page(ctx)))
+    )
+    return _json(
+        render.page(await render.posts(ctx.b, list(reply.items), ctx.viewer), reply.next_cursor)
+    )
+
+
+@endpoint(
+    "GET",
+    "/v1/users/{handle}/posts",
+    "A user's posts, newest first",
+    auth="optional",
+    response=schemas.PostOut,
+    paged=True,
+    errors=(400, 404),
+)
+async def user_posts(ctx: Ctx) -> web.StreamResponse:
+    author = await _user_id(ctx, ctx.param("handle"))
+    reply = await call(
+        ctx.b.posts.ListUserPosts(ppb.ListUserPostsRequest(author_id=author, page=_page(ctx)))
+    )
+    return _json(
+        render.page(await render.posts(ctx.b, list(reply.items), ctx.viewer), reply.next_cursor)
+    )
+
+
+@endpoint(
+    "PUT",
+    "/v1/posts/{id}/like",
+    "Like (idempotent)",
+    auth="required",
+    status=204,
+    errors=(401, 404),
+)
+async def like(ctx: Ctx) -> web.StreamResponse:
+    await call(ctx.b.posts.Like(ppb.LikeRequest(user_id=ctx.me, post_id=ctx.param("id"))))
+    return _no_content()
+
+
+@endpoint(
+    "DELETE",
+    "/v1/posts/{id}/like",
+    "Unlike (idempotent)",
+    auth="required",
+    status=204,
+    errors=(401, 404),
+)
+async def unlike(ctx: Ctx) -> web.StreamResponse:
+    await call(ctx.b.posts.Unlike(ppb.UnlikeRequest(user_id=ctx.me, post_id=ctx.param("id"))))
+    return _no_content()
+
+
+# ---------------------------------------------------------------------- feed and notifications
+
+
+@endpoint(
+    "GET",
+    "/v1/feed",
+    "Home feed: own and followed authors' posts, newest first",
+    auth="required",
+    response=schemas.PostOut,
+    paged=True,
+    errors=(400, 401),
+)
+async def feed(ctx: Ctx) -> web.StreamResponse:
+    reply = await call(ctx.b.feed.GetFeed(fpb.GetFeedRequest(viewer_id=ctx.me, page=_page(ctx))))
+    items = await render.posts_by_id(ctx.b, [i.post_id for i in reply.items], ctx.viewer)
+    return _json(render.page(items, reply.next_cursor))
+
+
+@endpoint(
+    "GET",
+    "/v1/notifications",
+    "Follows, likes and replies, newest first",
+    auth="required",
+    response=schemas.NotificationOut,
+    paged=True,
+    errors=(400, 401),
+)
+async def notifications(ctx: Ctx) -> web.StreamResponse:
+    reply = await call(
+        ctx.b.feed.ListNotifications(fpb.ListNotificationsRequest(user_id=ctx.me, page=_page(ctx)))
+    )
+    return _json(
+        render.page(await render.notifications(ctx.b, list(reply.items)), reply.next_cursor)
+    )

@@ -1,0 +1,106 @@
+"""End-to-end tests: the REST API of the running stack, as a mobile-style client uses it.
+
+Every response is checked against the contract's general rules on the way (an error always
+has the error body; 429/503 carry Retry-After); tests then check the specifics.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from mt_cli.manifest import Manifest
+
+BASE = "http://127.0.0.1:8080"
+PASSWORD = "correct horse"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+    @property
+    def code(self) -> str:
+        return str(self.body["error"]["code"])
+
+
+class Api:
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self.http = http
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Reply:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        async with self.http.request(method, BASE + path, data=data, headers=sent) as resp:
+            text = await resp.text()
+            parsed = json.loads(text) if text else None
+            reply = Reply(resp.status, parsed, dict(resp.headers))
+        _check_rules(reply)
+        return reply
+
+    async def signup(self, prefix: str = "u", **extra: Any) -> tuple[dict[str, Any], str]:
+        handle = f"{prefix}{secrets.token_hex(5)}"
+        reply = await self.call(
+            "POST", "/v1/accounts", {"handle": handle, "password": PASSWORD, **extra}
+        )
+        assert reply.status == 201, reply.body
+        return reply.body["user"], reply.body["token"]
+
+    async def post(self, token: str, text: str, **extra: Any) -> dict[str, Any]:
+        reply = await self.call("POST", "/v1/posts", {"text": text, **extra}, token=token)
+        assert reply.status == 201, reply.body
+        return dict(reply.body)
+
+    async def all_pages(
+        self, path: str, token: str | None = None, limit: int = 2
+    ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        sep = "&" if "?" in path else "?"
+        for _ in range(1000):
+            query = f"{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+            reply = await self.call("GET", path + query, token=token)
+            assert reply.status == 200, reply.body
+            assert set(reply.body) == {"items", "next_cursor"}
+            items += reply.body["items"]
+            cursor = reply.body["next_cursor"]
+            if cursor is None:
+                return items
+        raise AssertionError("pagination did not end")
+
+
+def _check_rules(reply: Reply) -> None:
+    if reply.status >= 400:
+        assert isinstance(reply.body, dict), reply.body
+        assert set(reply.body) == {"error"}, reply.body
+        assert set(reply.body["error"]) == {"code", "message"}, reply.body
+        assert reply.body["error"]["code"].replace("_", "").isalnum()
+        assert "Traceback" not in reply.body["error"]["message"]
+    assert reply.status < 500 or reply.status == 503, reply.body
+    if reply.status in (429, 503):
+        assert int(reply.headers["Retry-After"]) >= 1
+
+
+@pytest.fixture
+async def api(stack: Manifest) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as http:
+        yield Api(http)
