@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -39,6 +40,8 @@ from mt_kv_client.routing import MAX_BATCH, Key, microshard, validate_value
 T = TypeVar("T")
 
 # Codes of refusals: nothing was done, so trying again (after a routing refresh) is safe.
+log = logging.getLogger(__name__)
+
 _REFUSED = {
     "not_primary",
     "stale_epoch",
@@ -230,7 +233,12 @@ class KVClient:
 
     async def __aenter__(self) -> KVClient:
         self._manager = grpc.aio.insecure_channel(self._manager_addr)
-        await self.refresh()
+        try:
+            await self.refresh()
+        except Unavailable as err:
+            # Start anyway: a service whose KV is not up yet should come up and answer
+            # "unavailable" (and recover by itself), not crash-loop.
+            log.warning("KV routing table not available yet", extra={"reason": err.message})
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -268,6 +276,33 @@ class KVClient:
         return self._table.microshard_to_shard[
             microshard(key.keyspace, key.partition, self._table.microshards)
         ]
+
+    async def _ensure_table(self) -> None:
+        if not self._table.microshards:
+            await self.refresh()
+
+    async def _routed(self, key: Key, replica_of: Callable[[int], str]) -> tuple[int, str]:
+        """The key's shard and the address to send to, waiting out a moment without a primary
+        (a failover or a rebalance in progress) within the retry budget."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget_s
+        delay = 0.02
+        while True:
+            error: Unavailable
+            try:
+                await self._ensure_table()
+                shard = self.shard_of(key)
+                return shard, self._addr(replica_of(shard), shard)
+            except FailedPrecondition as err:
+                error = Unavailable(err.message, code="no_primary")
+            except Unavailable as err:
+                error = err
+            if loop.time() + delay > deadline:
+                raise error
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+            with contextlib.suppress(Unavailable):
+                await self.refresh()
 
     def _info(self, shard: int) -> pb.ShardInfo:
         return self._table.shards[shard]
@@ -311,6 +346,8 @@ class KVClient:
             else:
                 raise error
             if loop.time() + delay > deadline:
+                if error.code in _REFUSED:  # still refused: transient from the caller's view
+                    raise Unavailable(error.message, code="kv_unavailable") from None
                 raise error
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
@@ -321,8 +358,7 @@ class KVClient:
 
     async def get(self, key: Key, consistency: Consistency = Consistency.STRONG) -> Item | None:
         key.validate()
-        shard = self.shard_of(key)
-        addr = self._addr(self._read_replica(shard, consistency), shard)
+        shard, addr = await self._routed(key, lambda s: self._read_replica(s, consistency))
         result: Item | None = await self._reads.submit((addr, consistency), (shard, key))
         return result
 
@@ -436,6 +472,7 @@ class KVClient:
         consistency: Consistency = Consistency.STRONG,
     ) -> tuple[list[Item], str]:
         """One page of a partition's keys with ``prefix``; the cursor resumes after it."""
+        await self._ensure_table()
         shard = self.shard_of(Key(keyspace, partition, prefix))
 
         async def attempt() -> pb.ScanResponse:
@@ -468,6 +505,7 @@ class KVClient:
         """Apply ``mutations`` atomically if every check holds — within ONE shard (an OCC
         transaction when the checks carry versions read earlier)."""
         keys = [m.key for m in mutations] + [c.key for c in checks]
+        await self._ensure_table()
         shards = {self.shard_of(k) for k in keys}
         if len(shards) != 1:
             raise InvalidArgument(
@@ -496,8 +534,7 @@ class KVClient:
     async def _one(self, mutation: Mutation, durability: Durability) -> pb.Item:
         """A single unconditional mutation, batched with concurrent ones bound for the same
         primary (one BatchWrite carrying a write per shard)."""
-        shard = self.shard_of(mutation.key)
-        addr = self._addr(self._info(shard).primary, shard)
+        shard, addr = await self._routed(mutation.key, lambda s: self._info(s).primary)
         result: pb.Item = await self._writes.submit((addr, durability), (shard, mutation))
         return result
 

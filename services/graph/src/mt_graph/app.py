@@ -43,7 +43,7 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         servicer = GraphServicer(graph, legacy)
         add = graph_pb2_grpc.add_GraphServiceServicer_to_server
         async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
-            await legacy.resume()
+            legacy.start()
             try:
                 yield
             finally:

@@ -17,7 +17,7 @@ import json
 import logging
 from typing import Any
 
-from mt_core.errors import NotFound
+from mt_core.errors import MinithreadsError, NotFound
 from mt_core.ids import new_id, now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
 from mt_core.rpc.client import call
@@ -79,6 +79,7 @@ class Legacy:
         self.legacy = legacy
         self.users = users
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._resumer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ legacy reads
 
@@ -133,8 +134,20 @@ class Legacy:
             raise NotFound("no such import", code="import_not_found")
         return _to_pb(record)
 
+    def start(self) -> None:
+        """Resume, in the background, the imports a previous run left unfinished."""
+        self._resumer = asyncio.create_task(self._resume_when_possible(), name="import-resume")
+
+    async def _resume_when_possible(self) -> None:
+        while True:
+            try:
+                await self.resume()
+                return
+            except MinithreadsError as err:  # the KV not reachable yet: try again shortly
+                log.warning("cannot resume imports yet", extra={"reason": err.message})
+                await asyncio.sleep(2)
+
     async def resume(self) -> None:
-        """Restart the imports a previous run of the service left unfinished."""
         cursor = ""
         while True:
             items, cursor = await self.kv.scan("imports", b"active", cursor=cursor, limit=1000)
@@ -146,6 +159,8 @@ class Legacy:
                 return
 
     async def stop(self) -> None:
+        if self._resumer is not None:
+            self._resumer.cancel()
         for task in self._running.values():
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
