@@ -6,17 +6,19 @@ has the error body; 429/503 carry Retry-After); tests then check the specifics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 from mt_cli.manifest import Manifest
 
 BASE = "http://127.0.0.1:8080"
+T = TypeVar("T")
 PASSWORD = "correct horse"
 
 
@@ -86,6 +88,21 @@ class Api:
             if cursor is None:
                 return items
         raise AssertionError("pagination did not end")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, timeout_s: float = 30, what: str = "condition"
+) -> T:
+    """Poll ``check`` until it returns a truthy value: the async platform's effects (fan-out,
+    notifications, imports, joins) arrive after the request that caused them."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout_s} s (last: {result!r})")
+        await asyncio.sleep(0.2)
 
 
 def _check_rules(reply: Reply) -> None:

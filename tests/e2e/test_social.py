@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
-from tests.e2e.conftest import Api
+from tests.e2e.conftest import Api, eventually
 
 POST_FIELDS = {
     "id",
@@ -198,10 +199,14 @@ async def test_feed__own_posts_at_once_followed_authors_newest_first_no_dups(api
     made.append(mine)
     feed = await api.all_pages("/v1/feed", token=reader, limit=4)
     assert [p["id"] for p in feed] == [p["id"] for p in reversed(made)]
-    # Unfollowing removes an author's posts.
+    # Unfollowing removes an author's posts (a worker takes them out of the inbox).
     await api.call("DELETE", f"/v1/me/following/{authors[0][0]['handle']}", token=reader)
-    feed = await api.all_pages("/v1/feed", token=reader, limit=100)
-    assert all(p["author"]["id"] != authors[0][0]["id"] for p in feed)
+
+    async def gone() -> bool:
+        feed = await api.all_pages("/v1/feed", token=reader, limit=100)
+        return all(p["author"]["id"] != authors[0][0]["id"] for p in feed)
+
+    await eventually(gone, what="unfollowed author's posts leave the feed")
     assert (await api.call("GET", "/v1/feed")).status == 401
 
 
@@ -229,6 +234,13 @@ async def test_notifications__follow_like_reply(api: Api) -> None:
     await api.call("PUT", f"/v1/posts/{post['id']}/like", token=tb)  # idempotent: one notification
     reply = await api.post(tb, "a reply", reply_to=post["id"])
     await api.call("PUT", f"/v1/posts/{post['id']}/like", token=ta)  # own like: no notification
+
+    async def three() -> list[dict[str, Any]]:
+        items = await api.all_pages("/v1/notifications", token=ta, limit=2)
+        return items if len(items) >= 3 else []
+
+    items = await eventually(three, what="three notifications")
+    await asyncio.sleep(1)  # and no more arrive (the repeated like is one notification)
     items = await api.all_pages("/v1/notifications", token=ta, limit=2)
     assert [(n["type"], n["post_id"]) for n in items] == [
         ("reply", reply["id"]),

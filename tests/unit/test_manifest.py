@@ -44,7 +44,7 @@ def test_levels__start_dependencies_first() -> None:
 
 def test_closure__includes_transitive_dependencies() -> None:
     manifest = load(REPO)
-    assert manifest.closure(["users"]) == {"users", "kv", "kv-1", "kv-2", "kv-3"}
+    assert manifest.closure(["users"]) == {"users", "kv", "kv-1", "kv-2", "kv-3", "kafka"}
     assert manifest.closure(["gateway"]) >= SERVICES
 
 

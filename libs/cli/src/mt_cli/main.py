@@ -4,6 +4,7 @@ minithreads up [NAME...]       start the stack (or NAME and what it needs); retu
 minithreads down [NAME...]     stop what `up` started; nothing is left listening
 minithreads ps [--json]        each process: name, pid, port, role, health
 minithreads logs NAME [-f]     a process's log
+minithreads jobs status        the async platform per job kind (lag, rate, retries, AIMD limit)
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ def parser() -> argparse.ArgumentParser:
     p_kv = sub.add_parser("kv", help="the KV service: put, get, status, bench")
     kvcmd.add_arguments(p_kv)
     p_kv.set_defaults(run=lambda manifest, args: kvcmd.run(args, manifest.home))
+    from mt_cli import jobscmd
+
+    p_jobs = sub.add_parser("jobs", help="the async platform: status per job kind")
+    jobscmd.add_arguments(p_jobs)
+    p_jobs.set_defaults(run=lambda manifest, args: jobscmd.run(args))
     from mt_cli import clientcmd
 
     p_client = sub.add_parser("client", help="use the REST API as a user: signup, post, feed...")

@@ -35,6 +35,10 @@ class ServiceSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     kafka_bootstrap: str = "127.0.0.1:9092"
 
+    # An outbox intent older than this is published by the relay (its writer presumably died):
+    # longer than any write between intend and publish can take (the KV client's retry budget).
+    outbox_stale_ms: int = 30_000
+
     # Tracing: the exporter and its endpoint follow OTEL_TRACES_EXPORTER and
     # OTEL_EXPORTER_ZIPKIN_ENDPOINT; this switch exists so tests can turn export off.
     tracing_enabled: bool = True

@@ -59,6 +59,31 @@ class FeedServiceStub:
                 request_serializer=mt__proto_dot_feed__pb2.AddNotificationsRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_feed__pb2.AddNotificationsResponse.FromString,
                 _registered_method=True)
+        self.Deliver = channel.unary_unary(
+                '/minithreads.feed.v1.FeedService/Deliver',
+                request_serializer=mt__proto_dot_feed__pb2.DeliverRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_feed__pb2.DeliverResponse.FromString,
+                _registered_method=True)
+        self.Retract = channel.unary_unary(
+                '/minithreads.feed.v1.FeedService/Retract',
+                request_serializer=mt__proto_dot_feed__pb2.RetractRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_feed__pb2.RetractResponse.FromString,
+                _registered_method=True)
+        self.Backfill = channel.unary_unary(
+                '/minithreads.feed.v1.FeedService/Backfill',
+                request_serializer=mt__proto_dot_feed__pb2.BackfillRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_feed__pb2.BackfillResponse.FromString,
+                _registered_method=True)
+        self.RemoveAuthor = channel.unary_unary(
+                '/minithreads.feed.v1.FeedService/RemoveAuthor',
+                request_serializer=mt__proto_dot_feed__pb2.RemoveAuthorRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_feed__pb2.RemoveAuthorResponse.FromString,
+                _registered_method=True)
+        self.FilterActive = channel.unary_unary(
+                '/minithreads.feed.v1.FeedService/FilterActive',
+                request_serializer=mt__proto_dot_feed__pb2.FilterActiveRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_feed__pb2.FilterActiveResponse.FromString,
+                _registered_method=True)
 
 
 class FeedServiceServicer:
@@ -105,6 +130,43 @@ class FeedServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deliver(self, request, context):
+        """Async workers (fan-out): push a post into these users' inboxes (capped; idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retract(self, request, context):
+        """Async workers: take a post out of these users' inboxes (a delete). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backfill(self, request, context):
+        """Async workers: user_id started following author_id: add the author's recent posts to the
+        user's inbox (backfill). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveAuthor(self, request, context):
+        """Async workers: user_id unfollowed author_id: remove the author's posts from the inbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FilterActive(self, request, context):
+        """Which of these users are active (read their feed recently): fan-out writes only to them;
+        the others get their inbox rebuilt when they return.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +194,31 @@ def add_FeedServiceServicer_to_server(servicer, server):
                     servicer.AddNotifications,
                     request_deserializer=mt__proto_dot_feed__pb2.AddNotificationsRequest.FromString,
                     response_serializer=mt__proto_dot_feed__pb2.AddNotificationsResponse.SerializeToString,
+            ),
+            'Deliver': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deliver,
+                    request_deserializer=mt__proto_dot_feed__pb2.DeliverRequest.FromString,
+                    response_serializer=mt__proto_dot_feed__pb2.DeliverResponse.SerializeToString,
+            ),
+            'Retract': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retract,
+                    request_deserializer=mt__proto_dot_feed__pb2.RetractRequest.FromString,
+                    response_serializer=mt__proto_dot_feed__pb2.RetractResponse.SerializeToString,
+            ),
+            'Backfill': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backfill,
+                    request_deserializer=mt__proto_dot_feed__pb2.BackfillRequest.FromString,
+                    response_serializer=mt__proto_dot_feed__pb2.BackfillResponse.SerializeToString,
+            ),
+            'RemoveAuthor': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveAuthor,
+                    request_deserializer=mt__proto_dot_feed__pb2.RemoveAuthorRequest.FromString,
+                    response_serializer=mt__proto_dot_feed__pb2.RemoveAuthorResponse.SerializeToString,
+            ),
+            'FilterActive': grpc.unary_unary_rpc_method_handler(
+                    servicer.FilterActive,
+                    request_deserializer=mt__proto_dot_feed__pb2.FilterActiveRequest.FromString,
+                    response_serializer=mt__proto_dot_feed__pb2.FilterActiveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +356,141 @@ class FeedService:
             '/minithreads.feed.v1.FeedService/AddNotifications',
             mt__proto_dot_feed__pb2.AddNotificationsRequest.SerializeToString,
             mt__proto_dot_feed__pb2.AddNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deliver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.feed.v1.FeedService/Deliver',
+            mt__proto_dot_feed__pb2.DeliverRequest.SerializeToString,
+            mt__proto_dot_feed__pb2.DeliverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.feed.v1.FeedService/Retract',
+            mt__proto_dot_feed__pb2.RetractRequest.SerializeToString,
+            mt__proto_dot_feed__pb2.RetractResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backfill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.feed.v1.FeedService/Backfill',
+            mt__proto_dot_feed__pb2.BackfillRequest.SerializeToString,
+            mt__proto_dot_feed__pb2.BackfillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveAuthor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.feed.v1.FeedService/RemoveAuthor',
+            mt__proto_dot_feed__pb2.RemoveAuthorRequest.SerializeToString,
+            mt__proto_dot_feed__pb2.RemoveAuthorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FilterActive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.feed.v1.FeedService/FilterActive',
+            mt__proto_dot_feed__pb2.FilterActiveRequest.SerializeToString,
+            mt__proto_dot_feed__pb2.FilterActiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

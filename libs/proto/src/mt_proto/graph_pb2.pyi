@@ -520,3 +520,72 @@ class GetImportRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetImportRequest: _TypeAlias = GetImportRequest  # noqa: Y015
+
+@_typing.final
+class ImportStepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    IMPORT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    import_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["import_id", b"import_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportStepRequest: _TypeAlias = ImportStepRequest  # noqa: Y015
+
+@_typing.final
+class ApplyPendingFollowsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEGACY_ID_FIELD_NUMBER: _builtins.int
+    FOLLOWEE_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    legacy_id: _builtins.str
+    followee_id: _builtins.str
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        legacy_id: _builtins.str = ...,
+        followee_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["followee_id", b"followee_id", "legacy_id", b"legacy_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyPendingFollowsRequest: _TypeAlias = ApplyPendingFollowsRequest  # noqa: Y015
+
+@_typing.final
+class ApplyPendingFollowsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    applied: _builtins.int
+    more: _builtins.bool
+    def __init__(
+        self,
+        *,
+        applied: _builtins.int = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyPendingFollowsResponse: _TypeAlias = ApplyPendingFollowsResponse  # noqa: Y015

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from mt_core.rpc.client import channel
 from mt_core.rpc.server import Servicer, grpc_server
 from mt_kv_client import KVClient
-from mt_proto import feed_pb2, feed_pb2_grpc, graph_pb2_grpc, posts_pb2_grpc
+from mt_proto import counters_pb2_grpc, feed_pb2, feed_pb2_grpc, graph_pb2_grpc, posts_pb2_grpc
 
 from mt_feed.domain import Feed
 from mt_feed.grpc_api import FeedServicer
@@ -24,12 +24,14 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         KVClient(settings.kv_addr) as kv,
         channel(settings.graph_addr, timeout) as graph,
         channel(settings.posts_addr, timeout) as posts,
+        channel(settings.counters_addr, timeout) as counters,
     ):
         feed = Feed(
             settings,
             kv,
             graph_pb2_grpc.GraphServiceStub(graph),
             posts_pb2_grpc.PostsServiceStub(posts),
+            counters_pb2_grpc.CountersServiceStub(counters),
         )
         servicer = FeedServicer(feed)
         add = feed_pb2_grpc.add_FeedServiceServicer_to_server

@@ -5,27 +5,27 @@ Layout, in keyspace ``graph`` (partition = the user the rows belong to):
 - ``o:<time><followee>``: whom the user follows, newest first by a reverse scan;
 - ``in:<follower>`` and ``i:<time><follower>``: the same from the followee's side.
 
-A follow first writes the follower's side atomically (one partition, one shard: edge + list
-row, conditional on the edge being absent), then the followee's side and the counters, whose
-keys are derived from the follow time. Re-running a follow therefore completes whatever an
-interrupted one left undone and never double-counts: the counter deltas carry an idempotency
-key made of the same follow time.
+Events (inbox backfill or removal, notifications) go through the outbox, recorded before the
+edge is written. A follow first writes the follower's side atomically (one partition, one
+shard: edge + list row, conditional on the edge being absent), then the followee's side and
+the counters, whose keys are derived from the follow time. Re-running a follow therefore
+completes whatever an interrupted one left undone and never double-counts: the counter deltas
+carry an idempotency key made of the same follow time.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from mt_core.errors import FailedPrecondition, InvalidArgument
 from mt_core.ids import now_us
 from mt_core.paging import limit_of
 from mt_core.rpc.client import call
+from mt_jobs import Job, Outbox
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Delete, Put
 from mt_proto import counters_pb2 as cpb
-from mt_proto import counters_pb2_grpc, feed_pb2_grpc
-from mt_proto import feed_pb2 as fpb
+from mt_proto import counters_pb2_grpc
 from mt_proto import graph_pb2 as pb
 
 MAX_IDS = 1000
@@ -43,10 +43,12 @@ def _time_hex(at_us: int) -> str:
     return f"{at_us:016x}"
 
 
-def notification_id(at_us: int, *parts: str) -> str:
-    """A notification id that sorts by time and is the same for every retry of one event."""
-    digest = hashlib.blake2b("/".join(parts).encode(), digest_size=4).hexdigest()
-    return f"{_time_hex(at_us)}{digest}"
+def follow_job(op: str, follower: str, followee: str, at_us: int) -> Job:
+    """The event of a follow or unfollow, handled by the workers' ``follow`` kind (inbox
+    backfill or removal, the follow notification). Keyed by the follower: one reader's inbox
+    changes in order."""
+    payload = {"op": op, "follower": follower, "followee": followee, "at_us": at_us}
+    return Job("follow", payload, key=follower)
 
 
 class Graph:
@@ -54,11 +56,11 @@ class Graph:
         self,
         kv: KVClient,
         counters: counters_pb2_grpc.CountersServiceAsyncStub,
-        feed: feed_pb2_grpc.FeedServiceAsyncStub,
+        outbox: Outbox,
     ) -> None:
         self.kv = kv
         self.counters = counters
-        self.feed = feed
+        self.outbox = outbox
 
     async def follow(self, follower: str, followee: str) -> bool:
         _check_ids(follower, followee)
@@ -66,13 +68,18 @@ class Graph:
             raise InvalidArgument("you cannot follow yourself", code="cannot_follow_self")
         edge = _key(follower, f"out:{followee}")
         at_us = now_us()
+        # The event first (backfill, notification): if we die after the edge is written, the
+        # outbox relay still publishes it; if we die before, its handler finds no edge.
+        intent = await self.outbox.intend([follow_job("follow", follower, followee, at_us)])
         listed = Put(_key(follower, f"o:{_time_hex(at_us)}{followee}"), b"")
         changed, held = await self.kv.claim(edge, str(at_us).encode(), extra=[listed])
         if not changed:
             at_us = int(held.value)
             if now_us() - at_us > REPAIR_WINDOW_US:
+                await self.outbox.publish(intent)  # harmless: its handler is idempotent
                 return False  # long complete; and its counter dedup keys may have expired
         await self._complete_follow(follower, followee, at_us)
+        await self.outbox.publish(intent)
         return changed
 
     async def _complete_follow(self, follower: str, followee: str, at_us: int) -> None:
@@ -84,21 +91,6 @@ class Graph:
             ]
         )
         await self._count(follower, followee, +1, f"follow:{follower}:{followee}:{at_us}")
-        note = fpb.Notification(
-            id=notification_id(at_us, "follow", follower, followee),
-            type=fpb.NOTIFICATION_TYPE_FOLLOW,
-            actor_id=follower,
-            created_at_us=at_us,
-        )
-        await call(
-            self.feed.AddNotifications(
-                fpb.AddNotificationsRequest(
-                    deliveries=[
-                        fpb.AddNotificationsRequest.Delivery(user_id=followee, notification=note)
-                    ]
-                )
-            )
-        )
 
     async def _count(self, follower: str, followee: str, delta: int, idempotency_key: str) -> None:
         await call(
@@ -125,6 +117,7 @@ class Graph:
         held = await self.kv.get(edge)
         if held is None:
             return False
+        intent = await self.outbox.intend([follow_job("unfollow", follower, followee, now_us())])
         at_us = int(held.value)
         stamp = _time_hex(at_us)
         try:
@@ -141,6 +134,7 @@ class Graph:
             ]
         )
         await self._count(follower, followee, -1, f"unfollow:{follower}:{followee}:{at_us}")
+        await self.outbox.publish(intent)
         return True
 
     async def _list(

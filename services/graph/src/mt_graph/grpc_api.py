@@ -66,3 +66,14 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
 
     async def GetImport(self, request: pb.GetImportRequest, context: Any) -> pb.Import:
         return await self.legacy.get_import(request.user_id, request.import_id)
+
+    async def ImportStep(self, request: pb.ImportStepRequest, context: Any) -> pb.Import:
+        return await self.legacy.import_step(request.user_id, request.import_id)
+
+    async def ApplyPendingFollows(
+        self, request: pb.ApplyPendingFollowsRequest, context: Any
+    ) -> pb.ApplyPendingFollowsResponse:
+        applied, more = await self.legacy.apply_pending(
+            request.legacy_id, request.followee_id, request.limit
+        )
+        return pb.ApplyPendingFollowsResponse(applied=applied, more=more)

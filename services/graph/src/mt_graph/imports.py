@@ -1,13 +1,13 @@
-"""Legacy graph reads and imports: copy a legacy account's follows onto the app.
+"""Legacy graph reads, imports and pending follows: copy a legacy account's follows onto the app.
 
-An import walks the legacy following list in batches: followees already on the app are
-followed (idempotently), the others become pending follows (``graph/pending:<legacy id>/<user
-id>``), applied when that legacy account joins. Progress is saved after each batch, so a
-restarted service resumes an import from its last saved batch; re-running a batch is harmless
-because follows and pending rows are idempotent and the counts are recomputed per batch.
+An import is a record (``imports/<user>/<id>``) and a job: the workers' ``import`` kind calls
+:meth:`Legacy.import_step` until the import is done, one batch per call. A step follows the
+batch's followees already on the app (idempotently) and records the others as pending follows
+(``graph/pending:<legacy id>/<user id>``), then saves the progress: a repeated step redoes at
+most the batch whose progress was not saved, and the counts are recomputed per batch.
 
-Until the async platform takes this over, imports run as tasks of the graph service,
-resumed at start from the ``imports/active`` registry.
+When a legacy account joins, the workers' ``join`` kind calls :meth:`Legacy.apply_pending`
+until none are left: each pending row becomes a follow, then goes.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import json
 import logging
 from typing import Any
 
-from mt_core.errors import MinithreadsError, NotFound
+from mt_core.errors import NotFound
 from mt_core.ids import new_id, now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
 from mt_core.rpc.client import call
+from mt_jobs import Job, Outbox
 from mt_kv_client import Key, KVClient
 from mt_legacy import LegacyGraph
 from mt_proto import graph_pb2 as pb
@@ -72,14 +73,14 @@ class Legacy:
         graph: Graph,
         legacy: LegacyGraph,
         users: users_pb2_grpc.UsersServiceAsyncStub,
+        outbox: Outbox,
     ) -> None:
         self.settings = settings
         self.kv = kv
         self.graph = graph
         self.legacy = legacy
         self.users = users
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._resumer: asyncio.Task[None] | None = None
+        self.outbox = outbox
 
     # ------------------------------------------------------------------ legacy reads
 
@@ -123,9 +124,11 @@ class Legacy:
             "created_at_us": at,
             "updated_at_us": at,
         }
+        job = Job("import", {"user_id": user_id, "import_id": record["id"]}, key=user_id)
+        intent = await self.outbox.intend([job])
         await self._save(record)
         await self.kv.put(Key("imports", b"active", user_id.encode()), record["id"].encode())
-        self._spawn(record)
+        await self.outbox.publish(intent)
         return _to_pb(record)
 
     async def get_import(self, user_id: str, import_id: str) -> pb.Import:
@@ -133,43 +136,6 @@ class Legacy:
         if record is None:
             raise NotFound("no such import", code="import_not_found")
         return _to_pb(record)
-
-    def start(self) -> None:
-        """Resume, in the background, the imports a previous run left unfinished."""
-        self._resumer = asyncio.create_task(self._resume_when_possible(), name="import-resume")
-
-    async def _resume_when_possible(self) -> None:
-        while True:
-            try:
-                await self.resume()
-                return
-            except MinithreadsError as err:  # the KV not reachable yet: try again shortly
-                log.warning("cannot resume imports yet", extra={"reason": err.message})
-                await asyncio.sleep(2)
-
-    async def resume(self) -> None:
-        cursor = ""
-        while True:
-            items, cursor = await self.kv.scan("imports", b"active", cursor=cursor, limit=1000)
-            for item in items:
-                record = await self._load(item.key.key.decode(), item.value.decode())
-                if record is not None and record["state"] in ("queued", "running"):
-                    self._spawn(record)
-            if not cursor:
-                return
-
-    async def stop(self) -> None:
-        if self._resumer is not None:
-            self._resumer.cancel()
-        for task in self._running.values():
-            task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
-
-    def _spawn(self, record: dict[str, Any]) -> None:
-        if record["id"] not in self._running:
-            task = asyncio.create_task(self._run(record), name=f"import-{record['id']}")
-            self._running[record["id"]] = task
-            task.add_done_callback(lambda _: self._running.pop(record["id"], None))
 
     async def _load(self, user_id: str, import_id: str) -> dict[str, Any] | None:
         item = await self.kv.get(_record_key(user_id, import_id))
@@ -179,27 +145,40 @@ class Legacy:
         record["updated_at_us"] = now_us()
         await self.kv.put(_record_key(record["user_id"], record["id"]), json.dumps(record).encode())
 
-    async def _run(self, record: dict[str, Any]) -> None:
-        try:
-            record["state"] = "running"
-            await self._save(record)
-            numbers = self.legacy.following(record["legacy_id"])
-            batch = self.settings.import_batch_size
-            while record["done"] < len(numbers):
-                chunk = [str(n) for n in numbers[record["done"] : record["done"] + batch]]
-                record["pending"] += await self._copy(record["user_id"], chunk)
-                record["done"] += len(chunk)
-                await self._save(record)
-            record["state"] = "done"
-            await self._save(record)
-            await self.kv.delete(Key("imports", b"active", record["user_id"].encode()))
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.exception("import failed", extra={"import_id": record["id"]})
-            record["state"], record["error"] = "failed", str(err)
-            await self._save(record)
-            await self.kv.delete(Key("imports", b"active", record["user_id"].encode()))
+    async def import_step(self, user_id: str, import_id: str) -> pb.Import:
+        record = await self._load(user_id, import_id) if user_id and import_id else None
+        if record is None:
+            raise NotFound("no such import", code="import_not_found")
+        if record["state"] in ("done", "failed"):
+            return _to_pb(record)
+        numbers = self.legacy.following(record["legacy_id"])
+        start = record["done"]
+        chunk = [str(n) for n in numbers[start : start + self.settings.import_batch_size]]
+        if chunk:
+            record["pending"] += await self._copy(user_id, chunk)
+            record["done"] += len(chunk)
+        record["state"] = "running" if record["done"] < len(numbers) else "done"
+        await self._save(record)
+        if record["state"] == "done":
+            await self.kv.delete(Key("imports", b"active", user_id.encode()))
+        return _to_pb(record)
+
+    async def apply_pending(self, legacy_id: str, followee_id: str, limit: int) -> tuple[int, bool]:
+        """Turn up to ``limit`` pending follows of ``legacy_id`` into follows of ``followee_id``."""
+        self.legacy.number(legacy_id)
+        rows, cursor = await self.kv.scan(
+            "graph", f"pending:{legacy_id}".encode(), limit=min(max(limit, 1), 1000)
+        )
+        limit_ = asyncio.Semaphore(self.settings.import_concurrency)
+
+        async def apply(follower: str, key: Key) -> None:
+            async with limit_:
+                if follower != followee_id:
+                    await self.graph.follow(follower, followee_id)
+                await self.kv.delete(key)
+
+        await asyncio.gather(*(apply(r.key.key.decode(), r.key) for r in rows))
+        return len(rows), bool(cursor)
 
     async def _copy(self, user_id: str, legacy_ids: list[str]) -> int:
         """Follow the ones on the app, record the others as pending; returns how many pend."""

@@ -7,8 +7,9 @@ from contextlib import asynccontextmanager
 
 from mt_core.rpc.client import channel
 from mt_core.rpc.server import Servicer, grpc_server
+from mt_jobs import JobProducer, Outbox
 from mt_kv_client import KVClient
-from mt_proto import counters_pb2_grpc, feed_pb2_grpc, posts_pb2, posts_pb2_grpc
+from mt_proto import counters_pb2_grpc, posts_pb2, posts_pb2_grpc
 
 from mt_posts.domain import Posts
 from mt_posts.grpc_api import PostsServicer
@@ -23,14 +24,10 @@ async def app(settings: Settings) -> AsyncIterator[None]:
     async with (
         KVClient(settings.kv_addr) as kv,
         channel(settings.counters_addr, timeout) as counters,
-        channel(settings.feed_addr, timeout) as feed,
+        JobProducer(settings.kafka_bootstrap, client_id="posts") as producer,
+        Outbox(kv, producer, owner="posts", stale_after_ms=settings.outbox_stale_ms) as outbox,
     ):
-        posts = Posts(
-            settings,
-            kv,
-            counters_pb2_grpc.CountersServiceStub(counters),
-            feed_pb2_grpc.FeedServiceStub(feed),
-        )
+        posts = Posts(settings, kv, counters_pb2_grpc.CountersServiceStub(counters), outbox)
         servicer = PostsServicer(posts)
         add = posts_pb2_grpc.add_PostsServiceServicer_to_server
         async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):

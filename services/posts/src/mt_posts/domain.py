@@ -7,7 +7,8 @@ Layout:
 - ``likes/<post id>/<user id>`` -> like time;
 - ``idempotency/<author>/<key>`` -> post id (with a TTL): one post per Idempotency-Key.
 
-Writes go record first, then the claims and indexes, then counters and notifications, all
+Events (fan-out, notifications) are recorded in the outbox before the write they announce and
+published after it. Writes go record first, then the claims and indexes, then counters, all
 idempotent and keyed by the record's own id or time: a retried request finishes what a cut-off
 one began, and never counts twice. Readers skip index rows whose record is gone.
 """
@@ -15,7 +16,6 @@ one began, and never counts twice. Readers skip index rows whose record is gone.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -24,11 +24,11 @@ from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, Permis
 from mt_core.ids import new_id, now_us
 from mt_core.paging import limit_of
 from mt_core.rpc.client import call
+from mt_jobs import Job, Outbox
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Delete
 from mt_proto import counters_pb2 as cpb
-from mt_proto import counters_pb2_grpc, feed_pb2_grpc
-from mt_proto import feed_pb2 as fpb
+from mt_proto import counters_pb2_grpc
 from mt_proto import posts_pb2 as pb
 
 from mt_posts.settings import Settings
@@ -62,8 +62,39 @@ def _to_pb(r: dict[str, Any]) -> pb.Post:
     return post
 
 
-def _note_id(at_us: int, *parts: str) -> str:
-    return f"{at_us:016x}{hashlib.blake2b('/'.join(parts).encode(), digest_size=4).hexdigest()}"
+def notify_job(user_id: str, type_: str, actor: str, at_us: int, post_id: str, dedup: str) -> Job:
+    """A notification for the workers' ``notify`` kind; they check it still holds (the like
+    exists, the reply was published) and deliver it at most once per ``dedup``."""
+    payload = {
+        "user_id": user_id,
+        "type": type_,
+        "actor_id": actor,
+        "post_id": post_id,
+        "at_us": at_us,
+        "dedup": dedup,
+    }
+    return Job("notify", payload, key=user_id)
+
+
+def _fanout_job(op: str, record: dict[str, Any]) -> Job:
+    payload = {
+        "op": op,
+        "post_id": record["id"],
+        "author_id": record["author_id"],
+        "created_at_us": record["created_at_us"],
+    }
+    return Job("fanout", payload, key=record["author_id"])
+
+
+def _post_jobs(record: dict[str, Any], parent: dict[str, Any] | None) -> list[Job]:
+    jobs = [_fanout_job("add", record)]
+    if parent is not None:
+        post_id, at = record["id"], record["created_at_us"]
+        note = notify_job(
+            parent["author_id"], "reply", record["author_id"], at, post_id, f"reply:{post_id}"
+        )
+        jobs.append(note)
+    return jobs
 
 
 class Posts:
@@ -72,12 +103,12 @@ class Posts:
         settings: Settings,
         kv: KVClient,
         counters: counters_pb2_grpc.CountersServiceAsyncStub,
-        feed: feed_pb2_grpc.FeedServiceAsyncStub,
+        outbox: Outbox,
     ) -> None:
         self.settings = settings
         self.kv = kv
         self.counters = counters
-        self.feed = feed
+        self.outbox = outbox
 
     # ------------------------------------------------------------------ create / read / delete
 
@@ -117,6 +148,9 @@ class Posts:
             "reply_to": reply_to,
             "created_at_us": at,
         }
+        # The events first (fan-out, the reply's notification): published even if we die after
+        # the write (the outbox relay); harmless if we die before it (handlers find no post).
+        intent = await self.outbox.intend(_post_jobs(record, parent))
         await self.kv.put(_post_key(record["id"]), json.dumps(record).encode())
         if idempotency_key is not None:
             claim = Key("idempotency", author.encode(), idempotency_key.encode())
@@ -128,8 +162,10 @@ class Posts:
                 reply_to = record["reply_to"]
                 parent = await self._maybe_record(reply_to) if reply_to else None
                 if now_us() - record["created_at_us"] > REPAIR_WINDOW_US:
+                    await self.outbox.publish(intent)
                     return _to_pb(record)
         await self._publish(record, parent)
+        await self.outbox.publish(intent)
         return _to_pb(record)
 
     async def _publish(self, record: dict[str, Any], parent: dict[str, Any] | None) -> None:
@@ -141,15 +177,6 @@ class Posts:
             deltas.append(_delta(cpb.COUNTER_KIND_REPLIES, parent["id"], +1))
         await self.kv.multi_put(rows)
         await self._count(deltas, f"post:{post_id}")
-        if parent is not None:
-            note = fpb.Notification(
-                id=_note_id(record["created_at_us"], "reply", post_id),
-                type=fpb.NOTIFICATION_TYPE_REPLY,
-                actor_id=author,
-                post_id=post_id,
-                created_at_us=record["created_at_us"],
-            )
-            await self._notify(parent["author_id"], note)
 
     async def _count(self, deltas: list[cpb.CounterDelta], idempotency_key: str) -> None:
         await call(
@@ -157,10 +184,6 @@ class Posts:
                 cpb.IncrementRequest(deltas=deltas, idempotency_key=idempotency_key)
             )
         )
-
-    async def _notify(self, user_id: str, note: fpb.Notification) -> None:
-        delivery = fpb.AddNotificationsRequest.Delivery(user_id=user_id, notification=note)
-        await call(self.feed.AddNotifications(fpb.AddNotificationsRequest(deliveries=[delivery])))
 
     async def _maybe_record(self, post_id: str) -> dict[str, Any] | None:
         if not post_id or len(post_id) > 64:
@@ -192,6 +215,7 @@ class Posts:
         record = await self._record(post_id)
         if record["author_id"] != actor:
             raise PermissionDenied("only the author may delete a post", code="not_author")
+        intent = await self.outbox.intend([_fanout_job("remove", record)])
         await self.kv.delete(_post_key(post_id))
         deltas = [_delta(cpb.COUNTER_KIND_POSTS, actor, -1)]
         removals = [self.kv.delete(_timeline_key(actor, post_id))]
@@ -200,6 +224,7 @@ class Posts:
             deltas.append(_delta(cpb.COUNTER_KIND_REPLIES, record["reply_to"], -1))
         await asyncio.gather(*removals)
         await self._count(deltas, f"delete:{post_id}")
+        await self.outbox.publish(intent)
 
     # ------------------------------------------------------------------ lists
 
@@ -231,21 +256,16 @@ class Posts:
     async def like(self, user_id: str, post_id: str) -> bool:
         record = await self._record(post_id)
         key = _like_key(post_id, user_id)
-        changed, held = await self.kv.claim(key, str(now_us()).encode())
+        at = now_us()
+        note = notify_job(record["author_id"], "like", user_id, at, post_id, f"like:{post_id}")
+        intent = await self.outbox.intend([note])
+        changed, held = await self.kv.claim(key, str(at).encode())
         at = int(held.value)
-        if not changed and now_us() - at > REPAIR_WINDOW_US:
-            return False
-        await self._count(
-            [_delta(cpb.COUNTER_KIND_LIKES, post_id, +1)], f"like:{post_id}:{user_id}:{at}"
-        )
-        note = fpb.Notification(
-            id=_note_id(at, "like", post_id, user_id),
-            type=fpb.NOTIFICATION_TYPE_LIKE,
-            actor_id=user_id,
-            post_id=post_id,
-            created_at_us=at,
-        )
-        await self._notify(record["author_id"], note)
+        if changed or now_us() - at <= REPAIR_WINDOW_US:
+            await self._count(
+                [_delta(cpb.COUNTER_KIND_LIKES, post_id, +1)], f"like:{post_id}:{user_id}:{at}"
+            )
+        await self.outbox.publish(intent)  # deduplicated per (post, liker) by the inbox
         return changed
 
     async def unlike(self, user_id: str, post_id: str) -> bool:

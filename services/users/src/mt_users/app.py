@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from mt_core.rpc.server import Servicer, grpc_server
+from mt_jobs import JobProducer, Outbox
 from mt_kv_client import KVClient
 from mt_legacy import LegacyGraph
 from mt_proto import users_pb2, users_pb2_grpc
@@ -19,16 +20,13 @@ SERVICE = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    async with KVClient(settings.kv_addr) as kv:
-        users = Users(settings, kv, LegacyGraph(settings.legacy_seed, settings.legacy_size))
-        servicer = UsersServicer(users)
-        async with grpc_server(
-            settings,
-            [
-                Servicer(
-                    SERVICE,
-                    lambda s: users_pb2_grpc.add_UsersServiceServicer_to_server(servicer, s),
-                )
-            ],
-        ):
+    async with (
+        KVClient(settings.kv_addr) as kv,
+        JobProducer(settings.kafka_bootstrap, client_id="users") as producer,
+        Outbox(kv, producer, owner="users", stale_after_ms=settings.outbox_stale_ms) as outbox,
+    ):
+        legacy = LegacyGraph(settings.legacy_seed, settings.legacy_size)
+        servicer = UsersServicer(Users(settings, kv, legacy, outbox))
+        add = users_pb2_grpc.add_UsersServiceServicer_to_server
+        async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
             yield

@@ -32,6 +32,7 @@ from mt_core.errors import (
 )
 from mt_core.ids import new_id, now_us
 from mt_core.paging import limit_of
+from mt_jobs import Job, Outbox
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Delete, Put
 from mt_legacy import LegacyGraph
@@ -108,10 +109,13 @@ def _to_pb(record: dict[str, Any]) -> pb.User:
 
 
 class Users:
-    def __init__(self, settings: Settings, kv: KVClient, legacy: LegacyGraph) -> None:
+    def __init__(
+        self, settings: Settings, kv: KVClient, legacy: LegacyGraph, outbox: Outbox
+    ) -> None:
         self.settings = settings
         self.kv = kv
         self.legacy = legacy
+        self.outbox = outbox
 
     # ------------------------------------------------------------------ accounts
 
@@ -140,6 +144,13 @@ class Users:
             "legacy_id": legacy_id,
             "password": await passwords.hash_password(password, self.settings.scrypt_log2_n),
         }
+        intent = None
+        if legacy_id is not None:
+            # A legacy account joining applies the follows imports left pending for it: the
+            # workers' join kind does it, announced before the claim (outbox) so that a crash
+            # after the claim cannot lose it; the handler checks the link really was made.
+            job = Job("join", {"user_id": user_id, "legacy_id": legacy_id}, key=legacy_id)
+            intent = await self.outbox.intend([job])
         await self.kv.put(_user_key(user_id), json.dumps(record).encode())
         if not await self._claim(_handle_key(handle), user_id):
             await self.kv.delete(_user_key(user_id))  # never reachable: tidy it away
@@ -150,6 +161,8 @@ class Users:
             raise AlreadyExists(
                 f"legacy account {legacy_id} is linked to another user", code="legacy_taken"
             )
+        if intent is not None:
+            await self.outbox.publish(intent)
         return _to_pb(record), await self._open_session(user_id)
 
     async def _claim(self, key: Key, user_id: str) -> bool:

@@ -1,0 +1,1 @@
+"""minithreads async workers (see :mod:`mt_workers.handlers`)."""

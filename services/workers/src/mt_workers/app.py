@@ -1,0 +1,71 @@
+"""Wiring of the async workers: clients of the services, the job producer, the consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from mt_core.rpc.client import channel
+from mt_core.rpc.server import grpc_server
+from mt_jobs import JobProducer, KindConfig, Worker
+from mt_proto import (
+    counters_pb2_grpc,
+    feed_pb2_grpc,
+    graph_pb2_grpc,
+    posts_pb2_grpc,
+    users_pb2_grpc,
+)
+from redis.asyncio import Redis
+
+from mt_workers.handlers import Backends, Handlers
+from mt_workers.settings import Settings
+from mt_workers.stats import publish_forever
+
+# Per kind: how many jobs one handler call takes (notifications batch into one RPC; the
+# others are one unit of work each), and the latency above which AIMD backs off.
+BATCH = {"notify": 50, "fanout": 4, "follow": 8, "import": 1, "join": 1}
+TARGET_MS = {"notify": 500, "fanout": 2_000, "follow": 1_000, "import": 5_000, "join": 10_000}
+
+
+@asynccontextmanager
+async def app(settings: Settings) -> AsyncIterator[None]:
+    timeout = settings.default_rpc_timeout_ms
+    async with AsyncExitStack() as stack:
+        chans = {
+            name: await stack.enter_async_context(channel(addr, timeout))
+            for name, addr in settings.service_addrs().items()
+            if name != "kv"
+        }
+        b = Backends(
+            users=users_pb2_grpc.UsersServiceStub(chans["users"]),
+            graph=graph_pb2_grpc.GraphServiceStub(chans["graph"]),
+            posts=posts_pb2_grpc.PostsServiceStub(chans["posts"]),
+            counters=counters_pb2_grpc.CountersServiceStub(chans["counters"]),
+            feed=feed_pb2_grpc.FeedServiceStub(chans["feed"]),
+        )
+        producer = await stack.enter_async_context(
+            JobProducer(settings.kafka_bootstrap, client_id="workers")
+        )
+        handlers = Handlers(settings, b, producer).table()
+        kinds = [
+            KindConfig(
+                kind=kind,
+                handler=handlers[kind],
+                batch_size=BATCH[kind],
+                max_concurrency=settings.max_concurrency,
+                target_latency_ms=TARGET_MS[kind],
+            )
+            for kind in settings.kinds()
+        ]
+        await stack.enter_async_context(grpc_server(settings, []))
+        worker = await stack.enter_async_context(
+            Worker(settings.kafka_bootstrap, kinds, producer=producer)
+        )
+        redis = Redis.from_url(settings.redis_url, socket_timeout=1.0)
+        stack.push_async_callback(redis.aclose)
+        publisher = asyncio.create_task(publish_forever(worker, redis), name="job-stats")
+        try:
+            yield
+        finally:
+            publisher.cancel()

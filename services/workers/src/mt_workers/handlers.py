@@ -1,0 +1,252 @@
+"""What each job kind does. Every handler is idempotent and checks the state it acts on:
+a job may arrive twice (at-least-once), late, or announce a write that never happened (the
+outbox records intents before the write).
+
+- ``fanout``: a new post goes into the inboxes of its author's active followers (authors
+  above the celebrity threshold are skipped: the feed merges their posts at read time); a
+  deleted post comes out of them.
+- ``follow``: a follow backfills the follower's inbox with the followee's recent posts and
+  notifies the followee; an unfollow removes the followee's posts from the inbox.
+- ``notify``: like and reply notifications, if the like still exists / the reply was posted.
+- ``import``: one batch of a legacy graph copy per job, then the next job, until done.
+- ``join``: a legacy account joined: apply the follows imports left pending for it, a batch
+  per job (a celebrity's join is a long chain of them, throttled by the AIMD limiter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mt_core.errors import NotFound
+from mt_core.rpc.client import call
+from mt_jobs import Job, JobProducer
+from mt_proto import common_pb2 as cpb
+from mt_proto import counters_pb2 as kpb
+from mt_proto import (
+    counters_pb2_grpc,
+    feed_pb2_grpc,
+    graph_pb2_grpc,
+    posts_pb2_grpc,
+    users_pb2_grpc,
+)
+from mt_proto import feed_pb2 as fpb
+from mt_proto import graph_pb2 as gpb
+from mt_proto import posts_pb2 as ppb
+from mt_proto import users_pb2 as upb
+
+from mt_workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    "follow": fpb.NOTIFICATION_TYPE_FOLLOW,
+    "like": fpb.NOTIFICATION_TYPE_LIKE,
+    "reply": fpb.NOTIFICATION_TYPE_REPLY,
+}
+
+
+@dataclass(frozen=True)
+class Backends:
+    users: users_pb2_grpc.UsersServiceAsyncStub
+    graph: graph_pb2_grpc.GraphServiceAsyncStub
+    posts: posts_pb2_grpc.PostsServiceAsyncStub
+    counters: counters_pb2_grpc.CountersServiceAsyncStub
+    feed: feed_pb2_grpc.FeedServiceAsyncStub
+
+
+def _notification_id(at_us: int, dedup: str) -> str:
+    return f"{at_us:016x}{hashlib.blake2b(dedup.encode(), digest_size=4).hexdigest()}"
+
+
+class Handlers:
+    def __init__(self, settings: Settings, b: Backends, producer: JobProducer) -> None:
+        self.settings = settings
+        self.b = b
+        self.producer = producer
+
+    def table(self) -> dict[str, Callable[[list[Job]], Awaitable[None]]]:
+        return {
+            "fanout": self.each(self.fanout),
+            "follow": self.each(self.follow),
+            "notify": self.notify,
+            "import": self.each(self.import_step),
+            "join": self.each(self.join_step),
+        }
+
+    @staticmethod
+    def each(one: Callable[[Job], Awaitable[None]]) -> Callable[[list[Job]], Awaitable[None]]:
+        async def run(jobs: list[Job]) -> None:
+            await asyncio.gather(*(one(job) for job in jobs))
+
+        return run
+
+    # ------------------------------------------------------------------ fan-out
+
+    async def _followers(self, user_id: str) -> Any:
+        cursor = ""
+        while True:
+            page = cpb.PageRequest(limit=self.settings.followers_page, cursor=cursor)
+            reply = await call(
+                self.b.graph.ListFollowers(gpb.ListFollowersRequest(user_id=user_id, page=page))
+            )
+            yield [e.user_id for e in reply.items]
+            cursor = reply.next_cursor
+            if not cursor:
+                return
+
+    async def _is_celebrity(self, user_id: str) -> bool:
+        key = kpb.CounterKey(kind=kpb.COUNTER_KIND_FOLLOWERS, entity_id=user_id)
+        reply = await call(self.b.counters.Get(kpb.GetRequest(keys=[key])))
+        return reply.values[0].value > self.settings.celebrity_followers
+
+    async def fanout(self, job: Job) -> None:
+        p = job.payload
+        item = fpb.FeedItem(
+            post_id=p["post_id"], author_id=p["author_id"], created_at_us=p["created_at_us"]
+        )
+        if await self._is_celebrity(item.author_id):
+            return  # merged at read time by the feed
+        if p["op"] == "add":
+            try:
+                await call(self.b.posts.GetPost(ppb.GetPostRequest(post_id=item.post_id)))
+            except NotFound:
+                return  # never published, or already deleted
+            async for page in self._followers(item.author_id):
+                active = await call(
+                    self.b.feed.FilterActive(fpb.FilterActiveRequest(user_ids=page))
+                )
+                if active.user_ids:
+                    await call(
+                        self.b.feed.Deliver(fpb.DeliverRequest(item=item, user_ids=active.user_ids))
+                    )
+        else:
+            async for page in self._followers(item.author_id):
+                await call(
+                    self.b.feed.Retract(fpb.RetractRequest(post_id=item.post_id, user_ids=page))
+                )
+
+    # ------------------------------------------------------------------ follows
+
+    async def _follows(self, follower: str, followee: str) -> bool:
+        reply = await call(
+            self.b.graph.IsFollowing(
+                gpb.IsFollowingRequest(viewer_id=follower, target_ids=[followee])
+            )
+        )
+        return followee in reply.following_ids
+
+    async def follow(self, job: Job) -> None:
+        p = job.payload
+        follower, followee = p["follower"], p["followee"]
+        following = await self._follows(follower, followee)
+        if p["op"] == "follow" and following:
+            await call(
+                self.b.feed.Backfill(fpb.BackfillRequest(user_id=follower, author_id=followee))
+            )
+            await self._deliver(
+                [(followee, "follow", follower, None, p["at_us"], f"follow:{follower}")]
+            )
+        elif p["op"] == "unfollow" and not following:
+            await call(
+                self.b.feed.RemoveAuthor(
+                    fpb.RemoveAuthorRequest(user_id=follower, author_id=followee)
+                )
+            )
+
+    # ------------------------------------------------------------------ notifications
+
+    async def notify(self, jobs: list[Job]) -> None:
+        checks = await asyncio.gather(*(self._still_true(job) for job in jobs))
+        await self._deliver(
+            [
+                (
+                    j.payload["user_id"],
+                    j.payload["type"],
+                    j.payload["actor_id"],
+                    j.payload.get("post_id"),
+                    j.payload["at_us"],
+                    j.payload["dedup"],
+                )
+                for j, ok in zip(jobs, checks, strict=True)
+                if ok
+            ]
+        )
+
+    async def _still_true(self, job: Job) -> bool:
+        p = job.payload
+        if p["type"] == "like":
+            reply = await call(
+                self.b.posts.BatchGetLiked(
+                    ppb.BatchGetLikedRequest(user_id=p["actor_id"], post_ids=[p["post_id"]])
+                )
+            )
+            return p["post_id"] in reply.liked_post_ids
+        if p["type"] == "reply":
+            try:
+                await call(self.b.posts.GetPost(ppb.GetPostRequest(post_id=p["post_id"])))
+            except NotFound:
+                return False
+            return True
+        return await self._follows(p["actor_id"], p["user_id"])
+
+    async def _deliver(self, notes: list[tuple[str, str, str, str | None, int, str]]) -> None:
+        if not notes:
+            return
+        deliveries = []
+        for user_id, type_, actor, post_id, at_us, dedup in notes:
+            note = fpb.Notification(
+                id=_notification_id(at_us, dedup),
+                type=_TYPES[type_],
+                actor_id=actor,
+                created_at_us=at_us,
+            )
+            if post_id:
+                note.post_id = post_id
+            deliveries.append(
+                fpb.AddNotificationsRequest.Delivery(
+                    user_id=user_id, notification=note, dedup_key=dedup
+                )
+            )
+        await call(self.b.feed.AddNotifications(fpb.AddNotificationsRequest(deliveries=deliveries)))
+
+    # ------------------------------------------------------------------ imports and joins
+
+    async def import_step(self, job: Job) -> None:
+        p = job.payload
+        try:
+            state = await call(
+                self.b.graph.ImportStep(
+                    gpb.ImportStepRequest(user_id=p["user_id"], import_id=p["import_id"])
+                )
+            )
+        except NotFound:
+            return  # the import was never recorded (its intent outlived a failed start)
+        if state.state not in (gpb.IMPORT_STATE_DONE, gpb.IMPORT_STATE_FAILED):
+            await self.producer.enqueue(Job("import", p, key=job.key))
+
+    async def join_step(self, job: Job) -> None:
+        p = job.payload
+        try:
+            user = await call(
+                self.b.users.GetUserByLegacyId(
+                    upb.GetUserByLegacyIdRequest(legacy_id=p["legacy_id"])
+                )
+            )
+        except NotFound:
+            return
+        if user.id != p["user_id"]:
+            return  # the signup that announced this join lost its legacy claim
+        reply = await call(
+            self.b.graph.ApplyPendingFollows(
+                gpb.ApplyPendingFollowsRequest(
+                    legacy_id=p["legacy_id"], followee_id=user.id, limit=self.settings.join_batch
+                )
+            )
+        )
+        if reply.more:
+            await self.producer.enqueue(Job("join", p, key=job.key))

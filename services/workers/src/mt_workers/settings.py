@@ -1,0 +1,19 @@
+"""Settings of the async workers, from ``MT_*`` environment variables."""
+
+from __future__ import annotations
+
+from mt_core.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "workers"
+    grpc_port: int = 50056  # health only
+    # Which job kinds this process consumes (scale a kind by running more processes with it).
+    worker_kinds: str = "fanout,follow,notify,import,join"
+    celebrity_followers: int = 5_000  # the same threshold as the feed's: no fan-out above it
+    followers_page: int = 1_000  # followers fanned out per Deliver call
+    join_batch: int = 200  # pending follows applied per join step
+    max_concurrency: int = 16  # per kind; the AIMD limiter moves below it
+
+    def kinds(self) -> list[str]:
+        return [k.strip() for k in self.worker_kinds.split(",") if k.strip()]
