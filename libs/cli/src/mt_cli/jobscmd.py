@@ -15,7 +15,17 @@ from typing import Any
 from redis.asyncio import Redis
 
 PREFIX = "jobs:stats:"
-SUMMED = ("processed", "failed", "retried", "dead", "in_flight", "limit", "rate_per_s", "lag")
+SUMMED = (
+    "processed",
+    "failed",
+    "retried",
+    "dead",
+    "in_flight",
+    "queued",
+    "limit",
+    "rate_per_s",
+    "lag",
+)
 
 
 def add_arguments(jobs: argparse.ArgumentParser) -> None:

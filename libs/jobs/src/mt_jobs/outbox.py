@@ -136,6 +136,17 @@ class Outbox:
         await self._producer.enqueue_many(intent.jobs)
         await self._forget(intent.keys())
 
+    async def settle(self, intent: Intent, timeout_s: float = 2.0) -> bool:
+        """Publish, without ever failing the caller's request over it: with the broker down or
+        slow, the intent stays in the KV and the relay publishes it once the broker is back.
+        Returns whether it was published now."""
+        try:
+            await asyncio.wait_for(self.publish(intent), timeout_s)
+        except Exception as err:  # any broker trouble: the relay is the backstop
+            log.warning("publish deferred to the outbox relay", extra={"reason": repr(err)})
+            return False
+        return True
+
     async def emit(self, jobs: Sequence[Job]) -> None:
         """intend + publish, for events that need no ordering with a write."""
         await self.publish(await self.intend(jobs))

@@ -76,10 +76,10 @@ class Graph:
         if not changed:
             at_us = int(held.value)
             if now_us() - at_us > REPAIR_WINDOW_US:
-                await self.outbox.publish(intent)  # harmless: its handler is idempotent
+                await self.outbox.settle(intent)  # harmless: its handler is idempotent
                 return False  # long complete; and its counter dedup keys may have expired
         await self._complete_follow(follower, followee, at_us)
-        await self.outbox.publish(intent)
+        await self.outbox.settle(intent)
         return changed
 
     async def _complete_follow(self, follower: str, followee: str, at_us: int) -> None:
@@ -134,7 +134,7 @@ class Graph:
             ]
         )
         await self._count(follower, followee, -1, f"unfollow:{follower}:{followee}:{at_us}")
-        await self.outbox.publish(intent)
+        await self.outbox.settle(intent)
         return True
 
     async def _list(

@@ -128,7 +128,7 @@ class Legacy:
         intent = await self.outbox.intend([job])
         await self._save(record)
         await self.kv.put(Key("imports", b"active", user_id.encode()), record["id"].encode())
-        await self.outbox.publish(intent)
+        await self.outbox.settle(intent)
         return _to_pb(record)
 
     async def get_import(self, user_id: str, import_id: str) -> pb.Import:

@@ -162,10 +162,10 @@ class Posts:
                 reply_to = record["reply_to"]
                 parent = await self._maybe_record(reply_to) if reply_to else None
                 if now_us() - record["created_at_us"] > REPAIR_WINDOW_US:
-                    await self.outbox.publish(intent)
+                    await self.outbox.settle(intent)
                     return _to_pb(record)
         await self._publish(record, parent)
-        await self.outbox.publish(intent)
+        await self.outbox.settle(intent)
         return _to_pb(record)
 
     async def _publish(self, record: dict[str, Any], parent: dict[str, Any] | None) -> None:
@@ -224,7 +224,7 @@ class Posts:
             deltas.append(_delta(cpb.COUNTER_KIND_REPLIES, record["reply_to"], -1))
         await asyncio.gather(*removals)
         await self._count(deltas, f"delete:{post_id}")
-        await self.outbox.publish(intent)
+        await self.outbox.settle(intent)
 
     # ------------------------------------------------------------------ lists
 
@@ -265,7 +265,7 @@ class Posts:
             await self._count(
                 [_delta(cpb.COUNTER_KIND_LIKES, post_id, +1)], f"like:{post_id}:{user_id}:{at}"
             )
-        await self.outbox.publish(intent)  # deduplicated per (post, liker) by the inbox
+        await self.outbox.settle(intent)  # deduplicated per (post, liker) by the inbox
         return changed
 
     async def unlike(self, user_id: str, post_id: str) -> bool:

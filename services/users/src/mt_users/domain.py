@@ -162,7 +162,7 @@ class Users:
                 f"legacy account {legacy_id} is linked to another user", code="legacy_taken"
             )
         if intent is not None:
-            await self.outbox.publish(intent)
+            await self.outbox.settle(intent)
         return _to_pb(record), await self._open_session(user_id)
 
     async def _claim(self, key: Key, user_id: str) -> bool:
