@@ -64,7 +64,7 @@ def test_ps_json__lists_every_process_with_pid_port_role_and_health(stack: Manif
         assert row["health"] == "healthy", row
         assert isinstance(row["pid"], int)
         assert row["port"] == stack.processes[name].port
-        assert row["role"] in {"infra", "service", "gateway", "kv-manager", "kv-replica"}
+        assert row["role"] in {"infra", "service", "gateway", "kv-manager", "kv-replica", "worker"}
     assert (rows["kafka"]["port"], rows["redis"]["port"], rows["zipkin"]["port"]) == (
         9092,
         6379,

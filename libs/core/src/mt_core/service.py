@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
+from mt_core import metrics
 from mt_core.logging import setup_logging
 from mt_core.settings import ServiceSettings
 from mt_core.telemetry import telemetry
@@ -31,6 +32,7 @@ async def run(settings: S, app: AppFactory[S]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics.serve(settings.host, settings.metrics_port)
     async with app(settings):
         tune_gc(settings.gc_gen0_threshold)
         log.info("ready", extra={"grpc_port": settings.grpc_port})

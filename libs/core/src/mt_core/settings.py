@@ -19,6 +19,7 @@ class ServiceSettings(BaseSettings):
     service_name: str = Field("minithreads", description="service.name of traces and logs")
     host: str = "127.0.0.1"
     grpc_port: int = 0
+    metrics_port: int = 0  # Prometheus /metrics of this process; 0 = not served
     log_level: str = "INFO"
     log_json: bool = True
     shutdown_grace_ms: int = 5_000

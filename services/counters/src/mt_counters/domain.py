@@ -26,6 +26,7 @@ from mt_core.errors import FailedPrecondition, InvalidArgument
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Increment, Mutation, Put
 from mt_proto import counters_pb2 as pb
+from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -33,6 +34,17 @@ from mt_counters.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_KEYS = 1000
+CACHE = Counter(
+    "counters_cache_total",
+    "Non-fresh counter reads: hit, miss; then per miss: filled (we held the lease), "
+    "lease_waited (another reader filled it), fallback (read the KV directly)",
+    ["result"],
+)
+COMBINED = Histogram(
+    "counters_combined_deltas",
+    "Deltas folded into one KV write (write combining)",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 200, 400),
+)
 
 # Set the entry only if our lease is still there (no increment came in between).
 _FILL = """
@@ -110,6 +122,7 @@ class Counters:
                 self._queues.pop(name, None)
 
     async def _write(self, name: str, batch: list[tuple[int, str, asyncio.Future[None]]]) -> None:
+        COMBINED.observe(len(batch))
         try:
             await self._apply(name, [(d, k) for d, k, _ in batch])
         except FailedPrecondition:
@@ -179,6 +192,8 @@ class Counters:
             return await self._from_kv(names)
         values = {n: int(v) for n, v in zip(names, cached, strict=True) if v is not None}
         missing = [n for n in names if n not in values]
+        CACHE.labels("hit").inc(len(values))
+        CACHE.labels("miss").inc(len(missing))
         if missing:
             filled = await asyncio.gather(*(self._lease_get(n) for n in missing))
             values.update(zip(missing, filled, strict=True))
@@ -195,17 +210,20 @@ class Counters:
                         keys=[f"c:{name}", f"lease:{name}"],
                         args=[token, value, self.settings.cache_ttl_ms],
                     )
+                    CACHE.labels("filled").inc()
                     return value
                 # Someone else is filling it: wait for their value rather than read the KV too.
                 await asyncio.sleep(self.settings.lease_wait_ms / 1000)
                 waited_ms += self.settings.lease_wait_ms
                 cached = await self.redis.get(f"c:{name}")
                 if cached is not None:
+                    CACHE.labels("lease_waited").inc()
                     return int(cached)
                 if waited_ms >= self.settings.lease_ms:
                     break
         except RedisError:
             pass
+        CACHE.labels("fallback").inc()
         return (await self._from_kv([name]))[name]
 
 

@@ -8,6 +8,7 @@ exit reports NOT_SERVING before draining in-flight calls for the grace period.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mt_core.errors import Internal, MinithreadsError
+from mt_core.metrics import RPC_REQUESTS, RPC_SECONDS
 from mt_core.rpc import deadline
 from mt_core.rpc.status import status_of, trailers_of
 from mt_core.settings import ServiceSettings
@@ -55,7 +57,7 @@ class ErrorsAndDeadlines(grpc.aio.ServerInterceptor):
             return None
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
+                _wrap_unary(handler.unary_unary, _method_of(handler_call_details)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -68,19 +70,36 @@ class ErrorsAndDeadlines(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _wrap_unary(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _method_of(details: grpc.HandlerCallDetails) -> str:
+    method: Any = details.method  # str in grpc.aio, though some versions hand over bytes
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    seconds = RPC_SECONDS.labels(method)  # bound once: the hot path does no label lookup
+
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         token = deadline.set_remaining(context.time_remaining())
+        started = time.perf_counter()
+        code = "OK"
         try:
             return await inner(request, context)
         except grpc.aio.AbortError:
+            code = "ABORTED_BY_HANDLER"
             raise
         except Exception as exc:
+            code = _status_name(exc)
             await _abort(context, exc)
         finally:
             deadline.reset(token)
+            seconds.observe(time.perf_counter() - started)
+            RPC_REQUESTS.labels(method, code).inc()
 
     return wrapped
+
+
+def _status_name(exc: BaseException) -> str:
+    return status_of(exc).name if isinstance(exc, MinithreadsError) else "INTERNAL"
 
 
 def _wrap_stream(inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:

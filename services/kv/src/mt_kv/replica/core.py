@@ -27,6 +27,7 @@ from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavai
 from mt_kv_client.routing import MAX_BATCH, Key, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
+from prometheus_client import Gauge, Histogram
 
 from mt_kv.data import Entry, KeyT, key_of
 from mt_kv.replica.shard import Role, Shard, Waiter
@@ -38,6 +39,19 @@ log = logging.getLogger(__name__)
 S = pb.ShardAppendResult
 LEASE_SAFETY = 0.9  # serve strong reads for at most 90% of the lease: clock-rate slack
 SNAPSHOT_CHUNK = 1_000
+
+
+COMMIT_SECONDS = Histogram(
+    "kv_commit_seconds",
+    "From sequencing a write to its commit (majority durable), by shard (primary side)",
+    ["shard"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+REPLICATION_LAG = Gauge(
+    "kv_replication_lag_entries",
+    "Log entries a follower has not yet acknowledged as durable, by shard and follower",
+    ["shard", "follower"],
+)
 
 
 def now_ms() -> int:
@@ -154,6 +168,7 @@ class Replica:
 
     def progress(self) -> list[pb.ShardProgress]:
         now = time.monotonic()
+        self._export_lag()
         return [
             pb.ShardProgress(
                 shard=s.id,
@@ -170,6 +185,15 @@ class Replica:
             )
             for s in self.shards.values()
         ]
+
+    def _export_lag(self) -> None:
+        """Per shard we lead: how many entries each follower has yet to make durable."""
+        for s in self.shards.values():
+            if s.role is Role.PRIMARY:
+                for follower in s.replicas:
+                    if follower != self.id:
+                        lag = s.last_seq - s.match_seq.get(follower, 0)
+                        REPLICATION_LAG.labels(str(s.id), follower).set(lag)
 
     def assign(self, infos: Sequence[pb.ShardInfo], lease_ms: int) -> None:
         """Follow the shard manager's assignment (from a heartbeat response).
@@ -275,7 +299,9 @@ class Replica:
         if req.durability != pb.FAST_ACK:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             shard.waiters.append(Waiter(seq, future))
+            started = time.perf_counter()
             await future
+            COMMIT_SECONDS.labels(str(shard.id)).observe(time.perf_counter() - started)
         return pb.WriteResponse(version=version, results=effects)
 
     def _check(self, shard: Shard, cond: pb.Condition, now: int) -> None:
