@@ -7,11 +7,13 @@ No Docker engine runs here, so the file is checked with the Compose Specificatio
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mt_cli.manifest import load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,8 +42,11 @@ def compose() -> dict[str, Any]:
     return services
 
 
+OBSERVABILITY = {"prometheus", "grafana"}  # compose only: locally each process serves /metrics
+
+
 def test_compose__names_the_same_services_as_the_manifest(compose: dict[str, Any]) -> None:
-    assert set(compose) == set(load(REPO).processes)
+    assert set(compose) == set(load(REPO).processes) | OBSERVABILITY
 
 
 def test_compose__has_the_manifests_dependencies(compose: dict[str, Any]) -> None:
@@ -75,3 +80,40 @@ def test_compose_check__rejects_an_invalid_file(tmp_path: Path) -> None:
     result = _compose_check(bad)
     assert result.returncode == 1
     assert "ghost" in result.stderr
+
+
+def _metrics_targets() -> set[str]:
+    """host:port of every process that serves metrics, from the manifest."""
+    manifest = load(REPO)
+    targets = {"gateway:8080"}
+    for name, proc in manifest.processes.items():
+        port = proc.env.get("MT_METRICS_PORT")
+        if port:
+            targets.add(f"{name}:{port}")
+    return targets
+
+
+def test_prometheus__scrapes_every_process_that_serves_metrics() -> None:
+    config = yaml.safe_load((REPO / "infra" / "prometheus" / "prometheus.yml").read_text())
+    scraped = {
+        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    }
+    assert scraped == _metrics_targets()
+
+
+def test_grafana_dashboard__queries_metrics_that_the_code_exports() -> None:
+    dashboard = json.loads(
+        (REPO / "infra" / "grafana" / "dashboards" / "minithreads.json").read_text()
+    )
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {
+        m for e in exprs for m in re.findall(r"\b((?:gateway|rpc|kv|jobs|counters)_[a-z_]+)", e)
+    }
+    assert len(used) >= 10
+    source = "\n".join(p.read_text() for p in REPO.glob("*/*/src/**/*.py"))
+    for metric in used:
+        base = re.sub(r"_(bucket|total|count|sum)$", "", metric)
+        # jobs_* gauges are declared as f"jobs_{name}" from a table of names.
+        declared = any(f'"{name}"' in source for name in (base, metric))
+        declared = declared or f'"{base.removeprefix("jobs_")}":' in source
+        assert declared, metric

@@ -103,3 +103,17 @@ def telemetry(service_name: str, enabled: bool = True) -> Iterator[TracerProvide
     finally:
         provider.force_flush(timeout_millis=2_000)
         provider.shutdown()
+
+
+def annotate(**attributes: str | int | bool) -> None:
+    """Set attributes on the current span (user id, post id, shard...), if one is recording."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({f"mt.{k}": v for k, v in attributes.items()})
+
+
+def event(name: str, **attributes: str | int | bool | float) -> None:
+    """A span event on the current span: a retry, a failover, a shed request."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(name, attributes)

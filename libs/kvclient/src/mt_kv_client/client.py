@@ -32,6 +32,7 @@ from mt_core.errors import (
 )
 from mt_core.rpc import deadline
 from mt_core.rpc.status import error_from_rpc
+from mt_core.telemetry import event
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
@@ -345,6 +346,7 @@ class KVClient:
                     raise Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
             else:
                 raise error
+            event("kv.retry", code=error.code, delay_s=delay)
             if loop.time() + delay > deadline:
                 if error.code in _REFUSED:  # still refused: transient from the caller's view
                     raise Unavailable(error.message, code="kv_unavailable") from None

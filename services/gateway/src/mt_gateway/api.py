@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from mt_core.errors import FailedPrecondition, InvalidArgument
 from mt_core.rpc.client import call
+from mt_core.telemetry import annotate
 from mt_proto import common_pb2 as cpb
 from mt_proto import feed_pb2 as fpb
 from mt_proto import graph_pb2 as gpb
@@ -179,6 +180,7 @@ async def search_users(ctx: Ctx) -> web.StreamResponse:
 )
 async def follow(ctx: Ctx) -> web.StreamResponse:
     followee = await _user_id(ctx, ctx.param("handle"))
+    annotate(followee_id=followee)
     await call(ctx.b.graph.Follow(gpb.FollowRequest(follower_id=ctx.me, followee_id=followee)))
     return _no_content()
 
@@ -336,6 +338,7 @@ async def create_post(ctx: Ctx) -> web.StreamResponse:
 
     async def run() -> tuple[int, Any]:
         post = await call(ctx.b.posts.CreatePost(request))
+        annotate(post_id=post.id)
         return 201, (await render.posts(ctx.b, [post], ctx.viewer, fresh=True))[0]
 
     if key is None:
@@ -359,6 +362,7 @@ async def create_post(ctx: Ctx) -> web.StreamResponse:
 )
 async def get_post(ctx: Ctx) -> web.StreamResponse:
     post = await call(ctx.b.posts.GetPost(ppb.GetPostRequest(post_id=ctx.param("id"))))
+    annotate(post_id=post.id)
     # A signed-in reader sees the counts fresh: their own like shows on their next read.
     return _json((await render.posts(ctx.b, [post], ctx.viewer, fresh=ctx.viewer is not None))[0])
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from mt_core.errors import Overloaded, RateLimited, Unavailable
+from mt_core.telemetry import event
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -56,6 +57,7 @@ class RateLimiter:
         estimate = int(before or 0) * (1 - elapsed / WINDOW_S) + int(count)
         if estimate > per_min:
             LIMITED.labels(scope).inc()
+            event("rate_limited", scope=scope)
             retry = WINDOW_S - elapsed
             raise RateLimited("too many requests; slow down", retry_after_s=retry)
 
@@ -74,6 +76,7 @@ def shedding_middleware(max_in_flight: int) -> Middleware:
             return await handler(request)
         if in_flight >= max_in_flight:
             SHED.inc()
+            event("shed", in_flight=in_flight)
             raise Overloaded("the service is busy; try again shortly", code="overloaded")
         in_flight += 1
         IN_FLIGHT.set(in_flight)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from aiohttp import web
 from mt_core.errors import InvalidArgument, TooLarge, Unauthenticated
 from mt_core.rpc.client import call
+from mt_core.telemetry import annotate
 from mt_proto import users_pb2 as upb
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
@@ -157,6 +158,7 @@ def _pipeline(
             if ctx.token is not None:
                 reply = await call(b.users.Authenticate(upb.AuthenticateRequest(token=ctx.token)))
                 ctx.viewer = reply.user_id
+                annotate(user_id=ctx.viewer)
                 await limiter.hit("user", ctx.viewer, settings.rate_per_user_per_min)
         if ep.paged:
             ctx.limit, ctx.cursor = _paging(request)

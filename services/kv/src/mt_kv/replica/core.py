@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -27,6 +27,9 @@ from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavai
 from mt_kv_client.routing import MAX_BATCH, Key, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind
 from prometheus_client import Gauge, Histogram
 
 from mt_kv.data import Entry, KeyT, key_of
@@ -39,6 +42,32 @@ log = logging.getLogger(__name__)
 S = pb.ShardAppendResult
 LEASE_SAFETY = 0.9  # serve strong reads for at most 90% of the lease: clock-rate slack
 SNAPSHOT_CHUNK = 1_000
+
+
+TRACER = trace.get_tracer("mt_kv.replica")
+
+
+@contextlib.contextmanager
+def _within(
+    traced: list[SpanContext], name: str, kind: SpanKind = SpanKind.INTERNAL, **attrs: Any
+) -> Iterator[None]:
+    """A span for background work (a persist, a replication round) in the trace of the first
+    traced write it carries, linked to the others; without any, no spans at all (not even the
+    SQL instrumentation's), or every idle round would start a trace of its own."""
+    if not traced:
+        with suppress_instrumentation():
+            yield
+        return
+    parent = trace.set_span_in_context(NonRecordingSpan(traced[0]))
+    links = [Link(c) for c in traced[1:33]]
+    with TRACER.start_as_current_span(name, parent, kind, links=links) as span:
+        span.set_attributes({f"mt.{k}": v for k, v in attrs.items()})
+        span.set_attribute("mt.traced_writes", len(traced))
+        yield
+
+
+def _entries(request: pb.AppendRequest, shard_id: int) -> list[pb.LogEntry]:
+    return [e for sa in request.shards if sa.shard == shard_id for e in sa.entries]
 
 
 COMMIT_SECONDS = Histogram(
@@ -225,6 +254,11 @@ class Replica:
                 self._meta(shard)
 
     def _promote(self, shard: Shard, epoch: int) -> None:
+        with TRACER.start_as_current_span("kv.promote") as span:  # a failover: rare, worth a trace
+            span.set_attributes({"mt.shard": shard.id, "mt.epoch": epoch, "mt.replica": self.id})
+            self._promote_now(shard, epoch)
+
+    def _promote_now(self, shard: Shard, epoch: int) -> None:
         now = time.monotonic()
         shard.epoch, shard.primary, shard.role = epoch, self.id, Role.PRIMARY
         promised = (
@@ -295,6 +329,16 @@ class Replica:
             self._check(shard, cond, now)
         effects = self._effects(shard, req.mutations, now)
         seq = self._sequence(shard, effects)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "mt.shard": shard.id,
+                    "mt.epoch": shard.epoch,
+                    "mt.seq": seq,
+                    "mt.writes": len(effects),
+                }
+            )
         version = pb.Version(shard=shard.id, epoch=shard.epoch, seq=seq)
         if req.durability != pb.FAST_ACK:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -364,6 +408,9 @@ class Replica:
         )
         shard.append(entry)
         shard.unpersisted.append(entry)
+        context = trace.get_current_span().get_span_context()
+        if context.trace_flags.sampled:
+            shard.traced[seq] = context
         self._add_pending(shard, seq, effects)
         self._kick.set()
         return seq
@@ -492,7 +539,9 @@ class Replica:
         batch = Batch(item_writes=self._dirty_items, metas=self._dirty_metas)
         self._dirty_items, self._dirty_metas = [], {}
         persisted: dict[int, int] = {}
+        traced: list[SpanContext] = []
         for shard in primaries:
+            traced += [shard.traced[e.seq] for e in shard.unpersisted if e.seq in shard.traced]
             if shard.unpersisted:
                 batch.log_appends += [
                     LogRow(shard.id, e.seq, e.epoch, e.payload) for e in shard.unpersisted
@@ -511,7 +560,8 @@ class Replica:
             for f in followers
             if f not in self._in_flight
         }
-        await self.store.commit(batch)
+        with _within(traced, "kv.persist", entries=len(batch.log_appends)):
+            await self.store.commit(batch)
         for shard_id, seq in persisted.items():
             shard = self.shards[shard_id]
             shard.local_durable_seq = max(shard.local_durable_seq, seq)
@@ -544,9 +594,15 @@ class Replica:
             sent.append((shard, shard.epoch))
         if not sent:
             return
+        traced = [
+            s.traced[e.seq] for s, _ in sent for e in _entries(request, s.id) if e.seq in s.traced
+        ]
         self._in_flight.add(follower)
         try:
-            reply = await self._append_on_stream(follower, request)
+            with _within(traced, "kv.replicate", SpanKind.CLIENT, follower=follower):
+                if traced:
+                    propagate.inject(request.trace_context)
+                reply = await self._append_on_stream(follower, request)
         except (grpc.aio.AioRpcError, TimeoutError, ConnectionError):
             self._drop_stream(follower)
             return  # the follower is down or slow; the next round tries again
@@ -664,6 +720,7 @@ class Replica:
                     )
                 )
             shard.applied_seq, shard.applied_epoch = entry.seq, entry.epoch
+            shard.traced.pop(entry.seq, None)
         if self._dirty_items:
             self._meta(shard)
         while shard.waiters and shard.waiters[0].seq <= shard.applied_seq:
@@ -674,6 +731,15 @@ class Replica:
     # ------------------------------------------------------------------ follower side
 
     async def append(self, req: pb.AppendRequest) -> pb.AppendResponse:
+        if not req.trace_context:
+            with suppress_instrumentation():  # untraced rounds: no root spans for their SQL
+                return await self._append(req)
+        parent = propagate.extract(dict(req.trace_context))
+        with TRACER.start_as_current_span("kv.append", parent, SpanKind.SERVER) as span:
+            span.set_attributes({"mt.primary": req.primary, "mt.shards": len(req.shards)})
+            return await self._append(req)
+
+    async def _append(self, req: pb.AppendRequest) -> pb.AppendResponse:
         batch = Batch()
         results: list[pb.ShardAppendResult] = []
         applies: list[tuple[Shard, int]] = []

@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from mt_proto import kv_pb2 as pb
+from opentelemetry.trace import SpanContext
 
 from mt_kv.data import Entry, KeyT, ShardData
 
@@ -43,6 +44,9 @@ class Shard:
     # Sequenced, uncommitted writes: key -> (seq, new entry or None for a delete).
     pending: dict[KeyT, tuple[int, Entry | None]] = field(default_factory=dict)
     unpersisted: list[pb.LogEntry] = field(default_factory=list)
+    # seq -> the span context of the traced write that sequenced it (only sampled ones), so
+    # that persisting and replicating it show up in that write's trace.
+    traced: dict[int, SpanContext] = field(default_factory=dict)
     local_durable_seq: int = 0
     waiters: deque[Waiter] = field(default_factory=deque)
     next_seq: dict[str, int] = field(default_factory=dict)
