@@ -25,7 +25,7 @@ from mt_workers.stats import publish_forever
 # Per kind: how many jobs one handler call takes (notifications batch into one RPC; the
 # others are one unit of work each), and the latency above which AIMD backs off.
 BATCH = {"notify": 50, "fanout": 4, "follow": 8, "import": 1, "join": 1}
-TARGET_MS = {"notify": 500, "fanout": 2_000, "follow": 1_000, "import": 5_000, "join": 10_000}
+TARGET_MS = {"notify": 500, "fanout": 2_000, "follow": 1_000, "import": 1_000, "join": 3_000}
 
 
 @asynccontextmanager
