@@ -479,6 +479,10 @@ class Replica:
         if len(req.keys) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} keys per get", code="batch_too_large")
         shard = await self._readable(req.route.shard, req.read, req.route.epoch)
+        span = trace.get_current_span()
+        if span.is_recording():
+            level = pb.Consistency.Name(req.read.consistency or pb.STRONG)
+            span.set_attributes({"mt.shard": shard.id, "mt.consistency": level})
         now = now_ms()
         items = []
         for key in req.keys:
