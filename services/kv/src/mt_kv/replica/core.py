@@ -256,6 +256,7 @@ class Replica:
     def _promote(self, shard: Shard, epoch: int) -> None:
         with TRACER.start_as_current_span("kv.promote") as span:  # a failover: rare, worth a trace
             span.set_attributes({"mt.shard": shard.id, "mt.epoch": epoch, "mt.replica": self.id})
+            span.add_event("failover")  # this replica takes the shard over in a new epoch
             self._promote_now(shard, epoch)
 
     def _promote_now(self, shard: Shard, epoch: int) -> None:

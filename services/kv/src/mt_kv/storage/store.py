@@ -8,20 +8,39 @@ migrates the schema (Alembic) and loads everything back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.ext.asyncio
 from alembic import command
 from alembic.config import Config
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mt_kv.storage.schema import items, log, shards
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+@contextlib.contextmanager
+def _traced_by(context: otel_context.Context | None) -> Iterator[None]:
+    """Run in ``context`` (a caller's trace), or with instrumentation suppressed if none."""
+    if context is None:
+        with suppress_instrumentation():
+            yield
+        return
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 @dataclass(frozen=True)
@@ -93,7 +112,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self._url = url
         self._engine: AsyncEngine | None = None
-        self._queue: list[tuple[Batch, asyncio.Future[None]]] = []
+        self._queue: list[tuple[Batch, asyncio.Future[None], otel_context.Context]] = []
         self._writer: asyncio.Task[None] | None = None
 
     @property
@@ -105,7 +124,11 @@ class Store:
         if self._url.startswith("sqlite"):
             path = self._url.split("///", 1)[-1]
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_async_engine(self._url, pool_size=1, max_overflow=0)
+        # Looked up at call time, not imported: OpenTelemetry's SQLAlchemy instrumentation wraps
+        # the module attribute when the process starts, after this module was imported.
+        self._engine = sqlalchemy.ext.asyncio.create_async_engine(
+            self._url, pool_size=1, max_overflow=0
+        )
         if self._engine.dialect.name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
         async with self._engine.begin() as conn:
@@ -145,7 +168,7 @@ class Store:
         if batch.empty():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((batch, future))
+        self._queue.append((batch, future, otel_context.get_current()))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
         await asyncio.shield(future)
@@ -153,16 +176,20 @@ class Store:
     async def _write_queued(self) -> None:
         while self._queue:
             queued, self._queue = self._queue, []
+            # The transaction's SQL spans go to the first caller that is being traced (a
+            # kv.persist or kv.append span); with none, to no trace at all.
+            traced = [c for *_, c in queued if trace.get_current_span(c).is_recording()]
             try:
-                async with self.engine.begin() as conn:
-                    for batch, _ in queued:
-                        await self._apply(conn, batch)
+                with _traced_by(traced[0] if traced else None):
+                    async with self.engine.begin() as conn:
+                        for batch, *_ in queued:
+                            await self._apply(conn, batch)
             except Exception as err:
-                for _, future in queued:
+                for _, future, _ in queued:
                     if not future.done():
                         future.set_exception(err)
             else:
-                for _, future in queued:
+                for _, future, _ in queued:
                     if not future.done():
                         future.set_result(None)
 
