@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from mt_cli.manifest import Manifest, load
+
+from tests.api import Api
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "minithreads")
@@ -44,3 +47,10 @@ def stack() -> Iterator[Manifest]:
     yield manifest
     result = minithreads("down")
     assert result.returncode == 0, f"`minithreads down` failed:\n{result.stdout}{result.stderr}"
+
+
+@pytest.fixture
+async def api(stack: Manifest) -> AsyncIterator[Api]:
+    """A client of the running stack's REST API (tests/api.py), for e2e and chaos tests."""
+    async with aiohttp.ClientSession() as http:
+        yield Api(http)

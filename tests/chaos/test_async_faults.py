@@ -9,25 +9,16 @@ import json
 import os
 import random
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-from mt_cli.manifest import Manifest
 from mt_legacy import LegacyGraph
 
+from tests.api import Api, eventually
 from tests.conftest import minithreads
-from tests.e2e.conftest import PASSWORD, Api, eventually
 
 pytestmark = pytest.mark.chaos
 GRAPH = LegacyGraph()
-
-
-@pytest.fixture
-async def api(stack: Manifest) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as http:
-        yield Api(http)
 
 
 def _pid(name: str) -> int:
@@ -42,14 +33,6 @@ def _restart(name: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-async def _linked(api: Api, legacy_id: str) -> tuple[dict[str, Any], str] | None:
-    reply = await api.call("POST", "/v1/accounts", {"legacy_id": legacy_id, "password": PASSWORD})
-    if reply.status == 409:
-        return None
-    assert reply.status == 201, reply.body
-    return reply.body["user"], reply.body["token"]
-
-
 async def _big_importer(api: Api) -> tuple[str, dict[str, Any], str]:
     """A fresh legacy account following 400+ accounts, 15 of which are on the app."""
     while True:
@@ -58,8 +41,8 @@ async def _big_importer(api: Api) -> tuple[str, dict[str, Any], str]:
             continue
         followees = [str(f) for f in GRAPH.following(str(n))]
         for legacy_id in random.sample(followees, 15):
-            await _linked(api, legacy_id)
-        made = await _linked(api, str(n))
+            await api.signup_legacy(legacy_id)
+        made = await api.signup_legacy(str(n))
         if made is not None:
             return str(n), *made
 
@@ -77,12 +60,7 @@ async def _import_through(api: Api, fault: Any) -> None:
     await eventually(partway, what="the import under way")
     await fault()
 
-    async def done() -> dict[str, Any] | None:
-        reply = await api.call("GET", f"/v1/me/imports/{import_id}", token=token)
-        return reply.body if reply.status == 200 and reply.body["state"] == "done" else None
-
-    state = await eventually(done, timeout_s=180, what="the import to finish after the fault")
-    assert state is not None
+    state = await api.wait_import(token, import_id)
     listing = await api.all_pages(f"/v1/legacy/accounts/{legacy_id}/following", limit=100)
     on_app = {f["legacy_id"] for f in listing if f["on_app"]}
     assert state["done"] == state["total"] == len(listing)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from tests.e2e.conftest import PASSWORD, Api
+from tests.api import PASSWORD, Api
 
 USER_FIELDS = {
     "id",

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from mt_legacy import LegacyGraph
 
+from tests.api import Api, eventually
 from tests.conftest import minithreads
-from tests.e2e.conftest import PASSWORD, Api, eventually
 
 GRAPH = LegacyGraph()  # the same seed and size as the stack's services (their defaults)
 
@@ -37,36 +37,17 @@ async def test_fanout__a_post_reaches_an_active_followers_feed(api: Api) -> None
     assert post["id"] not in [p["id"] for p in feed.body["items"]]
 
 
-async def _wait_import(api: Api, token: str, import_id: str) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
-        state = (await api.call("GET", f"/v1/me/imports/{import_id}", token=token)).body
-        return state if state["state"] in ("done", "failed") else None
-
-    state = await eventually(done, timeout_s=120, what="the import to finish")
-    assert state is not None
-    assert state["state"] == "done", state
-    return state
-
-
-async def _signup_legacy(api: Api, legacy_id: str) -> tuple[dict[str, Any], str] | None:
-    reply = await api.call("POST", "/v1/accounts", {"legacy_id": legacy_id, "password": PASSWORD})
-    if reply.status == 409:
-        return None  # linked by an earlier run (the KV keeps its data)
-    assert reply.status == 201, reply.body
-    return reply.body["user"], reply.body["token"]
-
-
 async def test_import__pending_followee_joining_later_is_followed(api: Api) -> None:
     for _ in range(20):
         importer = str(random.randint(200_000, 999_999))
         followees = [str(n) for n in GRAPH.following(importer)]
-        made = await _signup_legacy(api, importer)
+        made = await api.signup_legacy(importer)
         if made is not None:
             break
     assert made is not None
     user, token = made
     started = await api.call("POST", "/v1/me/imports", {}, token=token)
-    state = await _wait_import(api, token, started.body["id"])
+    state = await api.wait_import(token, started.body["id"])
     before = (await api.call("GET", "/v1/me", token=token)).body["following_count"]
     assert state["pending"] == state["total"] - before
     # A followee that was pending joins: the importer now follows it, counted once.
@@ -74,7 +55,7 @@ async def test_import__pending_followee_joining_later_is_followed(api: Api) -> N
     pending = [f["legacy_id"] for f in listing if not f["on_app"]]
     joined = None
     for legacy_id in pending:
-        joined = await _signup_legacy(api, legacy_id)
+        joined = await api.signup_legacy(legacy_id)
         if joined is not None:
             break
     assert joined is not None
@@ -121,12 +102,12 @@ async def test_celebrity_join__applies_thousands_of_pending_follows_exactly(api:
 
     async def importer(legacy_id: str) -> tuple[dict[str, Any], str] | None:
         async with gate:
-            made = await _signup_legacy(api, legacy_id)
+            made = await api.signup_legacy(legacy_id)
             if made is None:
                 return None
             started = await api.call("POST", "/v1/me/imports", {}, token=made[1])
             assert started.status == 202, started.body
-            await _wait_import(api, made[1], started.body["id"])
+            await api.wait_import(made[1], started.body["id"])
             return made
 
     started = time.monotonic()
@@ -136,7 +117,7 @@ async def test_celebrity_join__applies_thousands_of_pending_follows_exactly(api:
         fans += [f for f in await asyncio.gather(*(importer(i) for i in batch)) if f]
     assert len(fans) >= wanted, len(fans)
     print(f"{len(fans)} signups + imports in {time.monotonic() - started:.1f} s")
-    made = await _signup_legacy(api, str(celebrity))
+    made = await api.signup_legacy(str(celebrity))
     assert made is not None
     star, _ = made
 

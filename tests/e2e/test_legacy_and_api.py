@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 
-from tests.e2e.conftest import PASSWORD, Api
+from tests.api import PASSWORD, Api
 
 
 def _fresh_legacy_id() -> str:
@@ -64,13 +63,7 @@ async def test_import__copies_follows_and_records_pending(api: Api) -> None:
     assert started.status == 202
     assert set(started.body) == {"id", "state", "total", "done", "pending"}
     assert started.body["total"] == len(followees)
-    state = started.body
-    for _ in range(300):
-        state = (await api.call("GET", f"/v1/me/imports/{started.body['id']}", token=token)).body
-        if state["state"] in ("done", "failed"):
-            break
-        await asyncio.sleep(0.1)
-    assert state["state"] == "done", state
+    state = await api.wait_import(token, started.body["id"])
     # Who is on the app now (other tests link legacy accounts concurrently).
     listing = await api.all_pages(f"/v1/legacy/accounts/{legacy_id}/following", limit=100)
     on_app = sum(1 for f in listing if f["on_app"])

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 from typing import Any
 
-from tests.e2e.conftest import Api, eventually
+from tests.api import Api, eventually
 
 POST_FIELDS = {
     "id",

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.conftest import Api, eventually
+from tests.api import Api, eventually
 
 ZIPKIN = "http://127.0.0.1:9411/api/v2"
 SERVICES = {"gateway", "users", "graph", "posts", "counters", "feed", "kv", "workers"}

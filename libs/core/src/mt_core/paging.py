@@ -1,4 +1,4 @@
-"""Pages of lists: the limit rule and opaque cursors shared by every list RPC.
+"""Pages of lists and sizes of batches: the limit rules and opaque cursors every RPC shares.
 
 A cursor is the url-safe base64 of whatever position the service needs (usually the last
 key returned). Clients must treat it as opaque; a malformed one is a clear InvalidArgument.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sized
 
 from mt_core.errors import InvalidArgument
 
@@ -20,6 +21,12 @@ def limit_of(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument("limit must not be negative", code="invalid_limit")
     return min(requested or DEFAULT_LIMIT, MAX_INTERNAL_LIMIT)
+
+
+def check_batch(items: Sized, what: str = "ids", code: str = "too_many_ids") -> None:
+    """A batch RPC takes at most 1000 items (common.proto); more is a clear InvalidArgument."""
+    if len(items) > MAX_INTERNAL_LIMIT:
+        raise InvalidArgument(f"at most {MAX_INTERNAL_LIMIT} {what} per call", code=code)
 
 
 def encode_cursor(position: bytes) -> str:

@@ -16,7 +16,7 @@ import enum
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -162,6 +162,21 @@ def _from_pb(item: pb.Item) -> Item | None:
     return Item(key, item.value, item.version, item.expires_at_ms)
 
 
+class _Backoff:
+    """Jittered exponential pauses between attempts, within a retry budget."""
+
+    def __init__(self, budget_s: float) -> None:
+        self._deadline = asyncio.get_running_loop().time() + budget_s
+        self.delay_s = 0.02
+
+    async def pause(self, give_up_with: MinithreadsError) -> None:
+        """Wait before the next attempt, or raise ``give_up_with`` if the budget is spent."""
+        if asyncio.get_running_loop().time() + self.delay_s > self._deadline:
+            raise give_up_with
+        await asyncio.sleep(self.delay_s * (0.5 + random.random()))
+        self.delay_s = min(self.delay_s * 2, 0.5)
+
+
 class _Coalescer:
     """Gathers single-key calls made in the same event-loop turn into one RPC per group.
 
@@ -285,9 +300,7 @@ class KVClient:
     async def _routed(self, key: Key, replica_of: Callable[[int], str]) -> tuple[int, str]:
         """The key's shard and the address to send to, waiting out a moment without a primary
         (a failover or a rebalance in progress) within the retry budget."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget_s
-        delay = 0.02
+        backoff = _Backoff(self._budget_s)
         while True:
             error: Unavailable
             try:
@@ -298,12 +311,12 @@ class KVClient:
                 error = Unavailable(err.message, code="no_primary")
             except Unavailable as err:
                 error = err
-            if loop.time() + delay > deadline:
-                raise error
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.5)
-            with contextlib.suppress(Unavailable):
-                await self.refresh()
+            await backoff.pause(error)
+            await self._try_refresh()
+
+    async def _try_refresh(self) -> None:
+        with contextlib.suppress(Unavailable):
+            await self.refresh()
 
     def _info(self, shard: int) -> pb.ShardInfo:
         return self._table.shards[shard]
@@ -329,9 +342,7 @@ class KVClient:
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
         """Run ``attempt`` until it succeeds, retrying refusals always and calls of unknown
         outcome only if ``idempotent``, within the retry budget."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget_s
-        delay = 0.02
+        backoff = _Backoff(self._budget_s)
         while True:
             try:
                 return await attempt()
@@ -346,15 +357,12 @@ class KVClient:
                     raise Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
             else:
                 raise error
-            event("kv.retry", code=error.code, delay_s=delay)
-            if loop.time() + delay > deadline:
-                if error.code in _REFUSED:  # still refused: transient from the caller's view
-                    raise Unavailable(error.message, code="kv_unavailable") from None
-                raise error
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.5)
-            with contextlib.suppress(Unavailable):
-                await self.refresh()
+            event("kv.retry", code=error.code, delay_s=backoff.delay_s)
+            if error.code in _REFUSED:  # still refused at the end: transient to the caller
+                await backoff.pause(Unavailable(error.message, code="kv_unavailable"))
+            else:
+                await backoff.pause(error)
+            await self._try_refresh()
 
     # ---------------------------------------------------------------- reads
 
@@ -495,6 +503,19 @@ class KVClient:
         reply = await self._retrying(attempt, idempotent=True)
         items = [item for item in map(_from_pb, reply.items) if item is not None]
         return items, reply.next_cursor
+
+    async def scan_pages(
+        self, keyspace: str, partition: bytes, prefix: bytes = b"", *, page_size: int = 1000
+    ) -> AsyncIterator[list[Item]]:
+        """Every key of a partition with ``prefix``, a page at a time (strong reads)."""
+        cursor = ""
+        while True:
+            items, cursor = await self.scan(
+                keyspace, partition, prefix, cursor=cursor, limit=page_size
+            )
+            yield items
+            if not cursor:
+                return
 
     # ---------------------------------------------------------------- writes
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mt_core.errors import FailedPrecondition, InvalidArgument
+from mt_core.paging import check_batch
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Increment, Mutation, Put
 from mt_proto import counters_pb2 as pb
@@ -33,7 +34,6 @@ from redis.exceptions import RedisError
 from mt_counters.settings import Settings
 
 log = logging.getLogger(__name__)
-MAX_KEYS = 1000
 CACHE = Counter(
     "counters_cache_total",
     "Non-fresh counter reads: hit, miss; then per miss: filled (we held the lease), "
@@ -69,7 +69,9 @@ def _kv_key(name: str) -> Key:
 
 @dataclass
 class _Queued:
-    deltas: list[tuple[int, str, asyncio.Future[None]]] = field(default_factory=list)
+    # (delta, idempotency key, resolved with the counter's value after the write carrying it,
+    # or None when the delta was a duplicate and not applied again)
+    deltas: list[tuple[int, str, asyncio.Future[int | None]]] = field(default_factory=list)
     flushing: bool = False
 
 
@@ -87,8 +89,7 @@ class Counters:
     async def increment(
         self, deltas: Sequence[pb.CounterDelta], idempotency_key: str
     ) -> list[pb.CounterValue]:
-        if len(deltas) > MAX_KEYS:
-            raise InvalidArgument(f"at most {MAX_KEYS} deltas per call", code="too_many_keys")
+        check_batch(deltas, "deltas", code="too_many_keys")
         summed: dict[str, int] = {}
         keys: dict[str, pb.CounterKey] = {}
         for d in deltas:
@@ -98,7 +99,7 @@ class Counters:
         loop = asyncio.get_running_loop()
         waits = []
         for name, delta in summed.items():
-            future: asyncio.Future[None] = loop.create_future()
+            future: asyncio.Future[int | None] = loop.create_future()
             queue = self._queues.setdefault(name, _Queued())
             queue.deltas.append((delta, idempotency_key, future))
             if not queue.flushing:
@@ -107,8 +108,12 @@ class Counters:
                 self._flushes.add(task)  # held until done: the loop keeps only weak references
                 task.add_done_callback(self._flushes.discard)
             waits.append(future)
-        await asyncio.gather(*waits)
-        return await self.get(list(keys.values()), fresh=True)
+        values = dict(zip(summed, await asyncio.gather(*waits), strict=True))
+        # The write's own result is the value; only deltas dropped as duplicates need a read.
+        unknown = [name for name, value in values.items() if value is None]
+        if unknown:
+            values.update(await self._from_kv(unknown))
+        return [pb.CounterValue(key=keys[name], value=values[name] or 0) for name in summed]
 
     async def _flush(self, name: str, queue: _Queued) -> None:
         try:
@@ -121,20 +126,21 @@ class Counters:
             if not queue.deltas:
                 self._queues.pop(name, None)
 
-    async def _write(self, name: str, batch: list[tuple[int, str, asyncio.Future[None]]]) -> None:
+    async def _write(
+        self, name: str, batch: list[tuple[int, str, asyncio.Future[int | None]]]
+    ) -> None:
         COMBINED.observe(len(batch))
         try:
-            await self._apply(name, [(d, k) for d, k, _ in batch])
+            value = await self._apply(name, [(d, k) for d, k, _ in batch])
         except FailedPrecondition:
             # Some delta was a duplicate: apply them one by one, dropping only duplicates.
             for delta, key, future in batch:
                 try:
-                    await self._apply(name, [(delta, key)])
+                    _settle(future, await self._apply(name, [(delta, key)]))
                 except FailedPrecondition:
-                    pass  # already applied earlier: acknowledged, not applied again
+                    _settle(future, None)  # applied earlier: acknowledged, not applied again
                 except Exception as err:
                     _settle(future, err)
-                _settle(future, None)
             await self._invalidate(name)
             return
         except Exception as err:
@@ -142,10 +148,11 @@ class Counters:
                 _settle(future, err)
             return
         for *_, future in batch:
-            _settle(future, None)
+            _settle(future, value)
         await self._invalidate(name)
 
-    async def _apply(self, name: str, deltas: list[tuple[int, str]]) -> None:
+    async def _apply(self, name: str, deltas: list[tuple[int, str]]) -> int:
+        """One atomic write of ``deltas`` to the counter; returns its new value."""
         key = _kv_key(name)
         total, seen = 0, set()
         for delta, idem in deltas:
@@ -160,7 +167,8 @@ class Counters:
             idem_key = Key("counters", key.partition, f"idem:{idem}".encode())
             mutations.append(Put(idem_key, b"1", ttl_ms=self.settings.idempotency_ttl_s * 1000))
             checks.append(Check.absent(idem_key))
-        await self.kv.write(mutations, checks)
+        reply = await self.kv.write(mutations, checks)
+        return int(reply.results[0].value)
 
     async def _invalidate(self, name: str) -> None:
         try:
@@ -171,8 +179,7 @@ class Counters:
     # ------------------------------------------------------------------ reads
 
     async def get(self, keys: Sequence[pb.CounterKey], fresh: bool) -> list[pb.CounterValue]:
-        if len(keys) > MAX_KEYS:
-            raise InvalidArgument(f"at most {MAX_KEYS} keys per call", code="too_many_keys")
+        check_batch(keys, "keys", code="too_many_keys")
         names = [_name(k) for k in keys]
         unique = list(dict.fromkeys(names))
         if fresh:
@@ -183,7 +190,9 @@ class Counters:
 
     async def _from_kv(self, names: list[str]) -> dict[str, int]:
         found = await self.kv.multi_get([_kv_key(n) for n in names])
-        return {n: int(found[_kv_key(n)].value) if found[_kv_key(n)] else 0 for n in names}  # type: ignore[union-attr]
+        return {
+            n: int(item.value) if item else 0 for n, item in zip(names, found.values(), strict=True)
+        }
 
     async def _cached(self, names: list[str]) -> dict[str, int]:
         try:
@@ -227,10 +236,10 @@ class Counters:
         return (await self._from_kv([name]))[name]
 
 
-def _settle(future: asyncio.Future[None], err: BaseException | None) -> None:
+def _settle(future: asyncio.Future[int | None], outcome: int | BaseException | None) -> None:
     if future.done():
         return
-    if err is None:
-        future.set_result(None)
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
     else:
-        future.set_exception(err)
+        future.set_result(outcome)

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mt_core.errors import InvalidArgument
-from mt_core.ids import now_us
-from mt_core.paging import decode_cursor, encode_cursor, limit_of
+from mt_core.ids import now_us, time_of
+from mt_core.paging import MAX_INTERNAL_LIMIT, check_batch, decode_cursor, encode_cursor, limit_of
 from mt_core.rpc.client import call
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Delete, Put
@@ -41,7 +41,6 @@ from mt_proto import posts_pb2 as ppb
 
 from mt_feed.settings import Settings
 
-MAX_IDS = 1000
 Item = tuple[str, str]  # (post id, author id)
 
 
@@ -111,9 +110,9 @@ class Feed:
             return []
         keys = [kpb.CounterKey(kind=kpb.COUNTER_KIND_FOLLOWERS, entity_id=a) for a in authors]
         found: list[str] = []
-        for start in range(0, len(keys), MAX_IDS):
+        for start in range(0, len(keys), MAX_INTERNAL_LIMIT):
             reply = await call(
-                self.counters.Get(kpb.GetRequest(keys=keys[start : start + MAX_IDS]))
+                self.counters.Get(kpb.GetRequest(keys=keys[start : start + MAX_INTERNAL_LIMIT]))
             )
             found += [
                 v.key.entity_id for v in reply.values if v.value > self.settings.celebrity_followers
@@ -149,9 +148,10 @@ class Feed:
             page.append(item)
             if len(page) == size:
                 break
-        more = len(page) == size and any(len(s) == size for s in (inbox, *others))
-        more = more or sum(len(s) for s in (inbox, *others)) > len(page)
-        items = [pb.FeedItem(post_id=p, author_id=a, created_at_us=_time_of(p)) for p, a in page]
+        sources = (inbox, *others)
+        # More exist if something fetched was not shown, or a source may hold more than it sent.
+        more = sum(map(len, sources)) > len(page) or any(len(s) == size for s in sources)
+        items = [pb.FeedItem(post_id=p, author_id=a, created_at_us=time_of(p)) for p, a in page]
         return items, encode_cursor(page[-1][0].encode()) if more and page else ""
 
     async def _fresh_meta(self, viewer: str) -> dict[str, Any]:
@@ -205,14 +205,8 @@ class Feed:
         _check_user(user_id)
         meta = await self._meta(user_id) or {}
         size = 0
-        cursor = ""
-        while True:
-            rows, cursor = await self.kv.scan(
-                "feed", user_id.encode(), b"i:", cursor=cursor, limit=1000
-            )
+        async for rows in self.kv.scan_pages("feed", user_id.encode(), b"i:"):
             size += len(rows)
-            if not cursor:
-                break
         last_read = int(meta.get("last_read_at_us", 0))
         return pb.InboxStats(
             user_id=user_id,
@@ -226,14 +220,14 @@ class Feed:
     # ------------------------------------------------------------------ write path (workers)
 
     async def deliver(self, item: pb.FeedItem, users: Sequence[str]) -> None:
-        _check_batch(users)
+        check_batch(users)
         await self.kv.multi_put([(_inbox(u, item.post_id), item.author_id.encode()) for u in users])
         # Trim a sample of the inboxes written: each inbox is trimmed every ~32 deliveries,
         # so it stays near its cap without a scan on every write.
         await asyncio.gather(*(self._trim(u) for u in users if random.random() < 1 / 32))
 
     async def retract(self, post_id: str, users: Sequence[str]) -> None:
-        _check_batch(users)
+        check_batch(users)
         await asyncio.gather(*(self.kv.delete(_inbox(u, post_id)) for u in users))
 
     async def backfill(self, user: str, author: str) -> int:
@@ -252,17 +246,11 @@ class Feed:
     async def remove_author(self, user: str, author: str) -> int:
         _check_user(user)
         removed = 0
-        cursor = ""
-        while True:
-            rows, cursor = await self.kv.scan(
-                "feed", user.encode(), b"i:", cursor=cursor, limit=1000
-            )
+        async for rows in self.kv.scan_pages("feed", user.encode(), b"i:"):
             mine = [r.key for r in rows if r.value == author.encode()]
             if mine:  # one partition, one shard: one atomic write per page
                 await self.kv.write([Delete(k) for k in mine])
             removed += len(mine)
-            if not cursor:
-                break
         meta = await self._meta(user)
         if meta is not None and author in meta["celebrities"]:
             meta["celebrities"].remove(author)
@@ -270,7 +258,7 @@ class Feed:
         return removed
 
     async def filter_active(self, users: Sequence[str]) -> list[str]:
-        _check_batch(users)
+        check_batch(users)
         keys = {u: _meta_key(u) for u in dict.fromkeys(users) if u}
         found = await self.kv.multi_get(keys.values())
         horizon = now_us() - self.settings.active_window_s * 1e6
@@ -286,7 +274,7 @@ class Feed:
     async def add_notifications(
         self, deliveries: list[pb.AddNotificationsRequest.Delivery]
     ) -> None:
-        _check_batch(deliveries)
+        check_batch(deliveries, "notifications")
         await asyncio.gather(*(self._notify(d) for d in deliveries))
 
     async def _notify(self, d: pb.AddNotificationsRequest.Delivery) -> None:
@@ -324,15 +312,3 @@ class Feed:
             reverse=True,
         )
         return [pb.Notification.FromString(i.value) for i in items], next_cursor
-
-
-def _check_batch(ids: Sequence[object]) -> None:
-    if len(ids) > MAX_IDS:
-        raise InvalidArgument(f"at most {MAX_IDS} per call", code="too_many_ids")
-
-
-def _time_of(post_id: str) -> int:
-    try:
-        return int(post_id[:16], 16)
-    except ValueError:
-        return 0

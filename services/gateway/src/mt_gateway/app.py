@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from mt_core.rpc.services import Services, services
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from mt_gateway import api, health, openapi
-from mt_gateway.backends import Backends, backends
 from mt_gateway.limits import RateLimiter, shedding_middleware
 from mt_gateway.middleware import errors_middleware, metrics_middleware
 from mt_gateway.routing import mount
@@ -25,7 +25,7 @@ async def metrics(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(settings: Settings, redis: Redis, b: Backends) -> web.Application:
+def build_app(settings: Settings, redis: Redis, b: Services) -> web.Application:
     application = web.Application(
         middlewares=[
             errors_middleware,
@@ -60,7 +60,7 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         socket_timeout=settings.health_timeout_ms / 1000,
         socket_connect_timeout=settings.health_timeout_ms / 1000,
     )
-    async with backends(settings) as b:
+    async with services(settings) as b:
         runner = web.AppRunner(
             build_app(settings, redis, b), shutdown_timeout=settings.shutdown_grace_ms / 1000
         )

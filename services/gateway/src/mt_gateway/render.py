@@ -12,13 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mt_core.rpc.client import call
+from mt_core.rpc.services import Services
 from mt_proto import counters_pb2 as cpb
 from mt_proto import feed_pb2 as fpb
 from mt_proto import graph_pb2 as gpb
 from mt_proto import posts_pb2 as ppb
 from mt_proto import users_pb2 as upb
-
-from mt_gateway.backends import Backends
 
 JSON = dict[str, Any]
 _NOTIFICATION_TYPES = {
@@ -44,7 +43,7 @@ def _key(kind: cpb.CounterKind.ValueType, entity: str) -> cpb.CounterKey:
 
 
 async def counts(
-    b: Backends, keys: Sequence[cpb.CounterKey], fresh: bool
+    b: Services, keys: Sequence[cpb.CounterKey], fresh: bool
 ) -> dict[tuple[int, str], int]:
     if not keys:
         return {}
@@ -52,7 +51,7 @@ async def counts(
     return {(v.key.kind, v.key.entity_id): v.value for v in reply.values}
 
 
-async def users(b: Backends, found: Sequence[upb.User], fresh: bool = False) -> list[JSON]:
+async def users(b: Services, found: Sequence[upb.User], fresh: bool = False) -> list[JSON]:
     kinds = (cpb.COUNTER_KIND_FOLLOWERS, cpb.COUNTER_KIND_FOLLOWING, cpb.COUNTER_KIND_POSTS)
     values = await counts(b, [_key(k, u.id) for u in found for k in kinds], fresh)
     return [
@@ -70,11 +69,11 @@ async def users(b: Backends, found: Sequence[upb.User], fresh: bool = False) -> 
     ]
 
 
-async def user(b: Backends, u: upb.User, fresh: bool = False) -> JSON:
+async def user(b: Services, u: upb.User, fresh: bool = False) -> JSON:
     return (await users(b, [u], fresh))[0]
 
 
-async def users_by_id(b: Backends, ids: Sequence[str]) -> dict[str, upb.User]:
+async def users_by_id(b: Services, ids: Sequence[str]) -> dict[str, upb.User]:
     if not ids:
         return {}
     reply = await call(
@@ -83,14 +82,14 @@ async def users_by_id(b: Backends, ids: Sequence[str]) -> dict[str, upb.User]:
     return dict(reply.users)
 
 
-async def users_list(b: Backends, ids: Sequence[str]) -> list[JSON]:
+async def users_list(b: Services, ids: Sequence[str]) -> list[JSON]:
     """Users in the order of ``ids``; ids of accounts that are gone are left out."""
     found = await users_by_id(b, ids)
     return await users(b, [found[i] for i in ids if i in found])
 
 
 async def posts(
-    b: Backends, found: Sequence[ppb.Post], viewer: str | None, fresh: bool = False
+    b: Services, found: Sequence[ppb.Post], viewer: str | None, fresh: bool = False
 ) -> list[JSON]:
     ids = [p.id for p in found]
     keys = [_key(k, i) for i in ids for k in (cpb.COUNTER_KIND_LIKES, cpb.COUNTER_KIND_REPLIES)]
@@ -128,7 +127,7 @@ async def posts(
     return out
 
 
-async def posts_by_id(b: Backends, ids: Sequence[str], viewer: str | None) -> list[JSON]:
+async def posts_by_id(b: Services, ids: Sequence[str], viewer: str | None) -> list[JSON]:
     if not ids:
         return []
     reply = await call(b.posts.BatchGetPosts(ppb.BatchGetPostsRequest(post_ids=list(ids))))
@@ -145,7 +144,7 @@ def import_(i: gpb.Import) -> JSON:
     }
 
 
-async def notifications(b: Backends, found: Sequence[fpb.Notification]) -> list[JSON]:
+async def notifications(b: Services, found: Sequence[fpb.Notification]) -> list[JSON]:
     actors = await users_by_id(b, [n.actor_id for n in found])
     hydrated = dict(zip(actors, await users(b, list(actors.values())), strict=True))
     return [

@@ -15,12 +15,12 @@ from typing import Any, Literal
 from aiohttp import web
 from mt_core.errors import InvalidArgument, TooLarge, Unauthenticated
 from mt_core.rpc.client import call
+from mt_core.rpc.services import Services
 from mt_core.telemetry import annotate
 from mt_proto import users_pb2 as upb
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
-from mt_gateway.backends import Backends
 from mt_gateway.limits import RateLimiter
 from mt_gateway.settings import Settings
 
@@ -29,10 +29,10 @@ Auth = Literal["none", "required", "optional"]
 
 @dataclass
 class Ctx:
-    """What a handler gets: the request, the backends and what the pipeline established."""
+    """What a handler gets: the request, the service clients and what the pipeline established."""
 
     request: web.Request
-    b: Backends
+    b: Services
     settings: Settings
     redis: Redis
     viewer: str | None = None
@@ -139,14 +139,14 @@ def client_ip(request: web.Request) -> str:
 
 
 def mount(
-    app: web.Application, b: Backends, settings: Settings, redis: Redis, limiter: RateLimiter
+    app: web.Application, b: Services, settings: Settings, redis: Redis, limiter: RateLimiter
 ) -> None:
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, _pipeline(ep, b, settings, redis, limiter))
 
 
 def _pipeline(
-    ep: Endpoint, b: Backends, settings: Settings, redis: Redis, limiter: RateLimiter
+    ep: Endpoint, b: Services, settings: Settings, redis: Redis, limiter: RateLimiter
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = Ctx(request, b, settings, redis)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from mt_core.errors import FailedPrecondition, InvalidArgument
 from mt_core.ids import now_us
-from mt_core.paging import limit_of
+from mt_core.paging import check_batch, limit_of
 from mt_core.rpc.client import call
 from mt_jobs import Job, Outbox
 from mt_kv_client import Key, KVClient
@@ -28,7 +28,6 @@ from mt_proto import counters_pb2 as cpb
 from mt_proto import counters_pb2_grpc
 from mt_proto import graph_pb2 as pb
 
-MAX_IDS = 1000
 KS = "graph"
 # A repeated follow re-runs the follow's later steps (in case the first run was cut short)
 # while it is this young: well inside the counters' 24 h idempotency memory.
@@ -76,7 +75,7 @@ class Graph:
         if not changed:
             at_us = int(held.value)
             if now_us() - at_us > REPAIR_WINDOW_US:
-                await self.outbox.settle(intent)  # harmless: its handler is idempotent
+                await self.outbox.cancel(intent)  # nothing new to announce
                 return False  # long complete; and its counter dedup keys may have expired
         await self._complete_follow(follower, followee, at_us)
         await self.outbox.settle(intent)
@@ -126,6 +125,7 @@ class Graph:
                 [Check(edge, held.version)],
             )
         except FailedPrecondition:
+            await self.outbox.cancel(intent)
             return False  # a concurrent unfollow (or re-follow) won; it completes its own work
         await self.kv.write(
             [
@@ -176,8 +176,7 @@ class Graph:
                 return found
 
     async def is_following(self, viewer: str, targets: Sequence[str]) -> list[str]:
-        if len(targets) > MAX_IDS:
-            raise InvalidArgument(f"at most {MAX_IDS} ids per call", code="too_many_ids")
+        check_batch(targets)
         _check_ids(viewer, *targets)
         keys = {t: _key(viewer, f"out:{t}") for t in dict.fromkeys(targets)}
         found = await self.kv.multi_get(keys.values())

@@ -22,7 +22,7 @@ from typing import Any
 
 from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from mt_core.ids import new_id, now_us
-from mt_core.paging import limit_of
+from mt_core.paging import check_batch, limit_of
 from mt_core.rpc.client import call
 from mt_jobs import Job, Outbox
 from mt_kv_client import Key, KVClient
@@ -33,7 +33,6 @@ from mt_proto import posts_pb2 as pb
 
 from mt_posts.settings import Settings
 
-MAX_IDS = 1000
 REPAIR_WINDOW_US = 3600 * 1_000_000  # see mt_graph.domain: well inside counters' dedup memory
 
 
@@ -162,7 +161,7 @@ class Posts:
                 reply_to = record["reply_to"]
                 parent = await self._maybe_record(reply_to) if reply_to else None
                 if now_us() - record["created_at_us"] > REPAIR_WINDOW_US:
-                    await self.outbox.settle(intent)
+                    await self.outbox.cancel(intent)  # it announced our unpublished copy
                     return _to_pb(record)
         await self._publish(record, parent)
         await self.outbox.settle(intent)
@@ -201,8 +200,7 @@ class Posts:
         return _to_pb(await self._record(post_id))
 
     async def batch_get(self, post_ids: Sequence[str]) -> dict[str, pb.Post]:
-        if len(post_ids) > MAX_IDS:
-            raise InvalidArgument(f"at most {MAX_IDS} ids per call", code="too_many_ids")
+        check_batch(post_ids)
         keys = [_post_key(p) for p in dict.fromkeys(post_ids) if p and len(p) <= 64]
         found = await self.kv.multi_get(keys)
         return {
@@ -285,8 +283,7 @@ class Posts:
         return True
 
     async def liked(self, user_id: str, post_ids: Sequence[str]) -> list[str]:
-        if len(post_ids) > MAX_IDS:
-            raise InvalidArgument(f"at most {MAX_IDS} ids per call", code="too_many_ids")
+        check_batch(post_ids)
         keys = {p: _like_key(p, user_id) for p in dict.fromkeys(post_ids) if p and len(p) <= 64}
         found = await self.kv.multi_get(keys.values())
         return [p for p, k in keys.items() if found[k] is not None]

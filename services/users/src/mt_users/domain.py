@@ -31,8 +31,8 @@ from mt_core.errors import (
     Unauthenticated,
 )
 from mt_core.ids import new_id, now_us
-from mt_core.paging import limit_of
-from mt_jobs import Job, Outbox
+from mt_core.paging import check_batch, limit_of
+from mt_jobs import Intent, Job, Outbox
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Delete, Put
 from mt_legacy import LegacyGraph
@@ -45,7 +45,6 @@ HANDLE = re.compile(r"^[a-z0-9_.]{1,30}$")
 HANDLE_PREFIX = re.compile(r"^[a-z0-9_.]{1,30}$")
 MAX_DISPLAY_NAME = 64
 MAX_BIO = 160
-MAX_IDS = 1000
 
 
 def normalize_handle(raw: str) -> str:
@@ -153,17 +152,23 @@ class Users:
             intent = await self.outbox.intend([job])
         await self.kv.put(_user_key(user_id), json.dumps(record).encode())
         if not await self._claim(_handle_key(handle), user_id):
-            await self.kv.delete(_user_key(user_id))  # never reachable: tidy it away
+            await self._abandon(user_id, intent)
             raise AlreadyExists(f"handle {handle!r} is taken", code="handle_taken")
         if legacy_id is not None and not await self._claim(_legacy_key(legacy_id), user_id):
             await self._release(_handle_key(handle), user_id)
-            await self.kv.delete(_user_key(user_id))
+            await self._abandon(user_id, intent)
             raise AlreadyExists(
                 f"legacy account {legacy_id} is linked to another user", code="legacy_taken"
             )
         if intent is not None:
             await self.outbox.settle(intent)
         return _to_pb(record), await self._open_session(user_id)
+
+    async def _abandon(self, user_id: str, intent: Intent | None) -> None:
+        """A signup that lost a claim: its record is unreachable and its join never happened."""
+        await self.kv.delete(_user_key(user_id))
+        if intent is not None:
+            await self.outbox.cancel(intent)
 
     async def _claim(self, key: Key, user_id: str) -> bool:
         won, _ = await self.kv.claim(key, user_id.encode())
@@ -205,7 +210,7 @@ class Users:
         return await self.get_user(await self._id_by(_legacy_key(legacy_id)))
 
     async def batch_get(self, user_ids: Sequence[str]) -> dict[str, pb.User]:
-        _check_batch(user_ids)
+        check_batch(user_ids)
         keys = [_user_key(u) for u in dict.fromkeys(user_ids) if u]
         found = await self.kv.multi_get(keys)
         return {
@@ -215,7 +220,7 @@ class Users:
         }
 
     async def batch_get_by_legacy(self, legacy_ids: Sequence[str]) -> dict[str, pb.User]:
-        _check_batch(legacy_ids)
+        check_batch(legacy_ids)
         keys = [_legacy_key(i) for i in dict.fromkeys(legacy_ids) if i]
         links = await self.kv.multi_get(keys)
         ids = {k.partition.decode(): v.value.decode() for k, v in links.items() if v is not None}
@@ -294,8 +299,3 @@ class Users:
         existed = await self.kv.get(key) is not None
         await self.kv.delete(key)
         return existed
-
-
-def _check_batch(ids: Sequence[str]) -> None:
-    if len(ids) > MAX_IDS:
-        raise InvalidArgument(f"at most {MAX_IDS} ids per call", code="too_many_ids")

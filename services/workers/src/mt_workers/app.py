@@ -6,19 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from mt_core.rpc.client import channel
 from mt_core.rpc.server import grpc_server
+from mt_core.rpc.services import services
 from mt_jobs import JobProducer, KindConfig, Worker
-from mt_proto import (
-    counters_pb2_grpc,
-    feed_pb2_grpc,
-    graph_pb2_grpc,
-    posts_pb2_grpc,
-    users_pb2_grpc,
-)
 from redis.asyncio import Redis
 
-from mt_workers.handlers import Backends, Handlers
+from mt_workers.handlers import Handlers
 from mt_workers.settings import Settings
 from mt_workers.stats import publish_forever
 
@@ -30,20 +23,8 @@ TARGET_MS = {"notify": 500, "fanout": 2_000, "follow": 1_000, "import": 1_000, "
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    timeout = settings.default_rpc_timeout_ms
     async with AsyncExitStack() as stack:
-        chans = {
-            name: await stack.enter_async_context(channel(addr, timeout))
-            for name, addr in settings.service_addrs().items()
-            if name != "kv"
-        }
-        b = Backends(
-            users=users_pb2_grpc.UsersServiceStub(chans["users"]),
-            graph=graph_pb2_grpc.GraphServiceStub(chans["graph"]),
-            posts=posts_pb2_grpc.PostsServiceStub(chans["posts"]),
-            counters=counters_pb2_grpc.CountersServiceStub(chans["counters"]),
-            feed=feed_pb2_grpc.FeedServiceStub(chans["feed"]),
-        )
+        b = await stack.enter_async_context(services(settings))
         producer = await stack.enter_async_context(
             JobProducer(settings.kafka_bootstrap, client_id="workers")
         )

@@ -19,21 +19,14 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from mt_core.errors import NotFound
 from mt_core.rpc.client import call
+from mt_core.rpc.services import Services
 from mt_jobs import Job, JobProducer
 from mt_proto import common_pb2 as cpb
 from mt_proto import counters_pb2 as kpb
-from mt_proto import (
-    counters_pb2_grpc,
-    feed_pb2_grpc,
-    graph_pb2_grpc,
-    posts_pb2_grpc,
-    users_pb2_grpc,
-)
 from mt_proto import feed_pb2 as fpb
 from mt_proto import graph_pb2 as gpb
 from mt_proto import posts_pb2 as ppb
@@ -50,21 +43,12 @@ _TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Backends:
-    users: users_pb2_grpc.UsersServiceAsyncStub
-    graph: graph_pb2_grpc.GraphServiceAsyncStub
-    posts: posts_pb2_grpc.PostsServiceAsyncStub
-    counters: counters_pb2_grpc.CountersServiceAsyncStub
-    feed: feed_pb2_grpc.FeedServiceAsyncStub
-
-
 def _notification_id(at_us: int, dedup: str) -> str:
     return f"{at_us:016x}{hashlib.blake2b(dedup.encode(), digest_size=4).hexdigest()}"
 
 
 class Handlers:
-    def __init__(self, settings: Settings, b: Backends, producer: JobProducer) -> None:
+    def __init__(self, settings: Settings, b: Services, producer: JobProducer) -> None:
         self.settings = settings
         self.b = b
         self.producer = producer

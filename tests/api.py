@@ -1,4 +1,4 @@
-"""End-to-end tests: the REST API of the running stack, as a mobile-style client uses it.
+"""The REST API of the running stack, as the end-to-end and chaos tests use it.
 
 Every response is checked against the contract's general rules on the way (an error always
 has the error body; 429/503 carry Retry-After); tests then check the specifics.
@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
-import pytest
-from mt_cli.manifest import Manifest
 
 BASE = "http://127.0.0.1:8080"
 T = TypeVar("T")
@@ -67,6 +65,28 @@ class Api:
         assert reply.status == 201, reply.body
         return reply.body["user"], reply.body["token"]
 
+    async def signup_legacy(self, legacy_id: str) -> tuple[dict[str, Any], str] | None:
+        """Sign up linked to a legacy account; None if an earlier run linked it already (the KV
+        keeps its data between runs)."""
+        body = {"legacy_id": legacy_id, "password": PASSWORD}
+        reply = await self.call("POST", "/v1/accounts", body)
+        if reply.status == 409:
+            return None
+        assert reply.status == 201, reply.body
+        return reply.body["user"], reply.body["token"]
+
+    async def wait_import(self, token: str, import_id: str, timeout_s: float = 180) -> Any:
+        """Poll an import until it ends (riding out 503s while parts restart); it must be done."""
+
+        async def ended() -> Any:
+            reply = await self.call("GET", f"/v1/me/imports/{import_id}", token=token)
+            ok = reply.status == 200 and reply.body["state"] in ("done", "failed")
+            return reply.body if ok else None
+
+        state = await eventually(ended, timeout_s=timeout_s, what="the import to finish")
+        assert state["state"] == "done", state
+        return state
+
     async def post(self, token: str, text: str, **extra: Any) -> dict[str, Any]:
         reply = await self.call("POST", "/v1/posts", {"text": text, **extra}, token=token)
         assert reply.status == 201, reply.body
@@ -115,9 +135,3 @@ def _check_rules(reply: Reply) -> None:
     assert reply.status < 500 or reply.status == 503, reply.body
     if reply.status in (429, 503):
         assert int(reply.headers["Retry-After"]) >= 1
-
-
-@pytest.fixture
-async def api(stack: Manifest) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as http:
-        yield Api(http)
