@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -166,3 +167,45 @@ async def test_deadline__an_inbound_deadline_bounds_the_outbound_call() -> None:
     assert len(seen) == 1
     # Not the 30 s default: the 2 s deadline travelled (give or take clock rounding).
     assert 0 < seen[0] < 3, f"B had {seen[0]:.1f}s: the 2 s deadline was not propagated"
+
+
+async def test_handler__runs_to_completion_when_its_caller_gives_up() -> None:
+    """A handler is a sequence of writes: the caller's deadline must not cut it half-way."""
+    steps: list[str] = []
+    finished = asyncio.Event()
+
+    async def slow(
+        request: health_pb2.HealthCheckRequest, context: object
+    ) -> health_pb2.HealthCheckResponse:
+        steps.append("first write")
+        await asyncio.sleep(0.5)  # the caller's 0.1 s deadline passes here
+        steps.append("second write")
+        finished.set()
+        return health_pb2.HealthCheckResponse()
+
+    generic = grpc.method_handlers_generic_handler(
+        "test.Slow",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                slow,
+                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+            )
+        },
+    )
+    servicer = Servicer("test.Slow", lambda server: server.add_generic_rpc_handlers([generic]))
+    settings = ServiceSettings(service_name="test", grpc_port=0, shutdown_grace_ms=100)
+    async with (
+        grpc_server(settings, [servicer]) as server,
+        channel(f"127.0.0.1:{server.port}", default_timeout_ms=30_000) as chan,
+    ):
+        call = chan.unary_unary(
+            "/test.Slow/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+            await call(health_pb2.HealthCheckRequest(), timeout=0.1)
+        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(finished.wait(), 5)
+    assert steps == ["first write", "second write"]

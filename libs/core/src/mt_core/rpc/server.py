@@ -7,6 +7,7 @@ exit reports NOT_SERVING before draining in-flight calls for the grace period.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -75,6 +76,34 @@ def _method_of(details: grpc.HandlerCallDetails) -> str:
     return method.decode() if isinstance(method, bytes) else str(method)
 
 
+# Handlers whose caller went away (cancelled, or out of time) and that are finishing anyway.
+_detached: set[asyncio.Task[Any]] = set()
+
+
+async def _run_to_completion(work: Awaitable[Any]) -> Any:
+    """Await ``work`` in a task of its own that a cancelled call does not interrupt.
+
+    A handler is a sequence of writes (a signup: the record, the handle, the legacy link); cut
+    at an arbitrary await by the caller's deadline, it would leave half of them — an account
+    whose legacy link was never made, so the legacy account could never join. The caller stops
+    waiting; the handler finishes (its outbound calls are still bounded by the deadline).
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            _detached.add(task)
+            task.add_done_callback(_detached.discard)
+            task.add_done_callback(_consume)
+        raise
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: nobody is left to see it, and asyncio would log it
+
+
 def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     seconds = RPC_SECONDS.labels(method)  # bound once: the hot path does no label lookup
 
@@ -83,7 +112,7 @@ def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[.
         started = time.perf_counter()
         code = "OK"
         try:
-            return await inner(request, context)
+            return await _run_to_completion(inner(request, context))
         except grpc.aio.AbortError:
             code = "ABORTED_BY_HANDLER"
             raise
