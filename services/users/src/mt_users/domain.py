@@ -115,6 +115,9 @@ class Users:
         self.kv = kv
         self.legacy = legacy
         self.outbox = outbox
+        self.hasher = passwords.Hasher(
+            settings.scrypt_log2_n, settings.hash_workers, settings.hash_reserve_ms / 1000
+        )
 
     # ------------------------------------------------------------------ accounts
 
@@ -133,6 +136,7 @@ class Users:
         handle = normalize_handle(handle)
         _check_password(password)
         name = _clean_display_name(display_name) if display_name is not None else handle
+        await self._check_free(handle, legacy_id)
         user_id = new_id()
         record: dict[str, Any] = {
             "id": user_id,
@@ -141,7 +145,7 @@ class Users:
             "bio": "",
             "created_at_us": now_us(),
             "legacy_id": legacy_id,
-            "password": await passwords.hash_password(password, self.settings.scrypt_log2_n),
+            "password": await self.hasher.hash(password),
         }
         intent = None
         if legacy_id is not None:
@@ -163,6 +167,18 @@ class Users:
         if intent is not None:
             await self.outbox.settle(intent)
         return _to_pb(record), await self._open_session(user_id)
+
+    async def _check_free(self, handle: str, legacy_id: str | None) -> None:
+        """Refuse a taken handle or legacy account before paying for the password hash (one
+        read for both). Only a fast path: the claims after the hash decide any race."""
+        keys = [_handle_key(handle)] + ([_legacy_key(legacy_id)] if legacy_id else [])
+        found = await self.kv.multi_get(keys)
+        if found[keys[0]] is not None:
+            raise AlreadyExists(f"handle {handle!r} is taken", code="handle_taken")
+        if legacy_id is not None and found[keys[1]] is not None:
+            raise AlreadyExists(
+                f"legacy account {legacy_id} is linked to another user", code="legacy_taken"
+            )
 
     async def _abandon(self, user_id: str, intent: Intent | None) -> None:
         """A signup that lost a claim: its record is unreachable and its join never happened."""
@@ -278,9 +294,9 @@ class Users:
             handle = normalize_handle(handle)
             record = await self._record(await self._id_by(_handle_key(handle)))
         except (InvalidArgument, NotFound):
-            await passwords.burn(self.settings.scrypt_log2_n)
+            await self.hasher.burn()
             raise bad from None
-        if not await passwords.verify_password(password, record["password"]):
+        if not await self.hasher.verify(password, record["password"]):
             raise bad
         return _to_pb(record), await self._open_session(record["id"])
 
