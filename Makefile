@@ -6,7 +6,7 @@ UV = $(shell infra/bootstrap-uv.sh)
 VENV_BIN := $(CURDIR)/.venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui
+.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui chaos
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -55,3 +55,8 @@ surge: install  ## replay the launch with Locust (SURGE_DURATION_S, SURGE_SCALE,
 surge-ui: venv  ## Locust's web UI against the running stack (http://127.0.0.1:8089; Ctrl-C stops)
 	@echo "Locust UI: http://127.0.0.1:8089 against $${SURGE_TARGET:-http://127.0.0.1:8080} (Ctrl-C stops)"
 	$(VENV_BIN)/locust -f loadtest/locustfile.py --host $${SURGE_TARGET:-http://127.0.0.1:8080} --web-host 127.0.0.1
+
+chaos: install  ## the full fault suite (20+ primary kills, pauses, broker and worker kills); ends with its verdict line
+	@summary=$$(mktemp); \
+	MT_CHAOS_FULL=1 MT_CHAOS_SUMMARY=$$summary $(VENV_BIN)/pytest tests/chaos -m chaos $(PYTEST_ARGS); status=$$?; \
+	cat $$summary; rm -f $$summary; exit $$status

@@ -15,6 +15,7 @@ import pytest
 from mt_legacy import LegacyGraph
 
 from tests.api import Api, eventually
+from tests.chaos.conftest import Tally
 from tests.conftest import minithreads
 
 pytestmark = pytest.mark.chaos
@@ -72,7 +73,9 @@ async def _import_through(api: Api, fault: Any) -> None:
 
 
 @pytest.mark.timeout(600)
-async def test_workers_kill9_mid_import__nothing_missing_or_doubled(api: Api) -> None:
+async def test_workers_kill9_mid_import__nothing_missing_or_doubled(api: Api, tally: Tally) -> None:
+    tally.kills += 1
+
     async def kill_workers() -> None:
         os.killpg(_pid("workers"), signal.SIGKILL)
         await asyncio.sleep(1)
@@ -82,7 +85,9 @@ async def test_workers_kill9_mid_import__nothing_missing_or_doubled(api: Api) ->
 
 
 @pytest.mark.timeout(600)
-async def test_broker_kill9_mid_import__nothing_missing_or_doubled(api: Api) -> None:
+async def test_broker_kill9_mid_import__nothing_missing_or_doubled(api: Api, tally: Tally) -> None:
+    tally.kills += 1
+
     async def kill_broker() -> None:
         os.killpg(_pid("kafka"), signal.SIGKILL)
         await asyncio.sleep(2)

@@ -19,6 +19,8 @@ from mt_kv_client import Consistency, Key, KVClient
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
+from tests.chaos.conftest import Tally
+
 pytestmark = pytest.mark.chaos
 
 
@@ -79,7 +81,7 @@ async def _verify(kv: KVClient, acked: dict[Key, bytes]) -> None:
 
 
 async def test_kill_primary_under_write_load__loses_no_acknowledged_write(
-    cluster: KVCluster,
+    cluster: KVCluster, tally: Tally
 ) -> None:
     async with KVClient(cluster.manager_addr, retry_budget_ms=20_000) as kv:
         writers = Writers(kv)
@@ -88,6 +90,7 @@ async def test_kill_primary_under_write_load__loses_no_acknowledged_write(
         before = len(writers.acked)
         killed_at = time.monotonic()
         cluster.kill(victim)
+        tally.kills += 1
         await asyncio.sleep(4)
         await writers.stop()
         assert len(writers.acked) > before + 100, "writes did not resume after the kill"
@@ -96,6 +99,7 @@ async def test_kill_primary_under_write_load__loses_no_acknowledged_write(
         assert status.failovers, "no failover recorded"
         assert max(f.detect_ms for f in status.failovers) < 5_000
         await _verify(kv, writers.acked)
+        tally.acked += len(writers.acked)
         # The killed replica comes back and catches up before it serves stale reads.
         cluster.start_replica(victim)
         await cluster.wait_healthy()
@@ -109,7 +113,9 @@ async def test_kill_primary_under_write_load__loses_no_acknowledged_write(
     del killed_at
 
 
-async def test_kill_follower__writes_continue_and_it_catches_up(cluster: KVCluster) -> None:
+async def test_kill_follower__writes_continue_and_it_catches_up(
+    cluster: KVCluster, tally: Tally
+) -> None:
     async with KVClient(cluster.manager_addr) as kv:
         status = await _status(cluster)
         follower = "kv-3"
@@ -120,6 +126,7 @@ async def test_kill_follower__writes_continue_and_it_catches_up(cluster: KVClust
             if status.shards[kv.shard_of(key)].primary != follower
         ][:300]
         cluster.kill(follower)
+        tally.kills += 1
         started = time.monotonic()
         await kv.multi_put((key, b"x") for key in keys)
         assert time.monotonic() - started < 2, "writes stalled without a follower"
@@ -153,13 +160,16 @@ async def test_kill_follower__writes_continue_and_it_catches_up(cluster: KVClust
         assert missing == 0, "the restarted follower never caught up"
 
 
-async def test_paused_primary__cannot_write_after_failover(cluster: KVCluster) -> None:
+async def test_paused_primary__cannot_write_after_failover(
+    cluster: KVCluster, tally: Tally
+) -> None:
     async with KVClient(cluster.manager_addr) as kv:
         key = Key("test", b"stale", b"k")
         await kv.put(key, b"before")
         shard = kv.shard_of(key)
         old = (await _status(cluster)).shards[shard]
         cluster.signal(old.primary, signal.SIGSTOP)
+        tally.pauses += 1
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             now = (await _status(cluster)).shards[shard]

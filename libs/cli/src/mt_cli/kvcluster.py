@@ -32,6 +32,7 @@ class KVCluster:
     manager_port: int = field(default_factory=free_port)
     ports: dict[str, int] = field(default_factory=dict)
     store_urls: dict[str, str] = field(default_factory=dict)  # replica -> MT_STORE_URL
+    peer_addrs: dict[str, str] = field(default_factory=dict)  # replica -> MT_PEER_ADDRS
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +77,8 @@ class KVCluster:
         more = {"MT_REPLICA_ID": name}
         if name in self.store_urls:
             more["MT_STORE_URL"] = self.store_urls[name]
+        if name in self.peer_addrs:
+            more["MT_PEER_ADDRS"] = self.peer_addrs[name]
         self._spawn(name, "mt_kv.replica", self._env(self.ports[name], **more))
 
     async def wait_healthy(self, timeout_s: float = 60) -> None:

@@ -35,6 +35,9 @@ class ReplicaSettings(ServiceSettings):
     max_entries_per_append: int = 2_000
     log_retention_entries: int = 50_000  # per shard; a follower further behind gets a snapshot
     max_staleness_ms: int = 1_000  # default bound of bounded-staleness reads
+    # "id=host:port,...": how this replica reaches its peers where that differs from the
+    # addresses they advertise (another network; the chaos suite's per-link proxies).
+    peer_addrs: str = ""
     home: str = ".local"  # MT_HOME
     # The keyspaces this cluster serves (one per use case, as in ZippyDB); others are refused.
     kv_keyspaces: str = (
@@ -44,6 +47,10 @@ class ReplicaSettings(ServiceSettings):
 
     def keyspaces(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.kv_keyspaces.split(",") if k.strip())
+
+    def peer_overrides(self) -> dict[str, str]:
+        pairs = (part.split("=", 1) for part in self.peer_addrs.split(",") if part.strip())
+        return {rid.strip(): addr.strip() for rid, addr in pairs}
 
     def addr(self) -> str:
         return self.advertise_addr or f"{self.host}:{self.grpc_port}"

@@ -117,6 +117,7 @@ class Replica:
         self._in_flight: set[str] = set()  # followers with an Append outstanding
         self._streams: dict[str, Any] = {}  # follower -> its AppendStream call
         self._keyspaces = settings.keyspaces()
+        self._peer_overrides = settings.peer_overrides()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -235,6 +236,7 @@ class Replica:
         self.lease_s = lease_ms / 1000
         for info in infos:
             self.addrs.update(info.addrs)
+            self.addrs.update(self._peer_overrides)
             shard = self.shard(info.id)
             shard.replicas = tuple(info.replicas)
             if info.epoch < shard.epoch:

@@ -1,0 +1,1 @@
+"""Fault injection and checking for the chaos suite (``make chaos``)."""

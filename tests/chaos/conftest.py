@@ -1,0 +1,79 @@
+"""The chaos suite's tally, and its one-line verdict at the end of the run.
+
+``make chaos`` runs the full suite (MT_CHAOS_FULL=1: more faults per test, at least 20 primary
+kills); ``make test`` runs the same tests with fewer faults. Every test that injects faults adds
+what it did and what it found to the tally, printed last as
+
+    chaos: runs=N kills=K partitions=P acked=A lost=L duplicated=D linearizable=yes|no
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+FULL = os.environ.get("MT_CHAOS_FULL") == "1"
+
+
+@dataclass
+class Tally:
+    runs: int = 0
+    kills: int = 0
+    pauses: int = 0
+    partitions: int = 0
+    acked: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    linearizable: bool | None = None
+    failover_ms: list[int] = field(default_factory=list)
+
+    def add_verdict(self, linearizable: bool) -> None:
+        self.linearizable = (
+            linearizable if self.linearizable is None else (self.linearizable and linearizable)
+        )
+
+    def line(self) -> str:
+        lin = {True: "yes", False: "no", None: "n/a"}[self.linearizable]
+        return (
+            f"chaos: runs={self.runs} kills={self.kills} partitions={self.partitions} "
+            f"acked={self.acked} lost={self.lost} duplicated={self.duplicated} "
+            f"linearizable={lin}"
+        )
+
+    def failover_line(self) -> str:
+        if not self.failover_ms:
+            return ""
+        ordered = sorted(self.failover_ms)
+
+        def p(q: float) -> int:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return (
+            f"chaos: failover ms (last heartbeat -> new primary) n={len(ordered)} "
+            f"min={ordered[0]} p50={p(0.5)} p90={p(0.9)} max={ordered[-1]} "
+            f"mean={statistics.mean(ordered):.0f}"
+        )
+
+
+TALLY = Tally()
+
+
+@pytest.fixture
+def tally() -> Tally:
+    TALLY.runs += 1
+    return TALLY
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if TALLY.runs:
+        terminalreporter.write_line(TALLY.failover_line() or "chaos: no failovers measured")
+        terminalreporter.write_line(f"chaos: pauses={TALLY.pauses}")
+        terminalreporter.write_line(TALLY.line())
+    summary = os.environ.get("MT_CHAOS_SUMMARY")
+    if summary:  # `make chaos` prints it after pytest's own last line
+        with open(summary, "w") as f:
+            f.write("\n".join(filter(None, [TALLY.failover_line(), TALLY.line()])) + "\n")
