@@ -180,6 +180,10 @@ async def test_kv_under_kills_pauses_and_partitions__is_linearizable_and_loses_n
     # only multiply its search; the arithmetic above decides the counter).
     verdict = check(op for op in history.ops if op.kind != "incr")
     tally.add_verdict(verdict.linearizable)
+    if not verdict.linearizable:  # kept for the post-mortem, beside the replicas' logs
+        dump = cluster.home / "histories.jsonl"
+        dump.write_text(history.dump(verdict.bad_keys))
+        print(f"chaos: the histories of {verdict.bad_keys} are in {dump}")
     assert acked > 50, "too few increments got through"
     assert len(history.acknowledged("get")) > 50, "too few reads got through"
     assert acked <= counted <= acked + unknown, (acked, unknown, counted)

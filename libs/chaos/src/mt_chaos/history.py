@@ -7,9 +7,10 @@ the checker may count it as applied or not, but an acknowledged one must be ther
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ T = TypeVar("T")
 class History:
     ops: list[Op] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
+    wall0: float = field(default_factory=time.time)  # to line the history up with logs
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -44,3 +46,22 @@ class History:
 
     def unknown(self, kind: str) -> list[Op]:
         return [op for op in self.ops if op.kind == kind and not op.known]
+
+    def dump(self, keys: Iterable[str]) -> str:
+        """JSON lines of ``keys``' operations (times in wall-clock seconds), for a post-mortem."""
+        wanted = set(keys)
+        return "".join(
+            json.dumps(
+                {
+                    "key": op.key,
+                    "kind": op.kind,
+                    "arg": op.arg,
+                    "output": op.output if op.known else "?",
+                    "call": round(self.wall0 + op.call, 4),
+                    "ret": round(self.wall0 + op.ret, 4) if op.known else None,
+                }
+            )
+            + "\n"
+            for op in sorted(self.ops, key=lambda o: o.call)
+            if op.key in wanted
+        )

@@ -43,6 +43,11 @@ T = TypeVar("T")
 # Codes of refusals: nothing was done, so trying again (after a routing refresh) is safe.
 log = logging.getLogger(__name__)
 
+# Repeats: no write is repeated after an unknown outcome (a timeout, a primary lost
+# mid-write), not even a plain put: if the first attempt did happen, the repeat lands a second
+# time — possibly after another client's later write, bringing the old value back. The chaos
+# suite's checker caught exactly that (a value seen, overwritten, then seen again when the
+# retry landed). Refusals (below) are retried: nothing was done. Reads are retried freely.
 _REFUSED = {
     "not_primary",
     "stale_epoch",
@@ -536,7 +541,6 @@ class KVClient:
                 code="cross_shard",
             )
         shard = shards.pop()
-        idempotent = not checks and all(isinstance(m, Put | Delete) for m in mutations)
         pb_mutations = [_pb_mutation(m) for m in mutations]
         pb_checks = [_pb_condition(c) for c in checks]
 
@@ -550,7 +554,8 @@ class KVClient:
             stub = self._stub(self._info(shard).primary, shard)
             return await stub.Write(request, timeout=self._call_timeout_s())
 
-        reply = await self._retrying(attempt, idempotent=idempotent)
+        # Refusals are retried; an unknown outcome is not (see Repeats).
+        reply = await self._retrying(attempt, idempotent=False)
         self.session.observe(reply.version)
         return reply
 
@@ -618,9 +623,7 @@ class KVClient:
             error: MinithreadsError = cls(outcome.error.message, code=outcome.error.code)
         else:
             error = Unavailable("the batch call failed", code="indeterminate")
-        idempotent = all(isinstance(m, Put | Delete) for m in mutations)
-        refused = error.code in _REFUSED
-        if not refused and not (isinstance(error, Unavailable) and idempotent):
+        if error.code not in _REFUSED:  # it may have happened: see Repeats
             if isinstance(error, Unavailable):
                 return Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
             return error
