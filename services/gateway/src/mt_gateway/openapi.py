@@ -85,7 +85,12 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
         ok["content"] = {"application/json": {"schema": schema}}
     error = {"description": "", "content": {"application/json": {"schema": _ref(schemas.ErrorOut)}}}
     responses: dict[str, Any] = {str(ep.status): ok}
-    for status in sorted({*ep.errors, 429, 503} | ({413} if ep.body else set())):
+    # Whatever the handler raises, the pipeline adds these: a body can be malformed or too
+    # large, a token (even an optional one) can be bad, and any request can be limited or shed.
+    implied = {429, 503} | ({400, 413} if ep.body else set())
+    if ep.auth in ("required", "optional"):
+        implied.add(401)
+    for status in sorted({*ep.errors, *implied}):
         responses[str(status)] = {**error, "description": _STATUS_TEXT.get(status, "Error")}
     op["responses"] = responses
     return op
