@@ -1,6 +1,7 @@
-"""The async platform under real faults: kill -9 the workers mid-import, and kill -9 the Kafka
-broker mid-import. After things settle, no follow or pending follow is missing or doubled,
-and every count equals the truth."""
+"""The async platform under real faults: kill -9 the workers, and kill -9 the Kafka broker, in
+the middle of an import and of a celebrity's join. After things settle, no follow or pending
+follow is missing or doubled, every count equals the truth, and every post reached every
+follower's inbox exactly once."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from mt_legacy import LegacyGraph
 
 from tests.api import Api, eventually
-from tests.chaos.conftest import Tally
+from tests.chaos.conftest import FULL, Tally
 from tests.conftest import minithreads
 
 pytestmark = pytest.mark.chaos
@@ -94,3 +95,110 @@ async def test_broker_kill9_mid_import__nothing_missing_or_doubled(api: Api, tal
         await asyncio.to_thread(_restart, "kafka")
 
     await _import_through(api, kill_broker)
+
+
+def _fans_of(celebrity: int, wanted: int) -> list[str]:
+    """Legacy accounts with a small following that includes ``celebrity`` (cheap imports)."""
+    found = []
+    rng = random.Random()
+    for _ in range(3_000_000):
+        n = rng.randint(1_000, GRAPH.size)
+        if GRAPH.out_degree(n) <= 40 and celebrity in GRAPH.following(str(n)):
+            found.append(str(n))
+            if len(found) == wanted:
+                break
+    return found
+
+
+async def _free_celebrity(api: Api) -> int:
+    """A top legacy account not on the app yet (the e2e and surge runs take some)."""
+    for rank in range(20, 200):
+        if (await api.call("GET", f"/v1/users/{GRAPH.handle(rank)}")).status == 404:
+            return rank
+    raise AssertionError("legacy ranks 20-199 all joined in earlier runs: reset .local/data")
+
+
+@pytest.mark.timeout(900)
+async def test_celebrity_join_through_worker_and_broker_kills__follows_inboxes_counts_exact(
+    api: Api, tally: Tally
+) -> None:
+    """Fans import (their follow of the celebrity stays pending); the celebrity joins and posts
+    while the workers and then the broker are kill -9'd and restarted. Afterwards every fan
+    follows it exactly once, the counts equal the lists, and each of its posts is in every
+    fan's feed exactly once."""
+    wanted = 120 if FULL else 30
+    celebrity = await _free_celebrity(api)
+    gate = asyncio.Semaphore(8)
+
+    async def fan(legacy_id: str) -> tuple[dict[str, Any], str] | None:
+        async with gate:
+            made = await api.signup_legacy(legacy_id)
+            if made is None:
+                return None
+            started = await api.call("POST", "/v1/me/imports", {}, token=made[1])
+            assert started.status == 202, started.body
+            await api.wait_import(made[1], started.body["id"])
+            return made
+
+    fans = [f for f in await asyncio.gather(*map(fan, _fans_of(celebrity, wanted))) if f]
+    assert len(fans) >= wanted * 0.8, len(fans)
+    made = await api.signup_legacy(str(celebrity))
+    assert made is not None
+    star, star_token = made
+
+    async def post(i: int) -> str:
+        key = f"celebrity-{celebrity}-{i}"
+
+        async def posted() -> str | None:
+            reply = await api.call(
+                "POST",
+                "/v1/posts",
+                {"text": f"hello fans {i}"},
+                star_token,
+                {"Idempotency-Key": key},
+            )
+            return str(reply.body["id"]) if reply.status == 201 else None
+
+        post_id = await eventually(posted, timeout_s=120, what="a post during the faults")
+        assert post_id is not None
+        return post_id
+
+    posts = [await post(0)]
+    os.killpg(_pid("workers"), signal.SIGKILL)  # the join is under way
+    tally.kills += 1
+    posts.append(await post(1))
+    await asyncio.to_thread(_restart, "workers")
+    os.killpg(_pid("kafka"), signal.SIGKILL)
+    tally.kills += 1
+    posts.append(await post(2))  # announced by the outbox, published once the broker is back
+    await asyncio.sleep(1)
+    await asyncio.to_thread(_restart, "kafka")
+
+    async def joined() -> bool:
+        me = (await api.call("GET", f"/v1/users/{star['handle']}")).body
+        return bool(me["followers_count"] >= len(fans))
+
+    await eventually(joined, timeout_s=300, what="the pending follows applied")
+    followers = await api.all_pages(f"/v1/users/{star['handle']}/followers", limit=100)
+    ids = [u["id"] for u in followers]
+    assert len(ids) == len(set(ids))  # nobody follows twice
+    assert {u["id"] for u, _ in fans} <= set(ids)  # nobody lost
+    star_now = (await api.call("GET", f"/v1/users/{star['handle']}")).body
+    assert star_now["followers_count"] == len(ids)
+
+    async def inboxes_complete() -> bool:
+        for user, token in fans:
+            feed = await api.all_pages("/v1/feed", token=token, limit=50)
+            seen = [p["id"] for p in feed if p["id"] in posts]
+            assert len(seen) == len(set(seen)), f"{user['handle']}'s feed repeats a post"
+            if sorted(seen) != sorted(posts):
+                return False
+        return True
+
+    await eventually(inboxes_complete, timeout_s=180, what="every fan's feed has every post")
+    for user, token in fans[:20]:
+        me = (await api.call("GET", "/v1/me", token=token)).body
+        following = await api.all_pages(f"/v1/users/{user['handle']}/following", limit=100)
+        assert me["following_count"] == len(following)
+        assert sum(1 for u in following if u["id"] == star["id"]) == 1
+    tally.acked += len(fans) + len(posts)

@@ -177,6 +177,7 @@ async def test_paused_primary__cannot_write_after_failover(
                 break
             await asyncio.sleep(0.2)
         assert now.primary != old.primary, "no failover while the primary was paused"
+        await kv.refresh()  # (a write in flight to the paused one would end "indeterminate")
         await kv.put(key, b"after")  # the new primary takes writes
         cluster.signal(old.primary, signal.SIGCONT)
         async with grpc.aio.insecure_channel(cluster.addr(old.primary)) as chan:

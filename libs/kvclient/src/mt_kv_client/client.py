@@ -3,9 +3,9 @@ where that is safe, and keeps version tokens per session for read-your-writes.
 
 Retry rules: a request a replica *refused* (not primary, stale epoch, lease wait, behind) did
 nothing, so it is retried after refreshing the routing table. A write whose outcome is unknown
-(the primary died after sequencing it, or the connection broke mid-call) is retried only when
-applying it twice is harmless — unconditional puts and deletes — and otherwise raised as
-``Unavailable(code="indeterminate")``.
+(the primary died after sequencing it, or the connection broke mid-call) is never repeated —
+see "Repeats" below — but raised as ``Unavailable(code="indeterminate")``, after a routing
+refresh so that the caller's next write finds the new primary. Reads are retried freely.
 """
 
 from __future__ import annotations
@@ -359,6 +359,7 @@ class KVClient:
                 pass  # the replica did nothing: always safe to try again
             elif isinstance(error, Unavailable | DeadlineExceeded):
                 if not idempotent:  # it may have happened: the caller must decide
+                    await self._try_refresh()  # the next call goes to the new primary
                     raise Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
             else:
                 raise error
@@ -625,6 +626,7 @@ class KVClient:
             error = Unavailable("the batch call failed", code="indeterminate")
         if error.code not in _REFUSED:  # it may have happened: see Repeats
             if isinstance(error, Unavailable):
+                await self._try_refresh()  # the next call goes to the new primary
                 return Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
             return error
         try:
