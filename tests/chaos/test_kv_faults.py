@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from mt_cli.kvcluster import KVCluster
-from mt_core.errors import MinithreadsError
+from mt_core.errors import MinithreadsError, Unavailable
 from mt_kv_client import Consistency, Key, KVClient
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
@@ -72,6 +72,20 @@ class Writers:
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks)
+
+
+async def _put_surely(kv: KVClient, key: Key, value: bytes) -> None:
+    """A put repeated until acknowledged. The client never repeats a write whose outcome is
+    unknown (a primary moved under it: the failover of the killed replica's shards, and the
+    rebalance after it); here nobody else writes these keys, so the caller may."""
+    for _ in range(10):
+        try:
+            await kv.put(key, value)
+            return
+        except Unavailable as err:
+            if err.code != "indeterminate":
+                raise
+    raise AssertionError(f"{key} never acknowledged")
 
 
 async def _verify(kv: KVClient, acked: dict[Key, bytes]) -> None:
@@ -219,7 +233,7 @@ async def test_far_behind_follower__catches_up_from_a_snapshot(tmp_path: Path) -
             ]
             cluster.kill(victim)
             for key in keys[:600]:
-                await kv.put(key, key.partition)  # one write at a time: 600 log entries
+                await _put_surely(kv, key, key.partition)  # one at a time: 600 log entries
             cluster.start_replica(victim)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
