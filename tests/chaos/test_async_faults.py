@@ -141,7 +141,7 @@ async def test_celebrity_join_through_worker_and_broker_kills__follows_inboxes_c
             return made
 
     fans = [f for f in await asyncio.gather(*map(fan, _fans_of(celebrity, wanted))) if f]
-    assert len(fans) >= wanted * 0.8, len(fans)
+    assert len(fans) >= 20, len(fans)  # (higher ranks, fewer small-following fans)
     made = await api.signup_legacy(str(celebrity))
     assert made is not None
     star, star_token = made
@@ -174,15 +174,17 @@ async def test_celebrity_join_through_worker_and_broker_kills__follows_inboxes_c
     await asyncio.sleep(1)
     await asyncio.to_thread(_restart, "kafka")
 
-    async def joined() -> bool:
-        me = (await api.call("GET", f"/v1/users/{star['handle']}")).body
-        return bool(me["followers_count"] >= len(fans))
+    fan_ids = {u["id"] for u, _ in fans}
 
-    await eventually(joined, timeout_s=300, what="the pending follows applied")
-    followers = await api.all_pages(f"/v1/users/{star['handle']}/followers", limit=100)
+    async def joined() -> list[dict[str, Any]] | None:
+        # (Earlier runs' importers of this legacy account may be among the followers too.)
+        followers = await api.all_pages(f"/v1/users/{star['handle']}/followers", limit=100)
+        return followers if fan_ids <= {u["id"] for u in followers} else None
+
+    followers = await eventually(joined, timeout_s=300, what="every fan following the star")
+    assert followers is not None
     ids = [u["id"] for u in followers]
     assert len(ids) == len(set(ids))  # nobody follows twice
-    assert {u["id"] for u, _ in fans} <= set(ids)  # nobody lost
     star_now = (await api.call("GET", f"/v1/users/{star['handle']}")).body
     assert star_now["followers_count"] == len(ids)
 
