@@ -225,10 +225,15 @@ class Handlers:
             return
         if user.id != p["user_id"]:
             return  # the signup that announced this join lost its legacy claim
+        # A step that ran out of time is retried with half the batch, and so on: under load
+        # 200 follows may not fit in one call's deadline, and a join that keeps timing out
+        # would end dead-lettered with its remaining follows never applied (the launch surge
+        # did exactly that). Every step is idempotent, so a partial one costs nothing.
+        batch = max(10, self.settings.join_batch >> min(job.attempt, 8))
         reply = await call(
             self.b.graph.ApplyPendingFollows(
                 gpb.ApplyPendingFollowsRequest(
-                    legacy_id=p["legacy_id"], followee_id=user.id, limit=self.settings.join_batch
+                    legacy_id=p["legacy_id"], followee_id=user.id, limit=batch
                 )
             )
         )
