@@ -75,6 +75,17 @@ class Api:
         assert reply.status == 201, reply.body
         return reply.body["user"], reply.body["token"]
 
+    async def join_and_import(self, legacy_id: str) -> tuple[dict[str, Any], str] | None:
+        """Sign up linked to ``legacy_id`` and run its import to the end; None if an earlier
+        run linked that account already."""
+        made = await self.signup_legacy(legacy_id)
+        if made is None:
+            return None
+        started = await self.call("POST", "/v1/me/imports", {}, token=made[1])
+        assert started.status == 202, started.body
+        await self.wait_import(made[1], started.body["id"])
+        return made
+
     async def wait_import(self, token: str, import_id: str, timeout_s: float = 180) -> Any:
         """Poll an import until it ends (riding out 503s while parts restart); it must be done."""
 

@@ -26,6 +26,20 @@ def minithreads(*args: str, timeout_s: float = 600) -> subprocess.CompletedProce
     )
 
 
+def pid_of(name: str) -> int:
+    """The pid of one of the stack's processes (it must be running)."""
+    rows = json.loads(minithreads("ps", "--json", timeout_s=60).stdout)
+    pid = next(r["pid"] for r in rows if r["name"] == name)
+    assert pid, f"{name} is not running"
+    return int(pid)
+
+
+def restart(name: str) -> None:
+    """Start one of the stack's processes again (after a kill)."""
+    result = minithreads("up", name, "--no-install", timeout_s=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _all_healthy() -> bool:
     result = minithreads("ps", "--json", timeout_s=60)
     return result.returncode == 0 and all(

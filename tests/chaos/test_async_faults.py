@@ -6,33 +6,19 @@ follower's inbox exactly once."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
 from typing import Any
 
 import pytest
-from mt_legacy import LegacyGraph
 
 from tests.api import Api, eventually
 from tests.chaos.conftest import FULL, Tally
-from tests.conftest import minithreads
+from tests.conftest import pid_of, restart
+from tests.legacy import GRAPH, small_followers_of
 
 pytestmark = pytest.mark.chaos
-GRAPH = LegacyGraph()
-
-
-def _pid(name: str) -> int:
-    rows = json.loads(minithreads("ps", "--json", timeout_s=60).stdout)
-    pid = next(r["pid"] for r in rows if r["name"] == name)
-    assert pid, f"{name} is not running"
-    return int(pid)
-
-
-def _restart(name: str) -> None:
-    result = minithreads("up", name, "--no-install", timeout_s=180)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 async def _big_importer(api: Api) -> tuple[str, dict[str, Any], str]:
@@ -78,9 +64,9 @@ async def test_workers_kill9_mid_import__nothing_missing_or_doubled(api: Api, ta
     tally.kills += 1
 
     async def kill_workers() -> None:
-        os.killpg(_pid("workers"), signal.SIGKILL)
+        os.killpg(pid_of("workers"), signal.SIGKILL)
         await asyncio.sleep(1)
-        await asyncio.to_thread(_restart, "workers")
+        await asyncio.to_thread(restart, "workers")
 
     await _import_through(api, kill_workers)
 
@@ -90,24 +76,11 @@ async def test_broker_kill9_mid_import__nothing_missing_or_doubled(api: Api, tal
     tally.kills += 1
 
     async def kill_broker() -> None:
-        os.killpg(_pid("kafka"), signal.SIGKILL)
+        os.killpg(pid_of("kafka"), signal.SIGKILL)
         await asyncio.sleep(2)
-        await asyncio.to_thread(_restart, "kafka")
+        await asyncio.to_thread(restart, "kafka")
 
     await _import_through(api, kill_broker)
-
-
-def _fans_of(celebrity: int, wanted: int) -> list[str]:
-    """Legacy accounts with a small following that includes ``celebrity`` (cheap imports)."""
-    found = []
-    rng = random.Random()
-    for _ in range(3_000_000):
-        n = rng.randint(1_000, GRAPH.size)
-        if GRAPH.out_degree(n) <= 40 and celebrity in GRAPH.following(str(n)):
-            found.append(str(n))
-            if len(found) == wanted:
-                break
-    return found
 
 
 async def _free_celebrity(api: Api) -> int:
@@ -132,15 +105,10 @@ async def test_celebrity_join_through_worker_and_broker_kills__follows_inboxes_c
 
     async def fan(legacy_id: str) -> tuple[dict[str, Any], str] | None:
         async with gate:
-            made = await api.signup_legacy(legacy_id)
-            if made is None:
-                return None
-            started = await api.call("POST", "/v1/me/imports", {}, token=made[1])
-            assert started.status == 202, started.body
-            await api.wait_import(made[1], started.body["id"])
-            return made
+            return await api.join_and_import(legacy_id)
 
-    fans = [f for f in await asyncio.gather(*map(fan, _fans_of(celebrity, wanted))) if f]
+    legacy_fans = small_followers_of(celebrity, wanted)
+    fans = [f for f in await asyncio.gather(*map(fan, legacy_fans)) if f]
     assert len(fans) >= 20, len(fans)  # (higher ranks, fewer small-following fans)
     made = await api.signup_legacy(str(celebrity))
     assert made is not None
@@ -164,15 +132,15 @@ async def test_celebrity_join_through_worker_and_broker_kills__follows_inboxes_c
         return post_id
 
     posts = [await post(0)]
-    os.killpg(_pid("workers"), signal.SIGKILL)  # the join is under way
+    os.killpg(pid_of("workers"), signal.SIGKILL)  # the join is under way
     tally.kills += 1
     posts.append(await post(1))
-    await asyncio.to_thread(_restart, "workers")
-    os.killpg(_pid("kafka"), signal.SIGKILL)
+    await asyncio.to_thread(restart, "workers")
+    os.killpg(pid_of("kafka"), signal.SIGKILL)
     tally.kills += 1
     posts.append(await post(2))  # announced by the outbox, published once the broker is back
     await asyncio.sleep(1)
-    await asyncio.to_thread(_restart, "kafka")
+    await asyncio.to_thread(restart, "kafka")
 
     fan_ids = {u["id"] for u, _ in fans}
 

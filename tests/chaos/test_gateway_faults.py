@@ -12,7 +12,7 @@ import pytest
 
 from tests.api import PASSWORD, Api, eventually
 from tests.chaos.conftest import Tally
-from tests.chaos.test_async_faults import _pid, _restart
+from tests.conftest import pid_of, restart
 
 pytestmark = pytest.mark.chaos
 
@@ -25,7 +25,7 @@ async def test_redis_down__api_degrades_and_recovers_without_losing_writes(
     _, fan_token = await api.signup("redisfan")
     first = await api.post(token, "before the outage")
 
-    os.killpg(_pid("redis"), signal.SIGKILL)
+    os.killpg(pid_of("redis"), signal.SIGKILL)
     tally.kills += 1
     acknowledged: list[str] = []
     liked = False
@@ -50,7 +50,7 @@ async def test_redis_down__api_degrades_and_recovers_without_losing_writes(
         assert login.status == 503
         assert statuses <= {201, 204, 503}, statuses
     finally:
-        await asyncio.to_thread(_restart, "redis")
+        await asyncio.to_thread(restart, "redis")
 
     async def recovered() -> bool:
         reply = await api.call(

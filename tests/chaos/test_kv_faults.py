@@ -34,13 +34,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[KVCluster]:
         kv.stop()
 
 
-async def _status(cluster: KVCluster) -> pb.StatusResponse:
-    async with grpc.aio.insecure_channel(cluster.manager_addr) as chan:
-        return await kv_pb2_grpc.ShardManagerStub(chan).Status(pb.StatusRequest(), timeout=2)
-
-
 async def _busiest_primary(cluster: KVCluster) -> str:
-    status = await _status(cluster)
+    status = await cluster.status()
     return Counter(s.primary for s in status.shards).most_common(1)[0][0]
 
 
@@ -108,7 +103,7 @@ async def test_kill_primary_under_write_load__loses_no_acknowledged_write(
         await asyncio.sleep(4)
         await writers.stop()
         assert len(writers.acked) > before + 100, "writes did not resume after the kill"
-        status = await _status(cluster)
+        status = await cluster.status()
         assert victim not in {s.primary for s in status.shards}, "leadership did not move"
         assert status.failovers, "no failover recorded"
         assert max(f.detect_ms for f in status.failovers) < 5_000
@@ -119,7 +114,7 @@ async def test_kill_primary_under_write_load__loses_no_acknowledged_write(
         await cluster.wait_healthy()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            progress = {r.id: r.applied_seq for r in (await _status(cluster)).replicas}
+            progress = {r.id: r.applied_seq for r in (await cluster.status()).replicas}
             if len(set(progress.values())) == 1:
                 break
             await asyncio.sleep(0.2)
@@ -131,7 +126,7 @@ async def test_kill_follower__writes_continue_and_it_catches_up(
     cluster: KVCluster, tally: Tally
 ) -> None:
     async with KVClient(cluster.manager_addr) as kv:
-        status = await _status(cluster)
+        status = await cluster.status()
         follower = "kv-3"
         # Only keys of shards where kv-3 is a follower: their writes must not even pause.
         keys = [
@@ -181,12 +176,12 @@ async def test_paused_primary__cannot_write_after_failover(
         key = Key("test", b"stale", b"k")
         await kv.put(key, b"before")
         shard = kv.shard_of(key)
-        old = (await _status(cluster)).shards[shard]
+        old = (await cluster.status()).shards[shard]
         cluster.signal(old.primary, signal.SIGSTOP)
         tally.pauses += 1
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            now = (await _status(cluster)).shards[shard]
+            now = (await cluster.status()).shards[shard]
             if now.primary and now.primary != old.primary:
                 break
             await asyncio.sleep(0.2)
@@ -222,7 +217,7 @@ async def test_far_behind_follower__catches_up_from_a_snapshot(tmp_path: Path) -
     try:
         await cluster.start()
         async with KVClient(cluster.manager_addr) as kv:
-            status = await _status(cluster)
+            status = await cluster.status()
             shard = 0
             primary = status.shards[shard].primary
             victim = next(r for r in status.shards[shard].replicas if r != primary)

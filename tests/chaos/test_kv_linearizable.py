@@ -19,15 +19,12 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from mt_chaos.history import History
 from mt_chaos.linearizability import check
 from mt_chaos.proxy import LinkProxy
 from mt_cli.kvcluster import KVCluster
 from mt_kv_client import Consistency, Key, KVClient
-from mt_proto import kv_pb2 as pb
-from mt_proto import kv_pb2_grpc
 
 from tests.chaos.conftest import FULL, Tally
 
@@ -40,14 +37,24 @@ CLIENTS = 6
 
 
 @pytest.fixture
-async def links(tmp_path: Path) -> AsyncIterator[dict[tuple[str, str], LinkProxy]]:
-    """A proxy per replication link (a reaching b), for a cluster not yet started."""
-    probe = KVCluster(tmp_path)
+def unstarted(tmp_path: Path) -> KVCluster:
+    return KVCluster(tmp_path)  # its ports are chosen; nothing runs yet
+
+
+@pytest.fixture
+async def links(unstarted: KVCluster) -> AsyncIterator[dict[tuple[str, str], LinkProxy]]:
+    """A proxy per replication link (a reaching b); each replica is told to reach its peers
+    through them."""
+    ports = unstarted.ports
     proxies = {
-        (a, b): await LinkProxy("127.0.0.1", probe.ports[b]).start()
-        for a in probe.ports
-        for b in probe.ports
+        (a, b): await LinkProxy("127.0.0.1", ports[b]).start()
+        for a in ports
+        for b in ports
         if a != b
+    }
+    unstarted.peer_addrs = {
+        a: ",".join(f"{b}=127.0.0.1:{p.port}" for (src, b), p in proxies.items() if src == a)
+        for a in ports
     }
     try:
         yield proxies
@@ -58,24 +65,13 @@ async def links(tmp_path: Path) -> AsyncIterator[dict[tuple[str, str], LinkProxy
 
 @pytest.fixture
 async def cluster(
-    tmp_path: Path, links: dict[tuple[str, str], LinkProxy]
+    unstarted: KVCluster, links: dict[tuple[str, str], LinkProxy]
 ) -> AsyncIterator[KVCluster]:
-    ports = {b: proxy.target[1] for (_, b), proxy in links.items()}
-    kv = KVCluster(tmp_path, ports=dict(ports))
-    kv.peer_addrs = {
-        a: ",".join(f"{b}=127.0.0.1:{p.port}" for (src, b), p in links.items() if src == a)
-        for a in kv.ports
-    }
     try:
-        await kv.start()
-        yield kv
+        await unstarted.start()
+        yield unstarted
     finally:
-        kv.stop()
-
-
-async def _status(cluster: KVCluster) -> pb.StatusResponse:
-    async with grpc.aio.insecure_channel(cluster.manager_addr) as chan:
-        return await kv_pb2_grpc.ShardManagerStub(chan).Status(pb.StatusRequest(), timeout=2)
+        unstarted.stop()
 
 
 async def _client(kv: KVClient, history: History, n: int, stop: asyncio.Event) -> None:
@@ -113,7 +109,7 @@ async def _faults(
     shards = {kv.shard_of(k) for k in [*REGISTERS, COUNTER]}
     for n in range(FAULTS):
         await asyncio.sleep(rng.uniform(1.0, 2.0))
-        status = await _status(cluster)
+        status = await cluster.status()
         primaries = [s.primary for s in status.shards if s.id in shards and s.primary]
         if not primaries:
             continue
@@ -165,7 +161,7 @@ async def test_kv_under_kills_pauses_and_partitions__is_linearizable_and_loses_n
                 key.partition.decode(), "get", None, functools.partial(_get, kv, key)
             )
         final = await kv.get(COUNTER, Consistency.STRONG)
-        status = await _status(cluster)
+        status = await cluster.status()
     assert final is not None
     counted = int(final.value)
     totals = [op.output for op in history.acknowledged("incr")]

@@ -11,12 +11,10 @@ import time
 from typing import Any
 
 import pytest
-from mt_legacy import LegacyGraph
 
 from tests.api import Api, eventually
 from tests.conftest import minithreads
-
-GRAPH = LegacyGraph()  # the same seed and size as the stack's services (their defaults)
+from tests.legacy import GRAPH, small_followers_of
 
 
 async def test_fanout__a_post_reaches_an_active_followers_feed(api: Api) -> None:
@@ -73,17 +71,6 @@ async def test_import__pending_followee_joining_later_is_followed(api: Api) -> N
     assert followees  # the importer had a legacy following to copy
 
 
-def _importers_of(celebrity: int, wanted: int) -> list[str]:
-    """Legacy accounts with a small following that includes ``celebrity`` (cheap imports)."""
-    found = []
-    for n in random.sample(range(1, GRAPH.size + 1), GRAPH.size):
-        if GRAPH.out_degree(n) <= 40 and celebrity in GRAPH.following(str(n)):
-            found.append(str(n))
-            if len(found) == wanted:
-                break
-    return found
-
-
 async def _on_app(api: Api, follower: str, legacy_id: str) -> bool:
     listing = await api.all_pages(f"/v1/legacy/accounts/{follower}/following", limit=100)
     return any(f["on_app"] for f in listing if f["legacy_id"] == legacy_id)
@@ -93,7 +80,7 @@ async def _on_app(api: Api, follower: str, legacy_id: str) -> bool:
 async def test_celebrity_join__applies_thousands_of_pending_follows_exactly(api: Api) -> None:
     wanted = int(os.environ.get("MT_E2E_CELEBRITY_FANS", "1000"))
     for celebrity in range(1, 7):  # the most followed legacy accounts, not yet on the app
-        importers = _importers_of(celebrity, wanted * 3)
+        importers = small_followers_of(celebrity, wanted * 3)
         if not await _on_app(api, importers[0], str(celebrity)):
             break
     else:
@@ -102,13 +89,7 @@ async def test_celebrity_join__applies_thousands_of_pending_follows_exactly(api:
 
     async def importer(legacy_id: str) -> tuple[dict[str, Any], str] | None:
         async with gate:
-            made = await api.signup_legacy(legacy_id)
-            if made is None:
-                return None
-            started = await api.call("POST", "/v1/me/imports", {}, token=made[1])
-            assert started.status == 202, started.body
-            await api.wait_import(made[1], started.body["id"])
-            return made
+            return await api.join_and_import(legacy_id)
 
     started = time.monotonic()
     fans: list[tuple[dict[str, Any], str]] = []

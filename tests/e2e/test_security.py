@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mt_legacy import LegacyGraph
 
 from tests.api import PASSWORD, Api
+from tests.legacy import GRAPH
 
 pytestmark = pytest.mark.e2e
-GRAPH = LegacyGraph()
 
 
 async def _state(api: Api, handle: str, token: str, post_id: str) -> dict[str, Any]:

@@ -193,8 +193,7 @@ async def test_bad_input__gets_clear_errors_not_crashes(kv: KVClient, cluster: K
 async def test_status__shows_every_shard_with_a_primary_and_live_replicas(
     cluster: KVCluster,
 ) -> None:
-    async with grpc.aio.insecure_channel(cluster.manager_addr) as chan:
-        status = await kv_pb2_grpc.ShardManagerStub(chan).Status(pb.StatusRequest())
+    status = await cluster.status()
     assert len(status.shards) == 16
     assert all(s.primary and s.epoch >= 1 and len(s.replicas) == 3 for s in status.shards)
     assert {r.id for r in status.replicas if r.alive} == {"kv-1", "kv-2", "kv-3"}

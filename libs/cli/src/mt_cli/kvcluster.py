@@ -14,7 +14,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
+
 from mt_cli.probes import probe
+
+
+async def manager_status(addr: str, timeout_s: float = 3.0) -> pb.StatusResponse:
+    """The shard manager's view: shards, replicas, recent failovers."""
+    async with grpc.aio.insecure_channel(addr) as chan:
+        stub = kv_pb2_grpc.ShardManagerStub(chan)
+        return await stub.Status(pb.StatusRequest(), timeout=timeout_s)
 
 
 def free_port() -> int:
@@ -94,6 +105,9 @@ class KVCluster:
                 return
             await asyncio.sleep(0.2)
         raise TimeoutError(f"KV cluster not healthy in {timeout_s}s:\n{self.log('kv')[-2000:]}")
+
+    async def status(self) -> pb.StatusResponse:
+        return await manager_status(self.manager_addr)
 
     async def replica_up(self, name: str) -> bool:
         return await probe("grpc", self.ports[name])

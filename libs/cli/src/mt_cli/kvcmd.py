@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 from mt_core.errors import MinithreadsError
 from mt_kv_client import Consistency, Durability, Key, KVClient
-from mt_proto import kv_pb2 as pb
-from mt_proto import kv_pb2_grpc
+
+from mt_cli.kvcluster import manager_status
 
 CONSISTENCY = {"strong": Consistency.STRONG, "stale": Consistency.STALE, "ryw": Consistency.RYW}
 
@@ -86,8 +86,7 @@ async def _get(args: argparse.Namespace) -> int:
 
 
 async def status_json(addr: str) -> dict[str, object]:
-    async with grpc.aio.insecure_channel(addr) as chan:
-        reply = await kv_pb2_grpc.ShardManagerStub(chan).Status(pb.StatusRequest(), timeout=3)
+    reply = await manager_status(addr)
     return {
         "shards": [
             {"id": s.id, "epoch": s.epoch, "primary": s.primary, "replicas": list(s.replicas)}

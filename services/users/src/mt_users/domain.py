@@ -109,15 +109,18 @@ def _to_pb(record: dict[str, Any]) -> pb.User:
 
 class Users:
     def __init__(
-        self, settings: Settings, kv: KVClient, legacy: LegacyGraph, outbox: Outbox
+        self,
+        settings: Settings,
+        kv: KVClient,
+        legacy: LegacyGraph,
+        outbox: Outbox,
+        hasher: passwords.Hasher,
     ) -> None:
         self.settings = settings
         self.kv = kv
         self.legacy = legacy
         self.outbox = outbox
-        self.hasher = passwords.Hasher(
-            settings.scrypt_log2_n, settings.hash_workers, settings.hash_reserve_ms / 1000
-        )
+        self.hasher = hasher
 
     # ------------------------------------------------------------------ accounts
 

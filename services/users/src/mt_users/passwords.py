@@ -69,6 +69,12 @@ class Hasher:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def __enter__(self) -> Hasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     async def _derive(self, password: str, salt: bytes, log2n: int, r: int, p: int) -> bytes:
         left_s = deadline.remaining_s()
         if left_s is not None:

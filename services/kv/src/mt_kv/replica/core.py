@@ -236,7 +236,6 @@ class Replica:
         self.lease_s = lease_ms / 1000
         for info in infos:
             self.addrs.update(info.addrs)
-            self.addrs.update(self._peer_overrides)
             shard = self.shard(info.id)
             shard.replicas = tuple(info.replicas)
             if info.epoch < shard.epoch:
@@ -254,6 +253,7 @@ class Replica:
             elif shard.primary != info.primary:
                 shard.primary, shard.role = info.primary, Role.FOLLOWER
                 self._meta(shard)
+        self.addrs.update(self._peer_overrides)  # how we reach peers, where that differs
 
     def _promote(self, shard: Shard, epoch: int) -> None:
         with TRACER.start_as_current_span("kv.promote") as span:  # a failover: rare, worth a trace
