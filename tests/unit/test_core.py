@@ -91,3 +91,22 @@ def test_inject_headers__carries_the_current_trace_without_duplicating() -> None
     assert trace_id in dict(headers)["traceparent"].decode()
     assert [k for k, _ in again].count("traceparent") == 1
     assert inject_headers() == []  # no current span: nothing to carry
+
+
+def test_sampler__infrastructure_records_only_callers_traces_and_named_roots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mt_core.telemetry import sampler
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    assert sampler(True, "") is None  # a service: the SDK's default (every trace)
+    tracer = TracerProvider(sampler=sampler(False, "kv.promote")).get_tracer("t")
+    assert not tracer.start_span("kv.write").is_recording()  # no caller: no trace
+    assert tracer.start_span("kv.promote").is_recording()  # a named root: traced
+    caller = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    inside = trace.set_span_in_context(NonRecordingSpan(caller))
+    assert tracer.start_span("kv.write", context=inside).is_recording()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    assert sampler(False, "kv.promote") is None  # the standard variable wins

@@ -43,6 +43,12 @@ class ServiceSettings(BaseSettings):
     # Tracing: the exporter and its endpoint follow OTEL_TRACES_EXPORTER and
     # OTEL_EXPORTER_ZIPKIN_ENDPOINT; this switch exists so tests can turn export off.
     tracing_enabled: bool = True
+    # Whether this process starts traces of its own (requests that arrive without a sampled
+    # trace context). Infrastructure that serves other services (the KV) only records spans
+    # inside its callers' traces, plus the root span names listed here; OTEL_TRACES_SAMPLER,
+    # when set, overrides both.
+    trace_roots: bool = True
+    trace_root_names: str = ""  # comma list, used when trace_roots is off
 
     def service_addrs(self) -> dict[str, str]:
         """The gRPC address of each product service and the KV, by service name."""

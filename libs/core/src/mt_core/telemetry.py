@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -21,6 +22,12 @@ from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
 )
 
 log = logging.getLogger(__name__)
@@ -84,14 +91,43 @@ def instrument_libraries() -> None:
     _instrumented = True
 
 
+class NamedRoots(Sampler):
+    """Samples a root span only if its name is one of ``names`` (the rare events of a process
+    that otherwise only records spans inside its callers' traces)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self._names = names
+
+    def should_sample(
+        self, parent_context: Any, trace_id: int, name: str, *args: Any, **kwargs: Any
+    ) -> SamplingResult:
+        decision = Decision.RECORD_AND_SAMPLE if name in self._names else Decision.DROP
+        return SamplingResult(decision)
+
+    def get_description(self) -> str:
+        return f"NamedRoots{{{','.join(sorted(self._names))}}}"
+
+
+def sampler(trace_roots: bool, root_names: str) -> Sampler | None:
+    """The sampler for a process: None (the SDK's, from OTEL_TRACES_SAMPLER, by default every
+    trace) when it starts traces of its own or the variable is set; otherwise only spans whose
+    parent is sampled, and the named root spans."""
+    if trace_roots or os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    names = frozenset(n.strip() for n in root_names.split(",") if n.strip())
+    return ParentBased(root=NamedRoots(names))
+
+
 @contextmanager
-def telemetry(service_name: str, enabled: bool = True) -> Iterator[TracerProvider]:
+def telemetry(
+    service_name: str, enabled: bool = True, sampling: Sampler | None = None
+) -> Iterator[TracerProvider]:
     """Install the global tracer provider for this process; flush and shut it down on exit."""
     resource = Resource.create({SERVICE_NAME: service_name})
     if os.environ.get("OTEL_SERVICE_NAME"):
         # We own service.name: it is the folder name, whatever the environment says.
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, sampler=sampling)
     exporter = make_exporter(os.environ.get("OTEL_TRACES_EXPORTER", "zipkin")) if enabled else None
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mt_core.rpc.client import untraced_channel
 from mt_kv_client.routing import MAX_BATCH, Key, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
@@ -180,7 +181,9 @@ class Replica:
     def _stub(self, replica_id: str) -> kv_pb2_grpc.ReplicationAsyncStub:
         addr = self.addrs[replica_id]
         if addr not in self._channels:
-            self._channels[addr] = grpc.aio.insecure_channel(
+            # Our own spans cover replication (kv.replicate / kv.append, in the traces of the
+            # writes carried): no tracing interceptor on this per-round stream.
+            self._channels[addr] = untraced_channel(
                 addr,
                 options=[
                     ("grpc.max_receive_message_length", 64 << 20),

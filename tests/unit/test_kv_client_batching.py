@@ -1,0 +1,90 @@
+"""The KV client's coalescer: calls of one loop turn share an RPC; a cap on RPCs in flight
+holds later calls back to share the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from mt_kv_client.client import _Coalescer
+
+
+class Sender:
+    """A fake RPC: records each batch and blocks until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.release: list[asyncio.Future[None]] = []
+
+    async def send(self, group: Any, payloads: list[Any]) -> list[Any]:
+        self.batches.append(payloads)
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.release.append(gate)
+        await gate
+        return [(group, p) for p in payloads]
+
+
+async def _turns(n: int = 3) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_coalescer__calls_of_one_turn_share_an_rpc() -> None:
+    sender = Sender()
+    batcher = _Coalescer(sender.send)
+    futures = [batcher.submit("a", i) for i in range(5)] + [batcher.submit("b", 9)]
+    await _turns()
+    assert sorted(map(len, sender.batches)) == [1, 5]
+    for gate in sender.release:
+        gate.set_result(None)
+    assert await asyncio.gather(*futures) == [("a", i) for i in range(5)] + [("b", 9)]
+
+
+async def test_coalescer__without_a_cap_each_turn_sends_at_once() -> None:
+    sender = Sender()
+    batcher = _Coalescer(sender.send)
+    for i in range(4):
+        batcher.submit("a", i)
+        await _turns()
+    assert sender.batches == [[0], [1], [2], [3]]
+    for gate in sender.release:
+        gate.set_result(None)
+
+
+async def test_coalescer__cap_holds_later_calls_for_one_shared_rpc() -> None:
+    sender = Sender()
+    batcher = _Coalescer(sender.send, max_in_flight=2)
+    futures = []
+    for i in range(5):
+        futures.append(batcher.submit("a", i))
+        await _turns()
+    assert sender.batches == [[0], [1]]  # two out; 2, 3 and 4 wait
+    other = batcher.submit("b", 7)  # another group is not held up
+    await _turns()
+    assert sender.batches[-1] == [7]
+    sender.release[0].set_result(None)
+    await _turns()
+    assert sender.batches[-1] == [2, 3, 4]  # the held calls go together
+    for gate in sender.release[1:]:
+        if not gate.done():
+            gate.set_result(None)
+    assert await asyncio.gather(*futures, other) == [("a", i) for i in range(5)] + [("b", 7)]
+
+
+async def test_coalescer__a_failed_rpc_frees_its_slot_and_fails_only_its_calls() -> None:
+    calls: list[list[Any]] = []
+
+    async def send(group: Any, payloads: list[Any]) -> list[Any]:
+        calls.append(payloads)
+        if payloads == [0]:
+            raise ConnectionError("down")
+        return payloads
+
+    batcher = _Coalescer(send, max_in_flight=1)
+    first = batcher.submit("a", 0)
+    await asyncio.sleep(0)
+    later = [batcher.submit("a", i) for i in (1, 2)]
+    results = await asyncio.gather(first, *later, return_exceptions=True)
+    assert isinstance(results[0], ConnectionError)
+    assert results[1:] == [1, 2]
+    assert calls == [[0], [1, 2]]
