@@ -110,3 +110,21 @@ def test_sampler__infrastructure_records_only_callers_traces_and_named_roots(
     assert tracer.start_span("kv.write", context=inside).is_recording()
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
     assert sampler(False, "kv.promote") is None  # the standard variable wins
+
+
+def test_grpc_filters__skip_probes_heartbeats_replication_and_untraced_calls() -> None:
+    from types import SimpleNamespace
+
+    from mt_core.telemetry import _client_filter, _server_filter
+
+    def call(method: str, *metadata: tuple[str, str]) -> SimpleNamespace:
+        return SimpleNamespace(method=method, invocation_metadata=metadata)
+
+    assert _client_filter(call("/mt.kv.KV/BatchWrite"))
+    assert not _client_filter(call("/grpc.health.v1.Health/Check"))
+    assert not _client_filter(SimpleNamespace(method=b"/mt.kv.ShardManager/Heartbeat"))
+    service, infra = _server_filter(True), _server_filter(False)
+    assert service(call("/mt.users.Users/Signup"))
+    assert not service(call("/mt.kv.Replication/AppendStream", ("traceparent", "00-...")))
+    assert not infra(call("/mt.kv.KV/BatchWrite"))  # no caller's trace: no span machinery
+    assert infra(call("/mt.kv.KV/BatchWrite", ("traceparent", "00-...")))

@@ -95,3 +95,53 @@ def test_data__expired_keys_are_invisible_and_listed_for_deletion() -> None:
     assert data.get(("t", b"p", b"otp"), 1_000) is None
     assert [k for k, _ in data.expired(1_000, 10)] == [("t", b"p", b"otp")]
     assert data.expired(1_000, 10) == []
+
+
+def _delete(keyspace: str, partition: bytes, key: bytes) -> pb.Item:
+    return pb.Item(key=pb.Key(keyspace=keyspace, partition=partition, key=key), found=False)
+
+
+def test_data__scans_page_like_a_sorted_model_through_writes_and_deletes() -> None:
+    """Random puts and deletes in a few partitions, scans (both ways, by pages, with
+    prefixes) before and after each batch: the pages match a plain sorted list."""
+    import random
+
+    rng = random.Random(7)
+    data = ShardData()
+    model: dict[tuple[bytes, bytes], bytes] = {}
+    alphabet = [b"a", b"ab", b"b", b"\xff", b"\xff\xff", b"\x00", b"ba"]
+
+    def expected(partition: bytes, prefix: bytes, reverse: bool) -> list[bytes]:
+        keys = sorted(k for p, k in model if p == partition and k.startswith(prefix))
+        return keys[::-1] if reverse else keys
+
+    def paged(partition: bytes, prefix: bytes, reverse: bool, size: int) -> list[bytes]:
+        out: list[bytes] = []
+        after: bytes | None = None
+        while True:
+            page, more = data.scan("t", partition, prefix, after, size, reverse, 0)
+            out += [k[2] for k, _ in page]
+            if not more:
+                return out
+            after = page[-1][0][2]
+
+    for step in range(60):
+        effects = []
+        for _ in range(rng.randint(1, 8)):
+            partition = rng.choice([b"p", b"p\x00", b"q"])
+            key = b"".join(rng.choices(alphabet, k=rng.randint(1, 3)))
+            if rng.random() < 0.3:
+                effects.append(_delete("t", partition, key))
+                model.pop((partition, key), None)
+            else:
+                effects.append(_put("t", partition, key, b"v", step))
+                model[(partition, key)] = b"v"
+        data.apply(effects)
+        for partition in (b"p", b"q", b"p\x00", b"r"):
+            for prefix in (b"", b"a", b"\xff", b"b"):
+                for reverse in (False, True):
+                    size = rng.randint(1, 4)
+                    assert paged(partition, prefix, reverse, size) == expected(
+                        partition, prefix, reverse
+                    ), (step, partition, prefix, reverse, size)
+    assert len(data) == len(model)

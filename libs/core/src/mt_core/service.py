@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from mt_core import metrics
 from mt_core.logging import setup_logging
 from mt_core.settings import ServiceSettings
-from mt_core.telemetry import sampler, telemetry
+from mt_core.telemetry import telemetry
 
 S = TypeVar("S", bound=ServiceSettings)
 AppFactory = Callable[[S], AbstractAsyncContextManager[Any]]
@@ -54,6 +54,10 @@ def main(settings_cls: type[S], app: AppFactory[S]) -> None:
     """Entry point of every service's ``__main__``."""
     settings = settings_cls()
     setup_logging(settings.service_name, settings.log_level, settings.log_json)
-    sampling = sampler(settings.trace_roots, settings.trace_root_names)
-    with telemetry(settings.service_name, settings.tracing_enabled, sampling):
+    with telemetry(
+        settings.service_name,
+        settings.tracing_enabled,
+        settings.trace_roots,
+        settings.trace_root_names,
+    ):
         asyncio.run(run(settings, app))

@@ -8,10 +8,11 @@ The exporter follows the standard variables: ``OTEL_TRACES_EXPORTER`` (``zipkin`
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,7 +54,39 @@ def make_exporter(kind: str) -> SpanExporter | None:
     raise ValueError(f"unknown OTEL_TRACES_EXPORTER {kind!r} (zipkin, otlp, console or none)")
 
 
-def instrument_libraries() -> None:
+# Health probes, KV heartbeats and replication rounds run many times a second; tracing them
+# would bury the real traffic (replication makes its own spans, in the traces of the writes).
+_UNTRACED_SERVICES = frozenset({"grpc.health.v1.Health"})
+_UNTRACED_METHODS = frozenset({"Heartbeat", "AppendStream"})
+
+
+@functools.cache
+def _traced_method(method: str | bytes) -> bool:
+    """Whether calls of ``method`` ("/package.Service/Method") get spans; decided once per
+    method (the instrumentation's composed filters re-parsed the name on every call)."""
+    name = method.decode() if isinstance(method, bytes) else method
+    service, _, rpc = name.lstrip("/").rpartition("/")
+    return service not in _UNTRACED_SERVICES and rpc not in _UNTRACED_METHODS
+
+
+def _client_filter(details: Any) -> bool:
+    return _traced_method(details.method)
+
+
+def _server_filter(trace_roots: bool) -> Callable[[Any], bool]:
+    """Which inbound calls the server instrumentation wraps in a span. A process that starts
+    no traces of its own only wraps calls that arrive inside a trace (with a traceparent),
+    and skips the span machinery entirely for the rest."""
+
+    def traced(details: Any) -> bool:
+        if not _traced_method(details.method):
+            return False
+        return trace_roots or any(k == "traceparent" for k, _ in details.invocation_metadata or ())
+
+    return traced
+
+
+def instrument_libraries(trace_roots: bool = True) -> None:
     """Turn on the instrumentations of the libraries we use; once per process."""
     global _instrumented
     if _instrumented:
@@ -64,22 +97,13 @@ def instrument_libraries() -> None:
     from opentelemetry.instrumentation.grpc import (
         GrpcAioInstrumentorClient,
         GrpcAioInstrumentorServer,
-        filters,
     )
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    # Health probes, KV heartbeats and idle replication rounds run many times a second;
-    # tracing them would bury the real traffic, so they are filtered out.
-    no_health = filters.negate(
-        filters.any_of(
-            filters.health_check(),
-            filters.method_name("Heartbeat"),
-            filters.method_name("AppendStream"),
-        )
-    )
-    GrpcAioInstrumentorServer(filter_=no_health).instrument()  # type: ignore[no-untyped-call]
-    GrpcAioInstrumentorClient(filter_=no_health).instrument()  # type: ignore[no-untyped-call]
+    server = GrpcAioInstrumentorServer(filter_=_server_filter(trace_roots))  # type: ignore[no-untyped-call]
+    server.instrument()
+    GrpcAioInstrumentorClient(filter_=_client_filter).instrument()  # type: ignore[no-untyped-call]
     with warnings.catch_warnings():
         # The instrumentation subclasses web.Application, which aiohttp frowns upon; harmless.
         warnings.filterwarnings("ignore", "Inheritance class", DeprecationWarning)
@@ -120,19 +144,21 @@ def sampler(trace_roots: bool, root_names: str) -> Sampler | None:
 
 @contextmanager
 def telemetry(
-    service_name: str, enabled: bool = True, sampling: Sampler | None = None
+    service_name: str, enabled: bool = True, trace_roots: bool = True, root_names: str = ""
 ) -> Iterator[TracerProvider]:
-    """Install the global tracer provider for this process; flush and shut it down on exit."""
+    """Install the global tracer provider for this process; flush and shut it down on exit.
+    Without ``trace_roots``, the process records spans only inside its callers' traces and
+    root spans named in ``root_names`` (see :func:`sampler`)."""
     resource = Resource.create({SERVICE_NAME: service_name})
     if os.environ.get("OTEL_SERVICE_NAME"):
         # We own service.name: it is the folder name, whatever the environment says.
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-    provider = TracerProvider(resource=resource, sampler=sampling)
+    provider = TracerProvider(resource=resource, sampler=sampler(trace_roots, root_names))
     exporter = make_exporter(os.environ.get("OTEL_TRACES_EXPORTER", "zipkin")) if enabled else None
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    instrument_libraries()
+    instrument_libraries(trace_roots)
     log.debug("telemetry on", extra={"exporter": type(exporter).__name__})
     try:
         yield provider

@@ -334,7 +334,7 @@ class KVClient:
     async def _routed(self, key: Key, replica_of: Callable[[int], str]) -> tuple[int, str]:
         """The key's shard and the address to send to, waiting out a moment without a primary
         (a failover or a rebalance in progress) within the retry budget."""
-        backoff = _Backoff(self._budget_s)
+        backoff: _Backoff | None = None  # made on the first miss only: this is the hot path
         while True:
             error: Unavailable
             try:
@@ -345,6 +345,7 @@ class KVClient:
                 error = Unavailable(err.message, code="no_primary")
             except Unavailable as err:
                 error = err
+            backoff = backoff or _Backoff(self._budget_s)
             await backoff.pause(error)
             await self._try_refresh()
 
