@@ -46,7 +46,13 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 
 
 class ErrorsAndDeadlines(grpc.aio.ServerInterceptor):
-    """Maps raised errors to statuses and scopes the request's deadline for outbound calls."""
+    """Maps raised errors to statuses and scopes the request's deadline for outbound calls.
+
+    grpc.aio consults interceptors on every call; the wrapped handler of a method is made
+    once and reused while the servicer hands over the same handler (it always does)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
 
     async def intercept_service(
         self,
@@ -56,19 +62,29 @@ class ErrorsAndDeadlines(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, _method_of(handler_call_details)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        method = _method_of(handler_call_details)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _wrap(handler: Any, method: str) -> Any:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 def _method_of(details: grpc.HandlerCallDetails) -> str:
@@ -106,6 +122,7 @@ def _consume(task: asyncio.Task[Any]) -> None:
 
 def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     seconds = RPC_SECONDS.labels(method)  # bound once: the hot path does no label lookup
+    ok = RPC_REQUESTS.labels(method, "OK")
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         token = deadline.set_remaining(context.time_remaining())
@@ -122,7 +139,7 @@ def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[.
         finally:
             deadline.reset(token)
             seconds.observe(time.perf_counter() - started)
-            RPC_REQUESTS.labels(method, code).inc()
+            (ok if code == "OK" else RPC_REQUESTS.labels(method, code)).inc()
 
     return wrapped
 

@@ -323,6 +323,18 @@ class Replica:
         return shard
 
     async def write(self, req: pb.WriteRequest) -> pb.WriteResponse:
+        response, committed = self.begin_write(req)
+        if committed is not None:
+            await committed
+        return response
+
+    def begin_write(
+        self, req: pb.WriteRequest
+    ) -> tuple[pb.WriteResponse, asyncio.Future[None] | None]:
+        """Validate, check and sequence a write now; returns its response and, unless it asked
+        for fast-ack, a future that resolves once it is committed (fails if its outcome became
+        unknown). A batch of writes is sequenced in one go and then awaited, without a task
+        per write."""
         shard = self._primary_shard(req.route)
         if not req.mutations:
             raise InvalidArgument("a write needs at least one mutation", code="empty_write")
@@ -346,13 +358,12 @@ class Replica:
                 }
             )
         version = pb.Version(shard=shard.id, epoch=shard.epoch, seq=seq)
-        if req.durability != pb.FAST_ACK:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            shard.waiters.append(Waiter(seq, future))
-            started = time.perf_counter()
-            await future
-            COMMIT_SECONDS.labels(str(shard.id)).observe(time.perf_counter() - started)
-        return pb.WriteResponse(version=version, results=effects)
+        response = pb.WriteResponse(version=version, results=effects)
+        if req.durability == pb.FAST_ACK:
+            return response, None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shard.waiters.append(Waiter(seq, future, time.perf_counter()))
+        return response, future
 
     def _check(self, shard: Shard, cond: pb.Condition, now: int) -> None:
         self._validate_key(cond.key)
@@ -733,10 +744,17 @@ class Replica:
             shard.traced.pop(entry.seq, None)
         if self._dirty_items:
             self._meta(shard)
-        while shard.waiters and shard.waiters[0].seq <= shard.applied_seq:
-            waiter = shard.waiters.popleft()
-            if not waiter.future.done():
-                waiter.future.set_result(None)
+        if shard.waiters and shard.waiters[0].seq <= shard.applied_seq:
+            now = time.perf_counter()
+            if shard.commit_seconds is None:
+                shard.commit_seconds = COMMIT_SECONDS.labels(str(shard.id))
+            commit_seconds = shard.commit_seconds
+            while shard.waiters and shard.waiters[0].seq <= shard.applied_seq:
+                waiter = shard.waiters.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
+                    if waiter.sequenced_at:
+                        commit_seconds.observe(now - waiter.sequenced_at)
 
     # ------------------------------------------------------------------ follower side
 

@@ -33,20 +33,30 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     async def BatchWrite(
         self, request: pb.BatchWriteRequest, context: Any
     ) -> pb.BatchWriteResponse:
-        results = await asyncio.gather(*(self._write(w) for w in request.writes))
-        return pb.BatchWriteResponse(results=results)
+        # Every write is sequenced first (in order), then their commits are awaited.
+        started: list[tuple[pb.WriteResult, asyncio.Future[None] | None]] = []
+        for write in request.writes:
+            try:
+                response, committed = self.replica.begin_write(write)
+            except MinithreadsError as err:
+                started.append((pb.WriteResult(error=_error(err)), None))
+            else:
+                started.append((pb.WriteResult(ok=response), committed))
+        for result, committed in started:
+            if committed is None:
+                continue
+            try:
+                await committed
+            except MinithreadsError as err:
+                result.Clear()
+                result.error.CopyFrom(_error(err))
+        return pb.BatchWriteResponse(results=[result for result, _ in started])
 
     async def _get(self, request: pb.GetRequest) -> pb.GetResult:
         try:
             return pb.GetResult(ok=await self.replica.get(request))
         except MinithreadsError as err:
             return pb.GetResult(error=_error(err))
-
-    async def _write(self, request: pb.WriteRequest) -> pb.WriteResult:
-        try:
-            return pb.WriteResult(ok=await self.replica.write(request))
-        except MinithreadsError as err:
-            return pb.WriteResult(error=_error(err))
 
 
 class ReplicationServicer(kv_pb2_grpc.ReplicationServicer):

@@ -6,6 +6,7 @@ import asyncio
 import enum
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from mt_proto import kv_pb2 as pb
 from opentelemetry.trace import SpanContext
@@ -23,6 +24,7 @@ class Role(enum.Enum):
 class Waiter:
     seq: int
     future: asyncio.Future[None]
+    sequenced_at: float = 0.0  # perf_counter() when a write was sequenced (0: a read waiting)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Shard:
     traced: dict[int, SpanContext] = field(default_factory=dict)
     local_durable_seq: int = 0
     waiters: deque[Waiter] = field(default_factory=deque)
+    commit_seconds: Any = None  # this shard's child of the commit-latency histogram, once used
     next_seq: dict[str, int] = field(default_factory=dict)
     match_seq: dict[str, int] = field(default_factory=dict)
     acked_at: dict[str, float] = field(default_factory=dict)  # follower -> round start it acked
