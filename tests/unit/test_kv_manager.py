@@ -109,3 +109,20 @@ def test_rebalance__moves_one_primary_to_an_idle_caught_up_replica(tmp_path: Pat
 def test_heartbeat__from_an_unknown_replica_is_refused(tmp_path: Path, unknown: str) -> None:
     with pytest.raises(KeyError):
         manager(tmp_path).heartbeat(pb.HeartbeatRequest(replica_id=unknown))
+
+
+def test_placement__settled_only_when_primaries_are_spread_over_live_replicas() -> None:
+    from mt_cli.launcher import kv_placement_settled
+
+    def status(primaries: list[str], alive: dict[str, bool]) -> pb.StatusResponse:
+        return pb.StatusResponse(
+            shards=[pb.ShardInfo(id=i, primary=p) for i, p in enumerate(primaries)],
+            replicas=[pb.ReplicaInfo(id=r, alive=a) for r, a in alive.items()],
+        )
+
+    all_up = {"kv-1": True, "kv-2": True, "kv-3": True}
+    assert kv_placement_settled(status(["kv-1", "kv-2", "kv-3", "kv-1"], all_up))
+    assert not kv_placement_settled(status(["kv-1", "kv-2", "kv-1", "kv-2"], all_up))  # kv-3: 0
+    assert not kv_placement_settled(status(["kv-1", "", "kv-3"], all_up))  # a shard without one
+    one_down = {"kv-1": True, "kv-2": True, "kv-3": False}
+    assert kv_placement_settled(status(["kv-1", "kv-2", "kv-1", "kv-2"], one_down))

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from mt_cli.manifest import Manifest, Process
 from mt_cli.probes import port_open, probe
@@ -148,7 +149,47 @@ async def up(manifest: Manifest, names: list[str] | None, say: Say) -> dict[str,
             write_state(manifest, state)
             pending.append((proc, state[proc.name]))
         await asyncio.gather(*(_await_healthy(p, r, say) for p, r in pending))
+        manager = next((p for p in manifest.processes.values() if p.role == "kv-manager"), None)
+        if manager is not None and any(p.role == "kv-replica" for p, _ in pending):
+            await _await_kv_settled(f"127.0.0.1:{manager.port}", say)
     return state
+
+
+KV_SETTLE_TIMEOUT_S = 30.0
+
+
+def kv_placement_settled(status: Any) -> bool:
+    """Every shard has a primary and primaries are spread over the live replicas (no two
+    differ by two or more shards), so the manager has no rebalancing move left to make."""
+    alive = {r.id for r in status.replicas if r.alive}
+    if not alive or any(not s.primary for s in status.shards):
+        return False
+    counts = dict.fromkeys(alive, 0)
+    for shard in status.shards:
+        counts[shard.primary] = counts.get(shard.primary, 0) + 1
+    return max(counts.values()) - min(counts.values()) < 2
+
+
+async def _await_kv_settled(manager_addr: str, say: Say) -> None:
+    """Wait (bounded) until the KV's primaries are placed for good. A replica that reported
+    late leaves its share of primaries on the others, and each rebalancing move fences its
+    shard: writes in flight then answer 503 (outcome unknown) — right after start-up, that
+    was the first requests of whoever used the stack."""
+    from mt_cli.kvcluster import manager_status  # grpc: imported only when a KV is started
+
+    started = time.monotonic()
+    told = False
+    while time.monotonic() - started < KV_SETTLE_TIMEOUT_S:
+        with contextlib.suppress(Exception):  # not answering yet counts as not settled
+            if kv_placement_settled(await manager_status(manager_addr)):
+                if told:
+                    say(f"  kv        primaries placed in {time.monotonic() - started:4.1f}s")
+                return
+        if not told:
+            say("  kv        waiting for the shard manager to place primaries (Ctrl-C stops)...")
+            told = True
+        await asyncio.sleep(0.5)
+    say(f"  kv        primaries still moving after {KV_SETTLE_TIMEOUT_S:.0f}s; going on")
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
