@@ -111,18 +111,19 @@ def test_heartbeat__from_an_unknown_replica_is_refused(tmp_path: Path, unknown: 
         manager(tmp_path).heartbeat(pb.HeartbeatRequest(replica_id=unknown))
 
 
-def test_placement__settled_only_when_primaries_are_spread_over_live_replicas() -> None:
-    from mt_cli.launcher import kv_placement_settled
+def test_placement__settled_only_when_primaries_are_spread_over_live_replicas(
+    tmp_path: Path,
+) -> None:
+    def status(primaries: list[str], up: tuple[str, ...] = tuple(REPLICAS)) -> pb.StatusResponse:
+        m = manager(tmp_path, shards=len(primaries))
+        for shard, primary in zip(m.shards, primaries, strict=True):
+            shard.epoch, shard.primary = 2, primary
+        for rid in up:
+            m.replicas[rid].last_seen = time.monotonic()  # heard from just now
+        return m.status()
 
-    def status(primaries: list[str], alive: dict[str, bool]) -> pb.StatusResponse:
-        return pb.StatusResponse(
-            shards=[pb.ShardInfo(id=i, primary=p) for i, p in enumerate(primaries)],
-            replicas=[pb.ReplicaInfo(id=r, alive=a) for r, a in alive.items()],
-        )
-
-    all_up = {"kv-1": True, "kv-2": True, "kv-3": True}
-    assert kv_placement_settled(status(["kv-1", "kv-2", "kv-3", "kv-1"], all_up))
-    assert not kv_placement_settled(status(["kv-1", "kv-2", "kv-1", "kv-2"], all_up))  # kv-3: 0
-    assert not kv_placement_settled(status(["kv-1", "", "kv-3"], all_up))  # a shard without one
-    one_down = {"kv-1": True, "kv-2": True, "kv-3": False}
-    assert kv_placement_settled(status(["kv-1", "kv-2", "kv-1", "kv-2"], one_down))
+    assert status(["kv-1", "kv-2", "kv-3", "kv-1"]).placement_settled
+    assert not status(["kv-1", "kv-2", "kv-1", "kv-2"]).placement_settled  # kv-3 leads none
+    assert not status(["kv-1", "", "kv-3"]).placement_settled  # a shard without a primary
+    # kv-3 is down: the others sharing its primaries evenly is as settled as it gets
+    assert status(["kv-1", "kv-2", "kv-1", "kv-2"], up=("kv-1", "kv-2")).placement_settled

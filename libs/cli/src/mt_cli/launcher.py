@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from mt_cli.manifest import Manifest, Process
 from mt_cli.probes import port_open, probe
@@ -158,18 +157,6 @@ async def up(manifest: Manifest, names: list[str] | None, say: Say) -> dict[str,
 KV_SETTLE_TIMEOUT_S = 30.0
 
 
-def kv_placement_settled(status: Any) -> bool:
-    """Every shard has a primary and primaries are spread over the live replicas (no two
-    differ by two or more shards), so the manager has no rebalancing move left to make."""
-    alive = {r.id for r in status.replicas if r.alive}
-    if not alive or any(not s.primary for s in status.shards):
-        return False
-    counts = dict.fromkeys(alive, 0)
-    for shard in status.shards:
-        counts[shard.primary] = counts.get(shard.primary, 0) + 1
-    return max(counts.values()) - min(counts.values()) < 2
-
-
 async def _await_kv_settled(manager_addr: str, say: Say) -> None:
     """Wait (bounded) until the KV's primaries are placed for good. A replica that reported
     late leaves its share of primaries on the others, and each rebalancing move fences its
@@ -181,7 +168,7 @@ async def _await_kv_settled(manager_addr: str, say: Say) -> None:
     told = False
     while time.monotonic() - started < KV_SETTLE_TIMEOUT_S:
         with contextlib.suppress(Exception):  # not answering yet counts as not settled
-            if kv_placement_settled(await manager_status(manager_addr)):
+            if (await manager_status(manager_addr)).placement_settled:
                 if told:
                     say(f"  kv        primaries placed in {time.monotonic() - started:4.1f}s")
                 return

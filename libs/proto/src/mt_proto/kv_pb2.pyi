@@ -1232,6 +1232,11 @@ class StatusResponse(_message.Message):
     SHARDS_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     FAILOVERS_FIELD_NUMBER: _builtins.int
+    PLACEMENT_SETTLED_FIELD_NUMBER: _builtins.int
+    placement_settled: _builtins.bool
+    """Every shard has a live primary and the manager wants no rebalancing move: primaries stay
+    put until something fails (a move fences its shard; writes in flight get unknown outcomes).
+    """
     @_builtins.property
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardInfo]: ...
     @_builtins.property
@@ -1246,10 +1251,11 @@ class StatusResponse(_message.Message):
         shards: _abc.Iterable[Global___ShardInfo] | None = ...,
         replicas: _abc.Iterable[Global___ReplicaInfo] | None = ...,
         failovers: _abc.Iterable[Global___Failover] | None = ...,
+        placement_settled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "placement_settled", b"placement_settled", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -160,18 +160,12 @@ class ShardManager:
         late start), when all is quiet and the target's log has caught up. The move is a
         fence + election like a failover, with the target winning the tie; the shard's
         writes wait out one lease."""
-        if now - self._last_change < REBALANCE_QUIET_S or any(not s.primary for s in self.shards):
+        if now - self._last_change < REBALANCE_QUIET_S:
             return False
-        alive = [rid for rid in self.order if self.alive(rid, now)]
-        if len(alive) < 2:
+        uneven = self._uneven(now)
+        if uneven is None:
             return False
-        counts = {rid: 0 for rid in alive}
-        for shard in self.shards:
-            counts[shard.primary] = counts.get(shard.primary, 0) + 1
-        target = min(alive, key=lambda rid: counts[rid])
-        source = max(counts, key=lambda rid: counts[rid])
-        if counts[source] - counts[target] < 2:
-            return False
+        source, target = uneven
         for shard in self.shards:
             if shard.primary != source or target not in shard.replicas:
                 continue
@@ -188,6 +182,26 @@ class ShardManager:
                 shard.planned, shard.primary = target, ""
                 return True
         return False
+
+    def _uneven(self, now: float) -> tuple[str, str] | None:
+        """(busiest, idlest) replica when every shard has a primary and their primary counts
+        differ by two or more among the live replicas: a rebalancing move is wanted."""
+        if any(not s.primary for s in self.shards):
+            return None
+        alive = [rid for rid in self.order if self.alive(rid, now)]
+        if len(alive) < 2:
+            return None
+        counts = {rid: 0 for rid in alive}
+        for shard in self.shards:
+            counts[shard.primary] = counts.get(shard.primary, 0) + 1
+        target = min(alive, key=lambda rid: counts[rid])
+        source = max(counts, key=lambda rid: counts[rid])
+        return (source, target) if counts[source] - counts[target] >= 2 else None
+
+    def placement_settled(self) -> bool:
+        """Every shard has a live primary and no rebalancing move is wanted: primaries stay
+        where they are until something fails."""
+        return self.healthy() and self._uneven(time.monotonic()) is None
 
     def _primary_lost(self, shard: ShardAssignment, now: float) -> bool:
         if not self.alive(shard.primary, now):
@@ -312,5 +326,8 @@ class ShardManager:
             for f in self.failovers
         ]
         return pb.StatusResponse(
-            shards=self.shard_infos(), replicas=self.replica_infos(), failovers=failovers
+            shards=self.shard_infos(),
+            replicas=self.replica_infos(),
+            failovers=failovers,
+            placement_settled=self.placement_settled(),
         )
