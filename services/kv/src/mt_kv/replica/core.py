@@ -3,8 +3,10 @@
 Write path (primary): validate, check conditions against committed data overlaid with the
 writes already sequenced, assign the next seq, log the *effects* (an increment is logged as its
 result), then wait. A round — one per tick of the flusher — makes every new entry durable
-locally (one transaction) while sending it to each follower (one Append message per follower
-for all shards, on a long-lived stream). An entry commits when a majority holds it and an
+locally (one transaction) and sends an Append (one message for all shards, on a long-lived
+stream) to each follower that has none outstanding; the round ends with its transaction and
+does not wait for the answers, so a follower's round trip overlaps the next rounds, and what is
+sequenced meanwhile goes in its next Append. An entry commits when a majority holds it and an
 entry of the current epoch is at or past it (Raft's rule, so an old epoch's tail is never
 committed by counting); then it is applied to the in-memory data and its writers are answered.
 
@@ -110,12 +112,13 @@ class Replica:
         self.addrs: dict[str, str] = {}
         self.lease_s = 1.0
         self._kick = asyncio.Event()
-        self._round_done: asyncio.Event = asyncio.Event()
+        self._answered: asyncio.Event = asyncio.Event()  # replaced after each Append answer
         self._dirty_items: list[ItemRow] = []
         self._dirty_metas: dict[int, ShardMeta] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: set[str] = set()  # followers with an Append outstanding
+        self._sends: set[asyncio.Task[None]] = set()  # those Appends
         self._streams: dict[str, Any] = {}  # follower -> its AppendStream call
         self._keyspaces = settings.keyspaces()
         self._peer_overrides = settings.peer_overrides()
@@ -161,9 +164,10 @@ class Replica:
         self._tasks.append(asyncio.create_task(self._sweeper(), name="kv-ttl-sweeper"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._sends]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for shard in self.shards.values():
@@ -483,14 +487,14 @@ class Replica:
                 raise FailedPrecondition(f"{self.id} lost shard {shard.id}", code="not_primary")
             if time.monotonic() < shard.lease_until:
                 return
-            # The lease is in doubt: a quorum round settles it.
+            # The lease is in doubt: a round's Appends settle it.
             self._kick.set()
-            await self._next_round()
+            await self._next_answer()
         raise Unavailable(f"shard {shard.id} has no quorum", code="no_quorum")
 
-    async def _next_round(self) -> None:
-        done = self._round_done
-        await asyncio.wait_for(done.wait(), self.settings.replication_timeout_ms / 1000 * 2)
+    async def _next_answer(self) -> None:
+        answered = self._answered
+        await asyncio.wait_for(answered.wait(), self.settings.replication_timeout_ms / 1000 * 2)
 
     async def get(self, req: pb.GetRequest) -> pb.GetResponse:
         if len(req.keys) > MAX_BATCH:
@@ -550,9 +554,6 @@ class Replica:
                     if shard.role is Role.PRIMARY:
                         self._step_down(shard, "round failed")
                 await asyncio.sleep(interval)
-            finally:
-                done, self._round_done = self._round_done, asyncio.Event()
-                done.set()
 
     async def _round(self) -> None:
         started = time.monotonic()
@@ -575,35 +576,44 @@ class Replica:
             floor = shard.trim(self.settings.log_retention_entries)
             if floor - shard.store_floor >= 1_000:
                 batch.log_trim_upto[shard.id] = shard.store_floor = floor
-        followers = sorted({r for s in primaries for r in s.replicas if r != self.id})
-        sends = {
-            asyncio.create_task(self._replicate_to(f, primaries, started))
-            for f in followers
-            if f not in self._in_flight
-        }
+        self._send_to_followers(primaries, started)
         with _within(traced, "kv.persist", entries=len(batch.log_appends)):
             await self.store.commit(batch)
         for shard_id, seq in persisted.items():
             shard = self.shards[shard_id]
             shard.local_durable_seq = max(shard.local_durable_seq, seq)
-        # Wait until every shard we lead has a majority for its new entries, or the sends end;
-        # a slow follower finishes in the background and never holds up the others.
-        while sends and not all(
-            self._majority_holds(s) for s in primaries if s.role is Role.PRIMARY
-        ):
-            _, sends = await asyncio.wait(sends, return_when=asyncio.FIRST_COMPLETED)
+        # The round ends with its local transaction; the Appends end on their own (each
+        # advances the commit point as its answer comes). Waiting for them here held the next
+        # round's writes back a whole follower round trip while the CPU sat partly idle.
         for shard in primaries:
             if shard.role is Role.PRIMARY:
                 self._advance_commit(shard)
 
-    def _majority_holds(self, shard: Shard) -> bool:
-        needed = len(shard.replicas) // 2
-        last = shard.last_seq
-        return (
-            sum(shard.match_seq.get(r, 0) >= last for r in shard.replicas if r != self.id) >= needed
-        )
+    def _send_to_followers(self, primaries: list[Shard], started: float) -> None:
+        """An Append to each follower of the shards we lead that has none outstanding (one at
+        a time per follower, so its stream's answers pair with our requests in order)."""
+        followers = sorted({r for s in primaries for r in s.replicas if r != self.id})
+        for follower in followers:
+            if follower not in self._in_flight:
+                self._in_flight.add(follower)
+                task = asyncio.create_task(self._replicate_to(follower, primaries, started))
+                self._sends.add(task)
+                task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("replication send failed", exc_info=task.exception())
 
     async def _replicate_to(self, follower: str, primaries: list[Shard], started: float) -> None:
+        try:
+            await self._append_to(follower, primaries, started)
+        finally:
+            self._in_flight.discard(follower)
+            answered, self._answered = self._answered, asyncio.Event()
+            answered.set()  # a strong read waiting for its lease looks again
+
+    async def _append_to(self, follower: str, primaries: list[Shard], started: float) -> None:
         if follower not in self.addrs:
             return
         sent: list[tuple[Shard, int]] = []
@@ -618,7 +628,6 @@ class Replica:
         traced = [
             s.traced[e.seq] for s, _ in sent for e in _entries(request, s.id) if e.seq in s.traced
         ]
-        self._in_flight.add(follower)
         try:
             with _within(traced, "kv.replicate", SpanKind.CLIENT, follower=follower):
                 if traced:
@@ -627,8 +636,6 @@ class Replica:
         except (grpc.aio.AioRpcError, TimeoutError, ConnectionError):
             self._drop_stream(follower)
             return  # the follower is down or slow; the next round tries again
-        finally:
-            self._in_flight.discard(follower)
         behind = False
         for (shard, epoch), result in zip(sent, reply.shards, strict=False):
             if shard.role is not Role.PRIMARY or shard.epoch != epoch:
@@ -650,9 +657,11 @@ class Replica:
         if call is None or call.done():
             call = self._stub(follower).AppendStream()
             self._streams[follower] = call
-        timeout_s = self.settings.replication_timeout_ms / 1000
-        await asyncio.wait_for(call.write(request), timeout_s)
-        reply = await asyncio.wait_for(call.read(), timeout_s)
+        # asyncio.timeout, not wait_for: wait_for runs each step as a task of its own, a loop
+        # turn more per step of every Append's round trip.
+        async with asyncio.timeout(self.settings.replication_timeout_ms / 1000):
+            await call.write(request)
+            reply = await call.read()
         if not isinstance(reply, pb.AppendResponse):  # EOF: the follower ended the stream
             raise ConnectionError(f"{follower} closed the replication stream")
         return reply
