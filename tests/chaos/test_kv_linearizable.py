@@ -42,30 +42,32 @@ def unstarted(tmp_path: Path) -> KVCluster:
 
 
 @pytest.fixture
-async def links(unstarted: KVCluster) -> AsyncIterator[dict[tuple[str, str], LinkProxy]]:
-    """A proxy per replication link (a reaching b); each replica is told to reach its peers
-    through them."""
-    ports = unstarted.ports
-    proxies = {
-        (a, b): await LinkProxy("127.0.0.1", ports[b]).start()
-        for a in ports
-        for b in ports
-        if a != b
+async def links(unstarted: KVCluster) -> AsyncIterator[dict[tuple[str, str], list[LinkProxy]]]:
+    """Proxies per link (replica a reaching b: its replication link, and gRPC for snapshots);
+    each replica is told to reach its peers through them."""
+    pairs = [(a, b) for a in unstarted.ports for b in unstarted.ports if a != b]
+    grpc_proxies = {p: await LinkProxy("127.0.0.1", unstarted.ports[p[1]]).start() for p in pairs}
+    repl_proxies = {
+        p: await LinkProxy("127.0.0.1", unstarted.repl_ports[p[1]]).start() for p in pairs
     }
-    unstarted.peer_addrs = {
-        a: ",".join(f"{b}=127.0.0.1:{p.port}" for (src, b), p in proxies.items() if src == a)
-        for a in ports
-    }
+
+    def through(proxies: dict[tuple[str, str], LinkProxy], src: str) -> str:
+        return ",".join(
+            f"{b}=127.0.0.1:{proxy.port}" for (a, b), proxy in proxies.items() if a == src
+        )
+
+    unstarted.peer_addrs = {a: through(grpc_proxies, a) for a in unstarted.ports}
+    unstarted.peer_repl_addrs = {a: through(repl_proxies, a) for a in unstarted.ports}
     try:
-        yield proxies
+        yield {p: [grpc_proxies[p], repl_proxies[p]] for p in pairs}
     finally:
-        for proxy in proxies.values():
+        for proxy in [*grpc_proxies.values(), *repl_proxies.values()]:
             await proxy.close()
 
 
 @pytest.fixture
 async def cluster(
-    unstarted: KVCluster, links: dict[tuple[str, str], LinkProxy]
+    unstarted: KVCluster, links: dict[tuple[str, str], list[LinkProxy]]
 ) -> AsyncIterator[KVCluster]:
     try:
         await unstarted.start()
@@ -103,7 +105,7 @@ async def _get(kv: KVClient, key: Key) -> str | None:
 
 
 async def _faults(
-    cluster: KVCluster, kv: KVClient, links: dict[tuple[str, str], LinkProxy], tally: Tally
+    cluster: KVCluster, kv: KVClient, links: dict[tuple[str, str], list[LinkProxy]], tally: Tally
 ) -> None:
     rng = random.Random(7)
     shards = {kv.shard_of(k) for k in [*REGISTERS, COUNTER]}
@@ -117,7 +119,7 @@ async def _faults(
         if n % 4 == 3:
             # Cut off from both followers: no quorum, so writes stall and strong reads are
             # refused once the lease runs out; nothing may be acknowledged without a majority.
-            cut = [p for (a, b), p in links.items() if victim in (a, b)]
+            cut = [p for (a, b), ps in links.items() if victim in (a, b) for p in ps]
             for proxy in cut:
                 proxy.cut()
             tally.partitions += 1
@@ -141,7 +143,7 @@ async def _faults(
 
 @pytest.mark.timeout(1200)
 async def test_kv_under_kills_pauses_and_partitions__is_linearizable_and_loses_nothing(
-    cluster: KVCluster, links: dict[tuple[str, str], LinkProxy], tally: Tally
+    cluster: KVCluster, links: dict[tuple[str, str], list[LinkProxy]], tally: Tally
 ) -> None:
     history = History()
     stop = asyncio.Event()

@@ -112,7 +112,7 @@ def test_sampler__infrastructure_records_only_callers_traces_and_named_roots(
     assert sampler(False, "kv.promote") is None  # the standard variable wins
 
 
-def test_grpc_filters__skip_probes_heartbeats_replication_and_untraced_calls() -> None:
+def test_grpc_filters__skip_probes_heartbeats_and_untraced_calls() -> None:
     from types import SimpleNamespace
 
     from mt_core.telemetry import _client_filter, _server_filter
@@ -125,6 +125,6 @@ def test_grpc_filters__skip_probes_heartbeats_replication_and_untraced_calls() -
     assert not _client_filter(SimpleNamespace(method=b"/mt.kv.ShardManager/Heartbeat"))
     service, infra = _server_filter(True), _server_filter(False)
     assert service(call("/mt.users.Users/Signup"))
-    assert not service(call("/mt.kv.Replication/AppendStream", ("traceparent", "00-...")))
+    assert not service(call("/mt.kv.ShardManager/Heartbeat", ("traceparent", "00-...")))
     assert not infra(call("/mt.kv.KV/BatchWrite"))  # no caller's trace: no span machinery
     assert infra(call("/mt.kv.KV/BatchWrite", ("traceparent", "00-...")))

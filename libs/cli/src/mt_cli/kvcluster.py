@@ -41,14 +41,17 @@ class KVCluster:
     shards: int = 16
     extra_env: dict[str, str] = field(default_factory=dict)
     manager_port: int = field(default_factory=free_port)
-    ports: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # replica -> gRPC port
+    repl_ports: dict[str, int] = field(default_factory=dict)  # replica -> replication link port
     store_urls: dict[str, str] = field(default_factory=dict)  # replica -> MT_STORE_URL
     peer_addrs: dict[str, str] = field(default_factory=dict)  # replica -> MT_PEER_ADDRS
+    peer_repl_addrs: dict[str, str] = field(default_factory=dict)  # -> MT_PEER_REPL_ADDRS
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for i in range(1, self.replicas + 1):
             self.ports.setdefault(f"kv-{i}", free_port())
+            self.repl_ports.setdefault(f"kv-{i}", free_port())
 
     @property
     def manager_addr(self) -> str:
@@ -85,11 +88,13 @@ class KVCluster:
         await self.wait_healthy(timeout_s)
 
     def start_replica(self, name: str) -> None:
-        more = {"MT_REPLICA_ID": name}
+        more = {"MT_REPLICA_ID": name, "MT_REPL_PORT": str(self.repl_ports[name])}
         if name in self.store_urls:
             more["MT_STORE_URL"] = self.store_urls[name]
         if name in self.peer_addrs:
             more["MT_PEER_ADDRS"] = self.peer_addrs[name]
+        if name in self.peer_repl_addrs:
+            more["MT_PEER_REPL_ADDRS"] = self.peer_repl_addrs[name]
         self._spawn(name, "mt_kv.replica", self._env(self.ports[name], **more))
 
     async def wait_healthy(self, timeout_s: float = 60) -> None:

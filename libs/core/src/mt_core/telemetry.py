@@ -54,10 +54,11 @@ def make_exporter(kind: str) -> SpanExporter | None:
     raise ValueError(f"unknown OTEL_TRACES_EXPORTER {kind!r} (zipkin, otlp, console or none)")
 
 
-# Health probes, KV heartbeats and replication rounds run many times a second; tracing them
-# would bury the real traffic (replication makes its own spans, in the traces of the writes).
+# Health probes and KV heartbeats run many times a second; tracing them would bury the real
+# traffic. (KV replication does not go through gRPC; it makes its own spans, in the traces of
+# the writes it carries.)
 _UNTRACED_SERVICES = frozenset({"grpc.health.v1.Health"})
-_UNTRACED_METHODS = frozenset({"Heartbeat", "AppendStream"})
+_UNTRACED_METHODS = frozenset({"Heartbeat"})
 
 
 @functools.cache

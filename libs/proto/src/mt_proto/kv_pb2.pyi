@@ -882,7 +882,9 @@ Global___ShardAppendResult: _TypeAlias = ShardAppendResult  # noqa: Y015
 
 @_typing.final
 class AppendRequest(_message.Message):
-    """One RPC per follower per group-commit round carries every shard the sender leads."""
+    """One frame on the replication link from a primary to a follower (see "Replication link"
+    below): every shard the sender leads on that follower, with the entries it has not sent yet.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1075,6 +1077,7 @@ class ReplicaInfo(_message.Message):
     ALIVE_FIELD_NUMBER: _builtins.int
     APPLIED_SEQ_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_MS_AGO_FIELD_NUMBER: _builtins.int
+    REPL_ADDR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     addr: _builtins.str
     pid: _builtins.int
@@ -1082,6 +1085,8 @@ class ReplicaInfo(_message.Message):
     applied_seq: _builtins.int
     """summed over its shards"""
     last_heartbeat_ms_ago: _builtins.int
+    repl_addr: _builtins.str
+    """its replication link's address"""
     def __init__(
         self,
         *,
@@ -1091,10 +1096,11 @@ class ReplicaInfo(_message.Message):
         alive: _builtins.bool = ...,
         applied_seq: _builtins.int = ...,
         last_heartbeat_ms_ago: _builtins.int = ...,
+        repl_addr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "alive", b"alive", "applied_seq", b"applied_seq", "id", b"id", "last_heartbeat_ms_ago", b"last_heartbeat_ms_ago", "pid", b"pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "alive", b"alive", "applied_seq", b"applied_seq", "id", b"id", "last_heartbeat_ms_ago", b"last_heartbeat_ms_ago", "pid", b"pid", "repl_addr", b"repl_addr"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1147,10 +1153,13 @@ class HeartbeatRequest(_message.Message):
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     ADDR_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    REPL_ADDR_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     addr: _builtins.str
     pid: _builtins.int
+    repl_addr: _builtins.str
+    """where its replication link listens (host:port)"""
     @_builtins.property
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardProgress]: ...
     def __init__(
@@ -1159,11 +1168,12 @@ class HeartbeatRequest(_message.Message):
         replica_id: _builtins.str = ...,
         addr: _builtins.str = ...,
         pid: _builtins.int = ...,
+        repl_addr: _builtins.str = ...,
         shards: _abc.Iterable[Global___ShardProgress] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "pid", b"pid", "replica_id", b"replica_id", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "pid", b"pid", "repl_addr", b"repl_addr", "replica_id", b"replica_id", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1173,23 +1183,49 @@ Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
 class HeartbeatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ReplAddrsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SHARDS_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
+    REPL_ADDRS_FIELD_NUMBER: _builtins.int
     lease_ms: _builtins.int
     """how long a primary may serve strong reads unchallenged"""
     @_builtins.property
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardInfo]:
         """the assignment the replica must follow"""
 
+    @_builtins.property
+    def repl_addrs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """replica id -> its replication link's address"""
+
     def __init__(
         self,
         *,
         shards: _abc.Iterable[Global___ShardInfo] | None = ...,
         lease_ms: _builtins.int = ...,
+        repl_addrs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "repl_addrs", b"repl_addrs", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

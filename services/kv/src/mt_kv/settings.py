@@ -18,8 +18,13 @@ class ManagerSettings(ServiceSettings):
     lease_ms: int = 1_000
 
     def replica_addrs(self) -> dict[str, str]:
-        pairs = (part.split("=", 1) for part in self.kv_replicas.split(",") if part.strip())
-        return {rid.strip(): addr.strip() for rid, addr in pairs}
+        return _pairs(self.kv_replicas)
+
+
+def _pairs(spec: str) -> dict[str, str]:
+    """``"id=host:port,..."`` as a dict."""
+    pairs = (part.split("=", 1) for part in spec.split(",") if part.strip())
+    return {rid.strip(): addr.strip() for rid, addr in pairs}
 
 
 class ReplicaSettings(ServiceSettings):
@@ -30,12 +35,18 @@ class ReplicaSettings(ServiceSettings):
     trace_roots: bool = False
     trace_root_names: str = "kv.promote"
     grpc_port: int = 50061
+    # The replication link (plain TCP, see kv.proto) listens here; 0 = a port the OS picks.
+    # Peers learn the address through the shard manager, so only firewalls need it fixed.
+    repl_port: int = 0
     replica_id: str = "kv-1"
     advertise_addr: str = ""  # default: host:grpc_port
     store_url: str = ""  # default: a SQLite file under $MT_HOME/data/<replica_id>/
     heartbeat_ms: int = 100  # to the shard manager
-    round_interval_ms: int = 50  # an idle primary still replicates this often (lease, commit)
-    group_commit_delay_ms: float = 2.0  # how long a round waits for more writes to join it
+    # An idle primary still sends each follower an Append this often (lease, commit point).
+    append_interval_ms: int = 50
+    # Appends a primary may have unanswered per follower: the link stays busy while one is
+    # being made durable, and what is sequenced meanwhile waits to share the next one.
+    appends_in_flight: int = 2
     replication_timeout_ms: int = 1_000
     max_entries_per_append: int = 2_000
     log_retention_entries: int = 50_000  # per shard; a follower further behind gets a snapshot
@@ -43,6 +54,7 @@ class ReplicaSettings(ServiceSettings):
     # "id=host:port,...": how this replica reaches its peers where that differs from the
     # addresses they advertise (another network; the chaos suite's per-link proxies).
     peer_addrs: str = ""
+    peer_repl_addrs: str = ""  # the same for their replication links
     home: str = ".local"  # MT_HOME
     # The keyspaces this cluster serves (one per use case, as in ZippyDB); others are refused.
     kv_keyspaces: str = (
@@ -54,11 +66,17 @@ class ReplicaSettings(ServiceSettings):
         return frozenset(k.strip() for k in self.kv_keyspaces.split(",") if k.strip())
 
     def peer_overrides(self) -> dict[str, str]:
-        pairs = (part.split("=", 1) for part in self.peer_addrs.split(",") if part.strip())
-        return {rid.strip(): addr.strip() for rid, addr in pairs}
+        return _pairs(self.peer_addrs)
+
+    def peer_repl_overrides(self) -> dict[str, str]:
+        return _pairs(self.peer_repl_addrs)
 
     def addr(self) -> str:
         return self.advertise_addr or f"{self.host}:{self.grpc_port}"
+
+    def repl_addr(self, bound_port: int) -> str:
+        """The replication link's address for peers: the advertised host, the bound port."""
+        return f"{self.addr().rsplit(':', 1)[0]}:{bound_port}"
 
     def store(self) -> str:
         return self.store_url or f"sqlite+aiosqlite:///{self.home}/data/{self.replica_id}/kv.sqlite"

@@ -42,6 +42,7 @@ class ShardAssignment:
 class ReplicaView:
     id: str
     addr: str
+    repl_addr: str = ""  # its replication link, as it reports it
     pid: int = 0
     last_seen: float = -1e9
     beats: int = 0
@@ -123,9 +124,14 @@ class ShardManager:
         view.pid = req.pid
         if req.addr:
             view.addr = req.addr
+        view.repl_addr = req.repl_addr
         view.progress = {p.shard: p for p in req.shards}
         self.tick()
-        return pb.HeartbeatResponse(shards=self.shard_infos(), lease_ms=self.lease_ms)
+        return pb.HeartbeatResponse(
+            shards=self.shard_infos(),
+            lease_ms=self.lease_ms,
+            repl_addrs={r.id: r.repl_addr for r in self.replicas.values() if r.repl_addr},
+        )
 
     def tick(self) -> None:
         """Fence shards whose primary is lost; elect where a majority is fenced."""
@@ -300,6 +306,7 @@ class ShardManager:
             pb.ReplicaInfo(
                 id=v.id,
                 addr=v.addr,
+                repl_addr=v.repl_addr,
                 pid=v.pid,
                 alive=self.alive(v.id, now),
                 applied_seq=sum(p.applied_seq for p in v.progress.values()),

@@ -1,4 +1,5 @@
-"""Wiring of a replica process: store, replica, gRPC surfaces and the heartbeat to the manager."""
+"""Wiring of a replica process: store, replica, its gRPC surfaces, its replication link and the
+heartbeat to the manager."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mt_core.rpc.server import Servicer, grpc_server
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
+from mt_kv.replica import link as replication_link
 from mt_kv.replica.core import Replica
 from mt_kv.replica.grpc_api import KVServicer, ReplicationServicer
 from mt_kv.settings import ReplicaSettings
@@ -22,7 +24,7 @@ from mt_kv.storage.store import Store
 log = logging.getLogger(__name__)
 
 
-async def heartbeats(replica: Replica, settings: ReplicaSettings) -> None:
+async def heartbeats(replica: Replica, settings: ReplicaSettings, repl_addr: str) -> None:
     """Report progress to the shard manager and follow the assignment it answers with."""
     async with grpc.aio.insecure_channel(settings.kv_addr) as chan:
         stub = kv_pb2_grpc.ShardManagerStub(chan)
@@ -31,12 +33,13 @@ async def heartbeats(replica: Replica, settings: ReplicaSettings) -> None:
             request = pb.HeartbeatRequest(
                 replica_id=replica.id,
                 addr=settings.addr(),
+                repl_addr=repl_addr,
                 pid=os.getpid(),
                 shards=replica.progress(),
             )
             try:
                 reply = await stub.Heartbeat(request, timeout=1.0)
-                replica.assign(reply.shards, reply.lease_ms)
+                replica.assign(reply.shards, reply.lease_ms, dict(reply.repl_addrs))
                 warned = False
             except grpc.aio.AioRpcError as err:
                 if not warned:
@@ -64,14 +67,24 @@ async def app(settings: ReplicaSettings) -> AsyncIterator[None]:
             ),
         ),
     ]
-    async with grpc_server(settings, servicers):
-        replica.start()
-        beat = asyncio.create_task(heartbeats(replica, settings), name="kv-heartbeat")
-        try:
-            yield
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-            await replica.stop()
-            await store.close()
+    link_server = await replication_link.serve(
+        settings.host, settings.repl_port, replica.append_batch
+    )
+    repl_addr = settings.repl_addr(link_server.sockets[0].getsockname()[1])
+    log.info("replication link listening", extra={"address": repl_addr})
+    try:
+        async with grpc_server(settings, servicers):
+            replica.start()
+            beat = asyncio.create_task(
+                heartbeats(replica, settings, repl_addr), name="kv-heartbeat"
+            )
+            try:
+                yield
+            finally:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+                await replica.stop()
+    finally:
+        link_server.close()
+        await store.close()

@@ -2,17 +2,17 @@
 
 Write path (primary): validate, check conditions against committed data overlaid with the
 writes already sequenced, assign the next seq, log the *effects* (an increment is logged as its
-result), then wait. A round — one per tick of the flusher — makes every new entry durable
-locally (one transaction) and sends an Append (one message for all shards, on a long-lived
-stream) to each follower that has none outstanding; the round ends with its transaction and
-does not wait for the answers, so a follower's round trip overlaps the next rounds, and what is
-sequenced meanwhile goes in its next Append. An entry commits when a majority holds it and an
-entry of the current epoch is at or past it (Raft's rule, so an old epoch's tail is never
-committed by counting); then it is applied to the in-memory data and its writers are answered.
+result), then wait. Everything sequenced in one event-loop turn goes out together: into the
+local store (one transaction; while one is being written, what is sequenced meanwhile waits to
+share the next — group commit without a timer) and, in one Append per follower, down each
+follower's replication link (``link.py``), without waiting for the previous Append's answer (a
+few may be out). An entry commits when a majority holds it and an entry of the current epoch
+is at or past it (Raft's rule, so an old epoch's tail is never committed by counting); then it
+is applied to the in-memory data and its writers are answered.
 
 Leases: a follower that acknowledged a primary promises not to help another primary for
 ``lease`` seconds; a primary serves strong reads while a majority acknowledged it within the
-lease (counted from when it *sent* the round), so two primaries never both serve strong reads.
+lease (counted from when it *sent* the Append), so two primaries never both serve strong reads.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -31,12 +32,12 @@ from mt_kv_client.routing import MAX_BATCH, Key, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, StatusCode
 from prometheus_client import Gauge, Histogram
 
 from mt_kv.data import Entry, KeyT, key_of
-from mt_kv.replica.shard import Role, Shard, Waiter
+from mt_kv.replica.link import PeerLink, Sent
+from mt_kv.replica.shard import Progress, Role, Shard, Waiter
 from mt_kv.settings import ReplicaSettings
 from mt_kv.storage.store import Batch, ItemRow, LogRow, ShardMeta, Store
 
@@ -50,27 +51,44 @@ SNAPSHOT_CHUNK = 1_000
 TRACER = trace.get_tracer("mt_kv.replica")
 
 
-@contextlib.contextmanager
-def _within(
-    traced: list[SpanContext], name: str, kind: SpanKind = SpanKind.INTERNAL, **attrs: Any
-) -> Iterator[None]:
-    """A span for background work (a persist, a replication round) in the trace of the first
-    traced write it carries, linked to the others; without any, no spans at all (not even the
-    SQL instrumentation's), or every idle round would start a trace of its own."""
+def _open_span(traced: list[SpanContext], name: str, kind: SpanKind, **attrs: Any) -> Span | None:
+    """A span for background work (a persist, an Append until its answer) in the trace of the
+    first traced write it carries, linked to the others; None without any: an idle Append or
+    an untraced write's persist starts no trace of its own (nor do its SQL statements)."""
     if not traced:
-        with suppress_instrumentation():
-            yield
-        return
+        return None
     parent = trace.set_span_in_context(NonRecordingSpan(traced[0]))
     links = [Link(c) for c in traced[1:33]]
-    with TRACER.start_as_current_span(name, parent, kind, links=links) as span:
-        span.set_attributes({f"mt.{k}": v for k, v in attrs.items()})
-        span.set_attribute("mt.traced_writes", len(traced))
-        yield
+    span = TRACER.start_span(name, parent, kind, links=links)
+    span.set_attributes({f"mt.{k}": v for k, v in attrs.items()})
+    span.set_attribute("mt.traced_writes", len(traced))
+    return span
 
 
-def _entries(request: pb.AppendRequest, shard_id: int) -> list[pb.LogEntry]:
-    return [e for sa in request.shards if sa.shard == shard_id for e in sa.entries]
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One shard's part of an Append in flight, to match its answer against."""
+
+    shard: Shard
+    epoch: int
+    gen: int
+    prev_seq: int
+
+
+@dataclass(slots=True)
+class _Note:
+    """What a primary remembers of an Append in flight."""
+
+    parts: list[_Part]
+    span: Span | None = None
+
+
+def _rewind(progress: Progress, next_seq: int) -> None:
+    """Send from ``next_seq`` again, one request at a time until the follower agrees;
+    answers to what was sent before are stale from now on."""
+    progress.gen += 1
+    progress.next_seq = next_seq
+    progress.probing, progress.probe_out = True, False
 
 
 COMMIT_SECONDS = Histogram(
@@ -109,19 +127,22 @@ class Replica:
         self.id = settings.replica_id
         self.store = store
         self.shards: dict[int, Shard] = {}
-        self.addrs: dict[str, str] = {}
+        self.addrs: dict[str, str] = {}  # replica -> gRPC address (snapshots)
+        self.repl_addrs: dict[str, str] = {}  # replica -> replication link address
         self.lease_s = 1.0
-        self._kick = asyncio.Event()
+        self._links: dict[str, PeerLink] = {}  # follower -> our link to it
+        self._flush_scheduled = False
+        self._persisting = False  # a local persist of ours is being written
+        self._heartbeat_due = False  # the next flush asks every follower (lease in doubt)
         self._answered: asyncio.Event = asyncio.Event()  # replaced after each Append answer
         self._dirty_items: list[ItemRow] = []
-        self._dirty_metas: dict[int, ShardMeta] = {}
+        self._dirty_metas: set[int] = set()  # shards whose metadata the store lacks
+        self._persist_task: asyncio.Task[None] | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight: set[str] = set()  # followers with an Append outstanding
-        self._sends: set[asyncio.Task[None]] = set()  # those Appends
-        self._streams: dict[str, Any] = {}  # follower -> its AppendStream call
         self._keyspaces = settings.keyspaces()
         self._peer_overrides = settings.peer_overrides()
+        self._peer_repl_overrides = settings.peer_repl_overrides()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -160,20 +181,19 @@ class Replica:
         )
 
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._flusher(), name="kv-flusher"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name="kv-append-ticker"))
         self._tasks.append(asyncio.create_task(self._sweeper(), name="kv-ttl-sweeper"))
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._sends]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        for task in tasks:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for shard in self.shards.values():
             self._fail_waiters(shard, "replica stopping")
-        for follower in list(self._streams):
-            self._drop_stream(follower)
+        for link in self._links.values():
+            await link.close()
         for chan in self._channels.values():
             await chan.close()
 
@@ -183,10 +203,9 @@ class Replica:
         return self.shards[shard_id]
 
     def _stub(self, replica_id: str) -> kv_pb2_grpc.ReplicationAsyncStub:
+        """gRPC to a peer: only snapshots go this way (Appends take the replication link)."""
         addr = self.addrs[replica_id]
         if addr not in self._channels:
-            # Our own spans cover replication (kv.replicate / kv.append, in the traces of the
-            # writes carried): no tracing interceptor on this per-round stream.
             self._channels[addr] = untraced_channel(
                 addr,
                 options=[
@@ -197,9 +216,8 @@ class Replica:
         return kv_pb2_grpc.ReplicationStub(self._channels[addr])
 
     def _meta(self, shard: Shard) -> None:
-        self._dirty_metas[shard.id] = ShardMeta(
-            shard.id, shard.epoch, shard.primary, shard.applied_seq, shard.applied_epoch
-        )
+        """The shard's metadata changed: the next transaction writes it (as it is then)."""
+        self._dirty_metas.add(shard.id)
 
     # ------------------------------------------------------------------ assignments
 
@@ -229,10 +247,16 @@ class Replica:
             if s.role is Role.PRIMARY:
                 for follower in s.replicas:
                     if follower != self.id:
-                        lag = s.last_seq - s.match_seq.get(follower, 0)
+                        progress = s.progress.get(follower)
+                        lag = s.last_seq - (progress.match_seq if progress else 0)
                         REPLICATION_LAG.labels(str(s.id), follower).set(lag)
 
-    def assign(self, infos: Sequence[pb.ShardInfo], lease_ms: int) -> None:
+    def assign(
+        self,
+        infos: Sequence[pb.ShardInfo],
+        lease_ms: int,
+        repl_addrs: dict[str, str] | None = None,
+    ) -> None:
         """Follow the shard manager's assignment (from a heartbeat response).
 
         The manager first publishes a new epoch with no primary (fencing: we then refuse the
@@ -261,6 +285,10 @@ class Replica:
                 shard.primary, shard.role = info.primary, Role.FOLLOWER
                 self._meta(shard)
         self.addrs.update(self._peer_overrides)  # how we reach peers, where that differs
+        self.repl_addrs.update(repl_addrs or {})
+        self.repl_addrs.update(self._peer_repl_overrides)
+        for follower, link in self._links.items():
+            link.point_at(self.repl_addrs.get(follower, ""))
 
     def _promote(self, shard: Shard, epoch: int) -> None:
         with TRACER.start_as_current_span("kv.promote") as span:  # a failover: rare, worth a trace
@@ -276,10 +304,11 @@ class Replica:
         )
         shard.serving_after = max(now, promised)
         shard.lease_until = 0.0
-        followers = [r for r in shard.replicas if r != self.id]
-        shard.next_seq = dict.fromkeys(followers, shard.last_seq + 1)
-        shard.match_seq = dict.fromkeys(followers, 0)
-        shard.acked_at = {}
+        shard.progress = {
+            r: Progress(next_seq=shard.last_seq + 1) for r in shard.replicas if r != self.id
+        }
+        for follower in shard.progress:
+            self._link(follower)
         shard.commit_seq = shard.applied_seq
         shard.local_durable_seq = shard.last_seq
         shard.pending = {}
@@ -291,7 +320,6 @@ class Replica:
         self._sequence(shard, [])
         self._meta(shard)
         log.info("primary", extra={"shard": shard.id, "epoch": epoch, "last_seq": shard.last_seq})
-        self._kick.set()
 
     def _step_down(self, shard: Shard, why: str) -> None:
         log.info("stepping down", extra={"shard": shard.id, "epoch": shard.epoch, "why": why})
@@ -299,6 +327,7 @@ class Replica:
         shard.lease_until = 0.0
         shard.pending = {}
         shard.unpersisted = []
+        shard.progress = {}
         self._fail_waiters(shard, why)
 
     def _fail_waiters(self, shard: Shard, why: str) -> None:
@@ -433,7 +462,7 @@ class Replica:
         if context.trace_flags.sampled:
             shard.traced[seq] = context
         self._add_pending(shard, seq, effects)
-        self._kick.set()
+        self._schedule_flush()
         return seq
 
     @staticmethod
@@ -474,7 +503,7 @@ class Replica:
     async def _await_applied(self, shard: Shard, seq: int) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         shard.waiters.append(Waiter(seq, future))
-        self._kick.set()
+        self._schedule_flush()
         await future
 
     async def _ensure_lease(self, shard: Shard) -> None:
@@ -487,8 +516,9 @@ class Replica:
                 raise FailedPrecondition(f"{self.id} lost shard {shard.id}", code="not_primary")
             if time.monotonic() < shard.lease_until:
                 return
-            # The lease is in doubt: a round's Appends settle it.
-            self._kick.set()
+            # The lease is in doubt: an Append to every follower settles it.
+            self._heartbeat_due = True
+            self._schedule_flush()
             await self._next_answer()
         raise Unavailable(f"shard {shard.id} has no quorum", code="no_quorum")
 
@@ -532,147 +562,157 @@ class Replica:
 
     # ------------------------------------------------------------------ group commit (primary)
 
-    async def _flusher(self) -> None:
-        interval = self.settings.round_interval_ms / 1000
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), interval)
-            if self._kick.is_set() and self.settings.group_commit_delay_ms:
-                # Group commit: let writes arriving right now join this round; each round
-                # costs a transaction and an RPC per follower whatever its size.
-                await asyncio.sleep(self.settings.group_commit_delay_ms / 1000)
-            self._kick.clear()
-            try:
-                await self._round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The store failing means we cannot promise durability: stop being anyone's
-                # primary rather than acknowledge what may be lost.
-                log.exception("replication round failed")
-                for shard in self.shards.values():
-                    if shard.role is Role.PRIMARY:
-                        self._step_down(shard, "round failed")
-                await asyncio.sleep(interval)
+    def _schedule_flush(self) -> None:
+        """Flush once this event-loop turn is over: what was sequenced in it goes out together
+        (one local transaction, one Append per follower)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _round(self) -> None:
-        started = time.monotonic()
-        primaries = [s for s in self.shards.values() if s.role is Role.PRIMARY]
-        batch = Batch(item_writes=self._dirty_items, metas=self._dirty_metas)
-        self._dirty_items, self._dirty_metas = [], {}
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        heartbeat, self._heartbeat_due = self._heartbeat_due, False
+        self._persist()
+        for link in self._links.values():
+            self._pump(link, heartbeat)
+
+    async def _ticker(self) -> None:
+        """Every ``append_interval_ms``: an Append to every follower even with nothing new
+        (the lease, the commit point), applied effects and log trims to the store, and an end
+        to links whose answers are overdue."""
+        interval = self.settings.append_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for link in list(self._links.values()):
+                link.check_overdue(now)
+            self._persist(everything=True)
+            self._heartbeat_due = True
+            self._schedule_flush()
+
+    def _persist(self, everything: bool = False) -> None:
+        """Start writing our new log entries to the local store (with the applied effects,
+        shard metadata and log trims gathered so far) unless a persist of ours is being
+        written: what is sequenced meanwhile waits to share the next. Without new entries the
+        rest waits for the ticker (``everything``) or a follower's transaction."""
+        if self._persisting:
+            return
+        fresh = [s for s in self.shards.values() if s.role is Role.PRIMARY and s.unpersisted]
+        if not fresh and not everything:
+            return
+        batch = Batch()
         persisted: dict[int, int] = {}
         traced: list[SpanContext] = []
-        for shard in primaries:
-            traced += [shard.traced[e.seq] for e in shard.unpersisted if e.seq in shard.traced]
-            if shard.unpersisted:
-                batch.log_appends += [
-                    LogRow(shard.id, e.seq, e.epoch, e.payload) for e in shard.unpersisted
-                ]
-                persisted[shard.id] = shard.unpersisted[-1].seq
-                shard.unpersisted = []
-        for shard in self.shards.values():
-            # Applied entries beyond the retention are dropped, in the same transaction that
-            # persists their applied effects (captured above).
-            floor = shard.trim(self.settings.log_retention_entries)
-            if floor - shard.store_floor >= 1_000:
-                batch.log_trim_upto[shard.id] = shard.store_floor = floor
-        self._send_to_followers(primaries, started)
-        with _within(traced, "kv.persist", entries=len(batch.log_appends)):
-            await self.store.commit(batch)
+        for shard in fresh:
+            if shard.traced:
+                traced += [shard.traced[e.seq] for e in shard.unpersisted if e.seq in shard.traced]
+            batch.log_appends += [
+                LogRow(shard.id, e.seq, e.epoch, e.payload) for e in shard.unpersisted
+            ]
+            persisted[shard.id] = shard.unpersisted[-1].seq
+            shard.unpersisted = []
+        self._take_dirty(batch)
+        if batch.empty():
+            return
+        span = _open_span(traced, "kv.persist", SpanKind.INTERNAL, entries=len(batch.log_appends))
+        if span is None:
+            written = self.store.submit(batch)
+        else:
+            with trace.use_span(span, end_on_exit=False):
+                written = self.store.submit(batch)  # in the span's context: its SQL joins it
+        self._persisting = True
+        self._persist_task = asyncio.create_task(self._persisted(written, persisted, span))
+
+    async def _persisted(
+        self, written: asyncio.Future[None], persisted: dict[int, int], span: Span | None
+    ) -> None:
+        try:
+            await written
+        except Exception as err:
+            # The store failing means we cannot promise durability: stop being anyone's
+            # primary rather than acknowledge what may be lost.
+            log.exception("persist failed")
+            if span is not None:
+                span.set_status(StatusCode.ERROR, repr(err))
+            for shard in self.shards.values():
+                if shard.role is Role.PRIMARY:
+                    self._step_down(shard, "persist failed")
+            return
+        finally:
+            if span is not None:
+                span.end()
+            self._persisting = False
         for shard_id, seq in persisted.items():
             shard = self.shards[shard_id]
             shard.local_durable_seq = max(shard.local_durable_seq, seq)
-        # The round ends with its local transaction; the Appends end on their own (each
-        # advances the commit point as its answer comes). Waiting for them here held the next
-        # round's writes back a whole follower round trip while the CPU sat partly idle.
-        for shard in primaries:
             if shard.role is Role.PRIMARY:
                 self._advance_commit(shard)
+        self._persist()
 
-    def _send_to_followers(self, primaries: list[Shard], started: float) -> None:
-        """An Append to each follower of the shards we lead that has none outstanding (one at
-        a time per follower, so its stream's answers pair with our requests in order)."""
-        followers = sorted({r for s in primaries for r in s.replicas if r != self.id})
-        for follower in followers:
-            if follower not in self._in_flight:
-                self._in_flight.add(follower)
-                task = asyncio.create_task(self._replicate_to(follower, primaries, started))
-                self._sends.add(task)
-                task.add_done_callback(self._sent)
+    def _take_dirty(self, batch: Batch) -> None:
+        """Into ``batch``: the applied effects and shard metadata not yet in the store (the
+        metadata as it is now), and log trims — applied entries beyond the retention are
+        dropped no earlier than the transaction that writes their effects."""
+        batch.item_writes += self._dirty_items
+        self._dirty_items = []
+        for shard_id in self._dirty_metas:
+            s = self.shards[shard_id]
+            batch.metas[shard_id] = ShardMeta(
+                s.id, s.epoch, s.primary, s.applied_seq, s.applied_epoch
+            )
+        self._dirty_metas = set()
+        for shard in self.shards.values():
+            floor = shard.trim(self.settings.log_retention_entries)
+            if floor - shard.store_floor >= 1_000:
+                batch.log_trim_upto[shard.id] = shard.store_floor = floor
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sends.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("replication send failed", exc_info=task.exception())
+    def _link(self, follower: str) -> PeerLink:
+        link = self._links.get(follower)
+        if link is None:
+            timeout_s = self.settings.replication_timeout_ms / 1000
+            link = self._links[follower] = PeerLink(follower, self, timeout_s)
+            link.point_at(self.repl_addrs.get(follower, ""))
+        return link
 
-    async def _replicate_to(self, follower: str, primaries: list[Shard], started: float) -> None:
-        try:
-            await self._append_to(follower, primaries, started)
-        finally:
-            self._in_flight.discard(follower)
-            answered, self._answered = self._answered, asyncio.Event()
-            answered.set()  # a strong read waiting for its lease looks again
-
-    async def _append_to(self, follower: str, primaries: list[Shard], started: float) -> None:
-        if follower not in self.addrs:
+    def _pump(self, link: PeerLink, heartbeat: bool = False) -> None:
+        """Send the follower, in one Append, what it has not been sent of every shard we lead
+        there — if its link has room. With ``heartbeat``, every shard even with nothing new;
+        a bare commit-point update only goes on a link with nothing in flight (otherwise the
+        next answer brings a chance to send it with entries)."""
+        if not link.connected or len(link.in_flight) >= self.settings.appends_in_flight:
             return
-        sent: list[tuple[Shard, int]] = []
+        now = time.monotonic()
+        idle = not link.in_flight
         request = pb.AppendRequest(primary=self.id)
-        for shard in primaries:
-            if follower not in shard.replicas or shard.role is not Role.PRIMARY:
+        parts: list[_Part] = []
+        traced: list[SpanContext] = []
+        for shard in self.shards.values():
+            progress = shard.progress.get(link.follower)
+            if progress is None or shard.role is not Role.PRIMARY:
                 continue
-            request.shards.append(self._append_for(shard, follower))
-            sent.append((shard, shard.epoch))
-        if not sent:
+            if progress.probing and (progress.probe_out or now < progress.hold_until):
+                continue
+            msg = self._append_for(shard, progress)
+            news = bool(msg.entries) or msg.snapshot_required or progress.probing
+            if not (news or heartbeat or (idle and msg.commit_seq != progress.sent_commit)):
+                continue
+            request.shards.append(msg)
+            parts.append(_Part(shard, shard.epoch, progress.gen, msg.prev_seq))
+            progress.sent_commit = msg.commit_seq
+            progress.probe_out = progress.probing
+            if msg.entries:
+                progress.next_seq = msg.entries[-1].seq + 1
+                if shard.traced:
+                    traced += [shard.traced[e.seq] for e in msg.entries if e.seq in shard.traced]
+        if not parts:
             return
-        traced = [
-            s.traced[e.seq] for s, _ in sent for e in _entries(request, s.id) if e.seq in s.traced
-        ]
-        try:
-            with _within(traced, "kv.replicate", SpanKind.CLIENT, follower=follower):
-                if traced:
-                    propagate.inject(request.trace_context)
-                reply = await self._append_on_stream(follower, request)
-        except (grpc.aio.AioRpcError, TimeoutError, ConnectionError):
-            self._drop_stream(follower)
-            return  # the follower is down or slow; the next round tries again
-        behind = False
-        for (shard, epoch), result in zip(sent, reply.shards, strict=False):
-            if shard.role is not Role.PRIMARY or shard.epoch != epoch:
-                continue
-            self._on_result(shard, follower, result, started)
-            self._advance_commit(shard)
-            behind |= shard.next_seq.get(follower, 0) <= shard.last_seq
-        if behind:
-            # Rounds skip a follower while its Append is out; entries sequenced meanwhile must
-            # not wait for the idle tick to reach it.
-            self._kick.set()
+        span = _open_span(traced, "kv.replicate", SpanKind.CLIENT, follower=link.follower)
+        if span is not None:
+            propagate.inject(request.trace_context, trace.set_span_in_context(span))
+        link.send(request, _Note(parts, span))
 
-    async def _append_on_stream(
-        self, follower: str, request: pb.AppendRequest
-    ) -> pb.AppendResponse:
-        """One Append over the follower's long-lived stream (opened on first use). One request
-        is outstanding per follower at a time, so the next response is this request's."""
-        call = self._streams.get(follower)
-        if call is None or call.done():
-            call = self._stub(follower).AppendStream()
-            self._streams[follower] = call
-        # asyncio.timeout, not wait_for: wait_for runs each step as a task of its own, a loop
-        # turn more per step of every Append's round trip.
-        async with asyncio.timeout(self.settings.replication_timeout_ms / 1000):
-            await call.write(request)
-            reply = await call.read()
-        if not isinstance(reply, pb.AppendResponse):  # EOF: the follower ended the stream
-            raise ConnectionError(f"{follower} closed the replication stream")
-        return reply
-
-    def _drop_stream(self, follower: str) -> None:
-        call = self._streams.pop(follower, None)
-        if call is not None:
-            call.cancel()
-
-    def _append_for(self, shard: Shard, follower: str) -> pb.ShardAppend:
-        nxt = min(shard.next_seq.get(follower, shard.last_seq + 1), shard.last_seq + 1)
+    def _append_for(self, shard: Shard, progress: Progress) -> pb.ShardAppend:
+        nxt = min(progress.next_seq, shard.last_seq + 1)
         prev = nxt - 1
         prev_epoch = shard.epoch_at(prev) if prev >= shard.tail_start - 1 else None
         msg = pb.ShardAppend(shard=shard.id, epoch=shard.epoch, commit_seq=shard.commit_seq)
@@ -690,31 +730,87 @@ class Replica:
             msg.entries.extend(shard.tail[start : start + (upto - prev)])
         return msg
 
+    # The replication link's owner (see link.LinkOwner).
+
+    def on_connected(self, link: PeerLink) -> None:
+        self._schedule_flush()
+
+    def on_lost(self, link: PeerLink, unanswered: list[Sent]) -> None:
+        """What was in flight may or may not have arrived: find out where the follower's log
+        stands before streaming to it again."""
+        for sent in unanswered:
+            note: _Note = sent.note
+            if note.span is not None:
+                note.span.set_status(StatusCode.ERROR, "replication link lost")
+                note.span.end()
+        for shard in self.shards.values():
+            progress = shard.progress.get(link.follower)
+            if progress is not None and shard.role is Role.PRIMARY:
+                known = progress.match_seq + 1 if progress.match_seq else shard.last_seq + 1
+                _rewind(progress, known)
+        self._signal_answered()
+
+    def on_answer(self, link: PeerLink, sent: Sent, answer: pb.AppendResponse) -> None:
+        note: _Note = sent.note
+        for part, result in zip(note.parts, answer.shards, strict=False):
+            shard = part.shard
+            progress = shard.progress.get(link.follower)
+            if progress is None or shard.role is not Role.PRIMARY or shard.epoch != part.epoch:
+                continue  # an answer about an epoch we no longer lead
+            self._on_result(shard, progress, part, result, sent.at)
+            if shard.role is Role.PRIMARY:
+                self._advance_commit(shard)
+        if note.span is not None:
+            note.span.end()
+        self._signal_answered()
+        self._schedule_flush()
+
+    def _signal_answered(self) -> None:
+        answered, self._answered = self._answered, asyncio.Event()
+        answered.set()  # a strong read waiting for its lease looks again
+
     def _on_result(
-        self, shard: Shard, follower: str, result: pb.ShardAppendResult, started: float
+        self, shard: Shard, progress: Progress, part: _Part, result: S, sent_at: float
     ) -> None:
         if result.status == S.OK:
-            shard.match_seq[follower] = max(shard.match_seq.get(follower, 0), result.durable_seq)
-            shard.next_seq[follower] = result.durable_seq + 1
-            shard.acked_at[follower] = max(shard.acked_at.get(follower, 0.0), started)
-            acks = sorted(shard.acked_at.values(), reverse=True)
-            needed = len(shard.replicas) // 2  # followers needed beside ourselves
-            if needed and len(acks) >= needed:
-                shard.lease_until = max(
-                    shard.lease_until, acks[needed - 1] + self.lease_s * LEASE_SAFETY
-                )
+            progress.match_seq = max(progress.match_seq, result.durable_seq)
+            progress.acked_at = max(progress.acked_at, sent_at)
+            progress.last_hint = -1
+            if part.gen == progress.gen:
+                progress.probing = progress.probe_out = False
+            self._renew_lease(shard)
         elif result.status == S.STALE_EPOCH:
             if result.epoch > shard.epoch:
-                self._step_down(shard, f"{follower} is at epoch {result.epoch}")
-        elif result.status == S.MISMATCH:
-            shard.next_seq[follower] = result.durable_seq + 1
-            shard.match_seq[follower] = min(shard.match_seq.get(follower, 0), result.durable_seq)
+                self._step_down(shard, f"{shard.id}: a follower is at epoch {result.epoch}")
+        elif part.gen == progress.gen:  # a refusal of the current stream: start over from...
+            if result.status == S.MISMATCH:  # ... where the follower says its log matches
+                progress.match_seq = min(progress.match_seq, result.durable_seq)
+                stuck = result.durable_seq == progress.last_hint  # e.g. copying a snapshot
+                progress.last_hint = result.durable_seq
+                _rewind(progress, result.durable_seq + 1)
+            else:  # LEASE_WAIT: ... the same place, once it stops honouring the old primary
+                stuck = True
+                _rewind(progress, part.prev_seq + 1)
+            if stuck:  # asking again at once would just spin: wait for the next tick
+                progress.hold_until = time.monotonic() + self.settings.append_interval_ms / 1000
+
+    def _renew_lease(self, shard: Shard) -> None:
+        acks = sorted((p.acked_at for p in shard.progress.values()), reverse=True)
+        needed = len(shard.replicas) // 2  # followers needed beside ourselves
+        if needed and len(acks) >= needed:
+            shard.lease_until = max(
+                shard.lease_until, acks[needed - 1] + self.lease_s * LEASE_SAFETY
+            )
 
     def _advance_commit(self, shard: Shard) -> None:
         acks = sorted(
             [
                 shard.local_durable_seq,
-                *(shard.match_seq.get(r, 0) for r in shard.replicas if r != self.id),
+                *(
+                    shard.progress[r].match_seq if r in shard.progress else 0
+                    for r in shard.replicas
+                    if r != self.id
+                ),
             ],
             reverse=True,
         )
@@ -767,38 +863,59 @@ class Replica:
 
     # ------------------------------------------------------------------ follower side
 
-    async def append(self, req: pb.AppendRequest) -> pb.AppendResponse:
-        if not req.trace_context:
-            with suppress_instrumentation():  # untraced rounds: no root spans for their SQL
-                return await self._append(req)
-        parent = propagate.extract(dict(req.trace_context))
-        with TRACER.start_as_current_span("kv.append", parent, SpanKind.SERVER) as span:
-            span.set_attributes({"mt.primary": req.primary, "mt.shards": len(req.shards)})
-            return await self._append(req)
-
-    async def _append(self, req: pb.AppendRequest) -> pb.AppendResponse:
-        batch = Batch()
-        results: list[pb.ShardAppendResult] = []
-        applies: list[tuple[Shard, int]] = []
+    async def append_batch(self, requests: list[pb.AppendRequest]) -> list[pb.AppendResponse]:
+        """Requests that came down one primary's link, in order: check and log each, make them
+        all durable in one transaction, then apply what is committed and answer each."""
         now = time.monotonic()
-        for sa in req.shards:
-            shard = self.shard(sa.shard)
-            result, apply_upto = self._follow(shard, sa, req.primary, now, batch)
-            results.append(result)
-            if apply_upto:
-                applies.append((shard, apply_upto))
-        await self.store.commit(batch)
+        batches: list[Batch] = []
+        handled: list[tuple[pb.AppendRequest, list[S], Span | None]] = []
+        applies: list[tuple[Shard, int]] = []
+        for req in requests:
+            span = None
+            if req.trace_context:
+                parent = propagate.extract(dict(req.trace_context))
+                span = TRACER.start_span("kv.append", parent, SpanKind.SERVER)
+                span.set_attributes({"mt.primary": req.primary, "mt.shards": len(req.shards)})
+            batch = Batch()
+            results: list[S] = []
+            for sa in req.shards:
+                shard = self.shard(sa.shard)
+                result, apply_upto = self._follow(shard, sa, req.primary, now, batch)
+                results.append(result)
+                if apply_upto:
+                    applies.append((shard, apply_upto))
+            batches.append(batch)
+            handled.append((req, results, span))
+        tail = Batch()
+        self._take_dirty(tail)  # last: shard metadata as it is after these requests
+        spans = [span for *_, span in handled if span is not None]
+        try:
+            if spans:
+                with trace.use_span(spans[0], end_on_exit=False):
+                    await self.store.commit(*batches, tail)
+            else:
+                await self.store.commit(*batches, tail)
+        except Exception as err:
+            for span in spans:
+                span.set_status(StatusCode.ERROR, repr(err))
+                span.end()
+            raise
         acked = time.monotonic()
         for shard, upto in applies:
             shard.commit_seq = max(shard.commit_seq, upto)
             self._apply_committed(shard)
-        for sa, result in zip(req.shards, results, strict=True):
-            if result.status == S.OK:
-                shard = self.shards[sa.shard]
-                shard.last_ack_at, shard.last_ack_primary = acked, req.primary
-                if shard.applied_seq >= sa.commit_seq:
-                    shard.fresh_at = now
-        return pb.AppendResponse(shards=results)
+        answers: list[pb.AppendResponse] = []
+        for req, results, span in handled:
+            for sa, result in zip(req.shards, results, strict=True):
+                if result.status == S.OK:
+                    shard = self.shards[sa.shard]
+                    shard.last_ack_at, shard.last_ack_primary = acked, req.primary
+                    if shard.applied_seq >= sa.commit_seq:
+                        shard.fresh_at = now
+            answers.append(pb.AppendResponse(shards=results))
+            if span is not None:
+                span.end()
+        return answers
 
     def _follow(
         self, shard: Shard, sa: pb.ShardAppend, primary: str, now: float, batch: Batch
@@ -821,9 +938,7 @@ class Replica:
             if shard.role is Role.PRIMARY:
                 self._step_down(shard, f"{primary} leads epoch {sa.epoch}")
             shard.epoch, shard.primary, shard.role = sa.epoch, primary, Role.FOLLOWER
-            batch.metas[shard.id] = ShardMeta(
-                shard.id, shard.epoch, shard.primary, shard.applied_seq, shard.applied_epoch
-            )
+            self._meta(shard)
         if shard.role is Role.PRIMARY:
             return result(S.STALE_EPOCH)
         shard.role = Role.FOLLOWER

@@ -1,4 +1,5 @@
-"""Thin gRPC adapters of a replica: the KV surface for clients, Replication for peers."""
+"""Thin gRPC adapters of a replica: the KV surface for clients, snapshots for peers (Appends
+come over the replication link, ``link.py``)."""
 
 from __future__ import annotations
 
@@ -62,12 +63,6 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 class ReplicationServicer(kv_pb2_grpc.ReplicationServicer):
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
-
-    async def AppendStream(
-        self, requests: AsyncIterator[pb.AppendRequest], context: Any
-    ) -> AsyncIterator[pb.AppendResponse]:
-        async for request in requests:
-            yield await self.replica.append(request)
 
     async def Snapshot(
         self, request: pb.SnapshotRequest, context: Any

@@ -28,6 +28,27 @@ class Waiter:
 
 
 @dataclass
+class Progress:
+    """What a primary knows of one follower's copy of a shard's log.
+
+    Requests are sent ahead of the answers (``next_seq`` moves on as entries are sent); an
+    answer that says the follower's log does not line up rewinds ``next_seq`` and bumps
+    ``gen``, so answers to requests sent before the rewind are recognised as stale. While
+    ``probing`` (after a rewind, a new link, a promotion) one request at a time is out.
+    """
+
+    next_seq: int  # the next entry to send
+    match_seq: int = 0  # durable on the follower and the same as ours up to here
+    acked_at: float = 0.0  # when the latest request it acknowledged was sent (the lease)
+    gen: int = 0
+    probing: bool = True
+    probe_out: bool = False
+    hold_until: float = 0.0  # a probe that made no progress waits for the next tick
+    last_hint: int = -1  # where the follower last said its log matches (after a refusal)
+    sent_commit: int = 0  # the commit point it was last told
+
+
+@dataclass
 class Shard:
     id: int
     data: ShardData = field(default_factory=ShardData)
@@ -52,10 +73,7 @@ class Shard:
     local_durable_seq: int = 0
     waiters: deque[Waiter] = field(default_factory=deque)
     commit_seconds: Any = None  # this shard's child of the commit-latency histogram, once used
-    next_seq: dict[str, int] = field(default_factory=dict)
-    match_seq: dict[str, int] = field(default_factory=dict)
-    acked_at: dict[str, float] = field(default_factory=dict)  # follower -> round start it acked
-    in_flight: set[str] = field(default_factory=set)
+    progress: dict[str, Progress] = field(default_factory=dict)  # follower -> its progress
     lease_until: float = 0.0
     serving_after: float = 0.0
     store_floor: int = 0  # the store's log is trimmed up to here

@@ -127,7 +127,7 @@ class Store:
         self._engine: AsyncEngine | None = None
         self._sync_engine: Engine | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self._queue: list[tuple[Batch, asyncio.Future[None], otel_context.Context]] = []
+        self._queue: list[tuple[tuple[Batch, ...], asyncio.Future[None], otel_context.Context]] = []
         self._writer: asyncio.Task[None] | None = None
 
     @property
@@ -181,20 +181,26 @@ class Store:
             ]
         return Loaded(metas, item_rows, log_rows)
 
-    async def commit(self, batch: Batch) -> None:
-        """Make ``batch`` durable, atomically.
+    async def commit(self, *batches: Batch) -> None:
+        """Make ``batches`` durable, atomically, applied in order (see :meth:`submit`)."""
+        await asyncio.shield(self.submit(*batches))
 
-        Batches committed concurrently (the primary's round and the Appends it follows other
-        primaries by) share one transaction, so one fsync: a commit that arrives while one is
-        being written waits for the next, which takes everything queued meanwhile.
+    def submit(self, *batches: Batch) -> asyncio.Future[None]:
+        """Queue ``batches`` for the next transaction; the future resolves once it committed.
+
+        Commits queued while one is being written share the next transaction, so one fsync
+        (the primary's writes and the Appends of the shards it follows), applied in the order
+        they were queued. The trace context current here decides where its SQL spans go.
         """
-        if batch.empty():
-            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((batch, future, otel_context.get_current()))
+        batches = tuple(b for b in batches if not b.empty())
+        if not batches:
+            future.set_result(None)
+            return future
+        self._queue.append((batches, future, otel_context.get_current()))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
-        await asyncio.shield(future)
+        return future
 
     async def _write_queued(self) -> None:
         while self._queue:
@@ -202,7 +208,7 @@ class Store:
             # The transaction's SQL spans go to the first caller that is being traced (a
             # kv.persist or kv.append span); with none, to no trace at all.
             traced = [c for *_, c in queued if trace.get_current_span(c).is_recording()]
-            batches = [batch for batch, *_ in queued]
+            batches = [batch for group, *_ in queued for batch in group]
             try:
                 await self._transaction(batches, traced[0] if traced else None)
             except Exception as err:
