@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mt_kv.data import ShardData
+from mt_kv.data import Change, Entry, ShardData, decode_effects
 from mt_kv.replica.shard import Shard
 from mt_proto import kv_pb2 as pb
 
@@ -54,14 +54,8 @@ def test_log__reset_positions_an_empty_log_after_a_snapshot() -> None:
 
 def _put(
     keyspace: str, partition: bytes, key: bytes, value: bytes, version: int, ttl: int = 0
-) -> pb.Item:
-    return pb.Item(
-        key=pb.Key(keyspace=keyspace, partition=partition, key=key),
-        found=True,
-        value=value,
-        version=version,
-        expires_at_ms=ttl,
-    )
+) -> Change:
+    return (keyspace, partition, key), Entry(value, version, ttl)
 
 
 def test_data__scan_stays_in_its_partition_and_prefix() -> None:
@@ -97,8 +91,8 @@ def test_data__expired_keys_are_invisible_and_listed_for_deletion() -> None:
     assert data.expired(1_000, 10) == []
 
 
-def _delete(keyspace: str, partition: bytes, key: bytes) -> pb.Item:
-    return pb.Item(key=pb.Key(keyspace=keyspace, partition=partition, key=key), found=False)
+def _delete(keyspace: str, partition: bytes, key: bytes) -> Change:
+    return (keyspace, partition, key), None
 
 
 def test_data__scans_page_like_a_sorted_model_through_writes_and_deletes() -> None:
@@ -145,3 +139,21 @@ def test_data__scans_page_like_a_sorted_model_through_writes_and_deletes() -> No
                         partition, prefix, reverse
                     ), (step, partition, prefix, reverse, size)
     assert len(data) == len(model)
+
+
+def test_effects__a_payload_decodes_to_the_changes_it_was_made_of() -> None:
+    items = [
+        pb.Item(
+            key=pb.Key(keyspace="t", partition=b"p", key=b"a"),
+            found=True,
+            value=b"1",
+            version=7,
+            expires_at_ms=99,
+        ),
+        pb.Item(key=pb.Key(keyspace="t", partition=b"p", key=b"b"), found=False, version=7),
+    ]
+    payload = pb.LogPayload(effects=items).SerializeToString()
+    assert decode_effects(payload) == [
+        (("t", b"p", b"a"), Entry(b"1", 7, 99)),
+        (("t", b"p", b"b"), None),
+    ]

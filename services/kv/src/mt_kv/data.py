@@ -17,6 +17,7 @@ from sortedcontainers import SortedList
 
 KeyT = tuple[str, bytes, bytes]
 PartitionT = tuple[str, bytes]
+Change = tuple[KeyT, "Entry | None"]  # a key's new value; None deletes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,19 @@ class Entry:
 
 def key_of(key: pb.Key) -> KeyT:
     return (key.keyspace, key.partition, key.key)
+
+
+def decode_effects(payload: bytes) -> list[Change]:
+    """A log entry's payload (an encoded LogPayload) as the changes it makes."""
+    changes: list[Change] = []
+    for item in pb.LogPayload.FromString(payload).effects:
+        k = item.key
+        key = (k.keyspace, k.partition, k.key)
+        if item.found:
+            changes.append((key, Entry(item.value, item.version, item.expires_at_ms)))
+        else:
+            changes.append((key, None))
+    return changes
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -56,11 +70,10 @@ class ShardData:
         entry = self.items.get(key)
         return entry if entry is not None and entry.live(now_ms) else None
 
-    def apply(self, effects: Iterable[pb.Item]) -> None:
-        for item in effects:
-            key = key_of(item.key)
-            if item.found:
-                self._set(key, Entry(item.value, item.version, item.expires_at_ms))
+    def apply(self, changes: Iterable[Change]) -> None:
+        for key, entry in changes:
+            if entry is not None:
+                self._set(key, entry)
             else:
                 self._delete(key)
 

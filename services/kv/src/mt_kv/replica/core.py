@@ -35,7 +35,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, StatusCode
 from prometheus_client import Gauge, Histogram
 
-from mt_kv.data import Entry, KeyT, key_of
+from mt_kv.data import Entry, KeyT, decode_effects, key_of
 from mt_kv.replica.link import PeerLink, Sent
 from mt_kv.replica.shard import Progress, Role, Shard, Waiter
 from mt_kv.settings import ReplicaSettings
@@ -135,9 +135,11 @@ class Replica:
         self._persisting = False  # a local persist of ours is being written
         self._heartbeat_due = False  # the next flush asks every follower (lease in doubt)
         self._answered: asyncio.Event = asyncio.Event()  # replaced after each Append answer
-        self._dirty_items: list[ItemRow] = []
+        self._checkpointing = False
+        self._checkpointed_at = time.monotonic()
         self._dirty_metas: set[int] = set()  # shards whose metadata the store lacks
         self._persist_task: asyncio.Task[None] | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keyspaces = settings.keyspaces()
@@ -152,6 +154,7 @@ class Replica:
             shard = self.shard(meta.shard)
             shard.epoch, shard.primary = meta.epoch, meta.primary
             shard.applied_seq, shard.applied_epoch = meta.applied_seq, meta.applied_epoch
+            shard.checkpoint_seq, shard.checkpoint_epoch = meta.applied_seq, meta.applied_epoch
             shard.reset(meta.applied_seq, meta.applied_epoch)
             shard.commit_seq = meta.applied_seq
         by_shard: dict[int, list[tuple[KeyT, Entry]]] = {}
@@ -316,8 +319,9 @@ class Replica:
             entry = shard.entry(seq)
             assert entry is not None
             self._add_pending(shard, seq, pb.LogPayload.FromString(entry.payload).effects)
-        # An entry of the new epoch lets the inherited tail commit (Raft §5.4.2).
-        self._sequence(shard, [])
+        # An entry of the new epoch lets the inherited tail commit (Raft §5.4.2); strong reads
+        # wait until it is applied, so they see every write the previous primaries committed.
+        shard.epoch_start_seq = self._sequence(shard, [])
         self._meta(shard)
         log.info("primary", extra={"shard": shard.id, "epoch": epoch, "last_seq": shard.last_seq})
 
@@ -515,6 +519,8 @@ class Replica:
             if shard.role is not Role.PRIMARY:
                 raise FailedPrecondition(f"{self.id} lost shard {shard.id}", code="not_primary")
             if time.monotonic() < shard.lease_until:
+                if shard.applied_seq < shard.epoch_start_seq:
+                    await self._await_applied(shard, shard.epoch_start_seq)
                 return
             # The lease is in doubt: an Append to every follower settles it.
             self._heartbeat_due = True
@@ -586,6 +592,7 @@ class Replica:
             now = time.monotonic()
             for link in list(self._links.values()):
                 link.check_overdue(now)
+            self._maybe_checkpoint(now)
             self._persist(everything=True)
             self._heartbeat_due = True
             self._schedule_flush()
@@ -598,7 +605,7 @@ class Replica:
         if self._persisting:
             return
         fresh = [s for s in self.shards.values() if s.role is Role.PRIMARY and s.unpersisted]
-        if not fresh and not everything:
+        if not fresh and not (everything and self._dirty_metas):
             return
         batch = Batch()
         persisted: dict[int, int] = {}
@@ -611,7 +618,7 @@ class Replica:
             ]
             persisted[shard.id] = shard.unpersisted[-1].seq
             shard.unpersisted = []
-        self._take_dirty(batch)
+        self._take_metadata(batch)
         if batch.empty():
             return
         span = _open_span(traced, "kv.persist", SpanKind.INTERNAL, entries=len(batch.log_appends))
@@ -649,22 +656,57 @@ class Replica:
                 self._advance_commit(shard)
         self._persist()
 
-    def _take_dirty(self, batch: Batch) -> None:
-        """Into ``batch``: the applied effects and shard metadata not yet in the store (the
-        metadata as it is now), and log trims — applied entries beyond the retention are
-        dropped no earlier than the transaction that writes their effects."""
-        batch.item_writes += self._dirty_items
-        self._dirty_items = []
+    def _take_metadata(self, batch: Batch) -> None:
+        """Into ``batch``: the shard metadata the store lacks, as it is now (the applied
+        position being that of the checkpoints submitted so far, which commit first), and log
+        trims — never past a submitted checkpoint, so the log keeps what the items lack."""
         for shard_id in self._dirty_metas:
             s = self.shards[shard_id]
             batch.metas[shard_id] = ShardMeta(
-                s.id, s.epoch, s.primary, s.applied_seq, s.applied_epoch
+                s.id, s.epoch, s.primary, s.checkpoint_seq, s.checkpoint_epoch
             )
         self._dirty_metas = set()
         for shard in self.shards.values():
-            floor = shard.trim(self.settings.log_retention_entries)
+            floor = min(shard.trim(self.settings.log_retention_entries), shard.checkpoint_seq)
             if floor - shard.store_floor >= 1_000:
                 batch.log_trim_upto[shard.id] = shard.store_floor = floor
+
+    def _maybe_checkpoint(self, now: float) -> None:
+        """Write the applied effects to the store's items (each key once, its latest value),
+        with each shard's applied position, once a checkpoint is due."""
+        if self._checkpointing:
+            return
+        waiting = sum(len(s.dirty) for s in self.shards.values())
+        due = now - self._checkpointed_at >= self.settings.checkpoint_interval_ms / 1000
+        if not waiting or not (due or waiting >= self.settings.checkpoint_max_keys):
+            return
+        batch = Batch()
+        for shard in self.shards.values():
+            if not shard.dirty:
+                continue
+            dirty, shard.dirty = shard.dirty, {}
+            batch.item_writes += [
+                ItemRow(shard.id, *key, None, 0, 0)
+                if entry is None
+                else ItemRow(shard.id, *key, entry.value, entry.version, entry.expires_at_ms)
+                for key, entry in dirty.items()
+            ]
+            shard.checkpoint_seq, shard.checkpoint_epoch = shard.applied_seq, shard.applied_epoch
+            self._dirty_metas.add(shard.id)
+        self._take_metadata(batch)
+        self._checkpointing, self._checkpointed_at = True, now
+        written = self.store.submit(batch)  # later transactions see it: they queue behind it
+        self._checkpoint_task = asyncio.create_task(self._checkpointed(written))
+
+    async def _checkpointed(self, written: asyncio.Future[None]) -> None:
+        try:
+            await written
+        except Exception:
+            # The store refuses every later write too (it stays failed), so nothing newer
+            # can be acknowledged on top of a checkpoint that is not there.
+            log.exception("checkpoint failed")
+        finally:
+            self._checkpointing = False
 
     def _link(self, follower: str) -> PeerLink:
         link = self._links.get(follower)
@@ -825,30 +867,20 @@ class Replica:
 
     def _apply_committed(self, shard: Shard) -> None:
         upto = shard.commit_seq
+        pending, dirty, data = shard.pending, shard.dirty, shard.data
         while shard.applied_seq < upto:
             entry = shard.entry(shard.applied_seq + 1)
             assert entry is not None, (shard.id, shard.applied_seq + 1)
-            effects = pb.LogPayload.FromString(entry.payload).effects
-            shard.data.apply(effects)
-            for item in effects:
-                key = key_of(item.key)
-                if key in shard.pending and shard.pending[key][0] <= entry.seq:
-                    del shard.pending[key]  # no later sequenced write of this key is pending
-                self._dirty_items.append(
-                    ItemRow(
-                        shard.id,
-                        item.key.keyspace,
-                        item.key.partition,
-                        item.key.key,
-                        item.value if item.found else None,
-                        item.version,
-                        item.expires_at_ms,
-                    )
-                )
+            changes = decode_effects(entry.payload)
+            data.apply(changes)
+            dirty.update(changes)
+            if pending:
+                for key, _ in changes:
+                    if key in pending and pending[key][0] <= entry.seq:
+                        del pending[key]  # no later sequenced write of this key is pending
             shard.applied_seq, shard.applied_epoch = entry.seq, entry.epoch
-            shard.traced.pop(entry.seq, None)
-        if self._dirty_items:
-            self._meta(shard)
+            if shard.traced:
+                shard.traced.pop(entry.seq, None)
         if shard.waiters and shard.waiters[0].seq <= shard.applied_seq:
             now = time.perf_counter()
             if shard.commit_seconds is None:
@@ -887,7 +919,7 @@ class Replica:
             batches.append(batch)
             handled.append((req, results, span))
         tail = Batch()
-        self._take_dirty(tail)  # last: shard metadata as it is after these requests
+        self._take_metadata(tail)  # last: shard metadata as it is after these requests
         spans = [span for *_, span in handled if span is not None]
         try:
             if spans:
@@ -986,6 +1018,8 @@ class Replica:
             shard.data.replace(entries)
             shard.reset(seq, seq_epoch)
             shard.applied_seq, shard.applied_epoch, shard.commit_seq = seq, seq_epoch, seq
+            shard.dirty = {}  # the snapshot replaces the shard's items whole
+            shard.checkpoint_seq, shard.checkpoint_epoch = seq, seq_epoch
             meta = ShardMeta(shard.id, shard.epoch, shard.primary, seq, seq_epoch)
             await self.store.commit(
                 Batch(

@@ -58,6 +58,11 @@ class Shard:
     role: Role = Role.NONE
     applied_seq: int = 0
     applied_epoch: int = 0
+    # Applied effects the store's items lack (key -> its value, None = deleted), and the
+    # applied position the store's items reflect once the checkpoints submitted so far commit.
+    dirty: dict[KeyT, Entry | None] = field(default_factory=dict)
+    checkpoint_seq: int = 0
+    checkpoint_epoch: int = 0
     # The log tail kept in memory (also in the store): entries tail_start .. last.
     tail: list[pb.LogEntry] = field(default_factory=list)
     tail_start: int = 1
@@ -76,6 +81,7 @@ class Shard:
     progress: dict[str, Progress] = field(default_factory=dict)  # follower -> its progress
     lease_until: float = 0.0
     serving_after: float = 0.0
+    epoch_start_seq: int = 0  # our first entry as primary of this epoch
     store_floor: int = 0  # the store's log is trimmed up to here
     # ---- as follower
     last_ack_at: float = 0.0  # when we last acknowledged a primary (our lease promise)

@@ -1,8 +1,9 @@
 """The tables of a replica's store.
 
-``kv_items`` is the applied state of every shard the replica holds, ``kv_log`` the recent
-replication log (entries past the applied point are replayed or truncated on recovery), and
-``kv_shards`` each shard's epoch and applied position.
+``kv_items`` is the applied state of every shard the replica holds as of its last checkpoint,
+``kv_log`` the replication log (entries past the checkpoint's applied position are applied
+again once known to be committed, or truncated), and ``kv_shards`` each shard's epoch and the
+applied position its items reflect.
 """
 
 from __future__ import annotations
