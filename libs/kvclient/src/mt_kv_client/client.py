@@ -263,12 +263,14 @@ class KVClient:
         *,
         timeout_ms: int = 5_000,
         retry_budget_ms: int = 10_000,
-        write_batches_in_flight: int = 2,
+        write_batches_in_flight: int = 1,
     ) -> None:
         """``write_batches_in_flight``: per primary, how many BatchWrites may be out at once
-        before further unconditional writes wait to share the next (0: no limit). Two keep
-        a primary's pipeline full (one being sequenced while one commits) and make batches
-        large; measured by ``minithreads kv bench``: ~1.6x the puts per second of no limit."""
+        before further unconditional writes wait to share the next (0: no limit). Every
+        BatchWrite costs the primary a gRPC call, a transaction and an Append per follower
+        whatever its size, so fewer, larger ones win while the box is busy: with 64 callers,
+        one at a time made ~14 puts per BatchWrite and ~1.25x the puts per second of two
+        (medians of 3 alternating runs, after replication left gRPC), two ~1.6x no limit."""
         self._manager_addr = manager_addr
         self._timeout_s = timeout_ms / 1000
         self._budget_s = retry_budget_ms / 1000

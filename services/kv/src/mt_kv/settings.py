@@ -54,6 +54,7 @@ class ReplicaSettings(ServiceSettings):
     # upserts cost a fraction per row of one small batch per transaction.
     checkpoint_interval_ms: int = 1_000
     checkpoint_max_keys: int = 20_000
+    checkpoint_chunk_keys: int = 500  # rows per transaction: the write path waits for one
     log_retention_entries: int = 50_000  # per shard; a follower further behind gets a snapshot
     max_staleness_ms: int = 1_000  # default bound of bounded-staleness reads
     # "id=host:port,...": how this replica reaches its peers where that differs from the

@@ -36,6 +36,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanK
 from prometheus_client import Gauge, Histogram
 
 from mt_kv.data import Entry, KeyT, decode_effects, key_of
+from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
 from mt_kv.replica.shard import Progress, Role, Shard, Waiter
 from mt_kv.settings import ReplicaSettings
@@ -135,11 +136,11 @@ class Replica:
         self._persisting = False  # a local persist of ours is being written
         self._heartbeat_due = False  # the next flush asks every follower (lease in doubt)
         self._answered: asyncio.Event = asyncio.Event()  # replaced after each Append answer
-        self._checkpointing = False
-        self._checkpointed_at = time.monotonic()
         self._dirty_metas: set[int] = set()  # shards whose metadata the store lacks
         self._persist_task: asyncio.Task[None] | None = None
-        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._checkpointer = Checkpointer(
+            settings, store, self.shards, self._take_metadata, self._meta
+        )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keyspaces = settings.keyspaces()
@@ -592,7 +593,7 @@ class Replica:
             now = time.monotonic()
             for link in list(self._links.values()):
                 link.check_overdue(now)
-            self._maybe_checkpoint(now)
+            self._checkpointer.maybe_start(now)
             self._persist(everything=True)
             self._heartbeat_due = True
             self._schedule_flush()
@@ -671,43 +672,6 @@ class Replica:
             if floor - shard.store_floor >= 1_000:
                 batch.log_trim_upto[shard.id] = shard.store_floor = floor
 
-    def _maybe_checkpoint(self, now: float) -> None:
-        """Write the applied effects to the store's items (each key once, its latest value),
-        with each shard's applied position, once a checkpoint is due."""
-        if self._checkpointing:
-            return
-        waiting = sum(len(s.dirty) for s in self.shards.values())
-        due = now - self._checkpointed_at >= self.settings.checkpoint_interval_ms / 1000
-        if not waiting or not (due or waiting >= self.settings.checkpoint_max_keys):
-            return
-        batch = Batch()
-        for shard in self.shards.values():
-            if not shard.dirty:
-                continue
-            dirty, shard.dirty = shard.dirty, {}
-            batch.item_writes += [
-                ItemRow(shard.id, *key, None, 0, 0)
-                if entry is None
-                else ItemRow(shard.id, *key, entry.value, entry.version, entry.expires_at_ms)
-                for key, entry in dirty.items()
-            ]
-            shard.checkpoint_seq, shard.checkpoint_epoch = shard.applied_seq, shard.applied_epoch
-            self._dirty_metas.add(shard.id)
-        self._take_metadata(batch)
-        self._checkpointing, self._checkpointed_at = True, now
-        written = self.store.submit(batch)  # later transactions see it: they queue behind it
-        self._checkpoint_task = asyncio.create_task(self._checkpointed(written))
-
-    async def _checkpointed(self, written: asyncio.Future[None]) -> None:
-        try:
-            await written
-        except Exception:
-            # The store refuses every later write too (it stays failed), so nothing newer
-            # can be acknowledged on top of a checkpoint that is not there.
-            log.exception("checkpoint failed")
-        finally:
-            self._checkpointing = False
-
     def _link(self, follower: str) -> PeerLink:
         link = self._links.get(follower)
         if link is None:
@@ -718,13 +682,12 @@ class Replica:
 
     def _pump(self, link: PeerLink, heartbeat: bool = False) -> None:
         """Send the follower, in one Append, what it has not been sent of every shard we lead
-        there — if its link has room. With ``heartbeat``, every shard even with nothing new;
-        a bare commit-point update only goes on a link with nothing in flight (otherwise the
-        next answer brings a chance to send it with entries)."""
+        there — if its link has room. With ``heartbeat``, every shard even with nothing new
+        (the lease, the commit point: otherwise the commit point only travels with entries —
+        an Append just for it after every answer doubled the Appends under load)."""
         if not link.connected or len(link.in_flight) >= self.settings.appends_in_flight:
             return
         now = time.monotonic()
-        idle = not link.in_flight
         request = pb.AppendRequest(primary=self.id)
         parts: list[_Part] = []
         traced: list[SpanContext] = []
@@ -735,12 +698,10 @@ class Replica:
             if progress.probing and (progress.probe_out or now < progress.hold_until):
                 continue
             msg = self._append_for(shard, progress)
-            news = bool(msg.entries) or msg.snapshot_required or progress.probing
-            if not (news or heartbeat or (idle and msg.commit_seq != progress.sent_commit)):
+            if not (msg.entries or msg.snapshot_required or progress.probing or heartbeat):
                 continue
             request.shards.append(msg)
             parts.append(_Part(shard, shard.epoch, progress.gen, msg.prev_seq))
-            progress.sent_commit = msg.commit_seq
             progress.probe_out = progress.probing
             if msg.entries:
                 progress.next_seq = msg.entries[-1].seq + 1
@@ -1015,6 +976,7 @@ class Replica:
                     rows.append(
                         ItemRow(shard.id, *key, item.value, item.version, item.expires_at_ms)
                     )
+            await self._checkpointer.wait_idle()  # none may write this shard's old items now
             shard.data.replace(entries)
             shard.reset(seq, seq_epoch)
             shard.applied_seq, shard.applied_epoch, shard.commit_seq = seq, seq_epoch, seq

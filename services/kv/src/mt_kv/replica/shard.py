@@ -45,7 +45,6 @@ class Progress:
     probe_out: bool = False
     hold_until: float = 0.0  # a probe that made no progress waits for the next tick
     last_hint: int = -1  # where the follower last said its log matches (after a refusal)
-    sent_commit: int = 0  # the commit point it was last told
 
 
 @dataclass

@@ -97,6 +97,10 @@ class Batch:
         )
 
 
+class StoreFailed(Exception):
+    """A transaction failed: the store takes no more writes (restart the replica)."""
+
+
 @dataclass
 class Loaded:
     metas: dict[int, ShardMeta]
@@ -133,6 +137,7 @@ class Store:
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._queue: list[tuple[tuple[Batch, ...], asyncio.Future[None], otel_context.Context]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None  # once a transaction failed, all do
 
     @property
     def engine(self) -> AsyncEngine:
@@ -197,6 +202,9 @@ class Store:
         they were queued. The trace context current here decides where its SQL spans go.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._failed is not None:
+            future.set_exception(StoreFailed(f"an earlier transaction failed: {self._failed!r}"))
+            return future
         batches = tuple(b for b in batches if not b.empty())
         if not batches:
             future.set_result(None)
@@ -216,6 +224,12 @@ class Store:
             try:
                 await self._transaction(batches, traced[0] if traced else None)
             except Exception as err:
+                # Fail-stop: nothing queued behind a lost transaction may commit without it
+                # (a checkpoint's last chunk, say, would claim items that are not there).
+                self._failed = err
+                for _, future, _ in self._queue:
+                    future.set_exception(StoreFailed(f"an earlier transaction failed: {err!r}"))
+                self._queue = []
                 for _, future, _ in queued:
                     if not future.done():
                         future.set_exception(err)
