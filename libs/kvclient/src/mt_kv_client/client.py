@@ -31,6 +31,7 @@ from mt_core.errors import (
     Unavailable,
 )
 from mt_core.rpc import deadline
+from mt_core.rpc.client import RECONNECT_OPTIONS
 from mt_core.rpc.status import error_from_rpc
 from mt_core.telemetry import event
 from mt_proto import kv_pb2 as pb
@@ -284,7 +285,7 @@ class KVClient:
         self._writes = _Coalescer(self._send_writes, max_in_flight=write_batches_in_flight)
 
     async def __aenter__(self) -> KVClient:
-        self._manager = grpc.aio.insecure_channel(self._manager_addr)
+        self._manager = grpc.aio.insecure_channel(self._manager_addr, options=RECONNECT_OPTIONS)
         try:
             await self.refresh()
         except Unavailable as err:
@@ -369,7 +370,7 @@ class KVClient:
 
     def _stub_at(self, addr: str) -> kv_pb2_grpc.KVAsyncStub:
         if addr not in self._stubs:
-            self._channels[addr] = grpc.aio.insecure_channel(addr)
+            self._channels[addr] = grpc.aio.insecure_channel(addr, options=RECONNECT_OPTIONS)
             self._stubs[addr] = kv_pb2_grpc.KVStub(self._channels[addr])
         return self._stubs[addr]
 

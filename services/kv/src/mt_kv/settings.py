@@ -40,7 +40,10 @@ class ReplicaSettings(ServiceSettings):
     repl_port: int = 0
     replica_id: str = "kv-1"
     advertise_addr: str = ""  # default: host:grpc_port
-    store_url: str = ""  # default: a SQLite file under $MT_HOME/data/<replica_id>/
+    store_url: str = ""  # the items; default: a SQLite file under $MT_HOME/data/<replica_id>/
+    # The log; default: log.sqlite beside a SQLite store_url (SQLite has one writer per file,
+    # and checkpoints must not hold the write path up), else the same database.
+    log_store_url: str = ""
     heartbeat_ms: int = 100  # to the shard manager
     # An idle primary still sends each follower an Append this often (lease, commit point).
     append_interval_ms: int = 50

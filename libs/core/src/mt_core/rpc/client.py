@@ -46,6 +46,16 @@ class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
+# Reconnect at least every second: gRPC's default backoff grows to two minutes, so a client that
+# saw a peer down while it restarted kept failing fast for seconds after it was back (a KV
+# replica restarted under the client: reads gave up while its channel was still backing off).
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+
+
 def channel(addr: str, default_timeout_ms: int) -> grpc.aio.Channel:
     """An insecure channel to ``addr`` (loopback or the compose network) with our interceptors."""
     return grpc.aio.insecure_channel(
@@ -55,6 +65,7 @@ def channel(addr: str, default_timeout_ms: int) -> grpc.aio.Channel:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 30_000),
+            *RECONNECT_OPTIONS,
         ],
     )
 
@@ -64,7 +75,9 @@ def untraced_channel(addr: str, options: Sequence[tuple[str, Any]] = ()) -> grpc
     factory, which the instrumentation replaces on the package). For a hot stream whose spans
     its user makes itself, such as the KV's replication: with any interceptor, grpc.aio feeds
     each streamed message through an extra queue and task."""
-    made: grpc.aio.Channel = grpc_aio_channel.insecure_channel(addr, options=list(options))  # type: ignore[assignment]  # the stubs split Channel in two
+    made: grpc.aio.Channel = grpc_aio_channel.insecure_channel(  # type: ignore[assignment]  # the stubs split Channel in two
+        addr, options=[*RECONNECT_OPTIONS, *options]
+    )
     return made
 
 

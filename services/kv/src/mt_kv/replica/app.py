@@ -50,7 +50,7 @@ async def heartbeats(replica: Replica, settings: ReplicaSettings, repl_addr: str
 
 @asynccontextmanager
 async def app(settings: ReplicaSettings) -> AsyncIterator[None]:
-    store = Store(settings.store())
+    store = Store(settings.store(), settings.log_store_url)
     await store.open()
     replica = Replica(settings, store)
     await replica.load()

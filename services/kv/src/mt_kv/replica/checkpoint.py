@@ -7,13 +7,12 @@ each key's latest value) and writes them every ``checkpoint_interval_ms`` (or so
 ``checkpoint_max_keys`` wait) — far cheaper per row than an upsert per key in every small
 transaction of the write path, and a key written many times is written once.
 
-A checkpoint goes to the store in chunks of ``checkpoint_chunk_keys`` rows, each its own
-transaction, so the write path's transactions (queued behind it on the store's one writer)
-wait for one chunk at a time rather than for the whole checkpoint: one transaction of a few
-thousand random-key upserts held puts back for tens of milliseconds (their p99 doubled). The
-last chunk carries each shard's applied position, so a crash between chunks leaves items newer
-than that position — harmless: the log still holds every entry past it (trims never pass a
-checkpoint's position) and applying an entry again gives the same value.
+A checkpoint goes to the store's items (a database of their own: the write path's log
+transactions never wait for it) in chunks of ``checkpoint_chunk_keys`` rows, each its own
+transaction, so no single one holds the items' writer (and the GIL, between its rows) long.
+The last chunk carries each shard's applied position, so a crash between chunks leaves items
+newer than that position — harmless: the log still holds every entry past it (trims never
+pass a committed checkpoint's position) and applying an entry again gives the same value.
 """
 
 from __future__ import annotations
@@ -21,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mt_kv.data import Entry, KeyT
 from mt_kv.replica.shard import Shard
 from mt_kv.settings import ReplicaSettings
-from mt_kv.storage.store import Batch, ItemRow, Store
+from mt_kv.storage.store import ItemRow, Position, Store
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +40,10 @@ class _Taken:
 
 
 class Checkpointer:
-    def __init__(
-        self,
-        settings: ReplicaSettings,
-        store: Store,
-        shards: dict[int, Shard],
-        take_metadata: Callable[[Batch], None],
-        mark_meta: Callable[[Shard], None],
-    ) -> None:
+    def __init__(self, settings: ReplicaSettings, store: Store, shards: dict[int, Shard]) -> None:
         self._settings = settings
         self._store = store
         self._shards = shards
-        self._take_metadata = take_metadata  # shard metadata and log trims, into a batch
-        self._mark_meta = mark_meta  # the shard's metadata must be written again
         self._task: asyncio.Task[None] | None = None
         self._last_at = 0.0
 
@@ -89,25 +79,19 @@ class Checkpointer:
         changes = ((t.shard.id, key, entry) for t in taken for key, entry in t.changes.items())
         try:
             chunk = _rows(changes, size)
-            while True:
-                following = _rows(changes, size)
-                if not following:
-                    break
-                await self._store.commit(Batch(item_writes=chunk))
+            while following := _rows(changes, size):
+                await self._store.checkpoint(chunk, [])
                 chunk = following
-            last = Batch(item_writes=chunk)
-            for t in taken:
-                t.shard.checkpoint_seq = t.applied_seq
-                t.shard.checkpoint_epoch = t.applied_epoch
-                self._mark_meta(t.shard)
-            self._take_metadata(last)
-            # Queued now, before anything else can take the metadata: later transactions
-            # (which carry these positions too) commit after it.
-            await self._store.commit(last)
+            positions = [Position(t.shard.id, t.applied_seq, t.applied_epoch) for t in taken]
+            await self._store.checkpoint(chunk, positions)
         except Exception:
-            # The store refuses every later write too (it stays failed), so nothing newer can
-            # be acknowledged on top of a checkpoint that is not there.
+            # The store takes no more writes after a failure (fail-stop): nothing newer is
+            # acknowledged, and the log keeps everything past the last checkpoint.
             log.exception("checkpoint failed")
+            return
+        for t in taken:  # only now may the log drop entries up to here
+            t.shard.checkpoint_seq = max(t.shard.checkpoint_seq, t.applied_seq)
+            t.shard.checkpoint_epoch = t.applied_epoch
 
 
 def _rows(changes: Iterator[tuple[int, KeyT, Entry | None]], count: int) -> list[ItemRow]:

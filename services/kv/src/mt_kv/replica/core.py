@@ -40,7 +40,7 @@ from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
 from mt_kv.replica.shard import Progress, Role, Shard, Waiter
 from mt_kv.settings import ReplicaSettings
-from mt_kv.storage.store import Batch, ItemRow, LogRow, ShardMeta, Store
+from mt_kv.storage.store import Batch, EpochRow, ItemRow, LogRow, Position, Store
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,7 @@ class Replica:
         self._answered: asyncio.Event = asyncio.Event()  # replaced after each Append answer
         self._dirty_metas: set[int] = set()  # shards whose metadata the store lacks
         self._persist_task: asyncio.Task[None] | None = None
-        self._checkpointer = Checkpointer(
-            settings, store, self.shards, self._take_metadata, self._meta
-        )
+        self._checkpointer = Checkpointer(settings, store, self.shards)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keyspaces = settings.keyspaces()
@@ -220,7 +218,7 @@ class Replica:
         return kv_pb2_grpc.ReplicationStub(self._channels[addr])
 
     def _meta(self, shard: Shard) -> None:
-        """The shard's metadata changed: the next transaction writes it (as it is then)."""
+        """The shard's epoch or primary changed: the log's next transaction writes them."""
         self._dirty_metas.add(shard.id)
 
     # ------------------------------------------------------------------ assignments
@@ -658,14 +656,11 @@ class Replica:
         self._persist()
 
     def _take_metadata(self, batch: Batch) -> None:
-        """Into ``batch``: the shard metadata the store lacks, as it is now (the applied
-        position being that of the checkpoints submitted so far, which commit first), and log
-        trims — never past a submitted checkpoint, so the log keeps what the items lack."""
+        """Into ``batch``: the shards' epochs and primaries the log lacks, and log trims —
+        never past a committed checkpoint, so the log keeps whatever the items lack."""
         for shard_id in self._dirty_metas:
             s = self.shards[shard_id]
-            batch.metas[shard_id] = ShardMeta(
-                s.id, s.epoch, s.primary, s.checkpoint_seq, s.checkpoint_epoch
-            )
+            batch.epochs[shard_id] = EpochRow(s.id, s.epoch, s.primary)
         self._dirty_metas = set()
         for shard in self.shards.values():
             floor = min(shard.trim(self.settings.log_retention_entries), shard.checkpoint_seq)
@@ -880,7 +875,7 @@ class Replica:
             batches.append(batch)
             handled.append((req, results, span))
         tail = Batch()
-        self._take_metadata(tail)  # last: shard metadata as it is after these requests
+        self._take_metadata(tail)  # last: the epochs as they are after these requests
         spans = [span for *_, span in handled if span is not None]
         try:
             if spans:
@@ -981,15 +976,14 @@ class Replica:
             shard.reset(seq, seq_epoch)
             shard.applied_seq, shard.applied_epoch, shard.commit_seq = seq, seq_epoch, seq
             shard.dirty = {}  # the snapshot replaces the shard's items whole
-            shard.checkpoint_seq, shard.checkpoint_epoch = seq, seq_epoch
-            meta = ShardMeta(shard.id, shard.epoch, shard.primary, seq, seq_epoch)
+            # The old log goes first: a crash before the items are replaced leaves the old
+            # items and no log past them, so the primary sends a snapshot again.
+            epoch_row = EpochRow(shard.id, shard.epoch, shard.primary)
             await self.store.commit(
-                Batch(
-                    replace_shards={shard.id: rows},
-                    log_truncate_after={shard.id: -1},
-                    metas={shard.id: meta},
-                )
+                Batch(log_truncate_after={shard.id: -1}, epochs={shard.id: epoch_row})
             )
+            await self.store.replace_shard(shard.id, rows, Position(shard.id, seq, seq_epoch))
+            shard.checkpoint_seq, shard.checkpoint_epoch = seq, seq_epoch
             log.info(
                 "snapshot installed", extra={"shard": shard.id, "seq": seq, "items": len(rows)}
             )

@@ -1,9 +1,20 @@
-"""A replica's durable store: each group commit is one transaction (one fsync).
+"""A replica's durable store: the log on the write path, the items in checkpoints.
 
-The replica keeps its working state in memory and uses this store to survive a crash: the log
-entries it acknowledged as durable (written before they are acknowledged), the effects it
-applied (in checkpoints, every second or so: the log covers what is newer), and each shard's
-epoch. On start it migrates the schema (Alembic) and loads everything back.
+The replica keeps its working state in memory and uses this store to survive a crash:
+
+- the **log** — the entries it acknowledged as durable (written, fsynced, before anything is
+  acknowledged) and each shard's epoch and primary; every group commit is one transaction;
+- the **items** — the applied state of every shard as of its last checkpoint, with the
+  applied position each shard's items reflect (the log covers everything newer).
+
+With SQLite they are two database files (``kv.sqlite`` holds the items, ``log.sqlite`` the
+log), because SQLite has one writer per file: a checkpoint's thousands of random-key upserts
+in the same file held the write path's transactions behind them for tens of milliseconds. Log
+transactions run on the event loop itself (a few hundred microseconds, mostly the fsync: a
+hand-off to a thread and back cost more than that under load); checkpoints run on a thread of
+their own. With PostgreSQL (by URL) both live in the one database, through the async engine.
+On start each database is migrated (Alembic: both carry the one schema, each using its part)
+and everything is loaded back.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -67,33 +78,43 @@ class ItemRow(NamedTuple):
     expires_at_ms: int
 
 
-class ShardMeta(NamedTuple):
+class EpochRow(NamedTuple):
+    """A shard's epoch and primary, as the replica last learnt them (in the log)."""
+
     shard: int
     epoch: int
     primary: str
-    applied_seq: int  # the applied position the stored items reflect
+
+
+class Position(NamedTuple):
+    """The applied position a shard's stored items reflect (with the items)."""
+
+    shard: int
+    applied_seq: int
+    applied_epoch: int
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    shard: int
+    epoch: int
+    primary: str
+    applied_seq: int
     applied_epoch: int
 
 
 @dataclass
 class Batch:
-    """Everything one round makes durable, in one transaction."""
+    """What one group commit writes to the log, in one transaction."""
 
     log_appends: list[LogRow] = field(default_factory=list)
     log_truncate_after: dict[int, int] = field(default_factory=dict)  # shard -> keep seq <= n
     log_trim_upto: dict[int, int] = field(default_factory=dict)  # shard -> drop seq <= n
-    replace_shards: dict[int, list[ItemRow]] = field(default_factory=dict)  # snapshot installs
-    item_writes: list[ItemRow] = field(default_factory=list)
-    metas: dict[int, ShardMeta] = field(default_factory=dict)
+    epochs: dict[int, EpochRow] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (
-            self.log_appends
-            or self.log_truncate_after
-            or self.log_trim_upto
-            or self.replace_shards
-            or self.item_writes
-            or self.metas
+            self.log_appends or self.log_truncate_after or self.log_trim_upto or self.epochs
         )
 
 
@@ -118,26 +139,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cursor.close()
 
 
-class Store:
-    """The durable store of one replica: ``open``, ``load`` once, then ``commit`` rounds.
+def log_url_for(url: str) -> str:
+    """The log's database for items at ``url``: a ``log.sqlite`` beside a SQLite file (one
+    writer per file), else the same database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return url
+    return parsed.set(database=str(Path(parsed.database).with_name("log.sqlite"))).render_as_string(
+        hide_password=False
+    )
 
-    Commits to SQLite run on a thread of their own through SQLAlchemy's synchronous engine:
-    one hand-off per transaction. Through aiosqlite every cursor, execute and close is a
-    hand-off to its thread and back through a busy event loop, which measured 5.5 to 7.5 ms per
-    round's transaction under the bench (most of it waiting for loop turns), serialising the
-    replica's rounds behind it. Other databases (PostgreSQL by URL) commit through the async
-    engine, whose driver is natively async. Schema migrations and the initial load use the
-    async engine either way.
-    """
 
-    def __init__(self, url: str) -> None:
-        self._url = url
+class _Database:
+    """One database: an async engine (migrations, loading, and PostgreSQL's writes) and, for
+    SQLite, a synchronous engine that writes either on the event loop or on a thread."""
+
+    def __init__(self, url: str, *, on_thread: bool) -> None:
+        self.url = url
+        self._on_thread = on_thread
         self._engine: AsyncEngine | None = None
         self._sync_engine: Engine | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self._queue: list[tuple[tuple[Batch, ...], asyncio.Future[None], otel_context.Context]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._failed: BaseException | None = None  # once a transaction failed, all do
 
     @property
     def engine(self) -> AsyncEngine:
@@ -145,20 +167,21 @@ class Store:
         return self._engine
 
     async def open(self) -> None:
-        if self._url.startswith("sqlite"):
-            path = self._url.split("///", 1)[-1]
+        if self.url.startswith("sqlite"):
+            path = self.url.split("///", 1)[-1]
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Looked up at call time, not imported: OpenTelemetry's SQLAlchemy instrumentation wraps
         # the module attributes when the process starts, after this module was imported.
         self._engine = sqlalchemy.ext.asyncio.create_async_engine(
-            self._url, pool_size=1, max_overflow=0
+            self.url, pool_size=2, max_overflow=0
         )
         if self._engine.dialect.name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
-            sync_url = make_url(self._url).set(drivername="sqlite")
+            sync_url = make_url(self.url).set(drivername="sqlite")
             self._sync_engine = sqlalchemy.create_engine(sync_url, pool_size=1, max_overflow=0)
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
-            self._thread = concurrent.futures.ThreadPoolExecutor(1, "kv-store")
+            if self._on_thread:
+                self._thread = concurrent.futures.ThreadPoolExecutor(1, "kv-store")
         async with self._engine.begin() as conn:
             await conn.run_sync(_migrate)
 
@@ -170,13 +193,92 @@ class Store:
         if self._engine is not None:
             await self._engine.dispose()
 
+    async def transaction(
+        self, work: Callable[[Connection], None], context: otel_context.Context | None
+    ) -> None:
+        """``work`` in one transaction, its SQL spans in ``context`` (none if None)."""
+        if self._sync_engine is None:
+            with _traced_by(context):
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(work)
+        elif self._thread is None:
+            self._transaction_sync(work, context)
+        else:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._transaction_sync, work, context)
+
+    def _transaction_sync(
+        self, work: Callable[[Connection], None], context: otel_context.Context | None
+    ) -> None:
+        assert self._sync_engine is not None
+        with _traced_by(context), self._sync_engine.begin() as conn:
+            work(conn)
+
+
+class Store:
+    """The durable store of one replica: ``open``, ``load`` once, then write."""
+
+    def __init__(self, url: str, log_url: str = "") -> None:
+        log_url = log_url or log_url_for(url)
+        self._items = _Database(url, on_thread=True)
+        self._log = self._items if log_url == url else _Database(log_url, on_thread=False)
+        self._queue: list[tuple[tuple[Batch, ...], asyncio.Future[None], otel_context.Context]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None  # once a transaction failed, all do
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The items database's engine."""
+        return self._items.engine
+
+    async def open(self) -> None:
+        await self._items.open()
+        if self._log is not self._items:
+            await self._log.open()
+            await self._move_log_out_of_items()
+
+    async def close(self) -> None:
+        await self._items.close()
+        if self._log is not self._items:
+            await self._log.close()
+
+    async def _move_log_out_of_items(self) -> None:
+        """Stores written before the log had a database of its own keep it beside the items:
+        move it (and the epochs) over once, so no acknowledged entry is left behind."""
+        async with self._items.engine.connect() as conn:
+            old_log = [tuple(r) for r in await conn.execute(select(log))]
+            old_epochs = [
+                EpochRow(r.shard, r.epoch, r.primary) for r in await conn.execute(select(shards))
+            ]
+        if not old_log:
+            return
+        async with self._log.engine.connect() as conn:
+            if (await conn.execute(select(log.c.seq).limit(1))).first() is not None:
+                return  # moved already (the items side is cleared right after)
+
+        def copy(conn: Connection) -> None:
+            sql = _statements(conn.dialect.paramstyle)
+            conn.exec_driver_sql(sql.log_upsert, old_log)
+            if old_epochs:
+                conn.exec_driver_sql(sql.epoch_upsert, old_epochs)
+
+        def clear(conn: Connection) -> None:
+            conn.execute(log.delete())
+
+        await self._log.transaction(copy, None)
+        await self._items.transaction(clear, None)
+
     async def load(self) -> Loaded:
-        async with self.engine.connect() as conn:
-            metas = {
-                row.shard: ShardMeta(
-                    row.shard, row.epoch, row.primary, row.applied_seq, row.applied_epoch
-                )
-                for row in await conn.execute(select(shards))
+        async with self._log.engine.connect() as conn:
+            epochs = {r.shard: (r.epoch, r.primary) for r in await conn.execute(select(shards))}
+            log_rows = [
+                LogRow(r.shard, r.seq, r.epoch, r.payload)
+                for r in await conn.execute(select(log).order_by(log.c.shard, log.c.seq))
+            ]
+        async with self._items.engine.connect() as conn:
+            positions = {
+                r.shard: (r.applied_seq, r.applied_epoch)
+                for r in await conn.execute(select(shards))
             }
             item_rows = [
                 ItemRow(
@@ -184,22 +286,25 @@ class Store:
                 )
                 for r in await conn.execute(select(items))
             ]
-            log_rows = [
-                LogRow(r.shard, r.seq, r.epoch, r.payload)
-                for r in await conn.execute(select(log).order_by(log.c.shard, log.c.seq))
-            ]
+        metas = {
+            shard: ShardMeta(shard, *epochs.get(shard, (0, "")), *positions.get(shard, (0, 0)))
+            for shard in epochs.keys() | positions.keys()
+        }
         return Loaded(metas, item_rows, log_rows)
 
+    # ---------------------------------------------------------------- the log
+
     async def commit(self, *batches: Batch) -> None:
-        """Make ``batches`` durable, atomically, applied in order (see :meth:`submit`)."""
+        """Make ``batches`` durable in the log, atomically, applied in order."""
         await asyncio.shield(self.submit(*batches))
 
     def submit(self, *batches: Batch) -> asyncio.Future[None]:
-        """Queue ``batches`` for the next transaction; the future resolves once it committed.
+        """Queue ``batches`` for the log's next transaction; the future resolves once it
+        committed.
 
-        Commits queued while one is being written share the next transaction, so one fsync
-        (the primary's writes and the Appends of the shards it follows), applied in the order
-        they were queued. The trace context current here decides where its SQL spans go.
+        Everything queued before the transaction starts shares it, so one fsync (the
+        primary's writes and the Appends of the shards it follows), applied in the order
+        queued. The trace context current here decides where its SQL spans go.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._failed is not None:
@@ -222,14 +327,11 @@ class Store:
             traced = [c for *_, c in queued if trace.get_current_span(c).is_recording()]
             batches = [batch for group, *_ in queued for batch in group]
             try:
-                await self._transaction(batches, traced[0] if traced else None)
+                await self._log.transaction(
+                    functools.partial(_apply_all, batches=batches), traced[0] if traced else None
+                )
             except Exception as err:
-                # Fail-stop: nothing queued behind a lost transaction may commit without it
-                # (a checkpoint's last chunk, say, would claim items that are not there).
-                self._failed = err
-                for _, future, _ in self._queue:
-                    future.set_exception(StoreFailed(f"an earlier transaction failed: {err!r}"))
-                self._queue = []
+                self._fail(err)
                 for _, future, _ in queued:
                     if not future.done():
                         future.set_exception(err)
@@ -238,46 +340,72 @@ class Store:
                     if not future.done():
                         future.set_result(None)
 
-    async def _transaction(
-        self, batches: list[Batch], context: otel_context.Context | None
-    ) -> None:
-        if self._thread is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._transaction_sync, batches, context)
-            return
-        with _traced_by(context):
-            async with self.engine.begin() as conn:
-                await conn.run_sync(_apply_all, batches)
+    def _fail(self, err: BaseException) -> None:
+        """Fail-stop: nothing may commit after a lost transaction (a log trim, say, after a
+        checkpoint that is not there; an entry after a missing one)."""
+        self._failed = err
+        for _, future, _ in self._queue:
+            future.set_exception(StoreFailed(f"an earlier transaction failed: {err!r}"))
+        self._queue = []
 
-    def _transaction_sync(self, batches: list[Batch], context: otel_context.Context | None) -> None:
-        assert self._sync_engine is not None
-        with _traced_by(context), self._sync_engine.begin() as conn:
-            _apply_all(conn, batches)
+    # ---------------------------------------------------------------- the items
+
+    async def checkpoint(self, rows: Sequence[ItemRow], positions: Sequence[Position]) -> None:
+        """Write applied effects (each key once) and, with the last of a checkpoint's
+        chunks, the applied positions the items now reflect."""
+        await self._items_transaction(
+            functools.partial(_write_checkpoint, rows=rows, positions=positions)
+        )
+
+    async def replace_shard(self, shard: int, rows: Sequence[ItemRow], position: Position) -> None:
+        """A snapshot install: the shard's items are exactly ``rows``, as of ``position``."""
+        await self._items_transaction(
+            functools.partial(_replace_shard, shard=shard, rows=rows, position=position)
+        )
+
+    async def _items_transaction(self, work: Callable[[Connection], None]) -> None:
+        if self._failed is not None:
+            raise StoreFailed(f"an earlier transaction failed: {self._failed!r}")
+        try:
+            await self._items.transaction(work, None)
+        except Exception as err:
+            self._fail(err)
+            raise
 
 
 def _apply_all(conn: Connection, batches: list[Batch]) -> None:
-    for batch in batches:
-        _apply(conn, batch)
-
-
-def _apply(conn: Connection, batch: Batch) -> None:
     sql = _statements(conn.dialect.paramstyle)
-    for shard, after in batch.log_truncate_after.items():
-        conn.exec_driver_sql(sql.log_truncate, (shard, after))
-    for shard, upto in batch.log_trim_upto.items():
-        conn.exec_driver_sql(sql.log_trim, (shard, upto))
-    if batch.log_appends:
-        conn.exec_driver_sql(sql.log_upsert, batch.log_appends)
-    for shard, rows in batch.replace_shards.items():
-        conn.exec_driver_sql(sql.items_clear, (shard,))
-        _write_items(conn, sql, rows)
-    _write_items(conn, sql, batch.item_writes)
-    if batch.metas:
-        conn.exec_driver_sql(sql.meta_upsert, list(batch.metas.values()))
+    for batch in batches:
+        for shard, after in batch.log_truncate_after.items():
+            conn.exec_driver_sql(sql.log_truncate, (shard, after))
+        for shard, upto in batch.log_trim_upto.items():
+            conn.exec_driver_sql(sql.log_trim, (shard, upto))
+        if batch.log_appends:
+            conn.exec_driver_sql(sql.log_upsert, batch.log_appends)
+        if batch.epochs:
+            conn.exec_driver_sql(sql.epoch_upsert, list(batch.epochs.values()))
+
+
+def _write_checkpoint(
+    conn: Connection, rows: Sequence[ItemRow], positions: Sequence[Position]
+) -> None:
+    sql = _statements(conn.dialect.paramstyle)
+    _write_items(conn, sql, rows)
+    if positions:
+        conn.exec_driver_sql(sql.position_upsert, list(positions))
+
+
+def _replace_shard(
+    conn: Connection, shard: int, rows: Sequence[ItemRow], position: Position
+) -> None:
+    sql = _statements(conn.dialect.paramstyle)
+    conn.exec_driver_sql(sql.items_clear, (shard,))
+    _write_items(conn, sql, rows)
+    conn.exec_driver_sql(sql.position_upsert, [position])
 
 
 def _write_items(conn: Connection, sql: _Statements, rows: Sequence[ItemRow]) -> None:
-    # In order: callers pass each key once per batch (a checkpoint's rows are per key).
+    # Callers pass each key once (a checkpoint's rows are per key), so order does not matter.
     upserts = [
         (r.keyspace, r.partition, r.key, r.shard, r.value, r.version, r.expires_at_ms)
         for r in rows
@@ -295,7 +423,9 @@ class _Statements:
     """The store's statements in one driver's parameter style, with positional parameters:
     executed with exec_driver_sql and tuples, so SQLAlchemy does no per-row parameter work
     (a dict per row through text() cost ~40% more per row here). ON CONFLICT ... DO UPDATE
-    is the same in SQLite and PostgreSQL."""
+    is the same in SQLite and PostgreSQL. A shard's row in kv_shards is written by two
+    statements, each setting its own columns (the epoch with the log, the applied position
+    with the items), so they may share one table in one database."""
 
     log_upsert: str
     log_truncate: str
@@ -303,7 +433,8 @@ class _Statements:
     items_clear: str
     item_upsert: str
     item_delete: str
-    meta_upsert: str
+    epoch_upsert: str
+    position_upsert: str
 
 
 @functools.cache
@@ -336,11 +467,15 @@ def _statements(paramstyle: str) -> _Statements:
             "version = excluded.version, expires_at_ms = excluded.expires_at_ms"
         ),
         item_delete=sql("DELETE FROM kv_items WHERE keyspace = ? AND partition = ? AND key = ?"),
-        meta_upsert=sql(
+        epoch_upsert=sql(
             'INSERT INTO kv_shards (shard, epoch, "primary", applied_seq, applied_epoch) '
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (shard) DO UPDATE SET epoch = excluded.epoch, "
-            '"primary" = excluded."primary", applied_seq = excluded.applied_seq, '
-            "applied_epoch = excluded.applied_epoch"
+            "VALUES (?, ?, ?, 0, 0) ON CONFLICT (shard) DO UPDATE SET epoch = excluded.epoch, "
+            '"primary" = excluded."primary"'
+        ),
+        position_upsert=sql(
+            'INSERT INTO kv_shards (shard, epoch, "primary", applied_seq, applied_epoch) '
+            "VALUES (?, 0, '', ?, ?) ON CONFLICT (shard) DO UPDATE SET "
+            "applied_seq = excluded.applied_seq, applied_epoch = excluded.applied_epoch"
         ),
     )
 
