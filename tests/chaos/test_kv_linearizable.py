@@ -23,7 +23,7 @@ import pytest
 from mt_chaos.history import History
 from mt_chaos.linearizability import check
 from mt_chaos.proxy import LinkProxy
-from mt_cli.kvcluster import KVCluster
+from mt_cli.kvcluster import KVCluster, free_port
 from mt_kv_client import Consistency, Key, KVClient
 
 from tests.chaos.conftest import FULL, Tally
@@ -46,6 +46,7 @@ async def links(unstarted: KVCluster) -> AsyncIterator[dict[tuple[str, str], lis
     """Proxies per link (replica a reaching b: its replication link, and gRPC for snapshots);
     each replica is told to reach its peers through them."""
     pairs = [(a, b) for a in unstarted.ports for b in unstarted.ports if a != b]
+    unstarted.repl_ports = {name: free_port() for name in unstarted.ports}  # the proxies' targets
     grpc_proxies = {p: await LinkProxy("127.0.0.1", unstarted.ports[p[1]]).start() for p in pairs}
     repl_proxies = {
         p: await LinkProxy("127.0.0.1", unstarted.repl_ports[p[1]]).start() for p in pairs

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from mt_kv.data import Change, Entry, ShardData, decode_effects
-from mt_kv.replica.shard import Shard
+from mt_kv.data import Change, ShardData, decode_effects
+from mt_kv.replica.shard import LogRec, Shard
 from mt_proto import kv_pb2 as pb
 
 
-def entry(seq: int, epoch: int) -> pb.LogEntry:
-    return pb.LogEntry(seq=seq, epoch=epoch)
+def entry(seq: int, epoch: int) -> LogRec:
+    return (seq, epoch, b"")
 
 
 def test_log__epoch_at_knows_the_tail_and_the_entry_before_it() -> None:
@@ -55,7 +55,7 @@ def test_log__reset_positions_an_empty_log_after_a_snapshot() -> None:
 def _put(
     keyspace: str, partition: bytes, key: bytes, value: bytes, version: int, ttl: int = 0
 ) -> Change:
-    return (keyspace, partition, key), Entry(value, version, ttl)
+    return (keyspace, partition, key), (value, version, ttl)
 
 
 def test_data__scan_stays_in_its_partition_and_prefix() -> None:
@@ -154,6 +154,20 @@ def test_effects__a_payload_decodes_to_the_changes_it_was_made_of() -> None:
     ]
     payload = pb.LogPayload(effects=items).SerializeToString()
     assert decode_effects(payload) == [
-        (("t", b"p", b"a"), Entry(b"1", 7, 99)),
+        (("t", b"p", b"a"), (b"1", 7, 99)),
         (("t", b"p", b"b"), None),
     ]
+
+
+def test_memory__values_and_log_entries_drop_out_of_the_garbage_collectors_sight() -> None:
+    """What a replica holds per key and per log entry must not make every collection walk it
+    (data.py): plain tuples of bytes and ints, untracked after one collection."""
+    import gc
+
+    data, shard = ShardData(), Shard(0)
+    data.apply([_put("t", b"p", b"k", b"v", 1)])
+    shard.append((1, 1, b"payload"))
+    gc.collect()
+    assert not gc.is_tracked(data.items[("t", b"p", b"k")])
+    assert not gc.is_tracked(shard.tail[0])
+    assert not gc.is_tracked(data._keys[("t", b"p")])  # one key: bare bytes, no set

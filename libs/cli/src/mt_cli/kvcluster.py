@@ -42,7 +42,9 @@ class KVCluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     manager_port: int = field(default_factory=free_port)
     ports: dict[str, int] = field(default_factory=dict)  # replica -> gRPC port
-    repl_ports: dict[str, int] = field(default_factory=dict)  # replica -> replication link port
+    # replica -> its replication link's port; unset: the OS picks one (peers learn it through
+    # the manager), so no port chosen here can be taken by someone else's connection meanwhile
+    repl_ports: dict[str, int] = field(default_factory=dict)
     store_urls: dict[str, str] = field(default_factory=dict)  # replica -> MT_STORE_URL
     peer_addrs: dict[str, str] = field(default_factory=dict)  # replica -> MT_PEER_ADDRS
     peer_repl_addrs: dict[str, str] = field(default_factory=dict)  # -> MT_PEER_REPL_ADDRS
@@ -51,7 +53,6 @@ class KVCluster:
     def __post_init__(self) -> None:
         for i in range(1, self.replicas + 1):
             self.ports.setdefault(f"kv-{i}", free_port())
-            self.repl_ports.setdefault(f"kv-{i}", free_port())
 
     @property
     def manager_addr(self) -> str:
@@ -88,7 +89,7 @@ class KVCluster:
         await self.wait_healthy(timeout_s)
 
     def start_replica(self, name: str) -> None:
-        more = {"MT_REPLICA_ID": name, "MT_REPL_PORT": str(self.repl_ports[name])}
+        more = {"MT_REPLICA_ID": name, "MT_REPL_PORT": str(self.repl_ports.get(name, 0))}
         if name in self.store_urls:
             more["MT_STORE_URL"] = self.store_urls[name]
         if name in self.peer_addrs:

@@ -96,8 +96,6 @@ class Checkpointer:
 
 def _rows(changes: Iterator[tuple[int, KeyT, Entry | None]], count: int) -> list[ItemRow]:
     return [
-        ItemRow(shard, *key, None, 0, 0)
-        if entry is None
-        else ItemRow(shard, *key, entry.value, entry.version, entry.expires_at_ms)
+        ItemRow(shard, *key, None, 0, 0) if entry is None else ItemRow(shard, *key, *entry)
         for shard, key, entry in itertools.islice(changes, count)
     ]

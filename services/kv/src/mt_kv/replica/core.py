@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import msgpack
 from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mt_core.rpc.client import untraced_channel
 from mt_kv_client.routing import MAX_BATCH, Key, validate_value
@@ -35,10 +36,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, StatusCode
 from prometheus_client import Gauge, Histogram
 
-from mt_kv.data import Entry, KeyT, decode_effects, key_of
+from mt_kv.data import EXPIRES, VALUE, VERSION, Change, Entry, KeyT, decode_effects, key_of
 from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
-from mt_kv.replica.shard import Progress, Role, Shard, Waiter
+from mt_kv.replica.shard import EPOCH, PAYLOAD, SEQ, LogRec, Progress, Role, Shard, Waiter
 from mt_kv.settings import ReplicaSettings
 from mt_kv.storage.store import Batch, EpochRow, ItemRow, LogRow, Position, Store
 
@@ -84,6 +85,11 @@ class _Note:
     span: Span | None = None
 
 
+def _traced_in(shard: Shard, entries: Sequence[LogRec]) -> list[SpanContext]:
+    """The traced writes among ``entries`` (their span contexts)."""
+    return [shard.traced[e[SEQ]] for e in entries if e[SEQ] in shard.traced]
+
+
 def _rewind(progress: Progress, next_seq: int) -> None:
     """Send from ``next_seq`` again, one request at a time until the follower agrees;
     answers to what was sent before are stale from now on."""
@@ -116,9 +122,9 @@ def _item(key: KeyT, entry: Entry | None, version: int = 0) -> pb.Item:
     return pb.Item(
         key=k,
         found=True,
-        value=entry.value,
-        version=entry.version,
-        expires_at_ms=entry.expires_at_ms,
+        value=entry[VALUE],
+        version=entry[VERSION],
+        expires_at_ms=entry[EXPIRES],
     )
 
 
@@ -162,7 +168,7 @@ class Replica:
             by_shard.setdefault(row.shard, []).append(
                 (
                     (row.keyspace, row.partition, row.key),
-                    Entry(row.value, row.version, row.expires_at_ms),
+                    (row.value, row.version, row.expires_at_ms),
                 )
             )
         for shard_id, entries in by_shard.items():
@@ -172,9 +178,7 @@ class Replica:
             if not shard.tail and entry.seq <= shard.applied_seq:
                 shard.tail_start, shard.base_epoch = entry.seq, None  # older epochs unknown
             if entry.seq == shard.last_seq + 1:
-                shard.tail.append(
-                    pb.LogEntry(seq=entry.seq, epoch=entry.epoch, payload=entry.payload)
-                )
+                shard.tail.append((entry.seq, entry.epoch, entry.payload))
         for shard in self.shards.values():
             shard.local_durable_seq = shard.last_seq
         log.info(
@@ -317,10 +321,10 @@ class Replica:
         for seq in range(shard.applied_seq + 1, shard.last_seq + 1):
             entry = shard.entry(seq)
             assert entry is not None
-            self._add_pending(shard, seq, pb.LogPayload.FromString(entry.payload).effects)
+            self._add_pending(shard, seq, decode_effects(entry[PAYLOAD]))
         # An entry of the new epoch lets the inherited tail commit (Raft §5.4.2); strong reads
         # wait until it is applied, so they see every write the previous primaries committed.
-        shard.epoch_start_seq = self._sequence(shard, [])
+        shard.epoch_start_seq = self._sequence(shard, [], [])
         self._meta(shard)
         log.info("primary", extra={"shard": shard.id, "epoch": epoch, "last_seq": shard.last_seq})
 
@@ -330,6 +334,7 @@ class Replica:
         shard.lease_until = 0.0
         shard.pending = {}
         shard.unpersisted = []
+        shard.changes = {}  # entries we sequenced may yet be replaced: decode what commits
         shard.progress = {}
         self._fail_waiters(shard, why)
 
@@ -381,8 +386,8 @@ class Replica:
         now = now_ms()
         for cond in req.conditions:
             self._check(shard, cond, now)
-        effects = self._effects(shard, req.mutations, now)
-        seq = self._sequence(shard, effects)
+        effects, changes = self._effects(shard, req.mutations, now)
+        seq = self._sequence(shard, effects, changes)
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(
@@ -407,7 +412,7 @@ class Replica:
         held = {
             pb.Condition.ABSENT: current is None,
             pb.Condition.PRESENT: current is not None,
-            pb.Condition.VERSION_EQUALS: (current.version if current else 0) == cond.version,
+            pb.Condition.VERSION_EQUALS: (current[VERSION] if current else 0) == cond.version,
         }.get(cond.kind)
         if held is None:
             raise InvalidArgument("condition kind is required", code="invalid_condition")
@@ -423,7 +428,11 @@ class Replica:
         if key.keyspace not in self._keyspaces:
             raise InvalidArgument(f"unknown keyspace {key.keyspace!r}", code="unknown_keyspace")
 
-    def _effects(self, shard: Shard, mutations: Sequence[pb.Mutation], now: int) -> list[pb.Item]:
+    def _effects(
+        self, shard: Shard, mutations: Sequence[pb.Mutation], now: int
+    ) -> tuple[list[pb.Item], list[Change]]:
+        """What the mutations do, as log items (for the payload and the answer) and as the
+        changes to apply."""
         seq = shard.last_seq + 1
         local: dict[KeyT, Entry | None] = {}
         effects: list[pb.Item] = []
@@ -434,45 +443,44 @@ class Replica:
             if op == "put":
                 validate_value(m.put.value)
                 expires = now + m.put.ttl_ms if m.put.ttl_ms else 0
-                new: Entry | None = Entry(m.put.value, seq, expires)
+                new: Entry | None = (m.put.value, seq, expires)
             elif op == "delete":
                 new = None
             elif op == "increment":
                 current = local[key] if key in local else shard.view(key, now)
                 try:
-                    base = int(current.value) if current is not None else 0
+                    base = int(current[VALUE]) if current is not None else 0
                 except ValueError:
                     raise FailedPrecondition(
                         "increment of a value that is not an integer", code="not_a_counter"
                     ) from None
-                new = Entry(str(base + m.increment.delta).encode(), seq, 0)
+                new = (str(base + m.increment.delta).encode(), seq, 0)
             else:
                 raise InvalidArgument(
                     "a mutation needs put, delete or increment", code="invalid_mutation"
                 )
             local[key] = new
             effects.append(_item(key, new, seq))
-        return effects
+        return effects, list(local.items())
 
-    def _sequence(self, shard: Shard, effects: list[pb.Item]) -> int:
+    def _sequence(self, shard: Shard, effects: list[pb.Item], changes: list[Change]) -> int:
         seq = shard.last_seq + 1
-        entry = pb.LogEntry(
-            seq=seq, epoch=shard.epoch, payload=pb.LogPayload(effects=effects).SerializeToString()
-        )
+        entry = (seq, shard.epoch, pb.LogPayload(effects=effects).SerializeToString())
         shard.append(entry)
         shard.unpersisted.append(entry)
+        shard.changes[seq] = changes
         context = trace.get_current_span().get_span_context()
         if context.trace_flags.sampled:
             shard.traced[seq] = context
-        self._add_pending(shard, seq, effects)
+        self._add_pending(shard, seq, changes)
         self._schedule_flush()
         return seq
 
     @staticmethod
-    def _add_pending(shard: Shard, seq: int, effects: Sequence[pb.Item]) -> None:
-        for item in effects:
-            new = Entry(item.value, item.version, item.expires_at_ms) if item.found else None
-            shard.pending[key_of(item.key)] = (seq, new)
+    def _add_pending(shard: Shard, seq: int, changes: Sequence[Change]) -> None:
+        pending = shard.pending
+        for key, new in changes:
+            pending[key] = (seq, new)
 
     async def _readable(self, shard_id: int, read: pb.ReadOptions, route_epoch: int) -> Shard:
         """The shard if this replica may serve ``read`` now, waiting briefly where useful."""
@@ -611,11 +619,11 @@ class Replica:
         traced: list[SpanContext] = []
         for shard in fresh:
             if shard.traced:
-                traced += [shard.traced[e.seq] for e in shard.unpersisted if e.seq in shard.traced]
-            batch.log_appends += [
-                LogRow(shard.id, e.seq, e.epoch, e.payload) for e in shard.unpersisted
-            ]
-            persisted[shard.id] = shard.unpersisted[-1].seq
+                traced += [
+                    shard.traced[e[SEQ]] for e in shard.unpersisted if e[SEQ] in shard.traced
+                ]
+            batch.log_appends += [LogRow(shard.id, *e) for e in shard.unpersisted]
+            persisted[shard.id] = shard.unpersisted[-1][SEQ]
             shard.unpersisted = []
         self._take_metadata(batch)
         if batch.empty():
@@ -692,16 +700,16 @@ class Replica:
                 continue
             if progress.probing and (progress.probe_out or now < progress.hold_until):
                 continue
-            msg = self._append_for(shard, progress)
-            if not (msg.entries or msg.snapshot_required or progress.probing or heartbeat):
+            msg, sent = self._append_for(shard, progress)
+            if not (sent or msg.snapshot_required or progress.probing or heartbeat):
                 continue
             request.shards.append(msg)
             parts.append(_Part(shard, shard.epoch, progress.gen, msg.prev_seq))
             progress.probe_out = progress.probing
-            if msg.entries:
-                progress.next_seq = msg.entries[-1].seq + 1
+            if sent:
+                progress.next_seq = sent[-1][SEQ] + 1
                 if shard.traced:
-                    traced += [shard.traced[e.seq] for e in msg.entries if e.seq in shard.traced]
+                    traced += _traced_in(shard, sent)
         if not parts:
             return
         span = _open_span(traced, "kv.replicate", SpanKind.CLIENT, follower=link.follower)
@@ -709,7 +717,8 @@ class Replica:
             propagate.inject(request.trace_context, trace.set_span_in_context(span))
         link.send(request, _Note(parts, span))
 
-    def _append_for(self, shard: Shard, progress: Progress) -> pb.ShardAppend:
+    def _append_for(self, shard: Shard, progress: Progress) -> tuple[pb.ShardAppend, list[LogRec]]:
+        """The follower's part of an Append for this shard, and the entries it carries."""
         nxt = min(progress.next_seq, shard.last_seq + 1)
         prev = nxt - 1
         prev_epoch = shard.epoch_at(prev) if prev >= shard.tail_start - 1 else None
@@ -720,13 +729,15 @@ class Replica:
             # it is instead of copying again.
             msg.snapshot_required = True
             msg.prev_seq = shard.tail_start - 1
-            return msg
+            return msg, []
         msg.prev_seq, msg.prev_epoch = prev, prev_epoch
         upto = min(shard.last_seq, prev + self.settings.max_entries_per_append)
+        sent: list[LogRec] = []
         if upto > prev:
             start = prev + 1 - shard.tail_start
-            msg.entries.extend(shard.tail[start : start + (upto - prev)])
-        return msg
+            sent = shard.tail[start : start + (upto - prev)]
+            msg.entries = msgpack.packb(sent)
+        return msg, sent
 
     # The replication link's owner (see link.LinkOwner).
 
@@ -827,16 +838,16 @@ class Replica:
         while shard.applied_seq < upto:
             entry = shard.entry(shard.applied_seq + 1)
             assert entry is not None, (shard.id, shard.applied_seq + 1)
-            changes = decode_effects(entry.payload)
+            changes = shard.changes.pop(entry[SEQ], None) or decode_effects(entry[PAYLOAD])
             data.apply(changes)
             dirty.update(changes)
             if pending:
                 for key, _ in changes:
-                    if key in pending and pending[key][0] <= entry.seq:
+                    if key in pending and pending[key][0] <= entry[SEQ]:
                         del pending[key]  # no later sequenced write of this key is pending
-            shard.applied_seq, shard.applied_epoch = entry.seq, entry.epoch
+            shard.applied_seq, shard.applied_epoch = entry[SEQ], entry[EPOCH]
             if shard.traced:
-                shard.traced.pop(entry.seq, None)
+                shard.traced.pop(entry[SEQ], None)
         if shard.waiters and shard.waiters[0].seq <= shard.applied_seq:
             now = time.perf_counter()
             if shard.commit_seconds is None:
@@ -945,15 +956,20 @@ class Replica:
             )
         if shard.epoch_at(sa.prev_seq) != sa.prev_epoch:
             return result(S.MISMATCH, shard.applied_seq)
-        for entry in sa.entries:
-            if entry.seq <= shard.last_seq:
-                if shard.epoch_at(entry.seq) == entry.epoch:
+        entries: tuple[LogRec, ...] = (
+            msgpack.unpackb(sa.entries, use_list=False) if sa.entries else ()
+        )
+        for entry in entries:
+            seq = entry[SEQ]
+            if seq <= shard.last_seq:
+                if shard.epoch_at(seq) == entry[EPOCH]:
                     continue
-                shard.truncate_after(entry.seq - 1)
-                batch.log_truncate_after[shard.id] = entry.seq - 1
+                shard.truncate_after(seq - 1)
+                shard.changes.clear()  # ours no more (we were its primary, in another epoch)
+                batch.log_truncate_after[shard.id] = seq - 1
             shard.append(entry)
-            batch.log_appends.append(LogRow(shard.id, entry.seq, entry.epoch, entry.payload))
-        matched = sa.prev_seq + len(sa.entries)
+            batch.log_appends.append(LogRow(shard.id, *entry))
+        matched = sa.prev_seq + len(entries)
         status, _ = result(S.OK, matched)
         return status, min(sa.commit_seq, matched)
 
@@ -967,7 +983,7 @@ class Replica:
                 seq, seq_epoch = chunk.seq, chunk.seq_epoch
                 for item in chunk.items:
                     key = key_of(item.key)
-                    entries.append((key, Entry(item.value, item.version, item.expires_at_ms)))
+                    entries.append((key, (item.value, item.version, item.expires_at_ms)))
                     rows.append(
                         ItemRow(shard.id, *key, item.value, item.version, item.expires_at_ms)
                     )
@@ -1014,4 +1030,4 @@ class Replica:
                 expired = shard.data.expired(now, 500)
                 if expired:
                     effects = [_item(k, None, shard.last_seq + 1) for k, _ in expired]
-                    self._sequence(shard, effects)
+                    self._sequence(shard, effects, [(k, None) for k, _ in expired])

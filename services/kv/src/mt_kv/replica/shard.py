@@ -6,12 +6,19 @@ import asyncio
 import enum
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-from mt_proto import kv_pb2 as pb
 from opentelemetry.trace import SpanContext
 
-from mt_kv.data import Entry, KeyT, ShardData
+from mt_kv.data import Change, Entry, KeyT, ShardData, live
+
+# A log entry: (seq, epoch, payload), the payload an encoded LogPayload (the effects of one
+# write). A plain tuple, like a stored value (see data.py): the garbage collector stops tracking
+# it, and a replica keeps up to ``log_retention_entries`` of them per shard.
+LogRec = tuple[int, int, bytes]
+SEQ: Final = 0
+EPOCH: Final = 1
+PAYLOAD: Final = 2
 
 
 class Role(enum.Enum):
@@ -63,14 +70,16 @@ class Shard:
     checkpoint_seq: int = 0
     checkpoint_epoch: int = 0
     # The log tail kept in memory (also in the store): entries tail_start .. last.
-    tail: list[pb.LogEntry] = field(default_factory=list)
+    tail: list[LogRec] = field(default_factory=list)
     tail_start: int = 1
     base_epoch: int | None = 0  # epoch of the entry just before the tail (None: unknown)
     commit_seq: int = 0
     # ---- as primary
     # Sequenced, uncommitted writes: key -> (seq, new entry or None for a delete).
     pending: dict[KeyT, tuple[int, Entry | None]] = field(default_factory=dict)
-    unpersisted: list[pb.LogEntry] = field(default_factory=list)
+    unpersisted: list[LogRec] = field(default_factory=list)
+    # Our sequenced entries' changes, as made (applying them needs no decoding of the payload).
+    changes: dict[int, list[Change]] = field(default_factory=dict)
     # seq -> the span context of the traced write that sequenced it (only sampled ones), so
     # that persisting and replicating it show up in that write's trace.
     traced: dict[int, SpanContext] = field(default_factory=dict)
@@ -90,15 +99,15 @@ class Shard:
 
     @property
     def last_seq(self) -> int:
-        return self.tail[-1].seq if self.tail else self.tail_start - 1
+        return self.tail[-1][SEQ] if self.tail else self.tail_start - 1
 
     @property
     def last_epoch(self) -> int:
         if self.tail:
-            return self.tail[-1].epoch
+            return self.tail[-1][EPOCH]
         return self.base_epoch or 0
 
-    def entry(self, seq: int) -> pb.LogEntry | None:
+    def entry(self, seq: int) -> LogRec | None:
         index = seq - self.tail_start
         return self.tail[index] if 0 <= index < len(self.tail) else None
 
@@ -108,15 +117,15 @@ class Shard:
             return 0
         found = self.entry(seq)
         if found is not None:
-            return found.epoch
+            return found[EPOCH]
         if seq == self.tail_start - 1:
             return self.base_epoch
         if seq == self.applied_seq:
             return self.applied_epoch
         return None
 
-    def append(self, entry: pb.LogEntry) -> None:
-        assert entry.seq == self.last_seq + 1, (entry.seq, self.last_seq)
+    def append(self, entry: LogRec) -> None:
+        assert entry[SEQ] == self.last_seq + 1, (entry[SEQ], self.last_seq)
         self.tail.append(entry)
 
     def reset(self, seq: int, epoch: int) -> None:
@@ -132,7 +141,7 @@ class Shard:
         """Forget the oldest applied entries beyond ``keep_entries``; returns the new floor."""
         excess = min(len(self.tail) - keep_entries, self.applied_seq - self.tail_start + 1)
         if excess > 0:
-            self.base_epoch = self.tail[excess - 1].epoch
+            self.base_epoch = self.tail[excess - 1][EPOCH]
             del self.tail[:excess]
             self.tail_start += excess
         return self.tail_start - 1
@@ -141,5 +150,5 @@ class Shard:
         """The value a new write must see: pending (sequenced) writes over committed data."""
         if key in self.pending:
             pending = self.pending[key][1]
-            return pending if pending is not None and pending.live(now_ms) else None
+            return pending if pending is not None and live(pending, now_ms) else None
         return self.data.get(key, now_ms)
