@@ -730,6 +730,8 @@ class LogPayload(_message.Message):
 
     What a log entry carries: the effects of one already-validated write request, so applying
     it is deterministic on every replica (an increment is logged as its resulting value).
+    Entries are now logged as MessagePack (see ShardAppend.entries); this message is how older
+    entries, still in some logs, were encoded.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -777,8 +779,9 @@ class ShardAppend(_message.Message):
     """the entries the follower needs are gone: pull a Snapshot"""
     entries: _builtins.bytes
     """The log entries following prev_seq: a MessagePack array of [seq, epoch, payload] arrays,
-    payload an encoded LogPayload and epoch that of the primary that sequenced the entry (kept
-    when re-replicated). Packed, not a repeated message: the replicas keep entries as plain
+    epoch that of the primary that sequenced the entry (kept when re-replicated), payload its
+    effects: a MessagePack array of [keyspace, partition, key, value, version, expires_at_ms]
+    arrays, value nil for a delete (entries logged before that was so: an encoded LogPayload). Packed, not a repeated message: the replicas keep entries as plain
     tuples, and a message object per entry (built, copied, parsed, read field by field) was a
     tenth of a replica's CPU under the put benchmark.
     """

@@ -18,6 +18,7 @@ import heapq
 from collections.abc import Iterable
 from typing import Final
 
+import msgpack
 from mt_proto import kv_pb2 as pb
 from sortedcontainers import SortedList
 
@@ -41,8 +42,26 @@ def key_of(key: pb.Key) -> KeyT:
     return (key.keyspace, key.partition, key.key)
 
 
+def encode_changes(changes: Iterable[Change]) -> bytes:
+    """A log entry's payload: a MessagePack array of [keyspace, partition, key, value, version,
+    expires_at_ms] arrays, value nil for a delete (see LogEntry in kv.proto). One C call, where
+    building and encoding a LogPayload message took an Item per change."""
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [(*key, *entry) if entry is not None else (*key, None, 0, 0) for key, entry in changes]
+    )
+
+
 def decode_effects(payload: bytes) -> list[Change]:
-    """A log entry's payload (an encoded LogPayload) as the changes it makes."""
+    """A log entry's payload as the changes it makes. Entries logged before payloads were
+    MessagePack hold an encoded LogPayload (a protobuf message: its first byte, 0x0a, starts
+    no MessagePack array; an empty one is empty)."""
+    if payload and payload[0] != 0x0A:
+        return [
+            ((ks, partition, key), (value, version, expires) if value is not None else None)
+            for ks, partition, key, value, version, expires in msgpack.unpackb(
+                payload, use_list=False
+            )
+        ]
     changes: list[Change] = []
     for item in pb.LogPayload.FromString(payload).effects:
         k = item.key

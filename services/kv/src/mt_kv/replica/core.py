@@ -36,7 +36,17 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, StatusCode
 from prometheus_client import Gauge, Histogram
 
-from mt_kv.data import EXPIRES, VALUE, VERSION, Change, Entry, KeyT, decode_effects, key_of
+from mt_kv.data import (
+    EXPIRES,
+    VALUE,
+    VERSION,
+    Change,
+    Entry,
+    KeyT,
+    decode_effects,
+    encode_changes,
+    key_of,
+)
 from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
 from mt_kv.replica.shard import EPOCH, PAYLOAD, SEQ, LogRec, Progress, Role, Shard, Waiter
@@ -324,7 +334,7 @@ class Replica:
             self._add_pending(shard, seq, decode_effects(entry[PAYLOAD]))
         # An entry of the new epoch lets the inherited tail commit (Raft §5.4.2); strong reads
         # wait until it is applied, so they see every write the previous primaries committed.
-        shard.epoch_start_seq = self._sequence(shard, [], [])
+        shard.epoch_start_seq = self._sequence(shard, [])
         self._meta(shard)
         log.info("primary", extra={"shard": shard.id, "epoch": epoch, "last_seq": shard.last_seq})
 
@@ -387,7 +397,7 @@ class Replica:
         for cond in req.conditions:
             self._check(shard, cond, now)
         effects, changes = self._effects(shard, req.mutations, now)
-        seq = self._sequence(shard, effects, changes)
+        seq = self._sequence(shard, changes)
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(
@@ -463,9 +473,9 @@ class Replica:
             effects.append(_item(key, new, seq))
         return effects, list(local.items())
 
-    def _sequence(self, shard: Shard, effects: list[pb.Item], changes: list[Change]) -> int:
+    def _sequence(self, shard: Shard, changes: list[Change]) -> int:
         seq = shard.last_seq + 1
-        entry = (seq, shard.epoch, pb.LogPayload(effects=effects).SerializeToString())
+        entry = (seq, shard.epoch, encode_changes(changes))
         shard.append(entry)
         shard.unpersisted.append(entry)
         shard.changes[seq] = changes
@@ -1029,5 +1039,4 @@ class Replica:
             for shard in [s for s in self.shards.values() if s.role is Role.PRIMARY]:
                 expired = shard.data.expired(now, 500)
                 if expired:
-                    effects = [_item(k, None, shard.last_seq + 1) for k, _ in expired]
-                    self._sequence(shard, effects, [(k, None) for k, _ in expired])
+                    self._sequence(shard, [(k, None) for k, _ in expired])
