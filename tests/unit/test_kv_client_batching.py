@@ -63,7 +63,7 @@ async def test_coalescer__cap_holds_later_calls_for_one_shared_rpc() -> None:
     await _turns()
     assert sender.batches[-1] == [7]
     sender.release[0].set_result(None)
-    await _turns()
+    await _turns(6)
     assert sender.batches[-1] == [2, 3, 4]  # the held calls go together
     for gate in sender.release[1:]:
         if not gate.done():
@@ -88,3 +88,30 @@ async def test_coalescer__a_failed_rpc_frees_its_slot_and_fails_only_its_calls()
     assert isinstance(results[0], ConnectionError)
     assert results[1:] == [1, 2]
     assert calls == [[0], [1, 2]]
+
+
+async def test_coalescer__callers_answered_by_a_reply_join_the_next_rpc() -> None:
+    """The next RPC goes once the callers a reply answered have made their next calls (each
+    of the bench's callers writes again at once), not ahead of them."""
+    sender = Sender()
+    batcher = _Coalescer(sender.send, max_in_flight=1)
+
+    async def caller(i: int) -> None:
+        await batcher.submit("a", i)
+        await batcher.submit("a", i + 10)
+
+    tasks = [asyncio.create_task(caller(0))]
+    await _turns()
+    tasks += [asyncio.create_task(caller(i)) for i in (1, 2)]
+    await _turns()
+    assert sender.batches == [[0]]  # 1 and 2 wait behind the cap
+    sender.release[0].set_result(None)
+    await _turns(6)
+    assert sender.batches[1] == [1, 2, 10]  # the held calls and the answered caller's next
+    while not all(t.done() for t in tasks):
+        for gate in sender.release:
+            if not gate.done():
+                gate.set_result(None)
+        await _turns()
+    assert len(sender.batches) == 3
+    assert sender.batches[2] == [11, 12]

@@ -244,8 +244,11 @@ class _Coalescer:
             return
         finally:
             self._in_flight[group] -= 1
-            if group in self._groups:
-                self._schedule()
+            # Scheduled after the callers answered here are woken (in the loop's queue), so the
+            # next calls they make join the group's next RPC: flushed ahead of them, each
+            # BatchWrite carried only what queued during the last one, and their next writes
+            # waited a whole round trip for the one after.
+            asyncio.get_running_loop().call_soon(self._schedule)
         for (_, future), result in zip(calls, results, strict=True):
             if future.done():
                 continue
