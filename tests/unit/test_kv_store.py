@@ -1,29 +1,32 @@
-"""The KV store: its two SQLite files, the move of a log kept beside the items, fail-stop after
-a failed transaction, and its statements in every driver parameter style it may meet."""
+"""The KV store: its two SQLite files, items as segments (a base, then deltas; a new base drops
+what came before), the moves of a log kept beside the items and of items kept a row per key,
+fail-stop after a failed transaction, and its statements in every driver parameter style."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from mt_kv.storage.schema import items, segments, shards
 from mt_kv.storage.store import (
     Batch,
     EpochRow,
-    ItemRow,
     LogRow,
     Position,
+    Segment,
     ShardMeta,
     Store,
     StoreFailed,
     _statements,
 )
+from sqlalchemy import select
 
 
 def test_statements__each_style_numbers_or_marks_every_parameter() -> None:
-    template = _statements("qmark").item_upsert
-    assert template.count("?") == 7
-    assert "$7" in _statements("numeric_dollar").item_upsert
-    assert "$8" not in _statements("numeric_dollar").item_upsert
+    template = _statements("qmark").segment_upsert
+    assert template.count("?") == 5
+    assert "$5" in _statements("numeric_dollar").segment_upsert
+    assert "$6" not in _statements("numeric_dollar").segment_upsert
     assert ":3" in _statements("numeric").log_upsert
     assert _statements("format").log_trim == "DELETE FROM kv_log WHERE shard = %s AND seq <= %s"
 
@@ -46,7 +49,10 @@ async def test_store__log_and_items_in_files_of_their_own_load_back_together(
                 epochs={3: EpochRow(3, 1, "kv-2")},
             )
         )
-        await store.checkpoint([ItemRow(3, "t", b"p", b"k", b"v", 1, 0)], [Position(3, 1, 1)])
+        base = {("t", b"p", b"k"): (b"v", 1, 0), ("t", b"p", b"gone"): (b"x", 1, 0)}
+        await store.checkpoint([Segment(3, 1, True, base)], [Position(3, 1, 1)])
+        delta = {("t", b"p", b"gone"): None, ("t", b"p", b"new"): (b"n", 2, 0)}
+        await store.checkpoint([Segment(3, 2, False, delta)], [Position(3, 2, 1)])
     finally:
         await store.close()
     assert (tmp_path / "log.sqlite").exists()
@@ -56,8 +62,8 @@ async def test_store__log_and_items_in_files_of_their_own_load_back_together(
         loaded = await store.load()
     finally:
         await store.close()
-    assert loaded.metas == {3: ShardMeta(3, 1, "kv-2", 1, 1)}
-    assert loaded.items == [ItemRow(3, "t", b"p", b"k", b"v", 1, 0)]
+    assert loaded.metas == {3: ShardMeta(3, 1, "kv-2", 2, 1)}
+    assert loaded.items == {3: {("t", b"p", b"k"): (b"v", 1, 0), ("t", b"p", b"new"): (b"n", 2, 0)}}
     assert [row.seq for row in loaded.log] == [1, 2]
 
 
@@ -99,3 +105,57 @@ async def test_store__after_a_failed_transaction_every_write_fails(tmp_path: Pat
             await store.checkpoint([], [Position(0, 1, 1)])
     finally:
         await store.close()
+
+
+async def test_store__a_new_base_replaces_every_segment_before_it(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/kv.sqlite"
+    store = Store(url)
+    await store.open()
+    try:
+        await store.checkpoint([Segment(1, 5, True, {("t", b"a", b""): (b"1", 5, 0)})], [])
+        await store.checkpoint([Segment(1, 6, False, {("t", b"b", b""): (b"2", 6, 0)})], [])
+        await store.checkpoint([Segment(1, 9, True, {("t", b"c", b""): (b"3", 9, 0)})], [])
+        loaded = await store.load()
+        async with store.engine.connect() as conn:
+            seqs = [r.seq for r in await conn.execute(select(segments))]
+    finally:
+        await store.close()
+    assert loaded.items == {1: {("t", b"c", b""): (b"3", 9, 0)}}
+    assert seqs == [9]
+
+
+async def test_store__items_kept_a_row_per_key_become_base_segments(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/kv.sqlite"
+    store = Store(url)
+    await store.open()
+    async with store.engine.begin() as conn:  # how stores kept items before segments
+        await conn.execute(
+            items.insert(),
+            [
+                {
+                    "keyspace": "t",
+                    "partition": b"p",
+                    "key": b"k",
+                    "shard": 2,
+                    "value": b"v",
+                    "version": 4,
+                    "expires_at_ms": 0,
+                },
+            ],
+        )
+        await conn.execute(
+            shards.insert(),
+            [{"shard": 2, "epoch": 1, "primary": "", "applied_seq": 4, "applied_epoch": 1}],
+        )
+    await store.close()
+    store = Store(url)
+    await store.open()
+    try:
+        loaded = await store.load()
+        async with store.engine.connect() as conn:
+            left = list(await conn.execute(select(items)))
+    finally:
+        await store.close()
+    assert loaded.items == {2: {("t", b"p", b"k"): (b"v", 4, 0)}}
+    assert loaded.metas[2].applied_seq == 4
+    assert left == []

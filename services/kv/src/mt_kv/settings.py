@@ -52,12 +52,10 @@ class ReplicaSettings(ServiceSettings):
     appends_in_flight: int = 2
     replication_timeout_ms: int = 1_000
     max_entries_per_append: int = 2_000
-    # Applied effects reach the store's items table in checkpoints (the log covers what is
-    # newer): at least this often, or sooner once this many keys wait. Large batches of
-    # upserts cost a fraction per row of one small batch per transaction.
+    # Applied effects reach the store's items in checkpoints (the log covers what is newer):
+    # at least this often, or sooner once this many keys wait (see checkpoint.py).
     checkpoint_interval_ms: int = 1_000
     checkpoint_max_keys: int = 20_000
-    checkpoint_chunk_keys: int = 500  # rows per transaction: the write path waits for one
     log_retention_entries: int = 50_000  # per shard; a follower further behind gets a snapshot
     max_staleness_ms: int = 1_000  # default bound of bounded-staleness reads
     # "id=host:port,...": how this replica reaches its peers where that differs from the

@@ -51,7 +51,7 @@ from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
 from mt_kv.replica.shard import EPOCH, PAYLOAD, SEQ, LogRec, Progress, Role, Shard, Waiter
 from mt_kv.settings import ReplicaSettings
-from mt_kv.storage.store import Batch, EpochRow, ItemRow, LogRow, Position, Store
+from mt_kv.storage.store import Batch, EpochRow, LogRow, Position, Store
 
 log = logging.getLogger(__name__)
 
@@ -172,17 +172,8 @@ class Replica:
             shard.checkpoint_seq, shard.checkpoint_epoch = meta.applied_seq, meta.applied_epoch
             shard.reset(meta.applied_seq, meta.applied_epoch)
             shard.commit_seq = meta.applied_seq
-        by_shard: dict[int, list[tuple[KeyT, Entry]]] = {}
-        for row in loaded.items:
-            assert row.value is not None
-            by_shard.setdefault(row.shard, []).append(
-                (
-                    (row.keyspace, row.partition, row.key),
-                    (row.value, row.version, row.expires_at_ms),
-                )
-            )
-        for shard_id, entries in by_shard.items():
-            self.shard(shard_id).data.replace(entries)
+        for shard_id, held in loaded.items.items():
+            self.shard(shard_id).data.replace(held.items())
         for entry in loaded.log:
             shard = self.shard(entry.shard)
             if not shard.tail and entry.seq <= shard.applied_seq:
@@ -193,7 +184,11 @@ class Replica:
             shard.local_durable_seq = shard.last_seq
         log.info(
             "replica loaded",
-            extra={"shards": len(self.shards), "items": len(loaded.items), "log": len(loaded.log)},
+            extra={
+                "shards": len(self.shards),
+                "items": sum(map(len, loaded.items.values())),
+                "log": len(loaded.log),
+            },
         )
 
     def start(self) -> None:
@@ -987,16 +982,12 @@ class Replica:
         try:
             chunks = self._stub(primary).Snapshot(pb.SnapshotRequest(shard=shard.id, epoch=epoch))
             entries: list[tuple[KeyT, Entry]] = []
-            rows: list[ItemRow] = []
             seq = seq_epoch = 0
             async for chunk in chunks:
                 seq, seq_epoch = chunk.seq, chunk.seq_epoch
                 for item in chunk.items:
                     key = key_of(item.key)
                     entries.append((key, (item.value, item.version, item.expires_at_ms)))
-                    rows.append(
-                        ItemRow(shard.id, *key, item.value, item.version, item.expires_at_ms)
-                    )
             await self._checkpointer.wait_idle()  # none may write this shard's old items now
             shard.data.replace(entries)
             shard.reset(seq, seq_epoch)
@@ -1008,10 +999,12 @@ class Replica:
             await self.store.commit(
                 Batch(log_truncate_after={shard.id: -1}, epochs={shard.id: epoch_row})
             )
-            await self.store.replace_shard(shard.id, rows, Position(shard.id, seq, seq_epoch))
+            position = Position(shard.id, seq, seq_epoch)
+            await self.store.replace_shard(shard.id, dict(entries), position)
+            self._checkpointer.replaced(shard, len(entries))
             shard.checkpoint_seq, shard.checkpoint_epoch = seq, seq_epoch
             log.info(
-                "snapshot installed", extra={"shard": shard.id, "seq": seq, "items": len(rows)}
+                "snapshot installed", extra={"shard": shard.id, "seq": seq, "items": len(entries)}
             )
         except grpc.aio.AioRpcError as err:
             log.warning("snapshot failed", extra={"shard": shard.id, "error": err.code().name})
