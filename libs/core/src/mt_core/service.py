@@ -60,4 +60,9 @@ def main(settings_cls: type[S], app: AppFactory[S]) -> None:
         settings.trace_roots,
         settings.trace_root_names,
     ):
-        asyncio.run(run(settings, app))
+        if settings.event_loop == "uvloop":
+            import uvloop  # a dependency of the services that choose it
+
+            uvloop.run(run(settings, app))
+        else:
+            asyncio.run(run(settings, app))

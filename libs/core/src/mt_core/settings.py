@@ -7,6 +7,8 @@ OpenTelemetry itself. Units are in the names (``_ms``, ``_s``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +27,9 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_ms: int = 5_000
     default_rpc_timeout_ms: int = 5_000
     gc_gen0_threshold: int = 50_000  # allocations between young collections (CPython: 700)
+    # The event loop: asyncio's own, or uvloop (libuv) where a service declares the dependency
+    # and measured it worth having (the KV: see mt_kv.settings).
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     # Where the neighbours are. Compose and the launcher set these; the defaults are `make up`'s.
     users_addr: str = "127.0.0.1:50051"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from mt_core.settings import ServiceSettings
+
+# The KV's processes run on uvloop: its replicas spend their time in socket callbacks (the
+# replication link, gRPC) and timers, and 4 alternating put benchmark runs measured 4,317 ->
+# 4,838 puts/s, CPU per put 382 -> 335 µs, put p99 35.5 -> 30.4 ms against asyncio's loop.
+KV_EVENT_LOOP: Literal["asyncio", "uvloop"] = "uvloop"
 
 
 class ManagerSettings(ServiceSettings):
     service_name: str = "kv"
+    event_loop: Literal["asyncio", "uvloop"] = KV_EVENT_LOOP
     grpc_port: int = 50060
     shards: int = 16
     microshards: int = 1024
@@ -29,6 +37,7 @@ def _pairs(spec: str) -> dict[str, str]:
 
 class ReplicaSettings(ServiceSettings):
     service_name: str = "kv"
+    event_loop: Literal["asyncio", "uvloop"] = KV_EVENT_LOOP
     # A replica's spans belong to the traces of the calls it serves (and the rounds carrying
     # them); it starts no trace of its own but a failover's. Tracing every write of a caller
     # that does not trace cost ~10% of a replica's CPU under the bench.
