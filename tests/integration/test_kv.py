@@ -197,3 +197,5 @@ async def test_status__shows_every_shard_with_a_primary_and_live_replicas(
     assert len(status.shards) == 16
     assert all(s.primary and s.epoch >= 1 and len(s.replicas) == 3 for s in status.shards)
     assert {r.id for r in status.replicas if r.alive} == {"kv-1", "kv-2", "kv-3"}
+    # Each reports where its replication link listens (its peers learn it from the manager).
+    assert all(r.repl_addr.startswith("127.0.0.1:") for r in status.replicas), status.replicas

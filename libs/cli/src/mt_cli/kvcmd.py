@@ -97,6 +97,7 @@ async def status_json(addr: str) -> dict[str, object]:
                 "id": r.id,
                 "pid": r.pid,
                 "addr": r.addr,
+                "repl_addr": r.repl_addr,
                 "alive": r.alive,
                 "applied_seq": r.applied_seq,
             }
@@ -126,10 +127,11 @@ async def _status(args: argparse.Namespace) -> int:
     for shard in shards:
         primary = shard["primary"] or "-"
         print(f"{shard['id']:>5} {shard['epoch']:>5}  {primary:<8} {','.join(shard['replicas'])}")
-    print(f"\n{'REPLICA':<8} {'PID':>8} {'ALIVE':<6} {'APPLIED':>9}  ADDR")
+    print(f"\n{'REPLICA':<8} {'PID':>8} {'ALIVE':<6} {'APPLIED':>9}  ADDR (REPLICATION)")
     for rep in replicas:
         alive, applied = str(rep["alive"]), rep["applied_seq"]
-        print(f"{rep['id']:<8} {rep['pid']:>8} {alive:<6} {applied:>9}  {rep['addr']}")
+        where = f"{rep['addr']} ({rep['repl_addr'] or '-'})"
+        print(f"{rep['id']:<8} {rep['pid']:>8} {alive:<6} {applied:>9}  {where}")
     return 0
 
 

@@ -102,7 +102,13 @@ class PeerLink:
 
     @property
     def connected(self) -> bool:
-        return self._transport is not None
+        """Connected and able to send: a transport the peer closed may not have told us yet
+        (uvloop refuses writes to it, where asyncio ignores them)."""
+        transport = self._transport
+        if transport is not None and transport.is_closing():
+            self._drop("the connection is closing")
+            return False
+        return transport is not None
 
     def point_at(self, addr: str) -> None:
         """Reach the follower at ``addr`` (reconnecting if it moved); dials if not connected."""
