@@ -115,3 +115,28 @@ async def test_coalescer__callers_answered_by_a_reply_join_the_next_rpc() -> Non
         await _turns()
     assert len(sender.batches) == 3
     assert sender.batches[2] == [11, 12]
+
+
+async def test_coalescer__a_stalled_rpc_stops_holding_its_group_up() -> None:
+    """A batch that waits (a read behind a lease check) gives its slot back after
+    ``stall_ms``: calls behind it go, and its own answer still arrives."""
+    sender = Sender()
+    batcher = _Coalescer(sender.send, max_in_flight=1, stall_ms=20)
+    slow = batcher.submit("a", 0)
+    await _turns()
+    behind = batcher.submit("a", 1)
+    await _turns()
+    assert sender.batches == [[0]]  # held behind the cap
+    await asyncio.sleep(0.05)
+    assert sender.batches == [[0], [1]]  # the slot came back when the first stalled
+    sender.release[1].set_result(None)
+    assert await behind == ("a", 1)
+    sender.release[0].set_result(None)
+    assert await slow == ("a", 0)
+    third = batcher.submit("a", 2)  # the count is right again: one out at a time
+    fourth = batcher.submit("a", 3)
+    await _turns()
+    assert sender.batches[2:] == [[2, 3]]
+    sender.release[2].set_result(None)
+    assert [await third, await fourth] == [("a", 2), ("a", 3)]
+    assert batcher._in_flight["a"] == 0
