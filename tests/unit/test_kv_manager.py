@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mt_kv.manager.core import ShardManager
+from mt_kv.manager.core import Move, ShardManager
 from mt_proto import kv_pb2 as pb
 
 REPLICAS = {"kv-1": "a:1", "kv-2": "a:2", "kv-3": "a:3"}
@@ -127,3 +127,18 @@ def test_placement__settled_only_when_primaries_are_spread_over_live_replicas(
     assert not status(["kv-1", "", "kv-3"]).placement_settled  # a shard without a primary
     # kv-3 is down: the others sharing its primaries evenly is as settled as it gets
     assert status(["kv-1", "kv-2", "kv-1", "kv-2"], up=("kv-1", "kv-2")).placement_settled
+
+
+def test_moves__mapping_and_unfinished_moves_survive_a_restart(tmp_path: Path) -> None:
+    m = manager(tmp_path, shards=4)
+    assert m.routing_table().microshard_to_shard[5] == 1  # round robin to start with
+    m.mapping[5] = 3
+    m.moves[9] = Move(9, from_shard=1, to_shard=2, step="copy", keys=10)
+    m.save()
+    again = manager(tmp_path, shards=4)
+    table = again.routing_table()
+    assert table.microshard_to_shard[5] == 3
+    assert table.microshard_to_shard[9] == 1  # not flipped yet
+    assert table.version == m.routing_version
+    assert again.moves[9].step == "copy"
+    assert [(mv.microshard, mv.step) for mv in again.status().moves] == [(9, "copy")]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mt_kv.data import Change, ShardData, decode_effects
+from mt_kv.data import Change, ShardData, decode_effects, moved_key, moved_value
 from mt_kv.replica.shard import LogRec, Shard
+from mt_kv_client.routing import microshard
 from mt_proto import kv_pb2 as pb
 
 
@@ -171,3 +172,24 @@ def test_memory__values_and_log_entries_drop_out_of_the_garbage_collectors_sight
     assert not gc.is_tracked(data.items[("t", b"p", b"k")])
     assert not gc.is_tracked(shard.tail[0])
     assert not gc.is_tracked(data._keys[("t", b"p")])  # one key: bare bytes, no set
+
+
+def test_data__fences_of_moved_microshards_are_tracked_through_apply_and_replace() -> None:
+    """A μshard's fence is an ordinary item (so it is logged, checkpointed, snapshotted); the
+    set of moved μshards is derived from it on every path data arrives by."""
+    data = ShardData()
+    assert (data.moved, data.microshards) == (set(), 0)
+    fence: Change = (moved_key(7), (moved_value(3, 64), 1, 0))
+    data.apply([fence])
+    assert (data.moved, data.microshards) == ({7}, 64)
+    copy = ShardData()
+    copy.replace(data.items.items())  # a checkpoint load or a snapshot install
+    assert (copy.moved, copy.microshards) == ({7}, 64)
+    data.apply([(moved_key(7), None)])  # the μshard came back
+    assert data.moved == set()
+    partitions = [f"p{i}".encode() for i in range(200)]
+    data.apply([(("test", p, b"k"), (b"v", 2, 0)) for p in partitions])
+    held = data.microshard_items(7, 64, 0)
+    expected = {p for p in partitions if microshard("test", p, 64) == 7}
+    assert expected  # 200 partitions over 64 μshards: some land in 7
+    assert {key[1] for key, _ in held} == expected

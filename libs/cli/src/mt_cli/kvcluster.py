@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from mt_core.rpc.client import call
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
@@ -26,6 +27,20 @@ async def manager_status(addr: str, timeout_s: float = 3.0) -> pb.StatusResponse
     async with grpc.aio.insecure_channel(addr) as chan:
         stub = kv_pb2_grpc.ShardManagerStub(chan)
         return await stub.Status(pb.StatusRequest(), timeout=timeout_s)
+
+
+async def move_microshard(
+    addr: str, microshard: int, to_shard: int, wait_s: float = 60.0
+) -> pb.MicroshardMove:
+    """Ask the shard manager to move a μshard (live resharding); its state once done, or
+    after ``wait_s`` (it goes on regardless)."""
+    async with grpc.aio.insecure_channel(addr) as chan:
+        stub = kv_pb2_grpc.ShardManagerStub(chan)
+        request = pb.MoveRequest(
+            microshard=microshard, to_shard=to_shard, wait_ms=int(wait_s * 1000)
+        )
+        # Refusals (a bad μshard or shard) as our error classes, not as an unreachable server.
+        return await call(stub.MoveMicroshard(request, timeout=wait_s + 5))
 
 
 def free_port() -> int:

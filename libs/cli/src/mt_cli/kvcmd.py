@@ -3,6 +3,7 @@
   minithreads kv put KEYSPACE KEY VALUE [--ttl-ms N] [--fast-ack]
   minithreads kv get KEYSPACE KEY [--consistency strong|stale|ryw]
   minithreads kv status [--json]
+  minithreads kv move (MICROSHARD | --key KEYSPACE KEY) --to SHARD [--json]
   minithreads kv bench [--vs etcd] [--json]
 
 KEY is ``PARTITION/REST``: the part before the first "/" picks the μshard (keys of one
@@ -22,7 +23,7 @@ import grpc
 from mt_core.errors import MinithreadsError
 from mt_kv_client import Consistency, Durability, Key, KVClient
 
-from mt_cli.kvcluster import manager_status
+from mt_cli.kvcluster import manager_status, move_microshard
 
 CONSISTENCY = {"strong": Consistency.STRONG, "stale": Consistency.STALE, "ryw": Consistency.RYW}
 
@@ -51,6 +52,17 @@ def add_arguments(kv: argparse.ArgumentParser) -> None:
     get.add_argument("--consistency", choices=sorted(CONSISTENCY), default="strong")
     status = sub.add_parser("status", help="shards, epochs, primaries and replicas")
     status.add_argument("--json", action="store_true")
+    move = sub.add_parser(
+        "move",
+        help="move a μshard to another shard while the cluster serves (live resharding)",
+    )
+    move.add_argument("microshard", nargs="?", type=int, help="the μshard's number")
+    move.add_argument(
+        "--key", nargs=2, metavar=("KEYSPACE", "KEY"), help="the μshard holding this key"
+    )
+    move.add_argument("--to", type=int, required=True, metavar="SHARD", dest="to_shard")
+    move.add_argument("--wait-s", type=float, default=60.0, help="default: %(default)s")
+    move.add_argument("--json", action="store_true")
     from mt_cli import kvbench
 
     kvbench.add_arguments(
@@ -85,6 +97,46 @@ async def _get(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _move(args: argparse.Namespace) -> int:
+    if (args.microshard is None) == (args.key is None):
+        print("minithreads kv move: give a μshard or --key KEYSPACE KEY", file=sys.stderr)
+        return 2
+    microshard = args.microshard
+    if args.key is not None:
+        async with KVClient(args.addr) as kv:
+            key = parse_key(*args.key)
+            key.validate()
+            microshard = kv.microshard_of(key)
+    print(
+        f"moving μshard {microshard} to shard {args.to_shard} (waiting up to {args.wait_s:g} s;"
+        " Ctrl-C stops waiting, not the move)...",
+        file=sys.stderr,
+    )
+    move = await move_microshard(args.addr, microshard, args.to_shard, args.wait_s)
+    result = _move_json(move)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"μshard {move.microshard}: shard {move.from_shard} -> {move.to_shard}: {move.step}"
+            f", {move.keys} keys copied, keys refused for {move.fenced_ms} ms"
+            + (f" (last error: {move.error})" if move.error else "")
+        )
+    return 0 if move.step == "done" else 1
+
+
+def _move_json(m: Any) -> dict[str, object]:
+    return {
+        "microshard": m.microshard,
+        "from": m.from_shard,
+        "to": m.to_shard,
+        "step": m.step,
+        "keys": m.keys,
+        "fenced_ms": m.fenced_ms,
+        "error": m.error,
+    }
+
+
 async def status_json(addr: str) -> dict[str, object]:
     reply = await manager_status(addr)
     return {
@@ -113,6 +165,7 @@ async def status_json(addr: str) -> dict[str, object]:
             }
             for f in reply.failovers
         ],
+        "moves": [_move_json(m) for m in reply.moves],
     }
 
 
@@ -132,6 +185,13 @@ async def _status(args: argparse.Namespace) -> int:
         alive, applied = str(rep["alive"]), rep["applied_seq"]
         where = f"{rep['addr']} ({rep['repl_addr'] or '-'})"
         print(f"{rep['id']:<8} {rep['pid']:>8} {alive:<6} {applied:>9}  {where}")
+    moves: list[dict[str, Any]] = status["moves"]  # type: ignore[assignment]
+    if moves:
+        print(f"\n{'μSHARD':>6} {'FROM':>4} {'TO':>4}  {'STEP':<6} {'KEYS':>6} {'REFUSED MS':>10}")
+        for m in moves:
+            refused = m["fenced_ms"] if m["step"] in ("purge", "done") else "-"
+            line = f"{m['microshard']:>6} {m['from']:>4} {m['to']:>4}  {m['step']:<6}"
+            print(f"{line} {m['keys']:>6} {refused:>10}  {m['error']}".rstrip())
     return 0
 
 
@@ -140,7 +200,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
         from mt_cli import kvbench
 
         return kvbench.run(args, home)
-    handler = {"put": _put, "get": _get, "status": _status}[args.kv_command]
+    handler = {"put": _put, "get": _get, "status": _status, "move": _move}[args.kv_command]
     try:
         return asyncio.run(handler(args))
     except MinithreadsError as err:

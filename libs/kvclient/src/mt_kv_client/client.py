@@ -57,7 +57,9 @@ _REFUSED = {
     "lease_wait",
     "no_quorum",
     "unknown_shard",
+    "moved",  # the key's μshard went to another shard (live resharding): route it again
 }
+MOVED = "moved"
 
 
 class Consistency(enum.IntEnum):
@@ -362,6 +364,11 @@ class KVClient:
             microshard(key.keyspace, key.partition, self._table.microshards)
         ]
 
+    def microshard_of(self, key: Key) -> int:
+        if not self._table.microshards:
+            raise Unavailable("no routing table yet")
+        return microshard(key.keyspace, key.partition, self._table.microshards)
+
     async def _ensure_table(self) -> None:
         if not self._table.microshards:
             await self.refresh()
@@ -420,6 +427,9 @@ class KVClient:
                 error: MinithreadsError = error_from_rpc(err)
             except MinithreadsError as err:
                 error = err
+            if error.code == MOVED:  # the caller routes again (_rerouting), on a fresh table
+                await self._try_refresh()
+                raise error
             if error.code in _REFUSED:
                 pass  # the replica did nothing: always safe to try again
             elif isinstance(error, Unavailable | DeadlineExceeded):
@@ -434,6 +444,21 @@ class KVClient:
             else:
                 await backoff.pause(error)
             await self._try_refresh()
+
+    async def _rerouting(self, routed: Callable[[], Awaitable[T]]) -> T:
+        """Run ``routed`` (which routes its keys afresh each time) again while a shard says
+        a key's μshard has moved: during a move, until the routing table shows its new
+        shard (its keys are refused while they are copied), within the retry budget."""
+        backoff: _Backoff | None = None
+        while True:
+            try:
+                return await routed()
+            except FailedPrecondition as err:
+                if err.code != MOVED:
+                    raise
+                event("kv.retry", code=MOVED)
+                backoff = backoff or _Backoff(self._budget_s)
+                await backoff.pause(Unavailable(err.message, code="kv_unavailable"))
 
     # ---------------------------------------------------------------- reads
 
@@ -476,7 +501,7 @@ class KVClient:
                 failed.append(shard)
         if failed:  # retried on their own, all at once (reads are always safe to retry)
             parts = await asyncio.gather(
-                *(self._read_part(shard, by_shard[shard], consistency) for shard in failed)
+                *(self._read_part(by_shard[shard], consistency) for shard in failed)
             )
             for shard, part in zip(failed, parts, strict=True):
                 for key, result in part.items():
@@ -484,14 +509,11 @@ class KVClient:
         return [found[call] for call in calls]
 
     async def _read_part(
-        self,
-        shard: int,
-        keys: list[Key],
-        consistency: Consistency,
+        self, keys: list[Key], consistency: Consistency
     ) -> dict[Key, Item | BaseException | None]:
         """One shard's part of a BatchGet that was refused or failed, on the retrying path."""
         try:
-            return dict(await self._get_shard(shard, keys, consistency))
+            return dict(await self._get_keys(keys, consistency))
         except MinithreadsError as err:
             return dict.fromkeys(keys, err)
 
@@ -502,6 +524,21 @@ class KVClient:
         unique = list(dict.fromkeys(keys))
         found = await asyncio.gather(*(self.get(key, consistency) for key in unique))
         return dict(zip(unique, found, strict=True))
+
+    async def _get_keys(
+        self, keys: Sequence[Key], consistency: Consistency
+    ) -> dict[Key, Item | None]:
+        """Read ``keys`` with retries, a Get per shard they route to."""
+
+        async def routed() -> dict[Key, Item | None]:
+            await self._ensure_table()
+            by_shard = _by_shard((self.shard_of(key), key) for key in keys)
+            parts = await asyncio.gather(
+                *(self._get_shard(shard, part, consistency) for shard, part in by_shard.items())
+            )
+            return {key: item for part in parts for key, item in part.items()}
+
+        return await self._rerouting(routed)
 
     async def _get_shard(
         self, shard: int, keys: Sequence[Key], consistency: Consistency
@@ -553,25 +590,29 @@ class KVClient:
         consistency: Consistency = Consistency.STRONG,
     ) -> tuple[list[Item], str]:
         """One page of a partition's keys with ``prefix``; the cursor resumes after it."""
-        await self._ensure_table()
-        shard = self.shard_of(Key(keyspace, partition, prefix))
 
-        async def attempt() -> pb.ScanResponse:
-            request = pb.ScanRequest(
-                route=self._route(shard),
-                keyspace=keyspace,
-                partition=partition,
-                prefix=prefix,
-                cursor=cursor,
-                limit=limit,
-                reverse=reverse,
-                read=self._read_options(shard, consistency),
-            )
-            return await self._read_stub(shard, consistency).Scan(
-                request, timeout=self._call_timeout_s()
-            )
+        async def routed() -> pb.ScanResponse:
+            await self._ensure_table()
+            shard = self.shard_of(Key(keyspace, partition, prefix))
 
-        reply = await self._retrying(attempt, idempotent=True)
+            async def attempt() -> pb.ScanResponse:
+                request = pb.ScanRequest(
+                    route=self._route(shard),
+                    keyspace=keyspace,
+                    partition=partition,
+                    prefix=prefix,
+                    cursor=cursor,
+                    limit=limit,
+                    reverse=reverse,
+                    read=self._read_options(shard, consistency),
+                )
+                return await self._read_stub(shard, consistency).Scan(
+                    request, timeout=self._call_timeout_s()
+                )
+
+            return await self._retrying(attempt, idempotent=True)
+
+        reply = await self._rerouting(routed)
         items = [item for item in map(_from_pb, reply.items) if item is not None]
         return items, reply.next_cursor
 
@@ -599,29 +640,33 @@ class KVClient:
         """Apply ``mutations`` atomically if every check holds — within ONE shard (an OCC
         transaction when the checks carry versions read earlier)."""
         keys = [m.key for m in mutations] + [c.key for c in checks]
-        await self._ensure_table()
-        shards = {self.shard_of(k) for k in keys}
-        if len(shards) != 1:
-            raise InvalidArgument(
-                "a write (or transaction) must stay within one shard; use multi_put for many",
-                code="cross_shard",
-            )
-        shard = shards.pop()
         pb_mutations = [_pb_mutation(m) for m in mutations]
         pb_checks = [_pb_condition(c) for c in checks]
 
-        async def attempt() -> pb.WriteResponse:
-            request = pb.WriteRequest(
-                route=self._route(shard),
-                mutations=pb_mutations,
-                conditions=pb_checks,
-                durability=int(durability),  # type: ignore[arg-type]
-            )
-            stub = self._stub(self._info(shard).primary, shard)
-            return await stub.Write(request, timeout=self._call_timeout_s())
+        async def routed() -> pb.WriteResponse:
+            await self._ensure_table()
+            shards = {self.shard_of(k) for k in keys}
+            if len(shards) != 1:
+                raise InvalidArgument(
+                    "a write (or transaction) must stay within one shard; use multi_put for many",
+                    code="cross_shard",
+                )
+            shard = shards.pop()
 
-        # Refusals are retried; an unknown outcome is not (see Repeats).
-        reply = await self._retrying(attempt, idempotent=False)
+            async def attempt() -> pb.WriteResponse:
+                request = pb.WriteRequest(
+                    route=self._route(shard),
+                    mutations=pb_mutations,
+                    conditions=pb_checks,
+                    durability=int(durability),  # type: ignore[arg-type]
+                )
+                stub = self._stub(self._info(shard).primary, shard)
+                return await stub.Write(request, timeout=self._call_timeout_s())
+
+            # Refusals are retried; an unknown outcome is not (see Repeats).
+            return await self._retrying(attempt, idempotent=False)
+
+        reply = await self._rerouting(routed)
         self.session.observe(reply.version)
         return reply
 
@@ -694,11 +739,28 @@ class KVClient:
                 await self._try_refresh()  # the next call goes to the new primary
                 return Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
             return error
+        if error.code == MOVED:
+            await self._try_refresh()
         try:
-            reply = await self.write(mutations, durability=durability)
+            return await self._write_apart(mutations, durability)
         except MinithreadsError as err:
             return err
-        return list(reply.results)
+
+    async def _write_apart(
+        self, mutations: list[Mutation], durability: Durability
+    ) -> list[pb.Item]:
+        """Coalesced unconditional mutations that were refused, written again: a write per
+        shard they route to now (after a μshard moved, they may no longer share one)."""
+        await self._ensure_table()
+        routed = [self.shard_of(m.key) for m in mutations]
+        by_shard = _by_shard(zip(routed, mutations, strict=True))
+        replies = await asyncio.gather(
+            *(self.write(part, durability=durability) for part in by_shard.values())
+        )
+        results = {
+            shard: iter(reply.results) for shard, reply in zip(by_shard, replies, strict=True)
+        }
+        return [next(results[shard]) for shard in routed]
 
     async def put(
         self, key: Key, value: bytes, *, ttl_ms: int = 0, durability: Durability = Durability.QUORUM

@@ -989,6 +989,99 @@ class SnapshotChunk(_message.Message):
 Global___SnapshotChunk: _TypeAlias = SnapshotChunk  # noqa: Y015
 
 @_typing.final
+class MicroshardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    MICROSHARD_FIELD_NUMBER: _builtins.int
+    MICROSHARDS_FIELD_NUMBER: _builtins.int
+    TO_SHARD_FIELD_NUMBER: _builtins.int
+    microshard: _builtins.int
+    microshards: _builtins.int
+    """how many the keyspace is hashed into (the routing table's)"""
+    to_shard: _builtins.int
+    """FenceMicroshard: where it goes (recorded with the fence)"""
+    @_builtins.property
+    def route(self) -> Global___Route:
+        """the shard (at its primary, in its epoch)"""
+
+    def __init__(
+        self,
+        *,
+        route: Global___Route | None = ...,
+        microshard: _builtins.int = ...,
+        microshards: _builtins.int = ...,
+        to_shard: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["microshard", b"microshard", "microshards", b"microshards", "route", b"route", "to_shard", b"to_shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MicroshardRequest: _TypeAlias = MicroshardRequest  # noqa: Y015
+
+@_typing.final
+class ImportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    MICROSHARD_FIELD_NUMBER: _builtins.int
+    MICROSHARDS_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    microshard: _builtins.int
+    microshards: _builtins.int
+    first: _builtins.bool
+    """drop what the shard holds of the μshard first (and its fence)"""
+    @_builtins.property
+    def route(self) -> Global___Route: ...
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
+        """keys, values, versions and TTLs as exported"""
+
+    def __init__(
+        self,
+        *,
+        route: Global___Route | None = ...,
+        microshard: _builtins.int = ...,
+        microshards: _builtins.int = ...,
+        first: _builtins.bool = ...,
+        items: _abc.Iterable[Global___Item] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "items", b"items", "microshard", b"microshard", "microshards", b"microshards", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRequest: _TypeAlias = ImportRequest  # noqa: Y015
+
+@_typing.final
+class MicroshardResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """the log entry that did it (0: nothing to do)"""
+    keys: _builtins.int
+    """keys written or deleted"""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        keys: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MicroshardResponse: _TypeAlias = MicroshardResponse  # noqa: Y015
+
+@_typing.final
 class ShardInfo(_message.Message):
     """---- shard manager ----"""
 
@@ -1250,6 +1343,7 @@ class StatusResponse(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     FAILOVERS_FIELD_NUMBER: _builtins.int
     PLACEMENT_SETTLED_FIELD_NUMBER: _builtins.int
+    MOVES_FIELD_NUMBER: _builtins.int
     placement_settled: _builtins.bool
     """Every shard has a live primary and the manager wants no rebalancing move: primaries stay
     put until something fails (a move fences its shard; writes in flight get unknown outcomes).
@@ -1262,6 +1356,10 @@ class StatusResponse(_message.Message):
     def failovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Failover]:
         """the most recent, newest last"""
 
+    @_builtins.property
+    def moves(self) -> _containers.RepeatedCompositeFieldContainer[Global___MicroshardMove]:
+        """in progress, then the most recent finished ones"""
+
     def __init__(
         self,
         *,
@@ -1269,10 +1367,11 @@ class StatusResponse(_message.Message):
         replicas: _abc.Iterable[Global___ReplicaInfo] | None = ...,
         failovers: _abc.Iterable[Global___Failover] | None = ...,
         placement_settled: _builtins.bool = ...,
+        moves: _abc.Iterable[Global___MicroshardMove] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "placement_settled", b"placement_settled", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "placement_settled", b"placement_settled", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1312,6 +1411,73 @@ class Failover(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Failover: _TypeAlias = Failover  # noqa: Y015
+
+@_typing.final
+class MoveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MICROSHARD_FIELD_NUMBER: _builtins.int
+    TO_SHARD_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    microshard: _builtins.int
+    to_shard: _builtins.int
+    wait_ms: _builtins.int
+    """answer once it is done or after this long (0: 60 s); it goes on anyway"""
+    def __init__(
+        self,
+        *,
+        microshard: _builtins.int = ...,
+        to_shard: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["microshard", b"microshard", "to_shard", b"to_shard", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveRequest: _TypeAlias = MoveRequest  # noqa: Y015
+
+@_typing.final
+class MicroshardMove(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MICROSHARD_FIELD_NUMBER: _builtins.int
+    FROM_SHARD_FIELD_NUMBER: _builtins.int
+    TO_SHARD_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    FENCED_MS_FIELD_NUMBER: _builtins.int
+    microshard: _builtins.int
+    from_shard: _builtins.int
+    to_shard: _builtins.int
+    step: _builtins.str
+    """fence, copy, flip, purge, done"""
+    keys: _builtins.int
+    """keys copied"""
+    error: _builtins.str
+    """why the last attempt of the current step failed (it is retried)"""
+    fenced_ms: _builtins.int
+    """how long the μshard's keys were refused (fence -> flip), once flipped"""
+    def __init__(
+        self,
+        *,
+        microshard: _builtins.int = ...,
+        from_shard: _builtins.int = ...,
+        to_shard: _builtins.int = ...,
+        step: _builtins.str = ...,
+        keys: _builtins.int = ...,
+        error: _builtins.str = ...,
+        fenced_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "fenced_ms", b"fenced_ms", "from_shard", b"from_shard", "keys", b"keys", "microshard", b"microshard", "step", b"step", "to_shard", b"to_shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MicroshardMove: _TypeAlias = MicroshardMove  # noqa: Y015
 
 @_typing.final
 class RoutingTable(_message.Message):

@@ -291,6 +291,26 @@ class ReplicationStub:
                 request_serializer=mt__proto_dot_kv__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_kv__pb2.SnapshotChunk.FromString,
                 _registered_method=True)
+        self.FenceMicroshard = channel.unary_unary(
+                '/minithreads.kv.v1.Replication/FenceMicroshard',
+                request_serializer=mt__proto_dot_kv__pb2.MicroshardRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.MicroshardResponse.FromString,
+                _registered_method=True)
+        self.ExportMicroshard = channel.unary_stream(
+                '/minithreads.kv.v1.Replication/ExportMicroshard',
+                request_serializer=mt__proto_dot_kv__pb2.MicroshardRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
+        self.ImportMicroshard = channel.unary_unary(
+                '/minithreads.kv.v1.Replication/ImportMicroshard',
+                request_serializer=mt__proto_dot_kv__pb2.ImportRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.MicroshardResponse.FromString,
+                _registered_method=True)
+        self.PurgeMicroshard = channel.unary_unary(
+                '/minithreads.kv.v1.Replication/PurgeMicroshard',
+                request_serializer=mt__proto_dot_kv__pb2.MicroshardRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.MicroshardResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServicer:
@@ -312,6 +332,40 @@ class ReplicationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FenceMicroshard(self, request, context):
+        """Live resharding: the shard manager moves a μshard from shard A to shard B through the
+        primaries of both (see the manager's mover). Each step is idempotent, so a move that was
+        interrupted (a failover, a manager restart) is taken up again from its last step.
+        1. FenceMicroshard at A: A logs that the μshard has left; from that entry on A refuses
+        its keys (code "moved": the client refreshes its routing table and goes again).
+        2. ExportMicroshard at A (its keys, frozen since the fence) -> ImportMicroshard at B
+        (the first chunk drops whatever B held of it; items keep their versions, and B's
+        later versions start above them, so a version read before the move stays meaningful).
+        3. The manager maps the μshard to B (a new routing table version).
+        4. PurgeMicroshard at A: its copy of the keys is deleted (the fence stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportMicroshard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportMicroshard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeMicroshard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +373,26 @@ def add_ReplicationServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=mt__proto_dot_kv__pb2.SnapshotRequest.FromString,
                     response_serializer=mt__proto_dot_kv__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'FenceMicroshard': grpc.unary_unary_rpc_method_handler(
+                    servicer.FenceMicroshard,
+                    request_deserializer=mt__proto_dot_kv__pb2.MicroshardRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.MicroshardResponse.SerializeToString,
+            ),
+            'ExportMicroshard': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportMicroshard,
+                    request_deserializer=mt__proto_dot_kv__pb2.MicroshardRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'ImportMicroshard': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportMicroshard,
+                    request_deserializer=mt__proto_dot_kv__pb2.ImportRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.MicroshardResponse.SerializeToString,
+            ),
+            'PurgeMicroshard': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeMicroshard,
+                    request_deserializer=mt__proto_dot_kv__pb2.MicroshardRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.MicroshardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,6 +440,114 @@ class Replication:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def FenceMicroshard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.Replication/FenceMicroshard',
+            mt__proto_dot_kv__pb2.MicroshardRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.MicroshardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportMicroshard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/minithreads.kv.v1.Replication/ExportMicroshard',
+            mt__proto_dot_kv__pb2.MicroshardRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.SnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportMicroshard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.Replication/ImportMicroshard',
+            mt__proto_dot_kv__pb2.ImportRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.MicroshardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeMicroshard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.Replication/PurgeMicroshard',
+            mt__proto_dot_kv__pb2.MicroshardRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.MicroshardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ShardManagerStub:
     """Missing associated documentation comment in .proto file."""
@@ -391,6 +573,11 @@ class ShardManagerStub:
                 request_serializer=mt__proto_dot_kv__pb2.StatusRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_kv__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.MoveMicroshard = channel.unary_unary(
+                '/minithreads.kv.v1.ShardManager/MoveMicroshard',
+                request_serializer=mt__proto_dot_kv__pb2.MoveRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.MicroshardMove.FromString,
+                _registered_method=True)
 
 
 class ShardManagerServicer:
@@ -414,6 +601,14 @@ class ShardManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveMicroshard(self, request, context):
+        """Live resharding: move a μshard to another shard, with no downtime beyond its own keys
+        being refused (and retried by clients) while they are copied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -431,6 +626,11 @@ def add_ShardManagerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=mt__proto_dot_kv__pb2.StatusRequest.FromString,
                     response_serializer=mt__proto_dot_kv__pb2.StatusResponse.SerializeToString,
+            ),
+            'MoveMicroshard': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveMicroshard,
+                    request_deserializer=mt__proto_dot_kv__pb2.MoveRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.MicroshardMove.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -514,6 +714,33 @@ class ShardManager:
             '/minithreads.kv.v1.ShardManager/Status',
             mt__proto_dot_kv__pb2.StatusRequest.SerializeToString,
             mt__proto_dot_kv__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveMicroshard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.ShardManager/MoveMicroshard',
+            mt__proto_dot_kv__pb2.MoveRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.MicroshardMove.FromString,
             options,
             channel_credentials,
             insecure,

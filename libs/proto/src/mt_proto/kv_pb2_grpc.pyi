@@ -110,6 +110,21 @@ class ReplicationStub:
     """A follower far behind (the primary's log no longer holds what it needs) copies the
     primary's state from here.
     """
+    FenceMicroshard: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MicroshardRequest, _kv_pb2.MicroshardResponse]
+    """Live resharding: the shard manager moves a μshard from shard A to shard B through the
+    primaries of both (see the manager's mover). Each step is idempotent, so a move that was
+    interrupted (a failover, a manager restart) is taken up again from its last step.
+      1. FenceMicroshard at A: A logs that the μshard has left; from that entry on A refuses
+         its keys (code "moved": the client refreshes its routing table and goes again).
+      2. ExportMicroshard at A (its keys, frozen since the fence) -> ImportMicroshard at B
+         (the first chunk drops whatever B held of it; items keep their versions, and B's
+         later versions start above them, so a version read before the move stays meaningful).
+      3. The manager maps the μshard to B (a new routing table version).
+      4. PurgeMicroshard at A: its copy of the keys is deleted (the fence stays).
+    """
+    ExportMicroshard: _grpc.UnaryStreamMultiCallable[_kv_pb2.MicroshardRequest, _kv_pb2.SnapshotChunk]
+    ImportMicroshard: _grpc.UnaryUnaryMultiCallable[_kv_pb2.ImportRequest, _kv_pb2.MicroshardResponse]
+    PurgeMicroshard: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MicroshardRequest, _kv_pb2.MicroshardResponse]
 
 @_typing.type_check_only
 class ReplicationAsyncStub(ReplicationStub):
@@ -128,6 +143,21 @@ class ReplicationAsyncStub(ReplicationStub):
     """A follower far behind (the primary's log no longer holds what it needs) copies the
     primary's state from here.
     """
+    FenceMicroshard: _aio.UnaryUnaryMultiCallable[_kv_pb2.MicroshardRequest, _kv_pb2.MicroshardResponse]  # type: ignore[assignment]
+    """Live resharding: the shard manager moves a μshard from shard A to shard B through the
+    primaries of both (see the manager's mover). Each step is idempotent, so a move that was
+    interrupted (a failover, a manager restart) is taken up again from its last step.
+      1. FenceMicroshard at A: A logs that the μshard has left; from that entry on A refuses
+         its keys (code "moved": the client refreshes its routing table and goes again).
+      2. ExportMicroshard at A (its keys, frozen since the fence) -> ImportMicroshard at B
+         (the first chunk drops whatever B held of it; items keep their versions, and B's
+         later versions start above them, so a version read before the move stays meaningful).
+      3. The manager maps the μshard to B (a new routing table version).
+      4. PurgeMicroshard at A: its copy of the keys is deleted (the fence stays).
+    """
+    ExportMicroshard: _aio.UnaryStreamMultiCallable[_kv_pb2.MicroshardRequest, _kv_pb2.SnapshotChunk]  # type: ignore[assignment]
+    ImportMicroshard: _aio.UnaryUnaryMultiCallable[_kv_pb2.ImportRequest, _kv_pb2.MicroshardResponse]  # type: ignore[assignment]
+    PurgeMicroshard: _aio.UnaryUnaryMultiCallable[_kv_pb2.MicroshardRequest, _kv_pb2.MicroshardResponse]  # type: ignore[assignment]
 
 class ReplicationServicer(metaclass=_abc_1.ABCMeta):
     """Replication link: log shipping does not go through gRPC. Each primary -> follower pair has
@@ -150,6 +180,45 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
         primary's state from here.
         """
 
+    @_abc_1.abstractmethod
+    def FenceMicroshard(
+        self,
+        request: _kv_pb2.MicroshardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MicroshardResponse, _abc.Awaitable[_kv_pb2.MicroshardResponse]]:
+        """Live resharding: the shard manager moves a μshard from shard A to shard B through the
+        primaries of both (see the manager's mover). Each step is idempotent, so a move that was
+        interrupted (a failover, a manager restart) is taken up again from its last step.
+          1. FenceMicroshard at A: A logs that the μshard has left; from that entry on A refuses
+             its keys (code "moved": the client refreshes its routing table and goes again).
+          2. ExportMicroshard at A (its keys, frozen since the fence) -> ImportMicroshard at B
+             (the first chunk drops whatever B held of it; items keep their versions, and B's
+             later versions start above them, so a version read before the move stays meaningful).
+          3. The manager maps the μshard to B (a new routing table version).
+          4. PurgeMicroshard at A: its copy of the keys is deleted (the fence stays).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportMicroshard(
+        self,
+        request: _kv_pb2.MicroshardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kv_pb2.SnapshotChunk], _abc.AsyncIterator[_kv_pb2.SnapshotChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportMicroshard(
+        self,
+        request: _kv_pb2.ImportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MicroshardResponse, _abc.Awaitable[_kv_pb2.MicroshardResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PurgeMicroshard(
+        self,
+        request: _kv_pb2.MicroshardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MicroshardResponse, _abc.Awaitable[_kv_pb2.MicroshardResponse]]: ...
+
 def add_ReplicationServicer_to_server(servicer: ReplicationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ShardManagerStub:
@@ -160,6 +229,10 @@ class ShardManagerStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_kv_pb2.HeartbeatRequest, _kv_pb2.HeartbeatResponse]
     GetRoutingTable: _grpc.UnaryUnaryMultiCallable[_kv_pb2.RoutingRequest, _kv_pb2.RoutingTable]
     Status: _grpc.UnaryUnaryMultiCallable[_kv_pb2.StatusRequest, _kv_pb2.StatusResponse]
+    MoveMicroshard: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MoveRequest, _kv_pb2.MicroshardMove]
+    """Live resharding: move a μshard to another shard, with no downtime beyond its own keys
+    being refused (and retried by clients) while they are copied.
+    """
 
 @_typing.type_check_only
 class ShardManagerAsyncStub(ShardManagerStub):
@@ -167,6 +240,10 @@ class ShardManagerAsyncStub(ShardManagerStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_kv_pb2.HeartbeatRequest, _kv_pb2.HeartbeatResponse]  # type: ignore[assignment]
     GetRoutingTable: _aio.UnaryUnaryMultiCallable[_kv_pb2.RoutingRequest, _kv_pb2.RoutingTable]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_kv_pb2.StatusRequest, _kv_pb2.StatusResponse]  # type: ignore[assignment]
+    MoveMicroshard: _aio.UnaryUnaryMultiCallable[_kv_pb2.MoveRequest, _kv_pb2.MicroshardMove]  # type: ignore[assignment]
+    """Live resharding: move a μshard to another shard, with no downtime beyond its own keys
+    being refused (and retried by clients) while they are copied.
+    """
 
 class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -189,5 +266,15 @@ class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _kv_pb2.StatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.StatusResponse, _abc.Awaitable[_kv_pb2.StatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MoveMicroshard(
+        self,
+        request: _kv_pb2.MoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MicroshardMove, _abc.Awaitable[_kv_pb2.MicroshardMove]]:
+        """Live resharding: move a μshard to another shard, with no downtime beyond its own keys
+        being refused (and retried by clients) while they are copied.
+        """
 
 def add_ShardManagerServicer_to_server(servicer: ShardManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Final
 
 import msgpack
+from mt_kv_client import routing
 from mt_proto import kv_pb2 as pb
 from sortedcontainers import SortedList
 
@@ -31,6 +32,24 @@ Entry = tuple[bytes, int, int]  # a key's value: (value, version, expires_at_ms)
 VALUE: Final = 0
 VERSION: Final = 1
 EXPIRES: Final = 2
+
+# Keys the KV keeps for itself in a shard's data, so they are logged, replicated, checkpointed
+# and snapshotted like any other (no client can name this keyspace: keyspaces are validated).
+META_KEYSPACE: Final = "\x00kv"
+# A μshard that left this shard: key (META_KEYSPACE, MOVED, μshard as 4 bytes big-endian),
+# value b"<to shard>/<μshards in the keyspace hash>". Its keys are refused from then on.
+MOVED: Final = b"moved"
+# Versions of new writes are the seq plus this (a decimal value), raised when a μshard's keys
+# arrive with the versions they had in another shard: a version stays unique per key.
+VERSION_FLOOR: Final[KeyT] = (META_KEYSPACE, b"version_floor", b"")
+
+
+def moved_key(microshard: int) -> KeyT:
+    return (META_KEYSPACE, MOVED, microshard.to_bytes(4, "big"))
+
+
+def moved_value(to_shard: int, microshards: int) -> bytes:
+    return f"{to_shard}/{microshards}".encode()
 
 
 def live(entry: Entry, now_ms: int) -> bool:
@@ -88,6 +107,10 @@ class ShardData:
         # to date from then on), a plain set for the others, bare bytes for a single key.
         self._keys: dict[PartitionT, bytes | set[bytes] | SortedList] = {}
         self._expiries: list[tuple[int, KeyT]] = []  # a heap; stale entries are skipped
+        # μshards that moved away (their fences, see MOVED), and the μshard count of the
+        # keyspace hash they were given with (0 until a μshard has moved away).
+        self.moved: set[int] = set()
+        self.microshards = 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -116,10 +139,15 @@ class ShardData:
         self.items[key] = entry
         if entry[EXPIRES]:
             heapq.heappush(self._expiries, (entry[EXPIRES], key))
+        if key[0] == META_KEYSPACE and key[1] == MOVED:
+            self.moved.add(int.from_bytes(key[2], "big"))
+            self.microshards = int(entry[VALUE].split(b"/")[1])
 
     def _delete(self, key: KeyT) -> None:
         if self.items.pop(key, None) is None:
             return
+        if key[0] == META_KEYSPACE and key[1] == MOVED:
+            self.moved.discard(int.from_bytes(key[2], "big"))
         partition = key[:2]
         keys = self._keys[partition]
         if isinstance(keys, bytes):
@@ -131,6 +159,7 @@ class ShardData:
 
     def replace(self, entries: Iterable[tuple[KeyT, Entry]]) -> None:
         self.items, self._keys, self._expiries = {}, {}, []
+        self.moved, self.microshards = set(), 0
         for key, entry in entries:
             self._set(key, entry)
 
@@ -143,6 +172,23 @@ class ShardData:
             entry = self.items.get(key)
             if entry is not None and entry[EXPIRES] == at:
                 out.append((key, entry))
+        return out
+
+    def microshard_items(
+        self, microshard: int, microshards: int, now_ms: int
+    ) -> list[tuple[KeyT, Entry]]:
+        """The live entries of one μshard: a walk over the partitions (one hash each)."""
+        out: list[tuple[KeyT, Entry]] = []
+        for (keyspace, partition), keys in self._keys.items():
+            if keyspace == META_KEYSPACE:
+                continue
+            if routing.microshard(keyspace, partition, microshards) != microshard:
+                continue
+            names = (keys,) if isinstance(keys, bytes) else keys
+            for name in names:
+                entry = self.items[(keyspace, partition, name)]
+                if live(entry, now_ms):
+                    out.append(((keyspace, partition, name), entry))
         return out
 
     def _sorted(self, partition: PartitionT) -> SortedList | None:

@@ -19,6 +19,7 @@ from mt_proto import kv_pb2_grpc
 
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.grpc_api import ShardManagerServicer
+from mt_kv.manager.mover import Mover
 from mt_kv.settings import ManagerSettings
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ShardManager"].full_name
@@ -35,9 +36,12 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
         failover_timeout_ms=settings.failover_timeout_ms,
         lease_ms=settings.lease_ms,
     )
+    mover = Mover(manager)
     mount = Servicer(
         SERVICE,
-        lambda s: kv_pb2_grpc.add_ShardManagerServicer_to_server(ShardManagerServicer(manager), s),
+        lambda s: kv_pb2_grpc.add_ShardManagerServicer_to_server(
+            ShardManagerServicer(manager, mover), s
+        ),
     )
     async with grpc_server(settings, [mount]) as running:
 
@@ -54,10 +58,16 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
                 await running.health.set(SERVICE, status)
                 await asyncio.sleep(0.2)
 
-        task = asyncio.create_task(watch(), name="kv-manager-watch")
+        tasks = [
+            asyncio.create_task(watch(), name="kv-manager-watch"),
+            asyncio.create_task(mover.run(), name="kv-manager-mover"),
+        ]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await mover.close()

@@ -49,6 +49,31 @@ class ReplicaView:
     progress: dict[int, pb.ShardProgress] = field(default_factory=dict)
 
 
+@dataclass
+class Move:
+    """A μshard on its way from one shard to another (see mover.py); saved with the state."""
+
+    microshard: int
+    from_shard: int
+    to_shard: int
+    step: str = "fence"  # fence -> copy -> flip -> purge -> done
+    keys: int = 0
+    error: str = ""
+    fenced_at: float = 0.0  # wall-clock time of the fence
+    fenced_ms: int = 0  # fence -> flip, once flipped
+
+    def info(self) -> pb.MicroshardMove:
+        return pb.MicroshardMove(
+            microshard=self.microshard,
+            from_shard=self.from_shard,
+            to_shard=self.to_shard,
+            step=self.step,
+            keys=self.keys,
+            error=self.error,
+            fenced_ms=self.fenced_ms,
+        )
+
+
 @dataclass(frozen=True)
 class FailoverRecord:
     shard: int
@@ -76,6 +101,9 @@ class ShardManager:
         self.lease_ms = lease_ms
         self.state_path = state_path
         self.shards = [ShardAssignment(i, replicas=list(self.order)) for i in range(shards)]
+        # μshard -> shard: round robin until live resharding moves one.
+        self.mapping = [u % shards for u in range(microshards)]
+        self.moves: dict[int, Move] = {}  # by μshard: in progress, and the last finished ones
         self.failovers: deque[FailoverRecord] = deque(maxlen=200)
         self.routing_version = 0
         self._lost_at: dict[int, float] = {}  # shard -> when its primary was last heard of
@@ -94,6 +122,15 @@ class ShardManager:
                 shard = self.shards[entry["id"]]
                 shard.epoch, shard.primary = entry["epoch"], entry["primary"]
         self.routing_version = saved.get("routing_version", 0)
+        for u, target in saved.get("moved", {}).items():
+            if int(u) < len(self.mapping) and target < len(self.shards):
+                self.mapping[int(u)] = target
+        for move in saved.get("moves", []):
+            self.moves[move["microshard"]] = Move(**move)
+
+    def save(self) -> None:
+        """Persist a change made from outside (live resharding's steps)."""
+        self._save()
 
     def _save(self) -> None:
         self.routing_version += 1
@@ -102,6 +139,13 @@ class ShardManager:
         data = {
             "routing_version": self.routing_version,
             "shards": [{"id": s.id, "epoch": s.epoch, "primary": s.primary} for s in self.shards],
+            # μshards not where round robin puts them, and the moves' progress.
+            "moved": {
+                str(u): target
+                for u, target in enumerate(self.mapping)
+                if target != u % len(self.shards)
+            },
+            "moves": [asdict(m) for m in self.moves.values()],
         }
         with tmp.open("w") as handle:
             json.dump(data, handle)
@@ -291,13 +335,12 @@ class ShardManager:
         ]
 
     def routing_table(self) -> pb.RoutingTable:
-        n = len(self.shards)
         return pb.RoutingTable(
             version=self.routing_version,
             microshards=self.microshards,
             shards=self.shard_infos(),
             replicas=self.replica_infos(),
-            microshard_to_shard=[u % n for u in range(self.microshards)],
+            microshard_to_shard=self.mapping,
         )
 
     def replica_infos(self) -> list[pb.ReplicaInfo]:
@@ -337,4 +380,5 @@ class ShardManager:
             replicas=self.replica_infos(),
             failovers=failovers,
             placement_settled=self.placement_settled(),
+            moves=[m.info() for m in self.moves.values()],
         )

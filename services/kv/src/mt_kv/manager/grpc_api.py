@@ -9,11 +9,15 @@ from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
 from mt_kv.manager.core import ShardManager
+from mt_kv.manager.mover import Mover
+
+DEFAULT_MOVE_WAIT_MS = 60_000
 
 
 class ShardManagerServicer(kv_pb2_grpc.ShardManagerServicer):
-    def __init__(self, manager: ShardManager) -> None:
+    def __init__(self, manager: ShardManager, mover: Mover) -> None:
         self.manager = manager
+        self.mover = mover
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         try:
@@ -28,3 +32,8 @@ class ShardManagerServicer(kv_pb2_grpc.ShardManagerServicer):
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         return self.manager.status()
+
+    async def MoveMicroshard(self, request: pb.MoveRequest, context: Any) -> pb.MicroshardMove:
+        move = self.mover.request(request.microshard, request.to_shard)
+        waited = await self.mover.wait(move, (request.wait_ms or DEFAULT_MOVE_WAIT_MS) / 1000)
+        return waited.info()

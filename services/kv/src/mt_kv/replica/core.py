@@ -29,7 +29,7 @@ import grpc
 import msgpack
 from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mt_core.rpc.client import untraced_channel
-from mt_kv_client.routing import MAX_BATCH, Key, validate_value
+from mt_kv_client.routing import MAX_BATCH, Key, microshard, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 from opentelemetry import propagate, trace
@@ -38,14 +38,18 @@ from prometheus_client import Gauge, Histogram
 
 from mt_kv.data import (
     EXPIRES,
+    META_KEYSPACE,
+    MOVED,
     VALUE,
     VERSION,
+    VERSION_FLOOR,
     Change,
     Entry,
     KeyT,
     decode_effects,
     encode_changes,
     key_of,
+    moved_key,
 )
 from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
@@ -413,6 +417,7 @@ class Replica:
 
     def _check(self, shard: Shard, cond: pb.Condition, now: int) -> None:
         self._validate_key(cond.key)
+        self._refuse_moved(shard, key_of(cond.key), sequencing=True)
         current = shard.view(key_of(cond.key), now)
         held = {
             pb.Condition.ABSENT: current is None,
@@ -428,6 +433,22 @@ class Replica:
                 code="condition_failed",
             )
 
+    @staticmethod
+    def _refuse_moved(shard: Shard, key: KeyT, *, sequencing: bool) -> None:
+        """Refuse a key whose μshard has moved to another shard (live resharding): for a
+        write, as of everything sequenced (a fence not yet committed counts); for a read, as
+        of the data it is served from. No moves, no cost: ``microshards`` stays 0."""
+        count = shard.data.microshards or shard.move_hint
+        if not count:
+            return
+        u = microshard(key[0], key[1], count)
+        gone = shard.view(moved_key(u), 0) is not None if sequencing else u in shard.data.moved
+        if gone:
+            raise FailedPrecondition(
+                f"μshard {u} has moved from shard {shard.id}; refresh the routing table",
+                code="moved",
+            )
+
     def _validate_key(self, key: pb.Key) -> None:
         Key(key.keyspace, key.partition, key.key).validate()
         if key.keyspace not in self._keyspaces:
@@ -439,16 +460,20 @@ class Replica:
         """What the mutations do, as log items (for the payload and the answer) and as the
         changes to apply."""
         seq = shard.last_seq + 1
+        floor = shard.view(VERSION_FLOOR, 0)
+        # Above every version a key brought from another shard carries (see VERSION_FLOOR).
+        version = seq + int(floor[VALUE]) if floor is not None else seq
         local: dict[KeyT, Entry | None] = {}
         effects: list[pb.Item] = []
         for m in mutations:
             self._validate_key(m.key)
             key = key_of(m.key)
+            self._refuse_moved(shard, key, sequencing=True)
             op = m.WhichOneof("op")
             if op == "put":
                 validate_value(m.put.value)
                 expires = now + m.put.ttl_ms if m.put.ttl_ms else 0
-                new: Entry | None = (m.put.value, seq, expires)
+                new: Entry | None = (m.put.value, version, expires)
             elif op == "delete":
                 new = None
             elif op == "increment":
@@ -459,13 +484,13 @@ class Replica:
                     raise FailedPrecondition(
                         "increment of a value that is not an integer", code="not_a_counter"
                     ) from None
-                new = (str(base + m.increment.delta).encode(), seq, 0)
+                new = (str(base + m.increment.delta).encode(), version, 0)
             else:
                 raise InvalidArgument(
                     "a mutation needs put, delete or increment", code="invalid_mutation"
                 )
             local[key] = new
-            effects.append(_item(key, new, seq))
+            effects.append(_item(key, new, version))
         return effects, list(local.items())
 
     def _sequence(self, shard: Shard, changes: list[Change]) -> int:
@@ -486,6 +511,18 @@ class Replica:
         pending = shard.pending
         for key, new in changes:
             pending[key] = (seq, new)
+            if key[0] == META_KEYSPACE and key[1] == MOVED and new is not None:
+                # A fence not yet applied: new writes must look for fences (_refuse_moved).
+                shard.move_hint = int(new[VALUE].split(b"/")[1])
+
+    async def commit(self, shard: Shard, changes: list[Change]) -> int:
+        """Sequence ``changes`` (made by the KV itself: live resharding) as one entry and
+        wait until it is committed and applied; its seq."""
+        seq = self._sequence(shard, changes)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shard.waiters.append(Waiter(seq, future, time.perf_counter()))
+        await future
+        return seq
 
     async def _readable(self, shard_id: int, read: pb.ReadOptions, route_epoch: int) -> Shard:
         """The shard if this replica may serve ``read`` now, waiting briefly where useful."""
@@ -557,12 +594,14 @@ class Replica:
         for key in req.keys:
             self._validate_key(key)
             k = key_of(key)
+            self._refuse_moved(shard, k, sequencing=False)
             items.append(_item(k, shard.data.get(k, now)))
         return pb.GetResponse(items=items, served_at=self._position(shard))
 
     async def scan(self, req: pb.ScanRequest) -> pb.ScanResponse:
         shard = await self._readable(req.route.shard, req.read, req.route.epoch)
         self._validate_key(pb.Key(keyspace=req.keyspace, partition=req.partition, key=req.prefix))
+        self._refuse_moved(shard, (req.keyspace, req.partition, b""), sequencing=False)
         limit = min(req.limit or 100, MAX_BATCH)
         try:
             after = bytes.fromhex(req.cursor) if req.cursor else None

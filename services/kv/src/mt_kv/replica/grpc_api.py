@@ -12,6 +12,7 @@ from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
 from mt_kv.replica.core import Replica
+from mt_kv.replica.moves import Moves
 
 
 class KVServicer(kv_pb2_grpc.KVServicer):
@@ -63,12 +64,34 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 class ReplicationServicer(kv_pb2_grpc.ReplicationServicer):
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
+        self.moves = Moves(replica)
 
     async def Snapshot(
         self, request: pb.SnapshotRequest, context: Any
     ) -> AsyncIterator[pb.SnapshotChunk]:
         async for chunk in self.replica.snapshot(request):
             yield chunk
+
+    async def FenceMicroshard(
+        self, request: pb.MicroshardRequest, context: Any
+    ) -> pb.MicroshardResponse:
+        return await self.moves.fence(request)
+
+    async def ExportMicroshard(
+        self, request: pb.MicroshardRequest, context: Any
+    ) -> AsyncIterator[pb.SnapshotChunk]:
+        async for chunk in self.moves.export(request):
+            yield chunk
+
+    async def ImportMicroshard(
+        self, request: pb.ImportRequest, context: Any
+    ) -> pb.MicroshardResponse:
+        return await self.moves.import_(request)
+
+    async def PurgeMicroshard(
+        self, request: pb.MicroshardRequest, context: Any
+    ) -> pb.MicroshardResponse:
+        return await self.moves.purge(request)
 
 
 def _error(err: MinithreadsError) -> pb.Error:

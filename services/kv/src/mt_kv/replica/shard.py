@@ -90,6 +90,9 @@ class Shard:
     lease_until: float = 0.0
     serving_after: float = 0.0
     epoch_start_seq: int = 0  # our first entry as primary of this epoch
+    # The keyspace hash's μshard count once a fence was sequenced here (a μshard moving away,
+    # see data.MOVED): until it is applied, writes look for fences among pending entries too.
+    move_hint: int = 0
     store_floor: int = 0  # the store's log is trimmed up to here
     # ---- as follower
     last_ack_at: float = 0.0  # when we last acknowledged a primary (our lease promise)

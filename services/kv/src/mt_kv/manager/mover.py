@@ -1,0 +1,205 @@
+"""Live resharding, the shard manager's side: moves μshards between shards while the cluster
+serves (after ZippyDB, which absorbed Threads' launch by resharding).
+
+A move runs in steps through the two shards' primaries (the replica side is
+``mt_kv.replica.moves``; the protocol is in kv.proto, service Replication):
+
+  fence  the old shard logs that the μshard left; its keys are refused there from then on
+  copy   its keys, frozen by the fence, are exported from the old shard and imported into
+         the new one (the import's first chunk clears what the new shard held of it)
+  flip   the routing table maps the μshard to the new shard (a new table version): clients
+         that were refused refresh and go there
+  purge  the old shard deletes its copy (the fence stays, for clients with old tables)
+
+Each step is saved before the next starts and is idempotent, so a failed attempt (a
+failover, a primary moving, this process restarting) is simply made again: the move always
+completes, and the μshard is never writable in two shards. Its keys are unavailable (refused
+and retried by the clients) from the fence to the flip: the time to copy one μshard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import grpc
+from mt_core.errors import FailedPrecondition, InvalidArgument, MinithreadsError, Unavailable
+from mt_core.rpc.client import channel
+from mt_core.rpc.status import error_from_rpc
+from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
+from opentelemetry import trace
+
+from mt_kv.manager.core import Move, ShardManager
+
+log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("mt_kv.manager")
+
+RETRY_S = 0.3  # between attempts of a step that failed
+CALL_TIMEOUT_MS = 30_000
+KEEP_FINISHED = 32  # finished moves kept for `kv status`
+
+
+class Mover:
+    def __init__(self, manager: ShardManager) -> None:
+        self.manager = manager
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    async def close(self) -> None:
+        for chan in self._channels.values():
+            await chan.close()
+
+    # ---------------------------------------------------------------- requests
+
+    def request(self, microshard: int, to_shard: int) -> Move:
+        """Start moving ``microshard`` to ``to_shard`` (or find that move under way)."""
+        manager = self.manager
+        if microshard >= len(manager.mapping):
+            raise InvalidArgument(
+                f"μshard {microshard} out of range (0..{len(manager.mapping) - 1})",
+                code="bad_microshard",
+            )
+        if to_shard >= len(manager.shards):
+            raise InvalidArgument(
+                f"shard {to_shard} out of range (0..{len(manager.shards) - 1})", code="bad_shard"
+            )
+        current = manager.moves.get(microshard)
+        if current is not None and current.step != "done":
+            if current.to_shard != to_shard:
+                raise FailedPrecondition(
+                    f"μshard {microshard} is already moving to shard {current.to_shard}",
+                    code="moving",
+                )
+            return current
+        source = manager.mapping[microshard]
+        if source == to_shard:
+            return Move(microshard, source, to_shard, step="done")
+        move = Move(microshard, source, to_shard)
+        manager.moves.pop(microshard, None)
+        manager.moves[microshard] = move  # newest last
+        self._trim()
+        manager.save()
+        log.info("μshard move requested", extra={"microshard": microshard, "to": to_shard})
+        self._wake.set()
+        return move
+
+    async def wait(self, move: Move, timeout_s: float) -> Move:
+        """``move`` once done, or as it stands after ``timeout_s``."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: move.step == "done"), timeout_s
+                )
+        return move
+
+    def _trim(self) -> None:
+        finished = [u for u, m in self.manager.moves.items() if m.step == "done"]
+        for u in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.manager.moves[u]
+
+    # ---------------------------------------------------------------- the work
+
+    async def run(self) -> None:
+        """Advance every unfinished move (they survive restarts in the manager's state)."""
+        while True:
+            moves = [m for m in self.manager.moves.values() if m.step != "done"]
+            if not moves:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for move in moves:
+                try:
+                    await self._advance(move)
+                    move.error = ""
+                except MinithreadsError as err:
+                    error = f"{move.step}: {err.code}: {err.message}"
+                    if error != move.error:  # not once per attempt
+                        log.warning(
+                            "μshard move step failed; again shortly", extra={"error": error}
+                        )
+                    move.error = error
+                    await asyncio.sleep(RETRY_S)
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def _advance(self, move: Move) -> None:
+        with TRACER.start_as_current_span(f"kv.move.{move.step}") as span:
+            span.set_attributes(
+                {
+                    "mt.microshard": move.microshard,
+                    "mt.from_shard": move.from_shard,
+                    "mt.to_shard": move.to_shard,
+                }
+            )
+            try:
+                await self._step(move)
+            except grpc.aio.AioRpcError as err:
+                raise error_from_rpc(err) from None
+
+    async def _step(self, move: Move) -> None:
+        manager, u = self.manager, move.microshard
+        if move.step == "fence":
+            stub, route = self._primary(move.from_shard)
+            await stub.FenceMicroshard(self._req(route, u, to_shard=move.to_shard))
+            move.fenced_at, move.step = time.time(), "copy"
+        elif move.step == "copy":
+            move.keys = await self._copy(move)
+            move.step = "flip"
+        elif move.step == "flip":
+            manager.mapping[u] = move.to_shard
+            move.fenced_ms = int((time.time() - move.fenced_at) * 1000)
+            move.step = "purge"
+            log.info(
+                "μshard moved",
+                extra={
+                    "microshard": u,
+                    "to": move.to_shard,
+                    "keys": move.keys,
+                    "fenced_ms": move.fenced_ms,
+                },
+            )
+        elif move.step == "purge":
+            stub, route = self._primary(move.from_shard)
+            await stub.PurgeMicroshard(self._req(route, u))
+            move.step = "done"
+            self._trim()
+        manager.save()
+
+    async def _copy(self, move: Move) -> int:
+        source, from_route = self._primary(move.from_shard)
+        target, to_route = self._primary(move.to_shard)
+        first, keys = True, 0
+        async for chunk in source.ExportMicroshard(self._req(from_route, move.microshard)):
+            await target.ImportMicroshard(
+                pb.ImportRequest(
+                    route=to_route,
+                    microshard=move.microshard,
+                    microshards=len(self.manager.mapping),
+                    first=first,
+                    items=chunk.items,
+                )
+            )
+            first, keys = False, keys + len(chunk.items)
+        return keys
+
+    def _req(self, route: pb.Route, microshard: int, to_shard: int = 0) -> pb.MicroshardRequest:
+        return pb.MicroshardRequest(
+            route=route,
+            microshard=microshard,
+            microshards=len(self.manager.mapping),
+            to_shard=to_shard,
+        )
+
+    def _primary(self, shard_id: int) -> tuple[kv_pb2_grpc.ReplicationAsyncStub, pb.Route]:
+        shard = self.manager.shards[shard_id]
+        if not shard.primary:
+            raise Unavailable(f"shard {shard_id} has no primary now", code="no_primary")
+        addr = self.manager.replicas[shard.primary].addr
+        if addr not in self._channels:
+            self._channels[addr] = channel(addr, CALL_TIMEOUT_MS)
+        stub = kv_pb2_grpc.ReplicationStub(self._channels[addr])
+        return stub, pb.Route(shard=shard_id, epoch=shard.epoch)

@@ -1,0 +1,131 @@
+"""A replica's side of live resharding: what the primaries of a μshard's old and new shards do
+when the shard manager moves it (the steps are in kv.proto, service Replication).
+
+Everything here goes through the shard's log like any write, so it is replicated, survives a
+failover (a new primary has the committed entries) and is idempotent: the manager repeats a
+step that was interrupted. The invariant that makes the move safe: a μshard's keys are
+written in exactly one shard at any time. The old shard refuses them from its fence entry on
+(``Replica._refuse_moved``), the new one is only routed to once the copy is committed there,
+and the copy is taken after the fence committed, so nothing written before it is missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from mt_core.errors import FailedPrecondition, InvalidArgument
+from mt_kv_client.routing import microshard, validate_value
+from mt_proto import kv_pb2 as pb
+
+from mt_kv.data import VALUE, VERSION_FLOOR, Change, Entry, KeyT, moved_key, moved_value
+from mt_kv.replica.core import Replica, now_ms
+from mt_kv.replica.shard import Shard
+
+CHUNK = 1_000  # keys per exported chunk, per log entry of a purge
+MAX_IMPORT = 5_000  # items per ImportMicroshard call
+
+
+class Moves:
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def _shard(self, req: pb.MicroshardRequest | pb.ImportRequest) -> Shard:
+        if not req.microshards or req.microshard >= req.microshards:
+            raise InvalidArgument(
+                f"μshard {req.microshard} is not one of {req.microshards}", code="bad_microshard"
+            )
+        shard = self.replica._primary_shard(req.route)
+        known = shard.data.microshards or shard.move_hint
+        if known and known != req.microshards:
+            raise InvalidArgument(
+                f"shard {shard.id} hashes keys into {known} μshards, not {req.microshards}",
+                code="bad_microshard",
+            )
+        return shard
+
+    async def fence(self, req: pb.MicroshardRequest) -> pb.MicroshardResponse:
+        """Log that the μshard left; answered once that is committed (repeating it is
+        harmless: the fence is written again)."""
+        shard = self._shard(req)
+        fence: Entry = (moved_value(req.to_shard, req.microshards), 0, 0)
+        seq = await self.replica.commit(shard, [(moved_key(req.microshard), fence)])
+        return pb.MicroshardResponse(seq=seq)
+
+    async def _fenced(self, req: pb.MicroshardRequest) -> Shard:
+        shard = self._shard(req)
+        # A strong read: the lease says no other primary exists, and everything committed
+        # before (the fence) has been applied here.
+        await self.replica._ensure_lease(shard)
+        if req.microshard not in shard.data.moved:
+            raise FailedPrecondition(
+                f"μshard {req.microshard} is not fenced in shard {shard.id}", code="not_fenced"
+            )
+        return shard
+
+    async def export(self, req: pb.MicroshardRequest) -> AsyncIterator[pb.SnapshotChunk]:
+        """The μshard's live keys, frozen since the fence."""
+        shard = await self._fenced(req)
+        entries = shard.data.microshard_items(req.microshard, req.microshards, now_ms())
+        seq, seq_epoch = shard.applied_seq, shard.applied_epoch
+        for start in range(0, max(1, len(entries)), CHUNK):
+            chunk = entries[start : start + CHUNK]
+            yield pb.SnapshotChunk(
+                seq=seq,
+                seq_epoch=seq_epoch,
+                items=[
+                    pb.Item(
+                        key=pb.Key(keyspace=k[0], partition=k[1], key=k[2]),
+                        found=True,
+                        value=e[0],
+                        version=e[1],
+                        expires_at_ms=e[2],
+                    )
+                    for k, e in chunk
+                ],
+            )
+
+    async def import_(self, req: pb.ImportRequest) -> pb.MicroshardResponse:
+        """Write a chunk of the μshard's keys with their versions and TTLs, as one entry; the
+        first chunk also drops what this shard held of the μshard (an earlier, interrupted
+        copy; keys from when it was here before) and its fence here, if it left before."""
+        shard = self._shard(req)
+        if len(req.items) > MAX_IMPORT:
+            raise InvalidArgument(f"at most {MAX_IMPORT} items per import", code="batch_too_large")
+        changes: dict[KeyT, Entry | None] = {}
+        if req.first:
+            held = shard.data.microshard_items(req.microshard, req.microshards, 0)
+            changes.update((key, None) for key, _ in held)
+            if shard.view(moved_key(req.microshard), 0) is not None:
+                changes[moved_key(req.microshard)] = None
+        top = 0
+        for item in req.items:
+            key = self._checked_key(item.key, req)
+            validate_value(item.value)
+            changes[key] = (item.value, item.version, item.expires_at_ms)
+            top = max(top, item.version)
+        floor = shard.view(VERSION_FLOOR, 0)
+        if top > (int(floor[VALUE]) if floor is not None else 0):
+            changes[VERSION_FLOOR] = (str(top).encode(), 0, 0)
+        if not changes:
+            return pb.MicroshardResponse()
+        listed: list[Change] = list(changes.items())
+        seq = await self.replica.commit(shard, listed)
+        return pb.MicroshardResponse(seq=seq, keys=len(req.items))
+
+    def _checked_key(self, key: pb.Key, req: pb.ImportRequest) -> KeyT:
+        self.replica._validate_key(key)
+        if microshard(key.keyspace, key.partition, req.microshards) != req.microshard:
+            raise InvalidArgument(
+                f"a key of another μshard in the import of {req.microshard}", code="bad_item"
+            )
+        return (key.keyspace, key.partition, key.key)
+
+    async def purge(self, req: pb.MicroshardRequest) -> pb.MicroshardResponse:
+        """Delete this shard's copy of a μshard that moved away (its fence stays)."""
+        shard = await self._fenced(req)
+        held = shard.data.microshard_items(req.microshard, req.microshards, 0)
+        seq = 0
+        for start in range(0, len(held), CHUNK):
+            chunk: list[Change] = [(key, None) for key, _ in held[start : start + CHUNK]]
+            seq = await self.replica.commit(shard, chunk)
+        return pb.MicroshardResponse(seq=seq, keys=len(held))

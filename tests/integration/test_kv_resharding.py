@@ -1,0 +1,196 @@
+"""Live resharding on a real 3-replica cluster: μshards move between shards while clients
+keep reading and writing them."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from mt_cli.kvcluster import KVCluster, manager_status, move_microshard
+from mt_core.errors import InvalidArgument, Unavailable
+from mt_kv_client import Key, KVClient
+from mt_kv_client.client import Check, Put
+from mt_kv_client.routing import microshard
+from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KVCluster]:
+    kv = KVCluster(Path(tmp_path_factory.mktemp("kv")))
+    try:
+        await kv.start()
+        yield kv
+    finally:
+        kv.stop()
+
+
+@pytest.fixture
+async def kv(cluster: KVCluster) -> AsyncIterator[KVClient]:
+    async with KVClient(cluster.manager_addr) as client:
+        yield client
+
+
+def partitions_of(kv: KVClient, u: int, count: int, tag: str) -> list[bytes]:
+    """``count`` partition names that hash to μshard ``u``."""
+    total = kv._table.microshards
+    names = (f"{tag}-{i}".encode() for i in itertools.count())
+    return list(itertools.islice((p for p in names if microshard("test", p, total) == u), count))
+
+
+def other_shard(kv: KVClient, u: int) -> int:
+    return (kv._table.microshard_to_shard[u] + 1) % len(kv._table.shards)
+
+
+async def test_move__keys_follow_their_microshard_with_values_versions_and_ttls(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    u = kv.microshard_of(Key("test", b"mover-a", b""))
+    source, target = kv._table.microshard_to_shard[u], other_shard(kv, u)
+    parts = partitions_of(kv, u, 20, "mover")
+    keys = [Key("test", p, f"k{i}".encode()) for p in parts for i in range(5)]
+    await kv.multi_put((key, key.partition + key.key) for key in keys)
+    versions = {key: item.version for key, item in (await kv.multi_get(keys)).items() if item}
+    await kv.put(Key("test", parts[0], b"ttl"), b"short-lived", ttl_ms=1_500)
+    bystander = Key("test", b"not-moving", b"x")
+    assert kv.microshard_of(bystander) != u
+    await kv.put(bystander, b"stays")
+
+    move = await move_microshard(cluster.manager_addr, u, target)
+
+    assert (move.step, move.from_shard, move.to_shard) == ("done", source, target)
+    assert move.keys == len(keys) + 1
+    await kv.refresh()
+    assert kv._table.microshard_to_shard[u] == target
+    found = await kv.multi_get(keys)
+    for key in keys:
+        item = found[key]
+        assert item is not None, key
+        assert (item.value, item.version) == (key.partition + key.key, versions[key])
+    # A version read before the move still guards a conditional write after it...
+    first = keys[0]
+    await kv.write([Put(first, b"updated")], [Check(first, versions[first])])
+    updated = await kv.get(first)
+    assert updated is not None
+    # ...and versions written in the new shard start above every one it brought along.
+    assert updated.version > max(versions.values())
+    page, _ = await kv.scan("test", parts[1], b"k")
+    assert [item.key.key for item in page] == [f"k{i}".encode() for i in range(5)]
+    assert await kv.get(Key("test", parts[0], b"ttl")) is not None
+    await asyncio.sleep(2)
+    assert await kv.get(Key("test", parts[0], b"ttl")) is None  # its TTL came along
+    assert (await kv.get(bystander)) is not None
+
+    status = await manager_status(cluster.manager_addr)
+    assert any(m.microshard == u and m.step == "done" for m in status.moves)
+
+
+async def test_move__old_shard_refuses_the_microshard_with_moved(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    u = kv.microshard_of(Key("test", b"refused-a", b""))
+    source, target = kv._table.microshard_to_shard[u], other_shard(kv, u)
+    (part,) = partitions_of(kv, u, 1, "refused")
+    await kv.put(Key("test", part, b"k"), b"v")
+    await move_microshard(cluster.manager_addr, u, target)
+    info = kv._table.shards[source]  # our table is from before the move
+    async with grpc.aio.insecure_channel(info.addrs[info.primary]) as chan:
+        stub = kv_pb2_grpc.KVStub(chan)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Get(
+                pb.GetRequest(
+                    route=pb.Route(shard=source, epoch=info.epoch),
+                    keys=[pb.Key(keyspace="test", partition=part, key=b"k")],
+                ),
+                timeout=5,
+            )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "moved" in (refused.value.details() or "")
+    # The client with the old table is refused too, refreshes, and finds the key.
+    item = await kv.get(Key("test", part, b"k"))
+    assert item is not None
+    assert item.value == b"v"
+
+
+async def test_move__under_concurrent_writes_loses_no_acknowledged_write(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    """Writers hammer counters in a μshard (and outside it) while it moves away and back:
+    every acknowledged increment is counted exactly once, none fails."""
+    u = kv.microshard_of(Key("test", b"busy-a", b""))
+    home, away = kv._table.microshard_to_shard[u], other_shard(kv, u)
+    counters = [Key("test", p, b"n") for p in partitions_of(kv, u, 8, "busy")]
+    counters.append(Key("test", b"elsewhere", b"n"))
+    acked = dict.fromkeys(counters, 0)
+    unknown = dict.fromkeys(counters, 0)
+    failures: list[Exception] = []
+    stop = asyncio.Event()
+
+    async def writer(key: Key) -> None:
+        while not stop.is_set():
+            try:
+                await kv.increment(key)
+                acked[key] += 1
+            except Unavailable as err:
+                if err.code != "indeterminate":
+                    failures.append(err)
+                unknown[key] += 1
+            except Exception as err:  # any other failure fails the test
+                failures.append(err)
+
+    writers = [asyncio.create_task(writer(key)) for key in counters for _ in range(4)]
+    await asyncio.sleep(0.5)
+    there = await move_microshard(cluster.manager_addr, u, away)
+    await asyncio.sleep(0.5)
+    back = await move_microshard(cluster.manager_addr, u, home)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*writers)
+
+    assert (there.step, back.step) == ("done", "done")
+    assert failures == []
+    values = await kv.multi_get(counters)
+    for key in counters:
+        item = values[key]
+        value = int(item.value) if item is not None else 0
+        assert acked[key] <= value <= acked[key] + unknown[key], (key, value, acked[key])
+    assert sum(acked.values()) > 100  # the writers really ran across both moves
+
+
+async def test_move__bad_requests_get_clear_errors(kv: KVClient, cluster: KVCluster) -> None:
+    total, shards = kv._table.microshards, len(kv._table.shards)
+    for microshard_, shard in ((total, 0), (0, shards)):
+        with pytest.raises(InvalidArgument) as refused:
+            await move_microshard(cluster.manager_addr, microshard_, shard, wait_s=2)
+        assert refused.value.code in ("bad_microshard", "bad_shard")
+    # Moving a μshard where it already is: nothing to do, and done.
+    u = 5
+    same = await move_microshard(cluster.manager_addr, u, kv._table.microshard_to_shard[u])
+    assert same.step == "done"
+    assert same.keys == 0
+
+
+async def test_move__a_transaction_spanning_a_moved_microshard_is_refused_not_split(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    """Two keys of one shard in different μshards stop sharing a shard when one moves: a
+    write over both is refused as cross-shard, never applied half here, half there."""
+    u = kv.microshard_of(Key("test", b"txn-a", b""))
+    source = kv._table.microshard_to_shard[u]
+    (moving,) = partitions_of(kv, u, 1, "txn")
+    staying = next(
+        p
+        for p in (f"txn-stay-{i}".encode() for i in itertools.count())
+        if kv.shard_of(Key("test", p, b"")) == source and kv.microshard_of(Key("test", p, b"")) != u
+    )
+    await move_microshard(cluster.manager_addr, u, other_shard(kv, u))
+    with pytest.raises(InvalidArgument) as refused:
+        await kv.write(
+            [Put(Key("test", moving, b"a"), b"1"), Put(Key("test", staying, b"b"), b"1")]
+        )
+    assert refused.value.code == "cross_shard"
+    assert await kv.get(Key("test", staying, b"b")) is None
