@@ -98,10 +98,13 @@ class KVCluster:
             )
 
     async def start(self, timeout_s: float = 60) -> None:
-        self._spawn("kv", "mt_kv.manager", self._env(self.manager_port))
+        self.start_manager()
         for name in self.ports:
             self.start_replica(name)
         await self.wait_healthy(timeout_s)
+
+    def start_manager(self) -> None:
+        self._spawn("kv", "mt_kv.manager", self._env(self.manager_port))
 
     def start_replica(self, name: str) -> None:
         more = {"MT_REPLICA_ID": name, "MT_REPL_PORT": str(self.repl_ports.get(name, 0))}

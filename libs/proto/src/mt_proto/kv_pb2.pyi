@@ -1459,7 +1459,7 @@ class MicroshardMove(_message.Message):
     error: _builtins.str
     """why the last attempt of the current step failed (it is retried)"""
     fenced_ms: _builtins.int
-    """how long the μshard's keys were refused (fence -> flip), once flipped"""
+    """from the fence acknowledged to the flip (its keys refused), once flipped"""
     def __init__(
         self,
         *,
