@@ -112,7 +112,7 @@ async def test_move__old_primary_killed_mid_move__the_move_completes_and_loses_n
         tally.acked += acked
         print(f"killed at step {move.step}; keys refused for {done.fenced_ms} ms")
         cluster.start_replica(victim)
-        await cluster.wait_healthy()
+        await cluster.wait_rejoined(victim)
 
 
 async def test_move__manager_killed_mid_move__resumes_after_restart(

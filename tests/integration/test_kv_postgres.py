@@ -83,6 +83,6 @@ async def test_kv_on_postgres__a_restarted_replica_reloads_its_data(cluster: KVC
         for name in ("kv-1", "kv-2", "kv-3"):  # one at a time: a majority stays up
             cluster.kill(name)
             cluster.start_replica(name)
-            await cluster.wait_healthy()
+            await cluster.wait_rejoined(name)
         found = await kv.multi_get(keys)
         assert all(found[key] is not None for key in keys)

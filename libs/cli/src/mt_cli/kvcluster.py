@@ -5,6 +5,7 @@ touching the stack `minithreads up` runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -115,6 +116,24 @@ class KVCluster:
         if name in self.peer_repl_addrs:
             more["MT_PEER_REPL_ADDRS"] = self.peer_repl_addrs[name]
         self._spawn(name, "mt_kv.replica", self._env(self.ports[name], **more))
+
+    async def wait_rejoined(self, name: str, timeout_s: float = 60) -> None:
+        """Until the manager hears from the (re)started process ``name`` and every shard has
+        a live primary. Health alone can be stale right after a kill: the manager counts a
+        replica alive until its heartbeats have been missing for the failover timeout."""
+        deadline = time.monotonic() + timeout_s
+        pid = self.procs[name].pid
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited: {self.log(name)[-2000:]}")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                replicas = {r.id: r for r in (await self.status()).replicas}
+                if name in replicas and replicas[name].pid == pid and replicas[name].alive:
+                    break
+            await asyncio.sleep(0.2)
+        else:
+            raise TimeoutError(f"{name} did not rejoin in {timeout_s}s:\n{self.log(name)[-2000:]}")
+        await self.wait_healthy(max(1.0, deadline - time.monotonic()))
 
     async def wait_healthy(self, timeout_s: float = 60) -> None:
         """Until the manager reports every shard with a live primary."""
