@@ -12,7 +12,7 @@ import grpc
 import pytest
 from mt_cli.kvcluster import KVCluster, manager_status, move_microshard
 from mt_core.errors import InvalidArgument, Unavailable
-from mt_kv_client import Key, KVClient
+from mt_kv_client import Consistency, Key, KVClient
 from mt_kv_client.client import Check, Put
 from mt_kv_client.routing import microshard
 from mt_proto import kv_pb2 as pb
@@ -87,6 +87,35 @@ async def test_move__keys_follow_their_microshard_with_values_versions_and_ttls(
 
     status = await manager_status(cluster.manager_addr)
     assert any(m.microshard == u and m.step == "done" for m in status.moves)
+    # Non-strong reads in the new shard are served only past the import (a follower still
+    # behind it would answer "not found" for keys that exist).
+    assert move.import_seq > 0
+    assert kv._table.shards[target].min_read_seq >= move.import_seq
+    for consistency in (Consistency.STALE, Consistency.RYW):
+        found = await kv.multi_get(keys[1:], consistency)
+        assert all(found[key] is not None for key in keys[1:]), consistency
+
+
+async def test_reads__a_replica_behind_the_required_position_refuses_non_strong_reads(
+    kv: KVClient,
+) -> None:
+    info = kv._table.shards[0]
+    follower = next(r for r in info.replicas if r != info.primary)
+    async with grpc.aio.insecure_channel(info.addrs[follower]) as chan:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await kv_pb2_grpc.KVStub(chan).Get(
+                pb.GetRequest(
+                    route=pb.Route(shard=0),
+                    keys=[pb.Key(keyspace="test", partition=b"p", key=b"k")],
+                    read=pb.ReadOptions(
+                        consistency=pb.BOUNDED_STALENESS,
+                        min_version=pb.Version(shard=0, seq=10**12),
+                    ),
+                ),
+                timeout=5,
+            )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "behind" in str(refused.value.trailing_metadata()) + (refused.value.details() or "")
 
 
 async def test_move__old_shard_refuses_the_microshard_with_moved(

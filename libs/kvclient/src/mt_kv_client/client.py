@@ -563,9 +563,16 @@ class KVClient:
         return out
 
     def _read_options(self, shard: int, consistency: Consistency) -> pb.ReadOptions:
+        if consistency == Consistency.RYW and shard not in self.session.tokens:
+            consistency = Consistency.STALE  # nothing of ours to see there: bounded staleness
         read = pb.ReadOptions(consistency=int(consistency))  # type: ignore[arg-type]
-        if consistency == Consistency.RYW and shard in self.session.tokens:
+        if consistency == Consistency.STRONG:
+            return read
+        if consistency == Consistency.RYW:
             read.min_version.CopyFrom(self.session.tokens[shard])
+        floor = self._info(shard).min_read_seq  # μshards moved in: not from before they came
+        if floor > read.min_version.seq:
+            read.min_version.shard, read.min_version.seq = shard, floor
         return read
 
     def _read_stub(self, shard: int, consistency: Consistency) -> kv_pb2_grpc.KVAsyncStub:

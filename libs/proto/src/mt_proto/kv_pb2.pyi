@@ -169,7 +169,9 @@ class ReadOptions(_message.Message):
     """BOUNDED_STALENESS: 0 = the server's default bound"""
     @_builtins.property
     def min_version(self) -> Global___Version:
-        """READ_YOUR_WRITES: serve only at or past it"""
+        """Serve only at or past it: READ_YOUR_WRITES (the session's token), and any non-strong
+        read of a shard that μshards moved into (its ShardInfo.min_read_seq).
+        """
 
     def __init__(
         self,
@@ -1112,10 +1114,15 @@ class ShardInfo(_message.Message):
     PRIMARY_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     ADDRS_FIELD_NUMBER: _builtins.int
+    MIN_READ_SEQ_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     epoch: _builtins.int
     primary: _builtins.str
     """replica id"""
+    min_read_seq: _builtins.int
+    """The latest μshard import into this shard (live resharding): a replica that has not applied
+    it would answer a non-strong read of a moved key from before the key arrived.
+    """
     @_builtins.property
     def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """replica ids, primary included"""
@@ -1132,10 +1139,11 @@ class ShardInfo(_message.Message):
         primary: _builtins.str = ...,
         replicas: _abc.Iterable[_builtins.str] | None = ...,
         addrs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        min_read_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "epoch", b"epoch", "id", b"id", "primary", b"primary", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "epoch", b"epoch", "id", b"id", "min_read_seq", b"min_read_seq", "primary", b"primary", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1448,6 +1456,7 @@ class MicroshardMove(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    IMPORT_SEQ_FIELD_NUMBER: _builtins.int
     FENCED_MS_FIELD_NUMBER: _builtins.int
     microshard: _builtins.int
     from_shard: _builtins.int
@@ -1458,6 +1467,8 @@ class MicroshardMove(_message.Message):
     """keys copied"""
     error: _builtins.str
     """why the last attempt of the current step failed (it is retried)"""
+    import_seq: _builtins.int
+    """the new shard's log position once the copy is in"""
     fenced_ms: _builtins.int
     """from the fence acknowledged to the flip (its keys refused), once flipped"""
     def __init__(
@@ -1469,11 +1480,12 @@ class MicroshardMove(_message.Message):
         step: _builtins.str = ...,
         keys: _builtins.int = ...,
         error: _builtins.str = ...,
+        import_seq: _builtins.int = ...,
         fenced_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "fenced_ms", b"fenced_ms", "from_shard", b"from_shard", "keys", b"keys", "microshard", b"microshard", "step", b"step", "to_shard", b"to_shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "fenced_ms", b"fenced_ms", "from_shard", b"from_shard", "import_seq", b"import_seq", "keys", b"keys", "microshard", b"microshard", "step", b"step", "to_shard", b"to_shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,6 +36,7 @@ class ShardAssignment:
     lost_primary: str = ""  # the primary being replaced, for the failover record
     assigned_beat: int = 0  # the primary's heartbeat count when it was assigned
     planned: str = ""  # a rebalancing handoff's intended primary (wins ties in the election)
+    min_read_seq: int = 0  # the latest μshard import's seq (see ShardInfo.min_read_seq)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Move:
     to_shard: int
     step: str = "fence"  # fence -> copy -> flip -> purge -> done
     keys: int = 0
+    import_seq: int = 0
     error: str = ""
     fenced_at: float = 0.0  # wall-clock time of the fence
     fenced_ms: int = 0  # fence -> flip, once flipped
@@ -69,6 +71,7 @@ class Move:
             to_shard=self.to_shard,
             step=self.step,
             keys=self.keys,
+            import_seq=self.import_seq,
             error=self.error,
             fenced_ms=self.fenced_ms,
         )
@@ -121,6 +124,7 @@ class ShardManager:
             if entry["id"] < len(self.shards):
                 shard = self.shards[entry["id"]]
                 shard.epoch, shard.primary = entry["epoch"], entry["primary"]
+                shard.min_read_seq = entry.get("min_read_seq", 0)
         self.routing_version = saved.get("routing_version", 0)
         for u, target in saved.get("moved", {}).items():
             if int(u) < len(self.mapping) and target < len(self.shards):
@@ -138,7 +142,10 @@ class ShardManager:
         tmp = self.state_path.with_suffix(".tmp")
         data = {
             "routing_version": self.routing_version,
-            "shards": [{"id": s.id, "epoch": s.epoch, "primary": s.primary} for s in self.shards],
+            "shards": [
+                {"id": s.id, "epoch": s.epoch, "primary": s.primary, "min_read_seq": s.min_read_seq}
+                for s in self.shards
+            ],
             # μshards not where round robin puts them, and the moves' progress.
             "moved": {
                 str(u): target
@@ -330,6 +337,7 @@ class ShardManager:
                 primary=s.primary,
                 replicas=s.replicas,
                 addrs={rid: addrs[rid] for rid in s.replicas},
+                min_read_seq=s.min_read_seq,
             )
             for s in self.shards
         ]

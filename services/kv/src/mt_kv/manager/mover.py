@@ -147,9 +147,11 @@ class Mover:
             await stub.FenceMicroshard(self._req(route, u, to_shard=move.to_shard))
             move.fenced_at, move.step = time.time(), "copy"
         elif move.step == "copy":
-            move.keys = await self._copy(move)
+            move.keys, move.import_seq = await self._copy(move)
             move.step = "flip"
         elif move.step == "flip":
+            target = manager.shards[move.to_shard]
+            target.min_read_seq = max(target.min_read_seq, move.import_seq)
             manager.mapping[u] = move.to_shard
             move.fenced_ms = int((time.time() - move.fenced_at) * 1000)
             move.step = "purge"
@@ -169,12 +171,13 @@ class Mover:
             self._trim()
         manager.save()
 
-    async def _copy(self, move: Move) -> int:
+    async def _copy(self, move: Move) -> tuple[int, int]:
+        """(keys copied, the import's last log position in the new shard)."""
         source, from_route = self._primary(move.from_shard)
         target, to_route = self._primary(move.to_shard)
-        first, keys = True, 0
+        first, keys, seq = True, 0, 0
         async for chunk in source.ExportMicroshard(self._req(from_route, move.microshard)):
-            await target.ImportMicroshard(
+            imported = await target.ImportMicroshard(
                 pb.ImportRequest(
                     route=to_route,
                     microshard=move.microshard,
@@ -183,8 +186,8 @@ class Mover:
                     items=chunk.items,
                 )
             )
-            first, keys = False, keys + len(chunk.items)
-        return keys
+            first, keys, seq = False, keys + len(chunk.items), max(seq, imported.seq)
+        return keys, seq
 
     def _req(self, route: pb.Route, microshard: int, to_shard: int = 0) -> pb.MicroshardRequest:
         return pb.MicroshardRequest(

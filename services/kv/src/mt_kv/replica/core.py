@@ -534,17 +534,18 @@ class Replica:
             shard = self._primary_shard(pb.Route(shard=shard_id, epoch=route_epoch))
             await self._ensure_lease(shard)
             return shard
-        if consistency == pb.READ_YOUR_WRITES and read.HasField("min_version"):
+        if read.HasField("min_version"):  # RYW's token, or a μshard import (min_read_seq)
             token = read.min_version
-            if shard.applied_seq >= token.seq:
-                return shard
-            if shard.role is Role.PRIMARY and token.seq <= shard.last_seq:
+            if shard.applied_seq < token.seq:
+                if shard.role is not Role.PRIMARY or token.seq > shard.last_seq:
+                    raise FailedPrecondition(
+                        f"{self.id} has applied shard {shard_id} to {shard.applied_seq}, "
+                        f"not {token.seq}",
+                        code="behind",
+                    )
                 await self._await_applied(shard, token.seq)
+            if consistency == pb.READ_YOUR_WRITES:
                 return shard
-            raise FailedPrecondition(
-                f"{self.id} has applied shard {shard_id} to {shard.applied_seq}, not {token.seq}",
-                code="behind",
-            )
         # Bounded staleness (and RYW without a token).
         if shard.role is Role.PRIMARY:
             return shard

@@ -22,6 +22,7 @@ from mt_kv.replica.core import Replica, now_ms
 from mt_kv.replica.shard import Shard
 
 CHUNK = 1_000  # keys per exported chunk, per log entry of a purge
+CHUNK_BYTES = 4 << 20  # an exported chunk stops growing past this (values go up to 1 MiB)
 MAX_IMPORT = 5_000  # items per ImportMicroshard call
 
 
@@ -67,22 +68,25 @@ class Moves:
         shard = await self._fenced(req)
         entries = shard.data.microshard_items(req.microshard, req.microshards, now_ms())
         seq, seq_epoch = shard.applied_seq, shard.applied_epoch
-        for start in range(0, max(1, len(entries)), CHUNK):
-            chunk = entries[start : start + CHUNK]
-            yield pb.SnapshotChunk(
-                seq=seq,
-                seq_epoch=seq_epoch,
-                items=[
-                    pb.Item(
-                        key=pb.Key(keyspace=k[0], partition=k[1], key=k[2]),
-                        found=True,
-                        value=e[0],
-                        version=e[1],
-                        expires_at_ms=e[2],
-                    )
-                    for k, e in chunk
-                ],
+        chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch)
+        size = 0
+        for k, e in entries:
+            chunk.items.append(
+                pb.Item(
+                    key=pb.Key(keyspace=k[0], partition=k[1], key=k[2]),
+                    found=True,
+                    value=e[0],
+                    version=e[1],
+                    expires_at_ms=e[2],
+                )
             )
+            size += len(e[0]) + len(k[1]) + len(k[2])
+            if len(chunk.items) == CHUNK or size >= CHUNK_BYTES:
+                yield chunk
+                chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch)
+                size = 0
+        if chunk.items or not entries:
+            yield chunk  # at least one: the import's first chunk clears the new shard
 
     async def import_(self, req: pb.ImportRequest) -> pb.MicroshardResponse:
         """Write a chunk of the μshard's keys with their versions and TTLs, as one entry; the
