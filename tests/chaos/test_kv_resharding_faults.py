@@ -11,12 +11,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from mt_cli.kvcluster import KVCluster, move_microshard
 from mt_core.errors import MinithreadsError, Unavailable
 from mt_kv_client import Key, KVClient
 from mt_kv_client.routing import microshard
 from mt_proto import kv_pb2 as pb
+from mt_proto import kv_pb2_grpc
 
 from tests.chaos.conftest import Tally
 
@@ -115,11 +117,14 @@ async def test_move__old_primary_killed_mid_move__the_move_completes_and_loses_n
         await cluster.wait_rejoined(victim)
 
 
-async def test_move__manager_killed_mid_move__resumes_after_restart(
+async def test_move__manager_killed_while_the_microshard_is_fenced__resumes_after_restart(
     cluster: KVCluster, tally: Tally
 ) -> None:
-    """The new shard's primary is paused, so the move stops after its fence, in the copy;
-    the manager is killed there and restarted: it takes the saved move up again."""
+    """The worst moment for the manager to die: the μshard fenced at its old shard (its
+    keys refused) and not yet flipped. Here the fence is laid first (what the move's fence
+    step does) and the new shard's primary paused, so the move cannot get past its copy; the
+    manager is killed there and restarted, takes the saved move up again, and the μshard's
+    writers, refused meanwhile, carry on in its new shard without losing an increment."""
     async with KVClient(cluster.manager_addr, retry_budget_ms=20_000) as kv:
         u = kv.microshard_of(Key("test", b"c0", b""))
         source = kv._table.microshard_to_shard[u]
@@ -131,11 +136,22 @@ async def test_move__manager_killed_mid_move__resumes_after_restart(
         paused = kv._table.shards[target].primary
         counters = Counters(kv, u)
         await asyncio.sleep(1.0)
+        info = kv._table.shards[source]
+        async with grpc.aio.insecure_channel(info.addrs[info.primary]) as chan:
+            await kv_pb2_grpc.ReplicationStub(chan).FenceMicroshard(
+                pb.MicroshardRequest(
+                    route=pb.Route(shard=source, epoch=info.epoch),
+                    microshard=u,
+                    microshards=kv._table.microshards,
+                    to_shard=target,
+                ),
+                timeout=10,
+            )
         cluster.signal(paused, signal.SIGSTOP)
         tally.pauses += 1
         try:
             move = await move_microshard(cluster.manager_addr, u, target, wait_s=0.5)
-            assert move.step == "copy", move  # fenced at the old shard, not copied yet
+            assert move.step != "done", move  # stuck importing into the paused shard
             cluster.kill("kv")
             tally.kills += 1
         finally:

@@ -64,6 +64,7 @@ async def test_move__keys_follow_their_microshard_with_values_versions_and_ttls(
 
     assert (move.step, move.from_shard, move.to_shard) == ("done", source, target)
     assert move.keys == len(keys) + 1
+    assert move.delta_keys == 0  # nothing changed between the pre-copy and the fence
     await kv.refresh()
     assert kv._table.microshard_to_shard[u] == target
     found = await kv.multi_get(keys)
@@ -118,6 +119,31 @@ async def test_reads__a_replica_behind_the_required_position_refuses_non_strong_
     assert "behind" in str(refused.value.trailing_metadata()) + (refused.value.details() or "")
 
 
+async def test_move__a_key_deleted_before_the_move_comes_back_with_a_newer_version(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    """Versions stay unique per key across a move, for keys that did not travel too: the
+    new shard's versions start above every version the old one gave."""
+    u = kv.microshard_of(Key("test", b"aba-a", b""))
+    source, target = kv._table.microshard_to_shard[u], other_shard(kv, u)
+    (part,) = partitions_of(kv, u, 1, "aba")
+    # Push the old shard's versions well past the new shard's.
+    busy = [
+        Key("test", p, b"x")
+        for p in (f"aba-busy-{i}".encode() for i in range(5000))
+        if kv.shard_of(Key("test", p, b"")) == source and kv.microshard_of(Key("test", p, b"")) != u
+    ]
+    for key in busy[:300]:
+        await kv.put(key, b"1")
+    gone = Key("test", part, b"k")
+    seen = await kv.put(gone, b"first")
+    await kv.delete(gone)
+    move = await move_microshard(cluster.manager_addr, u, target)
+    assert move.step == "done"
+    again = await kv.put(gone, b"second")
+    assert again > seen, (again, seen)  # a client holding `seen` cannot mistake the new value
+
+
 async def test_move__old_shard_refuses_the_microshard_with_moved(
     kv: KVClient, cluster: KVCluster
 ) -> None:
@@ -154,6 +180,20 @@ async def test_move__under_concurrent_writes_loses_no_acknowledged_write(
     home, away = kv._table.microshard_to_shard[u], other_shard(kv, u)
     counters = [Key("test", p, b"n") for p in partitions_of(kv, u, 8, "busy")]
     counters.append(Key("test", b"elsewhere", b"n"))
+    # Keys of other μshards in the same shard: coalesced into the same writes as the moving
+    # ones, they must not fail when those are refused (nor be counted twice).
+    counters += [
+        Key("test", p, b"n")
+        for p in itertools.islice(
+            (
+                p
+                for p in (f"busy-neighbour-{i}".encode() for i in itertools.count())
+                if kv.shard_of(Key("test", p, b"")) == home
+                and kv.microshard_of(Key("test", p, b"")) != u
+            ),
+            4,
+        )
+    ]
     acked = dict.fromkeys(counters, 0)
     unknown = dict.fromkeys(counters, 0)
     failures: list[Exception] = []
@@ -171,7 +211,26 @@ async def test_move__under_concurrent_writes_loses_no_acknowledged_write(
             except Exception as err:  # any other failure fails the test
                 failures.append(err)
 
+    toggled = Key("test", partitions_of(kv, u, 9, "busy")[-1], b"toggle")
+    last: list[bytes | None] = []  # what each acknowledged put/delete left, in order
+
+    async def toggler() -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            value = None if i % 3 == 2 else str(i).encode()
+            try:
+                if value is None:
+                    await kv.delete(toggled)
+                else:
+                    await kv.put(toggled, value)
+            except Unavailable:
+                last.clear()  # unknown outcome: nothing to hold the end state to
+                continue
+            last.append(value)
+
     writers = [asyncio.create_task(writer(key)) for key in counters for _ in range(4)]
+    writers.append(asyncio.create_task(toggler()))
     await asyncio.sleep(0.5)
     there = await move_microshard(cluster.manager_addr, u, away)
     await asyncio.sleep(0.5)
@@ -188,6 +247,9 @@ async def test_move__under_concurrent_writes_loses_no_acknowledged_write(
         value = int(item.value) if item is not None else 0
         assert acked[key] <= value <= acked[key] + unknown[key], (key, value, acked[key])
     assert sum(acked.values()) > 100  # the writers really ran across both moves
+    if last:  # puts and deletes made it across (a delete after the pre-copy is copied too)
+        item = await kv.get(toggled)
+        assert (item.value if item is not None else None) == last[-1]
 
 
 async def test_move__bad_requests_get_clear_errors(kv: KVClient, cluster: KVCluster) -> None:

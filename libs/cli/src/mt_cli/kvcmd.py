@@ -119,7 +119,8 @@ async def _move(args: argparse.Namespace) -> int:
     else:
         print(
             f"μshard {move.microshard}: shard {move.from_shard} -> {move.to_shard}: {move.step}"
-            f", {move.keys} keys copied, keys refused for {move.fenced_ms} ms"
+            f", {move.keys} keys copied ({move.delta_keys} after the fence)"
+            f", keys refused for {move.fenced_ms} ms"
             + (f" (last error: {move.error})" if move.error else "")
         )
     return 0 if move.step == "done" else 1
@@ -132,6 +133,7 @@ def _move_json(m: Any) -> dict[str, object]:
         "to": m.to_shard,
         "step": m.step,
         "keys": m.keys,
+        "delta_keys": m.delta_keys,
         "fenced_ms": m.fenced_ms,
         "error": m.error,
     }

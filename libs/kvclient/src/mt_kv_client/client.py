@@ -731,7 +731,7 @@ class KVClient:
         mutations: list[Mutation],
         outcome: pb.WriteResult | None,
         durability: Durability,
-    ) -> list[pb.Item] | BaseException:
+    ) -> Sequence[pb.Item | BaseException] | BaseException:
         """One shard's part of a BatchWrite: its results, or a retry where that is safe."""
         if outcome is not None and outcome.HasField("ok"):
             self.session.observe(outcome.ok.version)
@@ -746,28 +746,64 @@ class KVClient:
                 await self._try_refresh()  # the next call goes to the new primary
                 return Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
             return error
-        if error.code == MOVED:
-            await self._try_refresh()
-        try:
-            return await self._write_apart(mutations, durability)
-        except MinithreadsError as err:
-            return err
+        return await self._write_apart(mutations, durability, _Backoff(self._budget_s))
 
     async def _write_apart(
-        self, mutations: list[Mutation], durability: Durability
-    ) -> list[pb.Item]:
+        self, mutations: list[Mutation], durability: Durability, backoff: _Backoff
+    ) -> list[pb.Item | BaseException]:
         """Coalesced unconditional mutations that were refused, written again: a write per
-        shard they route to now (after a μshard moved, they may no longer share one)."""
+        shard they route to now, each settled on its own (one part failing does not fail the
+        others' callers). A part refused because a μshard moved is split again on a fresh
+        routing table: the mutations of one shard's part may no longer share a shard."""
         await self._ensure_table()
         routed = [self.shard_of(m.key) for m in mutations]
-        by_shard = _by_shard(zip(routed, mutations, strict=True))
-        replies = await asyncio.gather(
-            *(self.write(part, durability=durability) for part in by_shard.values())
-        )
-        results = {
-            shard: iter(reply.results) for shard, reply in zip(by_shard, replies, strict=True)
-        }
-        return [next(results[shard]) for shard in routed]
+        results: list[pb.Item | BaseException] = [
+            Internal("unsettled", code="internal") for _ in mutations
+        ]
+
+        async def part(shard: int, indexes: list[int]) -> None:
+            ours = [mutations[i] for i in indexes]
+            settled: Sequence[pb.Item | BaseException]
+            try:
+                settled = list((await self._write_at(shard, ours, durability)).results)
+            except FailedPrecondition as err:
+                if err.code != MOVED:
+                    settled = [err] * len(ours)
+                else:
+                    try:
+                        await backoff.pause(Unavailable(err.message, code="kv_unavailable"))
+                    except Unavailable as spent:
+                        settled = [spent] * len(ours)
+                    else:
+                        settled = await self._write_apart(ours, durability, backoff)
+            except MinithreadsError as err:
+                settled = [err] * len(ours)
+            for i, result in zip(indexes, settled, strict=True):
+                results[i] = result
+
+        by_shard = _by_shard(zip(routed, range(len(mutations)), strict=True))
+        await asyncio.gather(*(part(shard, indexes) for shard, indexes in by_shard.items()))
+        return results
+
+    async def _write_at(
+        self, shard: int, mutations: Sequence[Mutation], durability: Durability
+    ) -> pb.WriteResponse:
+        """One write to ``shard``'s primary, refusals retried; "moved" is raised (see
+        _retrying) for the caller to route again."""
+        pb_mutations = [_pb_mutation(m) for m in mutations]
+
+        async def attempt() -> pb.WriteResponse:
+            request = pb.WriteRequest(
+                route=self._route(shard),
+                mutations=pb_mutations,
+                durability=int(durability),  # type: ignore[arg-type]
+            )
+            stub = self._stub(self._info(shard).primary, shard)
+            return await stub.Write(request, timeout=self._call_timeout_s())
+
+        reply = await self._retrying(attempt, idempotent=False)
+        self.session.observe(reply.version)
+        return reply
 
     async def put(
         self, key: Key, value: bytes, *, ttl_ms: int = 0, durability: Durability = Durability.QUORUM

@@ -969,10 +969,15 @@ class SnapshotChunk(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     SEQ_EPOCH_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    MAX_VERSION_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """the snapshot's position: every entry up to it is included"""
     seq_epoch: _builtins.int
     """epoch of the entry at seq"""
+    max_version: _builtins.int
+    """ExportMicroshard: every version the shard has given is at most this (its last seq plus its
+    version floor), so the importing shard can start its own above it.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]: ...
     def __init__(
@@ -981,10 +986,11 @@ class SnapshotChunk(_message.Message):
         seq: _builtins.int = ...,
         seq_epoch: _builtins.int = ...,
         items: _abc.Iterable[Global___Item] | None = ...,
+        max_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "seq", b"seq", "seq_epoch", b"seq_epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "max_version", b"max_version", "seq", b"seq", "seq_epoch", b"seq_epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -998,11 +1004,19 @@ class MicroshardRequest(_message.Message):
     MICROSHARD_FIELD_NUMBER: _builtins.int
     MICROSHARDS_FIELD_NUMBER: _builtins.int
     TO_SHARD_FIELD_NUMBER: _builtins.int
+    SINCE_SEQ_FIELD_NUMBER: _builtins.int
+    UNFENCED_FIELD_NUMBER: _builtins.int
     microshard: _builtins.int
     microshards: _builtins.int
     """how many the keyspace is hashed into (the routing table's)"""
     to_shard: _builtins.int
     """FenceMicroshard: where it goes (recorded with the fence)"""
+    since_seq: _builtins.int
+    """ExportMicroshard: the keys changed after this seq (of a fenced μshard; found=false for one
+    now absent). Refused with "log_trimmed" when the log no longer holds what follows it.
+    """
+    unfenced: _builtins.bool
+    """ExportMicroshard: the pre-copy, taken while writes go on"""
     @_builtins.property
     def route(self) -> Global___Route:
         """the shard (at its primary, in its epoch)"""
@@ -1014,10 +1028,12 @@ class MicroshardRequest(_message.Message):
         microshard: _builtins.int = ...,
         microshards: _builtins.int = ...,
         to_shard: _builtins.int = ...,
+        since_seq: _builtins.int = ...,
+        unfenced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["microshard", b"microshard", "microshards", b"microshards", "route", b"route", "to_shard", b"to_shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["microshard", b"microshard", "microshards", b"microshards", "route", b"route", "since_seq", b"since_seq", "to_shard", b"to_shard", "unfenced", b"unfenced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1031,16 +1047,24 @@ class ImportRequest(_message.Message):
     MICROSHARD_FIELD_NUMBER: _builtins.int
     MICROSHARDS_FIELD_NUMBER: _builtins.int
     FIRST_FIELD_NUMBER: _builtins.int
+    UNFENCE_FIELD_NUMBER: _builtins.int
+    VERSION_FLOOR_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     microshard: _builtins.int
     microshards: _builtins.int
     first: _builtins.bool
-    """drop what the shard holds of the μshard first (and its fence)"""
+    """drop what the shard holds of the μshard first"""
+    unfence: _builtins.bool
+    """Drop the shard's own fence for the μshard (it left this shard before and is coming back):
+    step 3 above, once the whole copy is in.
+    """
+    version_floor: _builtins.int
+    """new versions here start above this (the export's max_version)"""
     @_builtins.property
     def route(self) -> Global___Route: ...
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Item]:
-        """keys, values, versions and TTLs as exported"""
+        """keys, values, versions and TTLs as exported (found=false deletes)"""
 
     def __init__(
         self,
@@ -1049,11 +1073,13 @@ class ImportRequest(_message.Message):
         microshard: _builtins.int = ...,
         microshards: _builtins.int = ...,
         first: _builtins.bool = ...,
+        unfence: _builtins.bool = ...,
+        version_floor: _builtins.int = ...,
         items: _abc.Iterable[Global___Item] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "items", b"items", "microshard", b"microshard", "microshards", b"microshards", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "items", b"items", "microshard", b"microshard", "microshards", b"microshards", "route", b"route", "unfence", b"unfence", "version_floor", b"version_floor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1457,18 +1483,21 @@ class MicroshardMove(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     IMPORT_SEQ_FIELD_NUMBER: _builtins.int
+    DELTA_KEYS_FIELD_NUMBER: _builtins.int
     FENCED_MS_FIELD_NUMBER: _builtins.int
     microshard: _builtins.int
     from_shard: _builtins.int
     to_shard: _builtins.int
     step: _builtins.str
-    """fence, copy, flip, purge, done"""
+    """precopy, fence, copy, flip, purge, done"""
     keys: _builtins.int
-    """keys copied"""
+    """keys copied (pre-copy and delta)"""
     error: _builtins.str
     """why the last attempt of the current step failed (it is retried)"""
     import_seq: _builtins.int
     """the new shard's log position once the copy is in"""
+    delta_keys: _builtins.int
+    """of those, copied after the fence"""
     fenced_ms: _builtins.int
     """from the fence acknowledged to the flip (its keys refused), once flipped"""
     def __init__(
@@ -1481,11 +1510,12 @@ class MicroshardMove(_message.Message):
         keys: _builtins.int = ...,
         error: _builtins.str = ...,
         import_seq: _builtins.int = ...,
+        delta_keys: _builtins.int = ...,
         fenced_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "fenced_ms", b"fenced_ms", "from_shard", b"from_shard", "import_seq", b"import_seq", "keys", b"keys", "microshard", b"microshard", "step", b"step", "to_shard", b"to_shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_keys", b"delta_keys", "error", b"error", "fenced_ms", b"fenced_ms", "from_shard", b"from_shard", "import_seq", b"import_seq", "keys", b"keys", "microshard", b"microshard", "step", b"step", "to_shard", b"to_shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

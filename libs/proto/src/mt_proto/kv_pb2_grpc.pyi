@@ -114,13 +114,25 @@ class ReplicationStub:
     """Live resharding: the shard manager moves a μshard from shard A to shard B through the
     primaries of both (see the manager's mover). Each step is idempotent, so a move that was
     interrupted (a failover, a manager restart) is taken up again from its last step.
+      0. Pre-copy: ExportMicroshard(unfenced) at A -> ImportMicroshard at B, while A still
+         takes writes; the export's seq is where the later delta starts. (The import's first
+         chunk drops whatever B held of the μshard; items keep their versions, and B's later
+         versions start above them, so a version read before the move stays meaningful. If
+         the μshard left B before, B keeps refusing it: its fence there goes in step 2.)
       1. FenceMicroshard at A: A logs that the μshard has left; from that entry on A refuses
          its keys (code "moved": the client refreshes its routing table and goes again).
-      2. ExportMicroshard at A (its keys, frozen since the fence) -> ImportMicroshard at B
-         (the first chunk drops whatever B held of it; items keep their versions, and B's
-         later versions start above them, so a version read before the move stays meaningful).
-      3. The manager maps the μshard to B (a new routing table version).
+      2. ExportMicroshard(since_seq) at A -> ImportMicroshard at B: the keys the log shows
+         changed since the pre-copy, as they are now that the fence froze them (absent ones
+         as deletions); everything, if the log no longer reaches back that far.
+      3. ImportMicroshard(unfence) at B, with no items: if the μshard left B before, B's own
+         fence goes, now that B holds all of it (never while a copy into B may still run: a
+         client with a table from back then could write there, and the copy overwrite it).
+         Then the manager maps the μshard to B (a new routing table version).
       4. PurgeMicroshard at A: its copy of the keys is deleted (the fence stays).
+    The μshard's keys are refused only from 1 to 3: for the delta, not the whole μshard.
+    Versions: B's next versions start above both the imported ones and every version A ever
+    gave (SnapshotChunk.max_version), so a key deleted in A and made again in B never gets
+    a version a client saw before.
     """
     ExportMicroshard: _grpc.UnaryStreamMultiCallable[_kv_pb2.MicroshardRequest, _kv_pb2.SnapshotChunk]
     ImportMicroshard: _grpc.UnaryUnaryMultiCallable[_kv_pb2.ImportRequest, _kv_pb2.MicroshardResponse]
@@ -147,13 +159,25 @@ class ReplicationAsyncStub(ReplicationStub):
     """Live resharding: the shard manager moves a μshard from shard A to shard B through the
     primaries of both (see the manager's mover). Each step is idempotent, so a move that was
     interrupted (a failover, a manager restart) is taken up again from its last step.
+      0. Pre-copy: ExportMicroshard(unfenced) at A -> ImportMicroshard at B, while A still
+         takes writes; the export's seq is where the later delta starts. (The import's first
+         chunk drops whatever B held of the μshard; items keep their versions, and B's later
+         versions start above them, so a version read before the move stays meaningful. If
+         the μshard left B before, B keeps refusing it: its fence there goes in step 2.)
       1. FenceMicroshard at A: A logs that the μshard has left; from that entry on A refuses
          its keys (code "moved": the client refreshes its routing table and goes again).
-      2. ExportMicroshard at A (its keys, frozen since the fence) -> ImportMicroshard at B
-         (the first chunk drops whatever B held of it; items keep their versions, and B's
-         later versions start above them, so a version read before the move stays meaningful).
-      3. The manager maps the μshard to B (a new routing table version).
+      2. ExportMicroshard(since_seq) at A -> ImportMicroshard at B: the keys the log shows
+         changed since the pre-copy, as they are now that the fence froze them (absent ones
+         as deletions); everything, if the log no longer reaches back that far.
+      3. ImportMicroshard(unfence) at B, with no items: if the μshard left B before, B's own
+         fence goes, now that B holds all of it (never while a copy into B may still run: a
+         client with a table from back then could write there, and the copy overwrite it).
+         Then the manager maps the μshard to B (a new routing table version).
       4. PurgeMicroshard at A: its copy of the keys is deleted (the fence stays).
+    The μshard's keys are refused only from 1 to 3: for the delta, not the whole μshard.
+    Versions: B's next versions start above both the imported ones and every version A ever
+    gave (SnapshotChunk.max_version), so a key deleted in A and made again in B never gets
+    a version a client saw before.
     """
     ExportMicroshard: _aio.UnaryStreamMultiCallable[_kv_pb2.MicroshardRequest, _kv_pb2.SnapshotChunk]  # type: ignore[assignment]
     ImportMicroshard: _aio.UnaryUnaryMultiCallable[_kv_pb2.ImportRequest, _kv_pb2.MicroshardResponse]  # type: ignore[assignment]
@@ -189,13 +213,25 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
         """Live resharding: the shard manager moves a μshard from shard A to shard B through the
         primaries of both (see the manager's mover). Each step is idempotent, so a move that was
         interrupted (a failover, a manager restart) is taken up again from its last step.
+          0. Pre-copy: ExportMicroshard(unfenced) at A -> ImportMicroshard at B, while A still
+             takes writes; the export's seq is where the later delta starts. (The import's first
+             chunk drops whatever B held of the μshard; items keep their versions, and B's later
+             versions start above them, so a version read before the move stays meaningful. If
+             the μshard left B before, B keeps refusing it: its fence there goes in step 2.)
           1. FenceMicroshard at A: A logs that the μshard has left; from that entry on A refuses
              its keys (code "moved": the client refreshes its routing table and goes again).
-          2. ExportMicroshard at A (its keys, frozen since the fence) -> ImportMicroshard at B
-             (the first chunk drops whatever B held of it; items keep their versions, and B's
-             later versions start above them, so a version read before the move stays meaningful).
-          3. The manager maps the μshard to B (a new routing table version).
+          2. ExportMicroshard(since_seq) at A -> ImportMicroshard at B: the keys the log shows
+             changed since the pre-copy, as they are now that the fence froze them (absent ones
+             as deletions); everything, if the log no longer reaches back that far.
+          3. ImportMicroshard(unfence) at B, with no items: if the μshard left B before, B's own
+             fence goes, now that B holds all of it (never while a copy into B may still run: a
+             client with a table from back then could write there, and the copy overwrite it).
+             Then the manager maps the μshard to B (a new routing table version).
           4. PurgeMicroshard at A: its copy of the keys is deleted (the fence stays).
+        The μshard's keys are refused only from 1 to 3: for the delta, not the whole μshard.
+        Versions: B's next versions start above both the imported ones and every version A ever
+        gave (SnapshotChunk.max_version), so a key deleted in A and made again in B never gets
+        a version a client saw before.
         """
 
     @_abc_1.abstractmethod

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mt_proto import kv_pb2 as pb
@@ -57,8 +57,10 @@ class Move:
     microshard: int
     from_shard: int
     to_shard: int
-    step: str = "fence"  # fence -> copy -> flip -> purge -> done
+    step: str = "precopy"  # precopy -> fence -> copy -> unfence -> flip -> purge -> done
     keys: int = 0
+    delta_keys: int = 0
+    precopy_seq: int = 0  # the old shard's position the pre-copy was taken at (0: none)
     import_seq: int = 0
     error: str = ""
     fenced_at: float = 0.0  # wall-clock time of the fence
@@ -71,6 +73,7 @@ class Move:
             to_shard=self.to_shard,
             step=self.step,
             keys=self.keys,
+            delta_keys=self.delta_keys,
             import_seq=self.import_seq,
             error=self.error,
             fenced_ms=self.fenced_ms,
@@ -129,8 +132,14 @@ class ShardManager:
         for u, target in saved.get("moved", {}).items():
             if int(u) < len(self.mapping) and target < len(self.shards):
                 self.mapping[int(u)] = target
-        for move in saved.get("moves", []):
-            self.moves[move["microshard"]] = Move(**move)
+        known = {f.name for f in fields(Move)}
+        for saved_move in saved.get("moves", []):
+            move = Move(**{k: v for k, v in saved_move.items() if k in known})
+            shards = len(self.shards)
+            if move.microshard < len(self.mapping) and max(move.from_shard, move.to_shard) < shards:
+                self.moves[move.microshard] = move
+            else:  # the cluster was configured smaller since: nothing to resume
+                log.warning("dropping a saved μshard move out of range", extra=asdict(move))
 
     def save(self) -> None:
         """Persist a change made from outside (live resharding's steps)."""

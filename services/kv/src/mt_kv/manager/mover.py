@@ -4,17 +4,22 @@ serves (after ZippyDB, which absorbed Threads' launch by resharding).
 A move runs in steps through the two shards' primaries (the replica side is
 ``mt_kv.replica.moves``; the protocol is in kv.proto, service Replication):
 
-  fence  the old shard logs that the μshard left; its keys are refused there from then on
-  copy   its keys, frozen by the fence, are exported from the old shard and imported into
-         the new one (the import's first chunk clears what the new shard held of it)
-  flip   the routing table maps the μshard to the new shard (a new table version): clients
-         that were refused refresh and go there
-  purge  the old shard deletes its copy (the fence stays, for clients with old tables)
+  precopy  the μshard's keys are copied to the new shard while the old one still takes
+           writes (the import's first chunk clears what the new shard held of it)
+  fence    the old shard logs that the μshard left; its keys are refused there from then on
+  copy     the keys the old shard's log shows changed since the pre-copy, frozen by the fence,
+           are copied over (deletions too); all of them if the log no longer goes back that far
+  unfence  the new shard drops its own fence for the μshard, if it left there before (only
+           now: a copy still running into it would overwrite what clients wrote there)
+  flip     the routing table maps the μshard to the new shard (a new table version): clients
+           that were refused refresh and go there
+  purge    the old shard deletes its copy (the fence stays, for clients with old tables)
 
 Each step is saved before the next starts and is idempotent, so a failed attempt (a
 failover, a primary moving, this process restarting) is simply made again: the move always
 completes, and the μshard is never writable in two shards. Its keys are unavailable (refused
-and retried by the clients) from the fence to the flip: the time to copy one μshard.
+and retried by the clients) from the fence to the flip: the time to copy what changed
+during the pre-copy.
 """
 
 from __future__ import annotations
@@ -123,6 +128,12 @@ class Mover:
                         )
                     move.error = error
                     await asyncio.sleep(RETRY_S)
+                except Exception as err:
+                    # Anything else (the state file unwritable, a bug) is retried too: a dead
+                    # mover would leave a fenced μshard refused until the manager restarts.
+                    move.error = f"{move.step}: {type(err).__name__}: {err}"
+                    log.exception("μshard move step crashed; again shortly")
+                    await asyncio.sleep(RETRY_S * 10)
                 async with self._changed:
                     self._changed.notify_all()
 
@@ -142,12 +153,29 @@ class Mover:
 
     async def _step(self, move: Move) -> None:
         manager, u = self.manager, move.microshard
-        if move.step == "fence":
+        if move.step == "precopy":
+            move.keys, move.import_seq, move.precopy_seq = await self._copy(
+                move, first=True, unfenced=True
+            )
+            move.step = "fence"
+        elif move.step == "fence":
             stub, route = self._primary(move.from_shard)
             await stub.FenceMicroshard(self._req(route, u, to_shard=move.to_shard))
             move.fenced_at, move.step = time.time(), "copy"
         elif move.step == "copy":
-            move.keys, move.import_seq = await self._copy(move)
+            await self._copy_rest(move)
+            move.step = "unfence"
+        elif move.step == "unfence":
+            stub, route = self._primary(move.to_shard)
+            await stub.ImportMicroshard(
+                pb.ImportRequest(
+                    route=route,
+                    microshard=u,
+                    microshards=len(manager.mapping),
+                    unfence=True,
+                ),
+                timeout=CALL_TIMEOUT_MS / 1000,
+            )
             move.step = "flip"
         elif move.step == "flip":
             target = manager.shards[move.to_shard]
@@ -171,12 +199,40 @@ class Mover:
             self._trim()
         manager.save()
 
-    async def _copy(self, move: Move) -> tuple[int, int]:
-        """(keys copied, the import's last log position in the new shard)."""
+    async def _copy_rest(self, move: Move) -> None:
+        """After the fence: what changed since the pre-copy, or everything again if the
+        old shard's log no longer reaches back to it (or there was no pre-copy)."""
+        if move.precopy_seq:
+            try:
+                delta, seq, _ = await self._copy(move, first=False, since_seq=move.precopy_seq)
+            except grpc.aio.AioRpcError as err:
+                if error_from_rpc(err).code != "log_trimmed":
+                    raise
+                move.precopy_seq = 0
+            else:
+                move.delta_keys, move.keys = delta, move.keys + delta
+                move.import_seq = max(move.import_seq, seq)
+                return
+        move.keys, move.import_seq, _ = await self._copy(move, first=True)
+        move.delta_keys = move.keys
+
+    async def _copy(
+        self,
+        move: Move,
+        *,
+        first: bool,
+        unfenced: bool = False,
+        since_seq: int = 0,
+    ) -> tuple[int, int, int]:
+        """Export from the old shard into the new one: (keys copied, the import's last log
+        position in the new shard, the export's position in the old one)."""
         source, from_route = self._primary(move.from_shard)
         target, to_route = self._primary(move.to_shard)
-        first, keys, seq = True, 0, 0
-        async for chunk in source.ExportMicroshard(self._req(from_route, move.microshard)):
+        request = self._req(from_route, move.microshard)
+        request.unfenced, request.since_seq = unfenced, since_seq
+        keys, seq, position = 0, 0, 0
+        timeout_s = CALL_TIMEOUT_MS / 1000  # a stream: the channel's default covers unary calls
+        async for chunk in source.ExportMicroshard(request, timeout=timeout_s):
             imported = await target.ImportMicroshard(
                 pb.ImportRequest(
                     route=to_route,
@@ -184,10 +240,13 @@ class Mover:
                     microshards=len(self.manager.mapping),
                     first=first,
                     items=chunk.items,
-                )
+                    version_floor=chunk.max_version,
+                ),
+                timeout=timeout_s,
             )
             first, keys, seq = False, keys + len(chunk.items), max(seq, imported.seq)
-        return keys, seq
+            position = chunk.seq
+        return keys, seq, position
 
     def _req(self, route: pb.Route, microshard: int, to_shard: int = 0) -> pb.MicroshardRequest:
         return pb.MicroshardRequest(

@@ -17,9 +17,19 @@ from mt_core.errors import FailedPrecondition, InvalidArgument
 from mt_kv_client.routing import microshard, validate_value
 from mt_proto import kv_pb2 as pb
 
-from mt_kv.data import VALUE, VERSION_FLOOR, Change, Entry, KeyT, moved_key, moved_value
+from mt_kv.data import (
+    META_KEYSPACE,
+    VALUE,
+    VERSION_FLOOR,
+    Change,
+    Entry,
+    KeyT,
+    decode_effects,
+    moved_key,
+    moved_value,
+)
 from mt_kv.replica.core import Replica, now_ms
-from mt_kv.replica.shard import Shard
+from mt_kv.replica.shard import PAYLOAD, Shard
 
 CHUNK = 1_000  # keys per exported chunk, per log entry of a purge
 CHUNK_BYTES = 4 << 20  # an exported chunk stops growing past this (values go up to 1 MiB)
@@ -64,34 +74,73 @@ class Moves:
         return shard
 
     async def export(self, req: pb.MicroshardRequest) -> AsyncIterator[pb.SnapshotChunk]:
-        """The μshard's live keys, frozen since the fence."""
-        shard = await self._fenced(req)
-        entries = shard.data.microshard_items(req.microshard, req.microshards, now_ms())
-        seq, seq_epoch = shard.applied_seq, shard.applied_epoch
-        chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch)
-        size = 0
-        for k, e in entries:
-            chunk.items.append(
-                pb.Item(
-                    key=pb.Key(keyspace=k[0], partition=k[1], key=k[2]),
-                    found=True,
-                    value=e[0],
-                    version=e[1],
-                    expires_at_ms=e[2],
-                )
+        """The μshard's keys: all of them as they are (the pre-copy, ``unfenced``), or once
+        fenced, all of them or those changed after ``since_seq`` (the delta)."""
+        if req.unfenced:
+            shard = self._shard(req)
+            await self.replica._ensure_lease(shard)  # the state as of what was committed
+            pairs: list[tuple[KeyT, Entry | None]] = list(
+                shard.data.microshard_items(req.microshard, req.microshards, now_ms())
             )
-            size += len(e[0]) + len(k[1]) + len(k[2])
+        else:
+            shard = await self._fenced(req)
+            if req.since_seq:
+                pairs = self._changed_since(shard, req)
+            else:
+                pairs = list(shard.data.microshard_items(req.microshard, req.microshards, now_ms()))
+        # Taken in one go, without awaiting: the state as of the applied position.
+        seq, seq_epoch = shard.applied_seq, shard.applied_epoch
+        floor = shard.view(VERSION_FLOOR, 0)
+        top = shard.last_seq + (int(floor[VALUE]) if floor is not None else 0)
+        chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch, max_version=top)
+        size = 0
+        for k, e in pairs:
+            key = pb.Key(keyspace=k[0], partition=k[1], key=k[2])
+            if e is None:
+                chunk.items.append(pb.Item(key=key, found=False))
+            else:
+                chunk.items.append(
+                    pb.Item(key=key, found=True, value=e[0], version=e[1], expires_at_ms=e[2])
+                )
+                size += len(e[0])
+            size += len(k[1]) + len(k[2])
             if len(chunk.items) == CHUNK or size >= CHUNK_BYTES:
                 yield chunk
-                chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch)
+                chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch, max_version=top)
                 size = 0
-        if chunk.items or not entries:
-            yield chunk  # at least one: the import's first chunk clears the new shard
+        if chunk.items or not pairs:
+            yield chunk  # at least one: it carries the position, and an import's first chunk
+
+    @staticmethod
+    def _changed_since(shard: Shard, req: pb.MicroshardRequest) -> list[tuple[KeyT, Entry | None]]:
+        """The μshard's keys that log entries after ``since_seq`` touched, as they are now
+        (None: absent now, deleted or expired)."""
+        if req.since_seq < shard.tail_start - 1:
+            raise FailedPrecondition(
+                f"shard {shard.id}'s log starts after {req.since_seq}", code="log_trimmed"
+            )
+        ours: dict[tuple[str, bytes], bool] = {}  # partition -> in the μshard
+        touched: dict[KeyT, None] = {}
+        for seq in range(req.since_seq + 1, shard.applied_seq + 1):
+            entry = shard.entry(seq)
+            assert entry is not None, (shard.id, seq)
+            for key, _ in decode_effects(entry[PAYLOAD]):
+                partition = key[:2]
+                mine = ours.get(partition)
+                if mine is None:
+                    mine = ours[partition] = key[0] != META_KEYSPACE and (
+                        microshard(key[0], key[1], req.microshards) == req.microshard
+                    )
+                if mine:
+                    touched[key] = None
+        now = now_ms()
+        return [(key, shard.data.get(key, now)) for key in touched]
 
     async def import_(self, req: pb.ImportRequest) -> pb.MicroshardResponse:
-        """Write a chunk of the μshard's keys with their versions and TTLs, as one entry; the
-        first chunk also drops what this shard held of the μshard (an earlier, interrupted
-        copy; keys from when it was here before) and its fence here, if it left before."""
+        """Write a chunk of the μshard's keys with their versions and TTLs (or deletions), as
+        one entry; ``first`` also drops what this shard held of the μshard (an earlier,
+        interrupted copy; keys from when it was here before), ``unfence`` its fence here, if
+        it left before (only after the old shard's fence: see ImportRequest)."""
         shard = self._shard(req)
         if len(req.items) > MAX_IMPORT:
             raise InvalidArgument(f"at most {MAX_IMPORT} items per import", code="batch_too_large")
@@ -99,11 +148,14 @@ class Moves:
         if req.first:
             held = shard.data.microshard_items(req.microshard, req.microshards, 0)
             changes.update((key, None) for key, _ in held)
-            if shard.view(moved_key(req.microshard), 0) is not None:
-                changes[moved_key(req.microshard)] = None
-        top = 0
+        if req.unfence and shard.view(moved_key(req.microshard), 0) is not None:
+            changes[moved_key(req.microshard)] = None
+        top = req.version_floor
         for item in req.items:
             key = self._checked_key(item.key, req)
+            if not item.found:
+                changes[key] = None  # gone since the pre-copy
+                continue
             validate_value(item.value)
             changes[key] = (item.value, item.version, item.expires_at_ms)
             top = max(top, item.version)
