@@ -7,8 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from mt_kv.storage.schema import items, segments, shards
 from mt_kv.storage.store import (
+    MIGRATIONS,
+    SCHEMA_HEAD,
     Batch,
     EpochRow,
     LogRow,
@@ -159,3 +163,10 @@ async def test_store__items_kept_a_row_per_key_become_base_segments(tmp_path: Pa
     assert loaded.items == {2: {("t", b"p", b"k"): (b"v", 4, 0)}}
     assert loaded.metas[2].applied_seq == 4
     assert left == []
+
+
+def test_schema_head__is_the_newest_migration() -> None:
+    """A store at SCHEMA_HEAD skips Alembic on open: it must be the migrations' real head."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
