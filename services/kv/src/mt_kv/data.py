@@ -174,21 +174,33 @@ class ShardData:
                 out.append((key, entry))
         return out
 
+    def partitions(self) -> list[PartitionT]:
+        """Every partition holding keys, the KV's own excepted (a copy: safe to walk while
+        the data changes)."""
+        return [p for p in self._keys if p[0] != META_KEYSPACE]
+
+    def partition_items(self, partition: PartitionT, now_ms: int) -> list[tuple[KeyT, Entry]]:
+        """The live entries of one partition (none if it has gone meanwhile)."""
+        keys = self._keys.get(partition)
+        if keys is None:
+            return []
+        names = (keys,) if isinstance(keys, bytes) else list(keys)
+        out: list[tuple[KeyT, Entry]] = []
+        for name in names:
+            key = (partition[0], partition[1], name)
+            entry = self.items[key]
+            if live(entry, now_ms):
+                out.append((key, entry))
+        return out
+
     def microshard_items(
         self, microshard: int, microshards: int, now_ms: int
     ) -> list[tuple[KeyT, Entry]]:
         """The live entries of one μshard: a walk over the partitions (one hash each)."""
         out: list[tuple[KeyT, Entry]] = []
-        for (keyspace, partition), keys in self._keys.items():
-            if keyspace == META_KEYSPACE:
-                continue
-            if routing.microshard(keyspace, partition, microshards) != microshard:
-                continue
-            names = (keys,) if isinstance(keys, bytes) else keys
-            for name in names:
-                entry = self.items[(keyspace, partition, name)]
-                if live(entry, now_ms):
-                    out.append(((keyspace, partition, name), entry))
+        for partition in self.partitions():
+            if routing.microshard(partition[0], partition[1], microshards) == microshard:
+                out.extend(self.partition_items(partition, now_ms))
         return out
 
     def _sorted(self, partition: PartitionT) -> SortedList | None:

@@ -11,6 +11,7 @@ and the copy is taken after the fence committed, so nothing written before it is
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from mt_core.errors import FailedPrecondition, InvalidArgument
@@ -24,6 +25,7 @@ from mt_kv.data import (
     Change,
     Entry,
     KeyT,
+    ShardData,
     decode_effects,
     moved_key,
     moved_value,
@@ -33,6 +35,27 @@ from mt_kv.replica.shard import PAYLOAD, Shard
 
 CHUNK = 1_000  # keys per exported chunk, per log entry of a purge
 CHUNK_BYTES = 4 << 20  # an exported chunk stops growing past this (values go up to 1 MiB)
+# Partitions hashed per event-loop turn while finding a μshard's keys: a shard of millions of
+# keys would otherwise stall the replica (heartbeats, leases, writes) for seconds.
+SCAN_SLICE = 2_000
+
+
+async def _microshard_items(
+    data: ShardData, microshard_: int, microshards: int, now: int
+) -> list[tuple[KeyT, Entry]]:
+    """ShardData.microshard_items, yielding to the event loop between slices. Not a snapshot
+    of one instant: callers either hold the μshard still (a fence) or take their position
+    before and copy what changed after it (the pre-copy and its delta)."""
+    out: list[tuple[KeyT, Entry]] = []
+    partitions = data.partitions()
+    for start in range(0, len(partitions), SCAN_SLICE):
+        for partition in partitions[start : start + SCAN_SLICE]:
+            if microshard(partition[0], partition[1], microshards) == microshard_:
+                out.extend(data.partition_items(partition, now))
+        await asyncio.sleep(0)
+    return out
+
+
 MAX_IMPORT = 5_000  # items per ImportMicroshard call
 
 
@@ -79,19 +102,20 @@ class Moves:
         if req.unfenced:
             shard = self._shard(req)
             await self.replica._ensure_lease(shard)  # the state as of what was committed
-            pairs: list[tuple[KeyT, Entry | None]] = list(
-                shard.data.microshard_items(req.microshard, req.microshards, now_ms())
-            )
         else:
             shard = await self._fenced(req)
-            if req.since_seq:
-                pairs = self._changed_since(shard, req)
-            else:
-                pairs = list(shard.data.microshard_items(req.microshard, req.microshards, now_ms()))
-        # Taken in one go, without awaiting: the state as of the applied position.
+        # The position first: the pre-copy's keys are read as of it or later, and its delta
+        # takes every key changed after it.
         seq, seq_epoch = shard.applied_seq, shard.applied_epoch
         floor = shard.view(VERSION_FLOOR, 0)
         top = shard.last_seq + (int(floor[VALUE]) if floor is not None else 0)
+        pairs: list[tuple[KeyT, Entry | None]]
+        if req.since_seq and not req.unfenced:
+            pairs = self._changed_since(shard, req)
+        else:
+            pairs = list(
+                await _microshard_items(shard.data, req.microshard, req.microshards, now_ms())
+            )
         chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch, max_version=top)
         size = 0
         for k, e in pairs:
@@ -146,7 +170,7 @@ class Moves:
             raise InvalidArgument(f"at most {MAX_IMPORT} items per import", code="batch_too_large")
         changes: dict[KeyT, Entry | None] = {}
         if req.first:
-            held = shard.data.microshard_items(req.microshard, req.microshards, 0)
+            held = await _microshard_items(shard.data, req.microshard, req.microshards, 0)
             changes.update((key, None) for key, _ in held)
         if req.unfence and shard.view(moved_key(req.microshard), 0) is not None:
             changes[moved_key(req.microshard)] = None
@@ -179,7 +203,7 @@ class Moves:
     async def purge(self, req: pb.MicroshardRequest) -> pb.MicroshardResponse:
         """Delete this shard's copy of a μshard that moved away (its fence stays)."""
         shard = await self._fenced(req)
-        held = shard.data.microshard_items(req.microshard, req.microshards, 0)
+        held = await _microshard_items(shard.data, req.microshard, req.microshards, 0)
         seq = 0
         for start in range(0, len(held), CHUNK):
             chunk: list[Change] = [(key, None) for key, _ in held[start : start + CHUNK]]
