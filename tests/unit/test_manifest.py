@@ -46,6 +46,8 @@ def test_closure__includes_transitive_dependencies() -> None:
     manifest = load(REPO)
     assert manifest.closure(["users"]) == {"users", "kv", "kv-1", "kv-2", "kv-3", "kafka"}
     assert manifest.closure(["gateway"]) >= SERVICES
+    # The shard manager brings its replicas: `minithreads up kv` is the whole KV service.
+    assert manifest.closure(["kv"]) == {"kv", "kv-1", "kv-2", "kv-3"}
 
 
 def test_load__rejects_a_cycle(tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ class Process:
     health: str
     env: dict[str, str] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
+    # Started along with this one (they depend on it): `minithreads up kv` means the KV
+    # service, its replicas included, not a shard manager with nothing to manage.
+    brings: tuple[str, ...] = ()
     start_timeout_s: float = 30.0
     stop_timeout_s: float = 10.0
 
@@ -62,6 +65,7 @@ class Manifest:
             if name not in out:
                 out.add(name)
                 todo.extend(self.processes[name].depends_on)
+                todo.extend(self.processes[name].brings)
         return out
 
 
@@ -97,6 +101,7 @@ def load(repo: Path | None = None, home: Path | None = None) -> Manifest:
             health=entry["health"],
             env={k: expand(str(v)) for k, v in entry.get("env", {}).items()},
             depends_on=tuple(entry.get("depends_on", ())),
+            brings=tuple(entry.get("brings", ())),
             start_timeout_s=float(entry.get("start_timeout_s", 30)),
             stop_timeout_s=float(entry.get("stop_timeout_s", 10)),
         )
@@ -107,6 +112,9 @@ def load(repo: Path | None = None, home: Path | None = None) -> Manifest:
         unknown = set(proc.depends_on) - set(processes)
         if unknown:
             raise ManifestError(f"{proc.name} depends on unknown {sorted(unknown)}")
+        unknown = set(proc.brings) - set(processes)
+        if unknown:
+            raise ManifestError(f"{proc.name} brings unknown {sorted(unknown)}")
     env = {k: expand(str(v)) for k, v in raw.get("env", {}).items()}
     manifest = Manifest(repo=repo, home=home, env=env, processes=processes)
     manifest.levels()  # fail early on cycles
