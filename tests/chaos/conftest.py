@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+from mt_cli.kvcluster import KVCluster
 
 FULL = os.environ.get("MT_CHAOS_FULL") == "1"
 
@@ -77,3 +80,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if summary:  # `make chaos` prints it after pytest's own last line
         with open(summary, "w") as f:
             f.write("\n".join(filter(None, [TALLY.failover_line(), TALLY.line()])) + "\n")
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[KVCluster]:
+    """A fresh KV cluster (manager and 3 replicas) for a test that kills parts of it."""
+    kv = KVCluster(tmp_path)
+    try:
+        await kv.start()
+        yield kv
+    finally:
+        kv.stop()

@@ -8,7 +8,6 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -22,16 +21,6 @@ from mt_proto import kv_pb2_grpc
 from tests.chaos.conftest import Tally
 
 pytestmark = pytest.mark.chaos
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[KVCluster]:
-    kv = KVCluster(tmp_path)
-    try:
-        await kv.start()
-        yield kv
-    finally:
-        kv.stop()
 
 
 async def _busiest_primary(cluster: KVCluster) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+from mt_cli.kvcluster import KVCluster
 from mt_core.telemetry import instrument_libraries
+from mt_kv_client import KVClient
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,3 +27,20 @@ def spans() -> Iterator[InMemorySpanExporter]:
     instrument_libraries()
     yield _EXPORTER
     provider.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KVCluster]:
+    """A KV cluster of its own (manager and 3 replicas) for a test module."""
+    kv = KVCluster(Path(tmp_path_factory.mktemp("kv")))
+    try:
+        await kv.start()
+        yield kv
+    finally:
+        kv.stop()
+
+
+@pytest.fixture
+async def kv(cluster: KVCluster) -> AsyncIterator[KVClient]:
+    async with KVClient(cluster.manager_addr) as client:
+        yield client

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -14,22 +12,6 @@ from mt_kv_client import Consistency, Durability, Key, KVClient
 from mt_kv_client.client import Check, Increment, Put
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
-
-
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KVCluster]:
-    kv = KVCluster(Path(tmp_path_factory.mktemp("kv")))
-    try:
-        await kv.start()
-        yield kv
-    finally:
-        kv.stop()
-
-
-@pytest.fixture
-async def kv(cluster: KVCluster) -> AsyncIterator[KVClient]:
-    async with KVClient(cluster.manager_addr) as client:
-        yield client
 
 
 def k(partition: str, key: str = "", keyspace: str = "test") -> Key:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,22 +15,6 @@ from mt_kv_client.client import Check, Put
 from mt_kv_client.routing import microshard
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
-
-
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KVCluster]:
-    kv = KVCluster(Path(tmp_path_factory.mktemp("kv")))
-    try:
-        await kv.start()
-        yield kv
-    finally:
-        kv.stop()
-
-
-@pytest.fixture
-async def kv(cluster: KVCluster) -> AsyncIterator[KVClient]:
-    async with KVClient(cluster.manager_addr) as client:
-        yield client
 
 
 def partitions_of(kv: KVClient, u: int, count: int, tag: str) -> list[bytes]:
