@@ -22,14 +22,16 @@ from pathlib import Path
 from mt_cli import launcher
 from mt_cli.manifest import Manifest, ManifestError, load
 
-URLS = """
-minithreads is up ({seconds:.1f}s). Stop it with `make down` (or `minithreads down`).
-  REST API      http://127.0.0.1:8080      (health: /healthz, readiness: /readyz, metrics: /metrics)
-  Tracing UI    http://127.0.0.1:9411      (Zipkin)
-  Kafka         127.0.0.1:9092
-  Redis         redis://127.0.0.1:6379
-  Logs          minithreads logs NAME      ({logs})
-"""
+UP = "minithreads is up ({seconds:.1f}s). Stop it with `make down` (or `minithreads down`)."
+# What a person reaches, by the process that serves it: listed only for what is running.
+ENDPOINTS = {
+    "gateway": "REST API      http://127.0.0.1:8080      (health: /healthz, readiness: /readyz, "
+    "metrics: /metrics)",
+    "zipkin": "Tracing UI    http://127.0.0.1:9411      (Zipkin)",
+    "kv": "KV            127.0.0.1:50060            (minithreads kv status)",
+    "kafka": "Kafka         127.0.0.1:9092",
+    "redis": "Redis         redis://127.0.0.1:6379",
+}
 
 
 def say(line: str) -> None:
@@ -49,14 +51,19 @@ def cmd_up(manifest: Manifest, args: argparse.Namespace) -> int:
         _install(manifest)
     say("minithreads: starting (Ctrl-C stops waiting; `minithreads down` stops the stack)")
     try:
-        asyncio.run(launcher.up(manifest, args.names or None, say))
+        running = asyncio.run(launcher.up(manifest, args.names or None, say))
     except launcher.LaunchError as err:
         say(f"minithreads: up failed: {err}")
         if not args.keep_on_failure:
             say("minithreads: stopping what was started")
             asyncio.run(launcher.down(manifest, None, say))
         return 1
-    say(URLS.format(seconds=time.monotonic() - started, logs=launcher.run_dir(manifest) / "logs"))
+    say("")
+    say(UP.format(seconds=time.monotonic() - started))
+    for name, line in ENDPOINTS.items():
+        if name in running:
+            say(f"  {line}")
+    say(f"  Logs          minithreads logs NAME      ({launcher.run_dir(manifest) / 'logs'})")
     return 0
 
 
