@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mt_kv.data import Change, ShardData, decode_effects, moved_key, moved_value
+from mt_kv.replica.moves import microshard_items
 from mt_kv.replica.shard import LogRec, Shard
 from mt_kv_client.routing import microshard
 from mt_proto import kv_pb2 as pb
@@ -174,7 +175,7 @@ def test_memory__values_and_log_entries_drop_out_of_the_garbage_collectors_sight
     assert not gc.is_tracked(data._keys[("t", b"p")])  # one key: bare bytes, no set
 
 
-def test_data__fences_of_moved_microshards_are_tracked_through_apply_and_replace() -> None:
+async def test_data__fences_of_moved_microshards_are_tracked_through_apply_and_replace() -> None:
     """A μshard's fence is an ordinary item (so it is logged, checkpointed, snapshotted); the
     set of moved μshards is derived from it on every path data arrives by."""
     data = ShardData()
@@ -189,7 +190,7 @@ def test_data__fences_of_moved_microshards_are_tracked_through_apply_and_replace
     assert data.moved == set()
     partitions = [f"p{i}".encode() for i in range(200)]
     data.apply([(("test", p, b"k"), (b"v", 2, 0)) for p in partitions])
-    held = data.microshard_items(7, 64, 0)
+    held = await microshard_items(data, 7, 64, 0)
     expected = {p for p in partitions if microshard("test", p, 64) == 7}
     assert expected  # 200 partitions over 64 μshards: some land in 7
     assert {key[1] for key, _ in held} == expected

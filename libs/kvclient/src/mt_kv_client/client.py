@@ -59,7 +59,7 @@ _REFUSED = {
     "unknown_shard",
     "moved",  # the key's μshard went to another shard (live resharding): route it again
 }
-MOVED = "moved"
+MOVED = "moved"  # of those, the one the caller must route again on (see _rerouting)
 
 
 class Consistency(enum.IntEnum):
@@ -358,11 +358,7 @@ class KVClient:
             raise Unavailable(f"shard manager unreachable: {err.code().name}") from None
 
     def shard_of(self, key: Key) -> int:
-        if not self._table.microshards:
-            raise Unavailable("no routing table yet")
-        return self._table.microshard_to_shard[
-            microshard(key.keyspace, key.partition, self._table.microshards)
-        ]
+        return self._table.microshard_to_shard[self.microshard_of(key)]
 
     def microshard_of(self, key: Key) -> int:
         if not self._table.microshards:
@@ -647,8 +643,6 @@ class KVClient:
         """Apply ``mutations`` atomically if every check holds — within ONE shard (an OCC
         transaction when the checks carry versions read earlier)."""
         keys = [m.key for m in mutations] + [c.key for c in checks]
-        pb_mutations = [_pb_mutation(m) for m in mutations]
-        pb_checks = [_pb_condition(c) for c in checks]
 
         async def routed() -> pb.WriteResponse:
             await self._ensure_table()
@@ -658,24 +652,9 @@ class KVClient:
                     "a write (or transaction) must stay within one shard; use multi_put for many",
                     code="cross_shard",
                 )
-            shard = shards.pop()
+            return await self._write_at(shards.pop(), mutations, durability, checks)
 
-            async def attempt() -> pb.WriteResponse:
-                request = pb.WriteRequest(
-                    route=self._route(shard),
-                    mutations=pb_mutations,
-                    conditions=pb_checks,
-                    durability=int(durability),  # type: ignore[arg-type]
-                )
-                stub = self._stub(self._info(shard).primary, shard)
-                return await stub.Write(request, timeout=self._call_timeout_s())
-
-            # Refusals are retried; an unknown outcome is not (see Repeats).
-            return await self._retrying(attempt, idempotent=False)
-
-        reply = await self._rerouting(routed)
-        self.session.observe(reply.version)
-        return reply
+        return await self._rerouting(routed)
 
     async def _one(self, mutation: Mutation, durability: Durability) -> pb.Item:
         """A single unconditional mutation, batched with concurrent ones bound for the same
@@ -786,16 +765,22 @@ class KVClient:
         return results
 
     async def _write_at(
-        self, shard: int, mutations: Sequence[Mutation], durability: Durability
+        self,
+        shard: int,
+        mutations: Sequence[Mutation],
+        durability: Durability,
+        checks: Sequence[Check] = (),
     ) -> pb.WriteResponse:
-        """One write to ``shard``'s primary, refusals retried; "moved" is raised (see
-        _retrying) for the caller to route again."""
+        """One write to ``shard``'s primary, refusals retried (an unknown outcome is not: see
+        Repeats); "moved" is raised (see _retrying) for the caller to route again."""
         pb_mutations = [_pb_mutation(m) for m in mutations]
+        pb_checks = [_pb_condition(c) for c in checks]
 
         async def attempt() -> pb.WriteResponse:
             request = pb.WriteRequest(
                 route=self._route(shard),
                 mutations=pb_mutations,
+                conditions=pb_checks,
                 durability=int(durability),  # type: ignore[arg-type]
             )
             stub = self._stub(self._info(shard).primary, shard)

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from typing import Final
 
 import msgpack
-from mt_kv_client import routing
 from mt_proto import kv_pb2 as pb
 from sortedcontainers import SortedList
 
@@ -191,16 +190,6 @@ class ShardData:
             entry = self.items[key]
             if live(entry, now_ms):
                 out.append((key, entry))
-        return out
-
-    def microshard_items(
-        self, microshard: int, microshards: int, now_ms: int
-    ) -> list[tuple[KeyT, Entry]]:
-        """The live entries of one μshard: a walk over the partitions (one hash each)."""
-        out: list[tuple[KeyT, Entry]] = []
-        for partition in self.partitions():
-            if routing.microshard(partition[0], partition[1], microshards) == microshard:
-                out.extend(self.partition_items(partition, now_ms))
         return out
 
     def _sorted(self, partition: PartitionT) -> SortedList | None:

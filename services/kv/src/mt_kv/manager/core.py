@@ -142,10 +142,8 @@ class ShardManager:
                 log.warning("dropping a saved μshard move out of range", extra=asdict(move))
 
     def save(self) -> None:
-        """Persist a change made from outside (live resharding's steps)."""
-        self._save()
-
-    def _save(self) -> None:
+        """Persist the state (epochs, primaries, the μshard map and moves); bumps the routing
+        table's version."""
         self.routing_version += 1
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
@@ -219,7 +217,7 @@ class ShardManager:
             self._last_change = now
             changed = True
         if changed:
-            self._save()
+            self.save()
 
     def _rebalance(self, now: float) -> bool:
         """Move one primary from the busiest replica to the idlest (after failovers or a

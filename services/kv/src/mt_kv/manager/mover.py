@@ -173,8 +173,7 @@ class Mover:
                     microshard=u,
                     microshards=len(manager.mapping),
                     unfence=True,
-                ),
-                timeout=CALL_TIMEOUT_MS / 1000,
+                )
             )
             move.step = "flip"
         elif move.step == "flip":
@@ -231,8 +230,8 @@ class Mover:
         request = self._req(from_route, move.microshard)
         request.unfenced, request.since_seq = unfenced, since_seq
         keys, seq, position = 0, 0, 0
-        timeout_s = CALL_TIMEOUT_MS / 1000  # a stream: the channel's default covers unary calls
-        async for chunk in source.ExportMicroshard(request, timeout=timeout_s):
+        # A stream: the channel's default deadline covers unary calls only.
+        async for chunk in source.ExportMicroshard(request, timeout=CALL_TIMEOUT_MS / 1000):
             imported = await target.ImportMicroshard(
                 pb.ImportRequest(
                     route=to_route,
@@ -241,8 +240,7 @@ class Mover:
                     first=first,
                     items=chunk.items,
                     version_floor=chunk.max_version,
-                ),
-                timeout=timeout_s,
+                )
             )
             first, keys, seq = False, keys + len(chunk.items), max(seq, imported.seq)
             position = chunk.seq

@@ -42,7 +42,6 @@ from mt_kv.data import (
     MOVED,
     VALUE,
     VERSION,
-    VERSION_FLOOR,
     Change,
     Entry,
     KeyT,
@@ -129,7 +128,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _item(key: KeyT, entry: Entry | None, version: int = 0) -> pb.Item:
+def to_item(key: KeyT, entry: Entry | None, version: int = 0) -> pb.Item:
     k = pb.Key(keyspace=key[0], partition=key[1], key=key[2])
     if entry is None:
         return pb.Item(key=k, found=False, version=version)
@@ -411,9 +410,14 @@ class Replica:
         response = pb.WriteResponse(version=version, results=effects)
         if req.durability == pb.FAST_ACK:
             return response, None
+        return response, self._committed(shard, seq)
+
+    @staticmethod
+    def _committed(shard: Shard, seq: int) -> asyncio.Future[None]:
+        """A future that resolves once our entry ``seq`` is committed and applied."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         shard.waiters.append(Waiter(seq, future, time.perf_counter()))
-        return response, future
+        return future
 
     def _check(self, shard: Shard, cond: pb.Condition, now: int) -> None:
         self._validate_key(cond.key)
@@ -460,9 +464,8 @@ class Replica:
         """What the mutations do, as log items (for the payload and the answer) and as the
         changes to apply."""
         seq = shard.last_seq + 1
-        floor = shard.view(VERSION_FLOOR, 0)
         # Above every version a key brought from another shard carries (see VERSION_FLOOR).
-        version = seq + int(floor[VALUE]) if floor is not None else seq
+        version = seq + shard.version_floor()
         local: dict[KeyT, Entry | None] = {}
         effects: list[pb.Item] = []
         for m in mutations:
@@ -490,7 +493,7 @@ class Replica:
                     "a mutation needs put, delete or increment", code="invalid_mutation"
                 )
             local[key] = new
-            effects.append(_item(key, new, version))
+            effects.append(to_item(key, new, version))
         return effects, list(local.items())
 
     def _sequence(self, shard: Shard, changes: list[Change]) -> int:
@@ -519,9 +522,7 @@ class Replica:
         """Sequence ``changes`` (made by the KV itself: live resharding) as one entry and
         wait until it is committed and applied; its seq."""
         seq = self._sequence(shard, changes)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        shard.waiters.append(Waiter(seq, future, time.perf_counter()))
-        await future
+        await self._committed(shard, seq)
         return seq
 
     async def _readable(self, shard_id: int, read: pb.ReadOptions, route_epoch: int) -> Shard:
@@ -596,7 +597,7 @@ class Replica:
             self._validate_key(key)
             k = key_of(key)
             self._refuse_moved(shard, k, sequencing=False)
-            items.append(_item(k, shard.data.get(k, now)))
+            items.append(to_item(k, shard.data.get(k, now)))
         return pb.GetResponse(items=items, served_at=self._position(shard))
 
     async def scan(self, req: pb.ScanRequest) -> pb.ScanResponse:
@@ -611,7 +612,7 @@ class Replica:
         found, more = shard.data.scan(
             req.keyspace, req.partition, req.prefix, after, limit, req.reverse, now_ms()
         )
-        items = [_item(k, e) for k, e in found]
+        items = [to_item(k, e) for k, e in found]
         cursor = found[-1][0][2].hex() if more and found else ""
         return pb.ScanResponse(items=items, next_cursor=cursor, served_at=self._position(shard))
 
@@ -664,9 +665,7 @@ class Replica:
         traced: list[SpanContext] = []
         for shard in fresh:
             if shard.traced:
-                traced += [
-                    shard.traced[e[SEQ]] for e in shard.unpersisted if e[SEQ] in shard.traced
-                ]
+                traced += _traced_in(shard, shard.unpersisted)
             batch.log_appends += [LogRow(shard.id, *e) for e in shard.unpersisted]
             persisted[shard.id] = shard.unpersisted[-1][SEQ]
             shard.unpersisted = []
@@ -1060,7 +1059,7 @@ class Replica:
         for start in range(0, max(1, len(entries)), SNAPSHOT_CHUNK):
             chunk = entries[start : start + SNAPSHOT_CHUNK]
             yield pb.SnapshotChunk(
-                seq=seq, seq_epoch=seq_epoch, items=[_item(k, e) for k, e in chunk]
+                seq=seq, seq_epoch=seq_epoch, items=[to_item(k, e) for k, e in chunk]
             )
 
     # ------------------------------------------------------------------ TTL

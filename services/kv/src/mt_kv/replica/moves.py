@@ -30,7 +30,7 @@ from mt_kv.data import (
     moved_key,
     moved_value,
 )
-from mt_kv.replica.core import Replica, now_ms
+from mt_kv.replica.core import Replica, now_ms, to_item
 from mt_kv.replica.shard import PAYLOAD, Shard
 
 CHUNK = 1_000  # keys per exported chunk, per log entry of a purge
@@ -40,11 +40,12 @@ CHUNK_BYTES = 4 << 20  # an exported chunk stops growing past this (values go up
 SCAN_SLICE = 2_000
 
 
-async def _microshard_items(
+async def microshard_items(
     data: ShardData, microshard_: int, microshards: int, now: int
 ) -> list[tuple[KeyT, Entry]]:
-    """ShardData.microshard_items, yielding to the event loop between slices. Not a snapshot
-    of one instant: callers either hold the μshard still (a fence) or take their position
+    """The live entries of one μshard (``now`` 0: expired ones too), found by hashing every
+    partition of the shard, yielding to the event loop between slices. Not a snapshot of one
+    instant: callers either hold the μshard still (a fence) or take their position
     before and copy what changed after it (the pre-copy and its delta)."""
     out: list[tuple[KeyT, Entry]] = []
     partitions = data.partitions()
@@ -107,27 +108,19 @@ class Moves:
         # The position first: the pre-copy's keys are read as of it or later, and its delta
         # takes every key changed after it.
         seq, seq_epoch = shard.applied_seq, shard.applied_epoch
-        floor = shard.view(VERSION_FLOOR, 0)
-        top = shard.last_seq + (int(floor[VALUE]) if floor is not None else 0)
+        top = shard.last_seq + shard.version_floor()  # above every version given here
         pairs: list[tuple[KeyT, Entry | None]]
         if req.since_seq and not req.unfenced:
             pairs = self._changed_since(shard, req)
         else:
             pairs = list(
-                await _microshard_items(shard.data, req.microshard, req.microshards, now_ms())
+                await microshard_items(shard.data, req.microshard, req.microshards, now_ms())
             )
         chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch, max_version=top)
         size = 0
         for k, e in pairs:
-            key = pb.Key(keyspace=k[0], partition=k[1], key=k[2])
-            if e is None:
-                chunk.items.append(pb.Item(key=key, found=False))
-            else:
-                chunk.items.append(
-                    pb.Item(key=key, found=True, value=e[0], version=e[1], expires_at_ms=e[2])
-                )
-                size += len(e[0])
-            size += len(k[1]) + len(k[2])
+            chunk.items.append(to_item(k, e))  # found=false: absent now
+            size += len(k[1]) + len(k[2]) + (len(e[VALUE]) if e is not None else 0)
             if len(chunk.items) == CHUNK or size >= CHUNK_BYTES:
                 yield chunk
                 chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch, max_version=top)
@@ -170,7 +163,7 @@ class Moves:
             raise InvalidArgument(f"at most {MAX_IMPORT} items per import", code="batch_too_large")
         changes: dict[KeyT, Entry | None] = {}
         if req.first:
-            held = await _microshard_items(shard.data, req.microshard, req.microshards, 0)
+            held = await microshard_items(shard.data, req.microshard, req.microshards, 0)
             changes.update((key, None) for key, _ in held)
         if req.unfence and shard.view(moved_key(req.microshard), 0) is not None:
             changes[moved_key(req.microshard)] = None
@@ -183,8 +176,7 @@ class Moves:
             validate_value(item.value)
             changes[key] = (item.value, item.version, item.expires_at_ms)
             top = max(top, item.version)
-        floor = shard.view(VERSION_FLOOR, 0)
-        if top > (int(floor[VALUE]) if floor is not None else 0):
+        if top > shard.version_floor():
             changes[VERSION_FLOOR] = (str(top).encode(), 0, 0)
         if not changes:
             return pb.MicroshardResponse()
@@ -203,7 +195,7 @@ class Moves:
     async def purge(self, req: pb.MicroshardRequest) -> pb.MicroshardResponse:
         """Delete this shard's copy of a μshard that moved away (its fence stays)."""
         shard = await self._fenced(req)
-        held = await _microshard_items(shard.data, req.microshard, req.microshards, 0)
+        held = await microshard_items(shard.data, req.microshard, req.microshards, 0)
         seq = 0
         for start in range(0, len(held), CHUNK):
             chunk: list[Change] = [(key, None) for key, _ in held[start : start + CHUNK]]

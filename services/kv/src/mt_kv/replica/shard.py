@@ -10,11 +10,11 @@ from typing import Any, Final
 
 from opentelemetry.trace import SpanContext
 
-from mt_kv.data import Change, Entry, KeyT, ShardData, live
+from mt_kv.data import VALUE, VERSION_FLOOR, Change, Entry, KeyT, ShardData, live
 
-# A log entry: (seq, epoch, payload), the payload an encoded LogPayload (the effects of one
-# write). A plain tuple, like a stored value (see data.py): the garbage collector stops tracking
-# it, and a replica keeps up to ``log_retention_entries`` of them per shard.
+# A log entry: (seq, epoch, payload), the payload the effects of one write, MessagePack-packed
+# (data.encode_changes). A plain tuple, like a stored value (see data.py): the garbage
+# collector stops tracking it, and a replica keeps up to ``log_retention_entries`` per shard.
 LogRec = tuple[int, int, bytes]
 SEQ: Final = 0
 EPOCH: Final = 1
@@ -148,6 +148,12 @@ class Shard:
             del self.tail[:excess]
             self.tail_start += excess
         return self.tail_start - 1
+
+    def version_floor(self) -> int:
+        """What new versions here start above (data.VERSION_FLOOR), as of everything
+        sequenced."""
+        floor = self.view(VERSION_FLOOR, 0)
+        return int(floor[VALUE]) if floor is not None else 0
 
     def view(self, key: KeyT, now_ms: int) -> Entry | None:
         """The value a new write must see: pending (sequenced) writes over committed data."""
