@@ -41,6 +41,12 @@ class ServiceSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     kafka_bootstrap: str = "127.0.0.1:9092"
 
+    # Overload control of a gRPC service (mt_core.overload): an event loop later than this
+    # (90th percentile of half a second) starts refusing the lowest criticality classes.
+    overload_lag_target_ms: float = 20.0
+    # A KV commit slower than this (the KV client's recent average) counts as overload too.
+    kv_commit_target_ms: float = 100.0
+
     # An outbox intent older than this is published by the relay (its writer presumably died):
     # longer than any write between intend and publish can take (the KV client's retry budget).
     outbox_stale_ms: int = 30_000

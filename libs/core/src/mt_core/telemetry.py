@@ -175,6 +175,16 @@ def annotate(**attributes: str | int | bool) -> None:
         span.set_attributes({f"mt.{k}": v for k, v in attributes.items()})
 
 
+@contextmanager
+def untraced() -> Iterator[None]:
+    """No spans for the calls in the block: background polls several times a second would
+    bury the real traffic (and cost more to record than to make)."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        yield
+
+
 def event(name: str, **attributes: str | int | bool | float) -> None:
     """A span event on the current span: a retry, a failover, a shed request."""
     span = trace.get_current_span()

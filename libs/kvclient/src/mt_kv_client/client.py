@@ -15,6 +15,7 @@ import contextlib
 import enum
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -317,6 +318,24 @@ class KVClient:
         self.session = Session()
         self._reads = _Coalescer(self._send_reads, max_in_flight=read_batches_in_flight)
         self._writes = _Coalescer(self._send_writes, max_in_flight=write_batches_in_flight)
+        self._commit_ewma_s = 0.0
+        self._commit_at = 0.0  # monotonic time of the last answered BatchWrite
+
+    def recent_commit_latency_s(self) -> float:
+        """How long BatchWrites have taken lately (a moving average), 0 once none has been
+        answered for two seconds: for overload control, which must not act on stale news."""
+        if time.monotonic() - self._commit_at > 2.0:
+            return 0.0
+        return self._commit_ewma_s
+
+    def commit_pressure(self, target_ms: float) -> Callable[[], float]:
+        """The recent commit latency as a ratio to ``target_ms``, for a service's overload
+        control to watch (past 1: the KV is saturated, yield what can wait)."""
+        return lambda: self.recent_commit_latency_s() * 1000 / target_ms
+
+    def _observe_commit(self, took_s: float) -> None:
+        self._commit_ewma_s = 0.8 * self._commit_ewma_s + 0.2 * took_s
+        self._commit_at = time.monotonic()
 
     async def __aenter__(self) -> KVClient:
         self._manager = grpc.aio.insecure_channel(self._manager_addr, options=RECONNECT_OPTIONS)
@@ -680,9 +699,11 @@ class KVClient:
             ]
         )
         outcomes: list[pb.WriteResult | None]
+        started = time.monotonic()
         try:
             reply = await self._stub_at(addr).BatchWrite(request, timeout=self._call_timeout_s())
             outcomes = list(reply.results)
+            self._observe_commit(time.monotonic() - started)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(shards)  # unknown outcome for every part
         # Parts that must be retried are retried together: a failover touches many shards.

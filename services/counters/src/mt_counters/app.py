@@ -24,7 +24,11 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         async with KVClient(settings.kv_addr) as kv:
             servicer = CountersServicer(Counters(settings, kv, redis))
             add = counters_pb2_grpc.add_CountersServiceServicer_to_server
-            async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
+            async with grpc_server(
+                settings,
+                [Servicer(SERVICE, lambda s: add(servicer, s))],
+                watch=[kv.commit_pressure(settings.kv_commit_target_ms)],
+            ):
                 yield
     finally:
         await redis.aclose()

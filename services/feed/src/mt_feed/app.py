@@ -35,5 +35,9 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         )
         servicer = FeedServicer(feed)
         add = feed_pb2_grpc.add_FeedServiceServicer_to_server
-        async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
+        async with grpc_server(
+            settings,
+            [Servicer(SERVICE, lambda s: add(servicer, s))],
+            watch=[kv.commit_pressure(settings.kv_commit_target_ms)],
+        ):
             yield

@@ -30,5 +30,9 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         posts = Posts(settings, kv, counters_pb2_grpc.CountersServiceStub(counters), outbox)
         servicer = PostsServicer(posts)
         add = posts_pb2_grpc.add_PostsServiceServicer_to_server
-        async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
+        async with grpc_server(
+            settings,
+            [Servicer(SERVICE, lambda s: add(servicer, s))],
+            watch=[kv.commit_pressure(settings.kv_commit_target_ms)],
+        ):
             yield

@@ -31,5 +31,9 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         with Hasher(settings.scrypt_log2_n, settings.hash_workers, reserve_s) as hasher:
             servicer = UsersServicer(Users(settings, kv, legacy, outbox, hasher))
             add = users_pb2_grpc.add_UsersServiceServicer_to_server
-            async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
+            async with grpc_server(
+                settings,
+                [Servicer(SERVICE, lambda s: add(servicer, s))],
+                watch=[kv.commit_pressure(settings.kv_commit_target_ms)],
+            ):
                 yield

@@ -15,6 +15,7 @@ record, never a handle pointing at nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -32,7 +33,7 @@ from mt_core.errors import (
 )
 from mt_core.ids import new_id, now_us
 from mt_core.paging import check_batch, limit_of
-from mt_jobs import Intent, Job, Outbox
+from mt_jobs import Intent, Job, Outbox, opportunistic_deadline_ms
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Delete, Put
 from mt_legacy import LegacyGraph
@@ -107,6 +108,10 @@ def _to_pb(record: dict[str, Any]) -> pb.User:
     return user
 
 
+async def _none() -> None:
+    return None
+
+
 class Users:
     def __init__(
         self,
@@ -151,25 +156,41 @@ class Users:
             "password": await self.hasher.hash(password),
         }
         intent = None
+        job = None
         if legacy_id is not None:
             # A legacy account joining applies the follows imports left pending for it: the
             # workers' join kind does it, announced before the claim (outbox) so that a crash
             # after the claim cannot lose it; the handler checks the link really was made.
-            job = Job("join", {"user_id": user_id, "legacy_id": legacy_id}, key=legacy_id)
-            intent = await self.outbox.intend([job])
-        await self.kv.put(_user_key(user_id), json.dumps(record).encode())
-        if not await self._claim(_handle_key(handle), user_id):
+            job = Job(
+                "join",
+                {"user_id": user_id, "legacy_id": legacy_id},
+                key=legacy_id,
+                deadline_ms=opportunistic_deadline_ms(now_us() // 1000),
+            )
+        # Three rounds of writes, each one's independent writes together (a signup holds a
+        # new user at the door): the record and the join's announcement, then both claims,
+        # then the session and the announcement's settlement.
+        intent, _ = await asyncio.gather(
+            self.outbox.intend([job]) if job is not None else _none(),
+            self.kv.put(_user_key(user_id), json.dumps(record).encode()),
+        )
+        claims = [_handle_key(handle)] + ([_legacy_key(legacy_id)] if legacy_id else [])
+        won = await asyncio.gather(*(self._claim(key, user_id) for key in claims))
+        if not all(won):
+            await asyncio.gather(
+                *(self._release(key, user_id) for key, ok in zip(claims, won, strict=True) if ok)
+            )
             await self._abandon(user_id, intent)
-            raise AlreadyExists(f"handle {handle!r} is taken", code="handle_taken")
-        if legacy_id is not None and not await self._claim(_legacy_key(legacy_id), user_id):
-            await self._release(_handle_key(handle), user_id)
-            await self._abandon(user_id, intent)
+            if not won[0]:
+                raise AlreadyExists(f"handle {handle!r} is taken", code="handle_taken")
             raise AlreadyExists(
                 f"legacy account {legacy_id} is linked to another user", code="legacy_taken"
             )
-        if intent is not None:
-            await self.outbox.settle(intent)
-        return _to_pb(record), await self._open_session(user_id)
+        token, _ = await asyncio.gather(
+            self._open_session(user_id),
+            self.outbox.settle(intent) if intent is not None else _none(),
+        )
+        return _to_pb(record), token
 
     async def _check_free(self, handle: str, legacy_id: str | None) -> None:
         """Refuse a taken handle or legacy account before paying for the password hash (one

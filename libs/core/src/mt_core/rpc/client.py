@@ -1,7 +1,8 @@
-"""gRPC client channels: deadlines propagated, our errors rebuilt from statuses.
+"""gRPC client channels: deadline and criticality propagated, our errors rebuilt from statuses.
 
 ``channel(addr, settings)`` returns a channel whose calls get the caller's remaining deadline
-(or the default timeout), and :func:`call` turns a failed call into our error classes.
+(or the default timeout) and carry the caller's criticality class in their metadata, and
+:func:`call` turns a failed call into our error classes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc.aio import _channel as grpc_aio_channel  # the factory before instrumentation
 
+from mt_core import criticality
 from mt_core.rpc import deadline
 from mt_core.rpc.server import MAX_MESSAGE_BYTES
 from mt_core.rpc.status import error_from_rpc
@@ -19,8 +21,13 @@ from mt_core.rpc.status import error_from_rpc
 T = TypeVar("T")
 
 
-class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Gives each unary call min(its timeout or the default, the inbound call's remainder)."""
+# The metadata entry of each class, made once: the hot path only picks one.
+_CLASS_METADATA = {c: (criticality.METADATA_KEY, c.label) for c in criticality.Criticality}
+
+
+class CallContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Gives each unary call min(its timeout or the default, the inbound call's remainder),
+    and the criticality class of the work it is done for."""
 
     def __init__(self, default_timeout_s: float) -> None:
         self._default_s = default_timeout_s
@@ -36,10 +43,12 @@ class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             if client_call_details.timeout is not None
             else self._default_s
         )
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+        metadata.add(*_CLASS_METADATA[criticality.current()])
         details = grpc.aio.ClientCallDetails(
             method=client_call_details.method,
             timeout=deadline.effective_timeout_s(own),
-            metadata=client_call_details.metadata,
+            metadata=metadata,
             credentials=client_call_details.credentials,
             wait_for_ready=client_call_details.wait_for_ready,
         )
@@ -60,7 +69,7 @@ def channel(addr: str, default_timeout_ms: int) -> grpc.aio.Channel:
     """An insecure channel to ``addr`` (loopback or the compose network) with our interceptors."""
     return grpc.aio.insecure_channel(
         addr,
-        interceptors=[DeadlineInterceptor(default_timeout_ms / 1000)],
+        interceptors=[CallContextInterceptor(default_timeout_ms / 1000)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

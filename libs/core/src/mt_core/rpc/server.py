@@ -1,8 +1,11 @@
-"""A gRPC server's lifetime as an async context manager: health, error mapping, graceful stop.
+"""A gRPC server's lifetime as an async context manager: health, error mapping, overload
+control, graceful stop.
 
 Every service serves ``grpc.health.v1`` (overall and per service name), maps our errors to
-status codes through :mod:`mt_core.rpc.status`, never leaks a traceback to a caller, and on
-exit reports NOT_SERVING before draining in-flight calls for the grace period.
+status codes through :mod:`mt_core.rpc.status`, never leaks a traceback to a caller, restores
+each call's deadline and criticality class for the calls it makes in turn, refuses the lowest
+classes while it is overloaded (:mod:`mt_core.overload`), and on exit reports NOT_SERVING
+before draining in-flight calls for the grace period.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mt_core.errors import Internal, MinithreadsError
+from mt_core import criticality
+from mt_core.criticality import Criticality
+from mt_core.errors import Internal, MinithreadsError, Overloaded
 from mt_core.metrics import RPC_REQUESTS, RPC_SECONDS
+from mt_core.overload import LevelController, ServiceAdmission
 from mt_core.rpc import deadline
 from mt_core.rpc.status import status_of, trailers_of
 from mt_core.settings import ServiceSettings
@@ -46,12 +52,14 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 
 
 class ErrorsAndDeadlines(grpc.aio.ServerInterceptor):
-    """Maps raised errors to statuses and scopes the request's deadline for outbound calls.
+    """Maps raised errors to statuses, scopes the request's deadline and criticality for
+    outbound calls, and refuses what the overload control does not admit.
 
     grpc.aio consults interceptors on every call; the wrapped handler of a method is made
     once and reused while the servicer hands over the same handler (it always does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, admission: ServiceAdmission) -> None:
+        self._admission = admission
         self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
 
     async def intercept_service(
@@ -66,15 +74,15 @@ class ErrorsAndDeadlines(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(handler, method)
+        wrapped = _wrap(handler, method, self._admission)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
 
-def _wrap(handler: Any, method: str) -> Any:
+def _wrap(handler: Any, method: str, admission: ServiceAdmission) -> Any:
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, method),
+            _wrap_unary(handler.unary_unary, method, admission),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -120,12 +128,27 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: nobody is left to see it, and asyncio would log it
 
 
-def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+def criticality_of(context: grpc.aio.ServicerContext[Any, Any]) -> Criticality:
+    """The class the caller sent (DEFAULT for callers that send none)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == criticality.METADATA_KEY:
+            return Criticality.parse(value if isinstance(value, str) else value.decode())
+    return Criticality.DEFAULT
+
+
+def _wrap_unary(
+    inner: Callable[..., Awaitable[Any]], method: str, admission: ServiceAdmission
+) -> Callable[..., Awaitable[Any]]:
     seconds = RPC_SECONDS.labels(method)  # bound once: the hot path does no label lookup
     ok = RPC_REQUESTS.labels(method, "OK")
 
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        cls = criticality_of(context)
+        if not admission.admits(cls):
+            RPC_REQUESTS.labels(method, "RESOURCE_EXHAUSTED").inc()
+            await _abort(context, Overloaded("the service is busy", code="overloaded"))
         token = deadline.set_remaining(context.time_remaining())
+        class_token = criticality.set_current(cls)
         started = time.perf_counter()
         code = "OK"
         try:
@@ -137,6 +160,7 @@ def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[.
             code = _status_name(exc)
             await _abort(context, exc)
         finally:
+            criticality.reset(class_token)
             deadline.reset(token)
             seconds.observe(time.perf_counter() - started)
             (ok if code == "OK" else RPC_REQUESTS.labels(method, code)).inc()
@@ -171,15 +195,24 @@ class RunningServer:
     server: grpc.aio.Server
     port: int  # the bound port (useful when the settings asked for 0)
     health: Any  # grpc_health's HealthServicer: set a service's status as the app sees fit
+    admission: ServiceAdmission  # overload control: watch() what else saturates this service
 
 
 @asynccontextmanager
 async def grpc_server(
-    settings: ServiceSettings, servicers: Sequence[Servicer] = ()
+    settings: ServiceSettings,
+    servicers: Sequence[Servicer] = (),
+    *,
+    watch: Sequence[Callable[[], float]] = (),
 ) -> AsyncIterator[RunningServer]:
-    """Serve ``servicers`` plus health on ``settings.host:grpc_port`` for the block's lifetime."""
+    """Serve ``servicers`` plus health on ``settings.host:grpc_port`` for the block's lifetime;
+    ``watch``: dependencies whose saturation counts as this service's overload (ratios to
+    their targets, e.g. :meth:`mt_kv_client.KVClient.commit_pressure`)."""
+    admission = ServiceAdmission(LevelController(lag_target_ms=settings.overload_lag_target_ms))
+    for ratio in watch:
+        admission.watch(ratio)
     server = grpc.aio.server(
-        interceptors=[ErrorsAndDeadlines()],
+        interceptors=[ErrorsAndDeadlines(admission)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -197,9 +230,11 @@ async def grpc_server(
     for name in ("", *(s.full_name for s in servicers)):
         await health_servicer.set(name, serving)
     log.info("gRPC serving", extra={"address": f"{settings.host}:{port}"})
+    admission.start()
     try:
-        yield RunningServer(server, port, health_servicer)
+        yield RunningServer(server, port, health_servicer, admission)
     finally:
+        await admission.stop()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_ms / 1000)
         log.info("gRPC stopped")
