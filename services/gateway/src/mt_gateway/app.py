@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from mt_gateway import api, health, openapi
-from mt_gateway.limits import RateLimiter, shedding_middleware
+from mt_gateway.admission import AdaptiveLimit, Admission, FixedLimit, LimitSettings
+from mt_gateway.limits import Gate, RateLimiter, admission_middleware, publish_forever
 from mt_gateway.middleware import errors_middleware, metrics_middleware
 from mt_gateway.routing import mount
 from mt_gateway.settings import Settings
@@ -25,13 +27,20 @@ async def metrics(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(settings: Settings, redis: Redis, b: Services) -> web.Application:
+def gate_of(settings: Settings) -> Gate:
+    if settings.admission == "fixed":
+        return FixedLimit(settings.max_in_flight)
+    limit = LimitSettings(
+        initial=settings.admission_initial_limit,
+        minimum=settings.admission_min_limit,
+        tolerance=settings.admission_tolerance,
+    )
+    return Admission(AdaptiveLimit(limit))
+
+
+def build_app(settings: Settings, redis: Redis, b: Services, gate: Gate) -> web.Application:
     application = web.Application(
-        middlewares=[
-            errors_middleware,
-            metrics_middleware,
-            shedding_middleware(settings.max_in_flight),
-        ],
+        middlewares=[errors_middleware, metrics_middleware],
         client_max_size=settings.max_body_bytes,
     )
     limiter = RateLimiter(redis)
@@ -41,7 +50,10 @@ def build_app(settings: Settings, redis: Redis, b: Services) -> web.Application:
     document = openapi.spec()
     application.router.add_get("/openapi.json", lambda _: _json(document))
     application.router.add_get("/docs", lambda _: _html(openapi.docs_page()))
-    mount(application, b, settings, redis, limiter)
+    classes = mount(application, b, settings, redis, limiter)
+    # Admission before everything else, the tracing middleware included: a refusal must cost
+    # less than recording it would.
+    application.middlewares.insert(0, admission_middleware(gate, classes))
     return application
 
 
@@ -60,16 +72,23 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         socket_timeout=settings.health_timeout_ms / 1000,
         socket_connect_timeout=settings.health_timeout_ms / 1000,
     )
+    gate = gate_of(settings)
     async with services(settings) as b:
         runner = web.AppRunner(
-            build_app(settings, redis, b), shutdown_timeout=settings.shutdown_grace_ms / 1000
+            build_app(settings, redis, b, gate), shutdown_timeout=settings.shutdown_grace_ms / 1000
         )
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.http_port, reuse_address=True)
         await site.start()
-        log.info("HTTP serving", extra={"port": settings.http_port})
+        log.info(
+            "HTTP serving", extra={"port": settings.http_port, "admission": settings.admission}
+        )
+        publisher = asyncio.create_task(
+            publish_forever(gate, redis, settings.admission_publish_ms / 1000), name="admission"
+        )
         try:
             yield
         finally:
+            publisher.cancel()
             await runner.cleanup()
             await redis.aclose()

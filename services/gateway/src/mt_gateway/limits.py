@@ -1,31 +1,52 @@
-"""Rate limits (Redis, sliding one-minute windows) and load shedding (an in-flight bound).
+"""Rate limits (Redis, sliding one-minute windows) and admission at the edge.
 
-Rate limits protect the backends from one client and accounts from password guessing; load
-shedding protects everyone from too much at once: past ``max_in_flight`` a request is refused
-immediately with 503 + Retry-After, which costs almost nothing, rather than queued until
-every request is too late.
+Rate limits protect the backends from one client and accounts from password guessing.
+Admission protects everyone from too much at once: each route has a criticality class, and
+the gate of :mod:`mt_gateway.admission` decides, before tracing, auth, Redis or any gRPC, whether
+the request goes in; a refusal is a pre-rendered 503 with Retry-After, which costs almost
+nothing, rather than a place in a queue until every request is too late.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from mt_core.errors import Overloaded, RateLimited, Unavailable
-from mt_core.telemetry import event
+from aiohttp.web_urldispatcher import AbstractRoute
+from mt_core import criticality
+from mt_core.criticality import Criticality
+from mt_core.errors import RateLimited, Unavailable
+from mt_core.foreground import ForegroundHealth, publish
+from mt_core.telemetry import event, untraced
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from mt_gateway.admission import GateState, Verdict
+
 log = logging.getLogger(__name__)
 WINDOW_S = 60
 
-SHED = Counter("gateway_shed_total", "Requests refused by load shedding")
 LIMITED = Counter("gateway_rate_limited_total", "Requests refused by a rate limit", ["scope"])
+REFUSED = Counter(
+    "gateway_shed_total",
+    "Requests refused at admission, by criticality class and reason (shed before the limit, "
+    "or the limit itself)",
+    ["criticality", "reason"],
+)
+ADMITTED = Counter("gateway_admitted_total", "Requests admitted, by criticality", ["criticality"])
 IN_FLIGHT = Gauge("gateway_in_flight", "Requests in progress")
+LIMIT = Gauge("gateway_admission_limit", "The admission limit in force (requests in flight)")
+PRESSURE = Gauge("gateway_pressure", "Foreground pressure (1.0: the gateway starts refusing)")
+RATIO = Gauge("gateway_latency_ratio", "Admitted requests' latency over their unloaded latency")
+SHED_P = Gauge("gateway_shed_probability", "Refusal probability before the limit", ["criticality"])
 
 
 class RateLimiter:
@@ -63,27 +84,100 @@ class RateLimiter:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-UNSHED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def shedding_middleware(max_in_flight: int) -> Middleware:
-    in_flight = 0
+class Gate(Protocol):
+    """What the middleware needs of an admission policy (adaptive, or the old fixed bound)."""
+
+    def admit(self, cls: Criticality, now: float) -> Verdict: ...
+
+    def done(
+        self,
+        route: str,
+        latency_s: float,
+        now: float,
+        *,
+        cls: Criticality = Criticality.DEFAULT,
+        dropped: bool = False,
+    ) -> None: ...
+
+    def state(self, now: float) -> GateState: ...
+
+
+_REFUSAL = json.dumps(
+    {"error": {"code": "overloaded", "message": "the service is busy; try again shortly"}}
+).encode()
+
+
+def _refusal(retry_after_s: float) -> web.Response:
+    return web.Response(
+        body=_REFUSAL,
+        status=503,
+        content_type="application/json",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+    )
+
+
+def admission_middleware(
+    gate: Gate, routes: Mapping[AbstractRoute, tuple[Criticality, str]]
+) -> Middleware:
+    """Admit by the route's class; requests of routes not in ``routes`` (health, metrics, the
+    API document, static files, unknown paths) are never refused. Must run first: a refusal
+    costs a dictionary lookup, the gate's arithmetic and a pre-rendered response."""
+    refused = {
+        (cls, reason): REFUSED.labels(cls.label, reason)
+        for cls in Criticality
+        for reason in ("shed", "limit")
+    }
+    admitted = {cls: ADMITTED.labels(cls.label) for cls in Criticality}
 
     @web.middleware
-    async def shed(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_flight
-        if request.path in UNSHED:
+    async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        entry = routes.get(request.match_info.route)
+        if entry is None:
             return await handler(request)
-        if in_flight >= max_in_flight:
-            SHED.inc()
-            event("shed", in_flight=in_flight)
-            raise Overloaded("the service is busy; try again shortly", code="overloaded")
-        in_flight += 1
-        IN_FLIGHT.set(in_flight)
+        cls, name = entry
+        started = time.monotonic()
+        verdict = gate.admit(cls, started)
+        if not verdict.admitted:
+            refused[cls, verdict.reason].inc()
+            return _refusal(verdict.retry_after_s)
+        admitted[cls].inc()
+        token = criticality.set_current(cls)
+        dropped = True
         try:
-            return await handler(request)
+            response = await handler(request)
+            dropped = response.status >= 500  # an overloaded backend or a failure: back off
+            return response
         finally:
-            in_flight -= 1
-            IN_FLIGHT.set(in_flight)
+            criticality.reset(token)
+            now = time.monotonic()
+            gate.done(name, now - started, now, cls=cls, dropped=dropped)
 
-    return shed
+    return admit
+
+
+async def publish_forever(gate: Gate, redis: Redis, interval_s: float) -> None:
+    """The gate's state to the metrics and, for the async platform, to Redis."""
+    while True:
+        state = gate.state(time.monotonic())
+        IN_FLIGHT.set(state.in_flight)
+        LIMIT.set(state.limit)
+        PRESSURE.set(state.pressure)
+        RATIO.set(state.latency_ratio)
+        for cls, p in state.shed_p.items():
+            SHED_P.labels(cls.label).set(p)
+        health = ForegroundHealth(
+            pressure=round(state.pressure, 3),
+            limit=state.limit,
+            in_flight=state.in_flight,
+            refused_share=round(state.refused_share, 4),
+            latency_ratio=round(state.latency_ratio, 3),
+            at_ms=time.time_ns() // 1_000_000,
+        )
+        try:
+            with untraced():
+                await publish(redis, health)
+        except RedisError:
+            log.warning("cannot publish the foreground's health")
+        await asyncio.sleep(interval_s)

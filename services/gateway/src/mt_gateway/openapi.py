@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from mt_gateway import schemas
+from mt_gateway.classes import class_of
 from mt_gateway.routing import ENDPOINTS, Endpoint
 
 _REF = "#/components/schemas/{model}"
@@ -67,7 +68,12 @@ def _parameters(ep: Endpoint) -> list[dict[str, Any]]:
 
 
 def _operation(ep: Endpoint) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__}
+    op: dict[str, Any] = {
+        "summary": ep.summary,
+        "operationId": ep.handler.__name__,
+        # Who is refused first under overload (mt_gateway.classes): for clients and load tests.
+        "x-criticality": class_of(ep.method, ep.path).label,
+    }
     if params := _parameters(ep):
         op["parameters"] = params
     if ep.body is not None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
+from mt_core.criticality import Criticality
 from mt_core.errors import InvalidArgument, TooLarge, Unauthenticated
 from mt_core.rpc.client import call
 from mt_core.rpc.services import Services
@@ -21,6 +23,7 @@ from mt_proto import users_pb2 as upb
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
+from mt_gateway.classes import class_of
 from mt_gateway.limits import RateLimiter
 from mt_gateway.settings import Settings
 
@@ -140,9 +143,15 @@ def client_ip(request: web.Request) -> str:
 
 def mount(
     app: web.Application, b: Services, settings: Settings, redis: Redis, limiter: RateLimiter
-) -> None:
+) -> dict[AbstractRoute, tuple[Criticality, str]]:
+    """Add every endpoint's route; returns each route's criticality class and name, for
+    admission (a route without a class is a startup error)."""
+    classes: dict[AbstractRoute, tuple[Criticality, str]] = {}
     for ep in ENDPOINTS:
-        app.router.add_route(ep.method, ep.path, _pipeline(ep, b, settings, redis, limiter))
+        cls = class_of(ep.method, ep.path)
+        route = app.router.add_route(ep.method, ep.path, _pipeline(ep, b, settings, redis, limiter))
+        classes[route] = (cls, f"{ep.method} {ep.path}")
+    return classes
 
 
 def _pipeline(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from mt_core.settings import ServiceSettings
 
 
@@ -10,9 +12,17 @@ class Settings(ServiceSettings):
     http_port: int = 8080
     health_timeout_ms: int = 1_000
     max_body_bytes: int = 64 * 1024
-    # Load shedding: requests in progress beyond this get 503 + Retry-After at once, so the
-    # ones admitted still finish in time instead of everyone timing out together.
-    max_in_flight: int = 256
+    # Admission (mt_gateway.admission): "adaptive" follows the latency of what it admits and
+    # refuses the lower criticality classes first; "fixed" is the old bound of max_in_flight
+    # requests in progress, whatever their class, kept to compare against.
+    admission: Literal["adaptive", "fixed"] = "adaptive"
+    max_in_flight: int = 256  # fixed admission only
+    # Admitted requests may take this many times their route's unloaded latency (the median
+    # of a window) before the adaptive limit shrinks: 25% of queueing, Envoy's default buffer.
+    admission_tolerance: float = 1.25
+    admission_initial_limit: int = 16
+    admission_min_limit: int = 1
+    admission_publish_ms: int = 250  # the gate's state to metrics and the async platform
     # Rate limits (fixed one-minute windows in Redis). The load test raises the per-IP one:
     # all its simulated users come from one address.
     rate_per_ip_per_min: int = 3_000

@@ -1,0 +1,454 @@
+"""Admission control at the edge: how many requests may be in progress, and who is refused first.
+
+Pure arithmetic on a clock the caller passes in (seconds, any origin), so it is tested on a
+logical clock; the aiohttp middleware in :mod:`mt_gateway.limits` does the timing and the I/O.
+
+The concurrency limit (:class:`AdaptiveLimit`) follows the latency of what it admits, in the
+family of TCP Vegas and Netflix's Gradient limits, with one change for a mix of routes whose
+costs differ twentyfold (a post read against a signup's password hash): each sample is
+*normalized* by its own route's unloaded latency (:class:`Baselines`), so the window's
+statistic is "how many times slower than unloaded are requests now", whatever the mix — the
+median of the window, or the slowest route's moving average if that is worse (the latency
+objective is every kind's, and a route of one request in ten would hide behind a median). Past
+``tolerance`` the limit shrinks in proportion (Envoy's gradient); well within it, and only
+while the limit is actually in use, it grows by one per window; in between it holds (Vegas's
+band, so the limit does not saw up and down around the tolerance). A limit far above what is
+in use drifts down towards it, so that the next surge is not let in all at once. A request
+that fails as unavailable (a 5xx, a timeout) is a sign of overload in itself and halves it.
+
+Who is refused (:class:`Shedder`): the limit is shared, but before a request meets it, the
+lower criticality classes are shed — a per-class refusal probability raised, lowest class
+first, while requests are being turned away at the limit, and lowered, highest class first,
+once there is room again (DAGOR's admission levels, applied at the edge) — and a quarter of
+the limit is theirs to leave to the critical (trunk reservation, as telephone exchanges keep
+lines for priority calls). So under overload the sheddable go before the default, and those
+before the critical, which meet only the limit itself.
+
+:class:`FixedLimit` is what the gateway did before (a fixed number in flight, no classes): a
+setting, kept to compare against.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mt_core.criticality import Criticality
+
+# Classes the shedder may refuse before the limit, lowest first (the async platform does not
+# come through the gateway); CRITICAL meets only the limit.
+SHED_ORDER = (Criticality.SHEDDABLE, Criticality.DEFAULT)
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass
+class _Route:
+    base_s: float | None = None  # the unloaded latency estimate
+    bucket: list[float] = field(default_factory=list)
+    bucket_started: float = 0.0
+    updated: float = 0.0
+
+
+class Baselines:
+    """Per route, its latency without queueing: the lowest median of recent ``bucket_s``
+    buckets, which may creep up by ``rise_per_s`` (a fraction per second) so that a route that
+    really became slower is believed, slowly — under a sustained overload every bucket is
+    slow, and a baseline that followed them would excuse the queue it is there to detect."""
+
+    def __init__(
+        self, *, bucket_s: float = 5.0, rise_per_s: float = 0.002, min_bucket: int = 3
+    ) -> None:
+        self.bucket_s = bucket_s
+        self.rise_per_s = rise_per_s
+        self.min_bucket = min_bucket
+        self._routes: dict[str, _Route] = {}
+
+    def base_s(self, route: str) -> float | None:
+        r = self._routes.get(route)
+        return None if r is None else r.base_s
+
+    def ratio(self, route: str, latency_s: float) -> float | None:
+        """``latency_s`` over the route's baseline; None while the route has none yet."""
+        r = self._routes.get(route)
+        if r is None or r.base_s is None:
+            return None
+        return latency_s / max(r.base_s, 1e-4)
+
+    def observe(self, route: str, latency_s: float, now: float) -> None:
+        r = self._routes.get(route)
+        if r is None:
+            r = self._routes[route] = _Route(bucket_started=now, updated=now)
+        r.bucket.append(latency_s)
+        if now - r.bucket_started < self.bucket_s and (
+            r.base_s is not None or len(r.bucket) < 4 * self.min_bucket
+        ):
+            return
+        if len(r.bucket) >= self.min_bucket:
+            median = quantile(r.bucket, 0.5)
+            if r.base_s is None:
+                r.base_s = median
+            else:
+                # Only time with traffic counts: an idle night is no evidence of a slower route.
+                elapsed = min(now - r.updated, 2 * self.bucket_s)
+                risen = r.base_s * (1 + self.rise_per_s) ** elapsed
+                r.base_s = min(risen, median)
+            r.updated = now
+        r.bucket = []
+        r.bucket_started = now
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    initial: int = 16
+    minimum: int = 1
+    maximum: int = 1_000
+    # Admitted requests may take up to this many times their unloaded latency (the window's
+    # ``percentile`` of the normalized samples) before the limit shrinks.
+    tolerance: float = 1.25
+    percentile: float = 0.5
+    window_min_s: float = 0.25
+    window_min_samples: int = 8
+
+
+class AdaptiveLimit:
+    """The concurrency limit, fed each admitted request's outcome."""
+
+    def __init__(self, settings: LimitSettings | None = None) -> None:
+        self.settings = s = settings or LimitSettings()
+        self.limit = float(s.initial)
+        self.baselines = Baselines()
+        self.last_ratio = 1.0  # the last window's statistic, for metrics and the async platform
+        self.last_window_at: float | None = None
+        self._ratios: list[float] = []
+        self._by_route: dict[str, float] = {}  # a moving average of each route's ratio
+        self._in_window: set[str] = set()  # routes sampled in this window
+        self._dropped = False
+        self._max_in_flight = 0
+        self._window_started: float | None = None
+
+    @property
+    def value(self) -> int:
+        return max(self.settings.minimum, int(self.limit))
+
+    def on_sample(
+        self, route: str, latency_s: float, in_flight: int, now: float, *, dropped: bool = False
+    ) -> None:
+        """One admitted request ended after ``latency_s``; ``in_flight`` counts it too."""
+        if self._window_started is None:
+            self._window_started = now
+        if dropped:
+            self._dropped = True
+        else:
+            ratio = self.baselines.ratio(route, latency_s)
+            self.baselines.observe(route, latency_s, now)
+            if ratio is not None:
+                self._ratios.append(ratio)
+                before = self._by_route.get(route, ratio)
+                self._by_route[route] = 0.7 * before + 0.3 * ratio
+                self._in_window.add(route)
+        self._max_in_flight = max(self._max_in_flight, in_flight)
+        s = self.settings
+        if now - self._window_started >= s.window_min_s and (
+            self._dropped or len(self._ratios) >= s.window_min_samples
+        ):
+            self._update()
+            self._window_started = self.last_window_at = now
+
+    def starved(self, now: float, after_s: float = 2.0) -> None:
+        """A request was turned away at the limit while no window has closed for ``after_s``:
+        the limit may be too low to let enough through to learn from. Probe one higher."""
+        last = self.last_window_at if self.last_window_at is not None else self._window_started
+        if last is None:
+            self._window_started = now
+            return
+        if now - last >= after_s:
+            self.limit = min(self.settings.maximum, self.limit + 1)
+            self.last_window_at = self._window_started = now
+
+    def recent_ratio(self, now: float, stale_s: float = 2.0) -> float:
+        """The last window's statistic, or 0 once no window has closed for ``stale_s``: an
+        idle gateway has nothing queued."""
+        if self.last_window_at is None or now - self.last_window_at > stale_s:
+            return 0.0
+        return self.last_ratio
+
+    def _update(self) -> None:
+        s = self.settings
+        if self._dropped:
+            self.limit = max(s.minimum, self.limit / 2)
+        elif self._ratios:
+            # The window's median, or the slowest route's recent average if that is worse: a
+            # route of one request in ten (a signup) must not queue unseen behind the median.
+            worst = max(self._by_route[r] for r in self._in_window)
+            self.last_ratio = ratio = max(quantile(self._ratios, s.percentile), worst)
+            if ratio > s.tolerance:
+                self.limit = max(s.minimum, self.limit * max(0.5, s.tolerance / ratio))
+            elif self._max_in_flight < self.limit / 2:
+                # Not in use: no evidence for more, and a limit far above the use would let
+                # the next surge in all at once. Drift down towards twice the peak in use.
+                self.limit = max(
+                    s.minimum, min(self.limit, max(2 * self._max_in_flight + 2, 0.9 * self.limit))
+                )
+            elif ratio < 1 + (s.tolerance - 1) / 2:  # well within: probe for more
+                self.limit = min(s.maximum, self.limit + 1)
+            # between half the tolerance and the tolerance: hold
+        self._ratios = []
+        self._in_window = set()
+        self._dropped = False
+        self._max_in_flight = 0
+
+
+@dataclass(frozen=True)
+class ShedSettings:
+    # How fast a class's refusal probability moves: up while requests meet the limit, down
+    # once the limit has room again.
+    raise_step: float = 0.1
+    lower_step: float = 0.05
+    interval_s: float = 0.1
+
+
+class Shedder:
+    """Per-class refusal probabilities in front of the limit (lowest class first)."""
+
+    def __init__(self, settings: ShedSettings | None = None) -> None:
+        self.settings = settings or ShedSettings()
+        self.p: dict[Criticality, float] = dict.fromkeys(SHED_ORDER, 0.0)
+        self._hit = False  # a request met the limit in this interval
+        self._full = False  # the limit was all in use at some moment of it
+        self._streak = 0  # consecutive intervals with requests turned away at the limit
+        self._last: float | None = None
+
+    def note(self, *, hit: bool = False, full: bool = False) -> None:
+        self._hit = self._hit or hit
+        self._full = self._full or full
+
+    def tick(self, now: float) -> None:
+        """Once per interval: escalate if the limit turned requests away in it, by a step that
+        doubles while it keeps doing so (a surge is met in a few intervals, a blip by one
+        step); de-escalate, a step per interval elapsed, if the limit was never all in use."""
+        if self._last is None:
+            self._last = now
+            return
+        steps = int((now - self._last) / self.settings.interval_s + 1e-9)
+        if steps < 1:
+            return
+        self._last = now
+        if self._hit:
+            self._streak += 1
+            self._raise(min(0.5, self.settings.raise_step * 2 ** (self._streak - 1)))
+        else:
+            self._streak = 0
+            if not self._full:
+                for _ in range(min(steps, 100)):
+                    self._lower()
+        self._hit = self._full = False
+
+    def _raise(self, step: float) -> None:
+        for cls in SHED_ORDER:
+            if self.p[cls] < 1.0:
+                spill = self.p[cls] + step - 1.0
+                self.p[cls] = min(1.0, round(self.p[cls] + step, 6))
+                if spill > 0:
+                    self._raise(spill)  # what the class could not take goes to the next
+                return
+
+    def _lower(self) -> None:
+        for cls in reversed(SHED_ORDER):
+            if self.p[cls] > 0.0:
+                self.p[cls] = max(0.0, round(self.p[cls] - self.settings.lower_step, 6))
+                return
+
+    def shed(self, cls: Criticality, draw: float) -> bool:
+        return draw < self.p.get(cls, 0.0)
+
+    def level(self) -> float:
+        """0 when nothing is shed; +1 per class fully shed (fractions in between)."""
+        return sum(self.p.values())
+
+
+@dataclass(frozen=True)
+class Verdict:
+    admitted: bool
+    retry_after_s: float = 0.0
+    reason: str = ""  # "limit" | "shed" when refused
+
+
+ADMIT = Verdict(True)
+SATURATED_REFUSED_SHARE = 0.02  # of the last few seconds' requests: the foreground is saturated
+
+
+@dataclass(frozen=True)
+class GateState:
+    """A gate at one moment, for metrics and for the async platform."""
+
+    limit: int
+    in_flight: int
+    pressure: float
+    refused_share: float
+    latency_ratio: float
+    shed_p: dict[Criticality, float]
+
+
+class Refusals:
+    """Refused against admitted over the last few seconds: how crowded the door is."""
+
+    def __init__(self, horizon_s: float = 5.0) -> None:
+        self.horizon_s = horizon_s
+        self._events: deque[tuple[float, bool]] = deque()
+        self.refused = 0
+        self.admitted = 0
+
+    def add(self, now: float, refused: bool) -> None:
+        self._events.append((now, refused))
+        self.refused += refused
+        self.admitted += not refused
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.horizon_s:
+            _, refused = self._events.popleft()
+            self.refused -= refused
+            self.admitted -= not refused
+
+    def fraction(self, now: float) -> float:
+        self._trim(now)
+        total = self.refused + self.admitted
+        return self.refused / total if total else 0.0
+
+
+class Admission:
+    """The gate: admit or refuse each request, count what is in flight, learn from outcomes."""
+
+    def __init__(
+        self,
+        limit: AdaptiveLimit | None = None,
+        shedder: Shedder | None = None,
+        draw: Callable[[], float] = random.random,
+        max_retry_after_s: float = 15.0,
+    ) -> None:
+        self.limit = limit or AdaptiveLimit()
+        self.shedder = shedder or Shedder()
+        self.in_flight = 0
+        self.critical_in_flight = 0
+        self.refusals = Refusals()
+        self._draw = draw
+        self.max_retry_after_s = max_retry_after_s
+
+    def admit(self, cls: Criticality, now: float) -> Verdict:
+        self.shedder.tick(now)
+        if self.in_flight == 0:  # work-conserving: an idle gate turns nobody away
+            return self._enter(now, full=False, critical=cls is Criticality.CRITICAL)
+        limit = self.limit.value
+        critical = cls is Criticality.CRITICAL
+        # The critical count only against each other: what the lower classes hold never blocks
+        # them (the latency it adds shrinks the limit, which sheds the lower classes harder).
+        busy, ceiling = (self.critical_in_flight, limit) if critical else (self.in_flight, 0)
+        if not critical:
+            if self.shedder.shed(cls, self._draw()):
+                self.refusals.add(now, True)
+                return Verdict(False, self._retry_after(cls, now), "shed")
+            ceiling = limit - math.ceil(limit / 4)  # a quarter of it is kept for the critical
+        if busy >= ceiling:
+            self.shedder.note(hit=True)  # the lower classes must make room
+            self.limit.starved(now)
+            self.refusals.add(now, True)
+            return Verdict(False, self._retry_after(cls, now), "limit")
+        return self._enter(now, full=busy + 1 >= ceiling, critical=critical)
+
+    def _enter(self, now: float, *, full: bool, critical: bool) -> Verdict:
+        self.in_flight += 1
+        self.critical_in_flight += critical
+        self.shedder.note(full=full)
+        self.refusals.add(now, False)
+        return ADMIT
+
+    def done(
+        self,
+        route: str,
+        latency_s: float,
+        now: float,
+        *,
+        cls: Criticality = Criticality.DEFAULT,
+        dropped: bool = False,
+    ) -> None:
+        self.limit.on_sample(route, latency_s, self.in_flight, now, dropped=dropped)
+        self.in_flight -= 1
+        self.critical_in_flight -= cls is Criticality.CRITICAL
+
+    def _retry_after(self, cls: Criticality, now: float) -> float:
+        """Come back when there may be room: a second while the door is merely busy, more the
+        larger the share turned away (the crowd waiting to retry), and more for lower classes,
+        whose refusal probability says how deep the overload goes."""
+        crowd = self.refusals.fraction(now)
+        depth = self.shedder.p.get(cls, 0.0)
+        wait = (1.0 + depth * 2) / max(0.1, 1.0 - crowd)
+        return min(self.max_retry_after_s, wait)
+
+    def state(self, now: float) -> GateState:
+        self.shedder.tick(now)  # an idle gate still lowers its refusal probabilities
+        return GateState(
+            limit=self.limit.value,
+            in_flight=self.in_flight,
+            pressure=self.pressure(now),
+            refused_share=self.refusals.fraction(now),
+            latency_ratio=self.limit.recent_ratio(now),
+            shed_p=dict(self.shedder.p),
+        )
+
+    def pressure(self, now: float) -> float:
+        """The foreground's health for whoever yields to it (the async platform): 0 while
+        admitted requests take their unloaded time, 1 at the tolerance (where the limit starts
+        to shrink), and at least 1 plus the share refused while the gate is turning away a
+        share of its requests (a burst cut short now and then is not saturation)."""
+        ratio = self.limit.recent_ratio(now)
+        p = max(0.0, ratio - 1.0) / max(1e-3, self.limit.settings.tolerance - 1.0) if ratio else 0.0
+        refused = self.refusals.fraction(now)
+        if refused >= SATURATED_REFUSED_SHARE:
+            p = max(p, 1.0 + refused + self.shedder.level())
+        return p
+
+
+class FixedLimit:
+    """The old admission: ``max_in_flight`` requests, whatever their class or latency."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.refusals = Refusals()
+
+    def admit(self, cls: Criticality, now: float) -> Verdict:
+        if self.in_flight >= self.max_in_flight:
+            self.refusals.add(now, True)
+            return Verdict(False, 1.0, "limit")
+        self.in_flight += 1
+        self.refusals.add(now, False)
+        return ADMIT
+
+    def done(
+        self,
+        route: str,
+        latency_s: float,
+        now: float,
+        *,
+        cls: Criticality = Criticality.DEFAULT,
+        dropped: bool = False,
+    ) -> None:
+        self.in_flight -= 1
+
+    def state(self, now: float) -> GateState:
+        refused = self.refusals.fraction(now)
+        return GateState(
+            limit=self.max_in_flight,
+            in_flight=self.in_flight,
+            pressure=1.0 + refused if refused else 0.0,
+            refused_share=refused,
+            latency_ratio=0.0,  # not measured
+            shed_p={},
+        )

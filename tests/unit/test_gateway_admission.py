@@ -1,0 +1,340 @@
+"""The gateway's admission on a logical clock: the adaptive limit, the class shedder, the gate."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+from collections import Counter
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from mt_core import criticality
+from mt_core.criticality import Criticality
+from mt_gateway.admission import (
+    AdaptiveLimit,
+    Admission,
+    Baselines,
+    FixedLimit,
+    LimitSettings,
+    Shedder,
+)
+from mt_gateway.limits import admission_middleware
+
+C, D, S = Criticality.CRITICAL, Criticality.DEFAULT, Criticality.SHEDDABLE
+
+
+def feed(
+    limit: AdaptiveLimit,
+    route: str,
+    latency_s: float,
+    n: int,
+    *,
+    in_flight: int,
+    start: float = 0.0,
+    gap_s: float = 0.05,
+) -> float:
+    """``n`` samples of one route, ``gap_s`` apart; returns the clock after them."""
+    now = start
+    for _ in range(n):
+        now += gap_s
+        limit.on_sample(route, latency_s, in_flight, now)
+    return now
+
+
+def test_limit__shrinks_once_latency_is_past_the_tolerance() -> None:
+    limit = AdaptiveLimit(LimitSettings(initial=20))
+    now = feed(limit, "GET /a", 0.050, 200, in_flight=20)  # the baseline: 50 ms
+    before = limit.value
+    feed(limit, "GET /a", 0.200, 40, in_flight=20, start=now)  # 4x slower: queueing
+    assert limit.value < before / 2
+
+
+def test_limit__grows_while_in_use_and_well_within_tolerance() -> None:
+    limit = AdaptiveLimit(LimitSettings(initial=4))
+    feed(limit, "GET /a", 0.050, 200, in_flight=4)
+    assert limit.value > 4
+
+
+def test_limit__does_not_grow_while_unused_and_drifts_down_towards_the_use() -> None:
+    limit = AdaptiveLimit(LimitSettings(initial=40))
+    feed(limit, "GET /a", 0.050, 400, in_flight=2)
+    assert limit.value <= 2 * 2 + 2
+
+
+def test_limit__holds_between_half_the_tolerance_and_the_tolerance() -> None:
+    settings = LimitSettings(initial=10, tolerance=1.5)
+    limit = AdaptiveLimit(settings)
+    now = feed(limit, "GET /a", 0.100, 100, in_flight=10)
+    held = limit.value
+    feed(limit, "GET /a", 0.135, 100, in_flight=10, start=now)  # ratio 1.35: in the band
+    assert limit.value == held
+
+
+def test_limit__halves_when_admitted_requests_fail_as_unavailable() -> None:
+    limit = AdaptiveLimit(LimitSettings(initial=32))
+    now = 0.0
+    for _ in range(10):
+        now += 0.05
+        limit.on_sample("GET /a", 0.05, 32, now, dropped=True)
+    assert limit.value == 16
+
+
+def test_limit__a_mix_of_cheap_and_costly_routes_at_their_own_speed_is_no_overload() -> None:
+    """Normalization by route: a signup taking 150 ms is not "slower" than a read of 10 ms."""
+    limit = AdaptiveLimit(LimitSettings(initial=8))
+    rng = random.Random(7)
+    now = 0.0
+    for _ in range(2_000):
+        now += 0.02
+        if rng.random() < 0.2:
+            limit.on_sample("POST /v1/accounts", 0.150 * rng.uniform(0.9, 1.1), 8, now)
+        else:
+            limit.on_sample("GET /v1/posts/{id}", 0.010 * rng.uniform(0.9, 1.1), 8, now)
+    assert limit.value > 8  # it grew: nothing looked like queueing
+    assert limit.last_ratio < 1.25
+
+
+def test_limit__a_rare_route_slowed_down_is_seen_behind_a_healthy_median() -> None:
+    """One request in ten is a signup; the signups alone now take twice their unloaded time
+    (their password hashes queue): the latency objective is every kind's, so the limit
+    shrinks although the median request is as fast as ever."""
+    limit = AdaptiveLimit(LimitSettings(initial=12))
+    rng = random.Random(3)
+    now = 0.0
+
+    def mix(signup_s: float, n: int) -> None:
+        nonlocal now
+        for _ in range(n):
+            now += 0.02
+            if rng.random() < 0.1:
+                limit.on_sample("POST /v1/accounts", signup_s * rng.uniform(0.95, 1.05), 12, now)
+            else:
+                limit.on_sample("GET /v1/posts/{id}", 0.010 * rng.uniform(0.95, 1.05), 12, now)
+
+    mix(0.150, 1_000)
+    before = limit.value
+    mix(0.300, 500)
+    assert limit.value < before / 2
+
+
+def test_baselines__a_sustained_slowdown_is_believed_only_slowly() -> None:
+    """Under a long overload every bucket is slow; the baseline must not follow them at once,
+    or it would excuse the queue it is there to detect."""
+    base = Baselines(bucket_s=5.0, rise_per_s=0.002)
+    now = 0.0
+    for _ in range(100):
+        now += 0.1
+        base.observe("GET /a", 0.050, now)
+    for _ in range(600):  # a minute at 3x
+        now += 0.1
+        base.observe("GET /a", 0.150, now)
+    b = base.base_s("GET /a")
+    assert b is not None
+    assert 0.050 <= b < 0.050 * 1.2
+    assert base.ratio("GET /a", 0.150) == pytest.approx(0.150 / b)
+
+
+def test_baselines__forget_nothing_over_an_idle_night() -> None:
+    base = Baselines(bucket_s=5.0, rise_per_s=0.002)
+    for i in range(100):
+        base.observe("GET /a", 0.050, i * 0.1)
+    for i in range(20):  # eight hours later, a short burst of slow requests
+        base.observe("GET /a", 0.300, 8 * 3600 + i * 0.5)
+    b = base.base_s("GET /a")
+    assert b is not None
+    assert b < 0.060
+
+
+def test_shedder__refuses_the_lowest_class_first_and_never_critical() -> None:
+    shedder = Shedder()
+    now = 0.0
+    shedder.tick(now)
+    for _ in range(4):  # requests meeting the limit: 0.1 + 0.2 + 0.4 + 0.5
+        shedder.note(hit=True)
+        now += 0.1
+        shedder.tick(now)
+    assert shedder.p[S] == pytest.approx(1.0)
+    assert shedder.p[D] == pytest.approx(0.2)
+    assert all(not shedder.shed(C, draw) for draw in (0.0, 0.5, 0.999))
+
+
+def test_shedder__a_blip_costs_one_small_step() -> None:
+    shedder = Shedder()
+    shedder.tick(0.0)
+    shedder.note(hit=True)
+    shedder.tick(0.1)
+    shedder.note(full=True)  # busy, but nobody turned away: hold
+    shedder.tick(0.2)
+    assert shedder.p[S] == pytest.approx(0.1)
+
+
+def test_shedder__lets_the_highest_class_back_first_once_there_is_room() -> None:
+    shedder = Shedder()
+    shedder.p[S], shedder.p[D] = 1.0, 0.5
+    shedder.tick(0.0)
+    shedder.tick(0.5)  # five quiet intervals: five steps down, default first
+    assert shedder.p[D] == pytest.approx(0.25)
+    assert shedder.p[S] == 1.0
+
+
+def test_admission__refuses_at_the_limit_with_a_retry_after() -> None:
+    gate = Admission(AdaptiveLimit(LimitSettings(initial=2)))
+    assert gate.admit(C, 0.0).admitted
+    assert gate.admit(C, 0.0).admitted
+    refused = gate.admit(C, 0.0)
+    assert not refused.admitted
+    assert refused.reason == "limit"
+    assert refused.retry_after_s >= 1.0
+    gate.done("POST /v1/accounts", 0.1, 0.1, cls=C)
+    assert gate.admit(C, 0.1).admitted
+
+
+def test_admission__critical_is_not_blocked_by_what_the_lower_classes_hold() -> None:
+    gate = Admission(AdaptiveLimit(LimitSettings(initial=4)))
+    while gate.admit(D, 0.0).admitted:  # the default class fills its share of the limit
+        pass
+    assert gate.admit(C, 0.0).admitted
+    assert gate.admit(C, 0.0).admitted
+    assert gate.admit(C, 0.0).admitted
+    assert gate.admit(C, 0.0).admitted
+    assert not gate.admit(C, 0.0).admitted  # the critical alone are bounded by the limit
+
+
+def test_fixed_limit__is_the_old_bound_whatever_the_class() -> None:
+    gate = FixedLimit(1)
+    assert gate.admit(S, 0.0).admitted
+    assert not gate.admit(C, 0.0).admitted
+    gate.done("GET /v1/feed", 0.1, 0.1)
+    assert gate.admit(C, 0.2).admitted
+
+
+def simulate(
+    gate: Admission, offered_per_s: float, seconds: float, seed: int = 1, start: float = 0.0
+) -> Counter[str]:
+    """A box that serves ~40 requests/s: a request takes 50 ms while two or fewer are in
+    flight, and proportionally longer beyond (two cores, processor sharing). Arrivals: 10%
+    critical, 45% default, 45% sheddable, Poisson at ``offered_per_s``, from ``start`` on the
+    gate's clock."""
+    rng = random.Random(seed)
+    done: list[tuple[float, int]] = []  # (finish time, id)
+    started: dict[int, tuple[float, Criticality]] = {}
+    outcome: Counter[str] = Counter()
+    now, n = start, 0
+    while now < start + seconds:
+        now += rng.expovariate(offered_per_s)
+        while done and done[0][0] <= now:
+            finish, rid = heapq.heappop(done)
+            begun, of = started.pop(rid)
+            gate.done("GET /x", finish - begun, finish, cls=of)
+        r = rng.random()
+        cls = C if r < 0.1 else D if r < 0.55 else S
+        verdict = gate.admit(cls, now)
+        outcome[f"{cls.label}:{'ok' if verdict.admitted else 'refused'}"] += 1
+        if verdict.admitted:
+            n += 1
+            started[n] = (now, cls)
+            latency = 0.050 * max(1, gate.in_flight / 2) * rng.uniform(0.8, 1.2)
+            heapq.heappush(done, (now + latency, n))
+    for finish, rid in sorted(done):  # what is still in flight ends after the arrivals stop
+        begun, of = started.pop(rid)
+        gate.done("GET /x", finish - begun, finish, cls=of)
+    return outcome
+
+
+def test_admission__under_4x_overload_critical_keeps_its_requests_and_sheddable_goes_first() -> (
+    None
+):
+    gate = Admission(AdaptiveLimit(LimitSettings(initial=16)), draw=random.Random(4).random)
+    simulate(gate, 20, 10)  # learn the baseline at half the capacity
+    simulate(gate, 160, 2, seed=3, start=10)  # the surge begins: the shedder ramps up
+    out = simulate(gate, 160, 30, seed=2, start=12)
+
+    def kept(cls: Criticality) -> float:
+        ok, refused = out[f"{cls.label}:ok"], out[f"{cls.label}:refused"]
+        return ok / (ok + refused)
+
+    assert kept(C) >= 0.95, out
+    assert kept(S) < kept(D) < kept(C), out
+    refused_by = {cls: out[f"{cls.label}:refused"] for cls in (C, D, S)}
+    assert refused_by[S] > sum(refused_by.values()) / 2, out
+
+
+def test_admission__pressure_is_zero_when_idle_and_past_one_while_refusing() -> None:
+    gate = Admission(AdaptiveLimit(LimitSettings(initial=1)))
+    assert gate.state(0.0).pressure == 0.0
+    gate.admit(C, 0.0)
+    gate.admit(D, 0.0)  # refused at the limit
+    assert gate.state(0.1).pressure > 1.0
+    gate.done("GET /x", 0.1, 0.1, cls=C)
+    assert gate.state(30.0).pressure == 0.0  # long idle: nothing queued, nothing refused
+
+
+async def test_middleware__refuses_before_the_handler_and_spares_health_checks() -> None:
+    """A refusal never reaches the handler (no auth, Redis or gRPC was spent on it), carries
+    Retry-After, and the class comes from the route: a client's header claiming to be
+    critical changes nothing. Health checks are outside admission."""
+    entered: list[Criticality] = []
+    release = asyncio.Event()
+
+    async def slow(_: web.Request) -> web.Response:
+        entered.append(criticality.current())
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    gate = FixedLimit(1)
+    app = web.Application()
+    feed_route = app.router.add_get("/v1/feed", slow)
+    app.router.add_get("/healthz", slow)
+    app.middlewares.append(admission_middleware(gate, {feed_route: (S, "GET /v1/feed")}))
+    async with TestClient(TestServer(app)) as client:
+        held = asyncio.create_task(client.get("/v1/feed"))
+        await asyncio.sleep(0.1)
+        refused = await client.get("/v1/feed", headers={"mt-criticality": "critical"})
+        assert refused.status == 503
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert (await refused.json())["error"]["code"] == "overloaded"
+        assert entered == [S]  # only the first, as sheddable
+        health = asyncio.create_task(client.get("/healthz"))
+        await asyncio.sleep(0.1)
+        release.set()
+        assert (await health).status == 200
+        assert (await held).status == 200
+        assert (await client.get("/v1/feed")).status == 200
+
+
+def test_route_classes__every_route_has_one_and_the_api_document_states_it() -> None:
+    import mt_gateway.api  # noqa: F401 - the handlers register their routes on import
+    from mt_gateway.classes import ROUTE_CLASSES
+    from mt_gateway.openapi import spec
+    from mt_gateway.routing import ENDPOINTS
+
+    routes = {(ep.method, ep.path) for ep in ENDPOINTS}
+    assert routes == set(ROUTE_CLASSES)  # none missing, none stale
+    document = spec()
+    for method, path in routes:
+        stated = document["paths"][path][method.lower()]["x-criticality"]
+        assert stated == ROUTE_CLASSES[method, path].label
+    assert ROUTE_CLASSES["POST", "/v1/accounts"] is C
+    assert ROUTE_CLASSES["GET", "/v1/feed"] is S
+
+
+def test_admission__an_idle_gate_turns_nobody_away_however_low_its_limit() -> None:
+    """Refusing with nothing in flight would protect nothing, and a gate that admits nothing
+    learns nothing: it could never reopen."""
+    gate = Admission(AdaptiveLimit(LimitSettings(initial=1)))
+    gate.shedder.p[S] = 1.0
+    assert gate.admit(S, 0.0).admitted
+    assert not gate.admit(S, 0.0).admitted
+    gate.done("GET /v1/feed", 0.05, 0.05)
+    assert gate.admit(S, 0.1).admitted
+
+
+def test_limit__probes_higher_when_refusals_leave_it_nothing_to_learn_from() -> None:
+    limit = AdaptiveLimit(LimitSettings(initial=1))
+    limit.starved(0.0)
+    limit.starved(1.0)
+    assert limit.value == 1
+    limit.starved(2.5)  # no window closed for 2.5 s while requests were turned away
+    assert limit.value == 2
