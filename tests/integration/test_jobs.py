@@ -1,5 +1,8 @@
 """The job platform on the real broker (127.0.0.1:9092): delivery and batching, dead letters,
-delivery windows, priorities, at-least-once across a worker's restart, and the outbox relay.
+delivery windows, priorities, at-least-once across a worker's restart, the outbox relay, and
+capacity-aware async (opportunistic work waiting in Kafka while the foreground is saturated,
+late rather than lost; a downstream's "overloaded" costing a job no attempt; deferrable topics
+keeping records for days).
 
 Every test uses kinds (so topics and consumer groups) of its own, with a random suffix, so the
 tests neither see each other's records nor old runs'. The broker is whoever's is listening; if
@@ -14,17 +17,22 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.partitioner import DefaultPartitioner
 from mt_cli.kvcluster import KVCluster
+from mt_core.errors import Overloaded
 from mt_core.messaging import kafka_consumer
 from mt_jobs import (
     DEAD_ATTEMPTS_HEADER,
     DEAD_REASON_HEADER,
     Job,
+    JobClass,
     JobProducer,
     KindConfig,
     Outbox,
@@ -33,6 +41,8 @@ from mt_jobs import (
     Worker,
     topic,
 )
+from mt_jobs.capacity import OPPORTUNISTIC_RETENTION_S
+from mt_jobs.control import Conditions
 from mt_jobs.envelope import now_ms
 from mt_jobs.outbox import KEYSPACE
 from mt_kv_client import KVClient
@@ -324,3 +334,122 @@ async def test_outbox__the_relay_publishes_what_a_dead_process_intended(
         assert received[orphan.id] >= intended_at + 1_000, "relayed before it was stale"
         for bucket in range(4):  # published, then forgotten
             assert await kv.scan(KEYSPACE, outbox.partition(bucket)) == ([], "")
+
+
+# ---------------------------------------------------------------------- capacity-aware async
+
+
+@dataclass
+class Foreground:
+    """The conditions the workers read, set by the test."""
+
+    pressure: float = 0.0
+
+    async def read(self) -> Conditions:
+        return Conditions(pressure=self.pressure)
+
+
+def opportunistic(kind: str, handled: list[Job]) -> KindConfig:
+    async def handle(jobs: list[Job]) -> int:
+        handled.extend(jobs)
+        return len(jobs)
+
+    return KindConfig(kind, handle, job_class=JobClass.OPPORTUNISTIC, batch_size=4)
+
+
+async def test_opportunistic__waits_in_kafka_while_the_foreground_is_saturated(
+    producer: JobProducer,
+) -> None:
+    kind = unique("defer")
+    handled: list[Job] = []
+    foreground = Foreground(pressure=2.0)
+    await producer.enqueue_many([Job(kind, {"n": i}) for i in range(20)])
+    async with Worker(
+        BOOTSTRAP, [opportunistic(kind, handled)], group_prefix=unique("g"), conditions=foreground
+    ) as w:
+        # Waiting uncommitted: in Kafka, or in the buffer of what was fetched before the
+        # foreground's state was known.
+        await eventually(
+            lambda: w.stats()[kind].lag + w.stats()[kind].queued == 20, what="the backlog seen"
+        )
+        await asyncio.sleep(2)
+        stats = w.stats()[kind]
+        assert handled == []
+        assert stats.deferred
+        assert stats.rate_limit == 0
+        foreground.pressure = 0.0
+        await eventually(lambda: len(handled) == 20, timeout_s=30, what="the backlog drained")
+        await w.drain(10)
+        stats = w.stats()[kind]
+    assert sorted(j.payload["n"] for j in handled) == list(range(20))
+    assert not stats.deferred
+    assert stats.dead == 0
+    assert stats.units == 20
+
+
+async def test_opportunistic__a_deadline_passed_while_deferred_is_late_not_dead(
+    producer: JobProducer,
+) -> None:
+    kind = unique("late")
+    handled: list[Job] = []
+    foreground = Foreground(pressure=5.0)
+    deadline = now_ms() + 1_000
+    await producer.enqueue_many([Job(kind, {"n": i}, deadline_ms=deadline) for i in range(6)])
+    async with Worker(
+        BOOTSTRAP, [opportunistic(kind, handled)], group_prefix=unique("g"), conditions=foreground
+    ) as w:
+        await asyncio.sleep(max(0.0, (deadline - now_ms()) / 1000) + 1)
+        foreground.pressure = 0.0
+        await eventually(lambda: len(handled) == 6, timeout_s=30, what="the late jobs run")
+        stats = w.stats()[kind]
+    assert stats.dead == 0
+    assert stats.overdue == 6
+
+
+async def test_backpressure__an_overloaded_downstream_costs_no_attempt(
+    producer: JobProducer,
+) -> None:
+    """With one attempt allowed, a job refused twice as "overloaded" would be dead-lettered if
+    a refusal counted; it runs once the downstream has room, and the kind's rate was cut."""
+    kind = unique("busy")
+    refusals = {"left": 6}
+    handled: list[Job] = []
+    limits: list[float | None] = []
+
+    async def handle(jobs: list[Job]) -> None:
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise Overloaded("the downstream is busy", retry_after_s=0.1)
+        handled.extend(jobs)
+
+    config = KindConfig(kind, handle, max_attempts=1, backoff_base_ms=10)
+    await producer.enqueue_many([Job(kind, {"n": i}) for i in range(3)])
+    async with Worker(BOOTSTRAP, [config], group_prefix=unique("g"), conditions=Foreground()) as w:
+        deadline = time.monotonic() + 30
+        while len(handled) < 3 and time.monotonic() < deadline:
+            limits.append(w.stats()[kind].rate_limit)
+            await asyncio.sleep(0.05)
+        stats = w.stats()[kind]
+    assert sorted(j.payload["n"] for j in handled) == [0, 1, 2]
+    assert stats.dead == 0
+    assert stats.retried >= 3
+    assert any(limit is not None for limit in limits), "the rate was never cut"
+
+
+async def test_topics__of_deferrable_kinds_keep_records_for_days() -> None:
+    kind = unique("keep")
+    async with Worker(
+        BOOTSTRAP, [opportunistic(kind, [])], group_prefix=unique("g"), conditions=Foreground()
+    ):
+        pass
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic(kind))]
+        )
+    finally:
+        await admin.close()
+    configs = {c[0]: c[1] for c in response.resources[0][4]}
+    assert int(configs["retention.ms"]) >= OPPORTUNISTIC_RETENTION_S * 1000
+    assert configs["retention.bytes"] == "-1"

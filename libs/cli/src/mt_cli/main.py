@@ -4,7 +4,8 @@ minithreads up [NAME...]       start the stack (or NAME and what it needs); retu
 minithreads down [NAME...]     stop what `up` started; nothing is left listening
 minithreads ps [--json]        each process: name, pid, port, role, health
 minithreads logs NAME [-f]     a process's log
-minithreads jobs status        the async platform per job kind (lag, rate, retries, AIMD limit)
+minithreads jobs status        the async platform per kind (class, rate limit, deferred, lag...)
+minithreads jobs pause KIND    hold a kind at rate zero (its work waits in Kafka); `resume` it
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     p_kv.set_defaults(run=lambda manifest, args: kvcmd.run(args, manifest.home))
     from mt_cli import jobscmd
 
-    p_jobs = sub.add_parser("jobs", help="the async platform: status per job kind")
+    p_jobs = sub.add_parser("jobs", help="the async platform: status per job kind, pause, resume")
     jobscmd.add_arguments(p_jobs)
     p_jobs.set_defaults(run=lambda manifest, args: jobscmd.run(args))
     from mt_cli import clientcmd

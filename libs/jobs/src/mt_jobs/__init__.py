@@ -4,12 +4,15 @@
 * :class:`JobProducer` — enqueue, acks=all (:mod:`.producer`);
 * :class:`Outbox` — publish after a write without losing jobs to a crash (:mod:`.outbox`);
 * :class:`Worker` with a :class:`KindConfig` per kind — batches, retries with backoff, dead
-  letters, delivery windows, priorities and AIMD concurrency (:mod:`.worker`).
+  letters, delivery windows, priorities and AIMD concurrency (:mod:`.worker`);
+* a :class:`JobClass` per kind — reserved, or opportunistic work that yields to the
+  foreground's pressure — and a rate per kind (:mod:`.capacity`, :mod:`.control`).
 
 Delivery is at-least-once: handlers must be idempotent (key effects on ``Job.id``) and must
 check the state a job refers to (an outbox job may announce a write that never happened).
 """
 
+from mt_jobs.capacity import JobClass, RateSettings, opportunistic_deadline_ms
 from mt_jobs.envelope import DEAD_ATTEMPTS_HEADER, DEAD_REASON_HEADER, Job, Priority, topic
 from mt_jobs.outbox import Intent, Outbox
 from mt_jobs.policy import Permanent
@@ -21,12 +24,15 @@ __all__ = [
     "DEAD_REASON_HEADER",
     "Intent",
     "Job",
+    "JobClass",
     "JobProducer",
     "KindConfig",
     "KindStats",
     "Outbox",
     "Permanent",
     "Priority",
+    "RateSettings",
     "Worker",
+    "opportunistic_deadline_ms",
     "topic",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from mt_core.errors import MinithreadsError
+from mt_core.errors import MinithreadsError, RateLimited
 
 MAX_REASON_CHARS = 1_000  # a header, not a log: keep records small
 
@@ -31,6 +31,12 @@ def is_congestion(error: BaseException | None) -> bool:
     if isinstance(error, MinithreadsError):
         return error.retriable
     return isinstance(error, TimeoutError | ConnectionError)
+
+
+def is_backpressure(error: BaseException | None) -> bool:
+    """A downstream's explicit "not now" (overloaded, rate limited): the job is fine, the
+    moment is not. It cuts the kind's rate and costs the job no attempt."""
+    return isinstance(error, RateLimited)
 
 
 def _clip(reason: str) -> str:

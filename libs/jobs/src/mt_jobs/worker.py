@@ -28,22 +28,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import ConsumerStoppedError, IllegalStateError, KafkaError
+from mt_core import criticality
+from mt_core.criticality import Criticality
 from mt_core.messaging import context_of, kafka_consumer
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mt_jobs.batching import BatchResult, PriorityBuffer, run_with_split
+from mt_jobs.capacity import (
+    OPPORTUNISTIC_RETENTION_S,
+    JobClass,
+    RateController,
+    RateSettings,
+    TokenBucket,
+    UsedRate,
+)
+from mt_jobs.control import Conditions
 from mt_jobs.envelope import (
     DEAD_ATTEMPTS_HEADER,
     DEAD_REASON_HEADER,
@@ -60,6 +73,7 @@ from mt_jobs.policy import (
     Permanent,
     backoff_ms,
     exhausted_reason,
+    is_backpressure,
     is_congestion,
     permanent_reason,
 )
@@ -76,14 +90,23 @@ PUBLISH_BACKOFF_CAP_S = 5.0
 # On a rebalance, how long the batches of the partitions we lose may take to finish (their
 # results committed, not redone by the next owner); the whole group waits meanwhile.
 REVOKE_GRACE_S = 3.0
+CONDITIONS_INTERVAL_S = 0.25  # how often the foreground's pressure is read
+LAG_INTERVAL_S = 1.0
 
 __all__ = ["KindConfig", "KindStats", "Permanent", "Worker"]
+
+
+Handler = Callable[[list[Job]], Awaitable[int | None]]
 
 
 @dataclass
 class KindConfig:
     kind: str
-    handler: Callable[[list[Job]], Awaitable[None]]  # gets 1..batch_size jobs of this kind
+    # Gets 1..batch_size jobs of this kind; returns the units of work it did (follows applied,
+    # say) for the kind's rate, or None for one unit per job.
+    handler: Handler
+    job_class: JobClass = JobClass.RESERVED
+    rate: RateSettings = dataclasses.field(default_factory=RateSettings)
     batch_size: int = 1
     max_concurrency: int = 16  # hard cap of batches in flight for the kind
     min_concurrency: int = 1
@@ -112,6 +135,13 @@ class KindStats:
     rate_per_s: float  # jobs handled per second over the last 10 s
     lag: int  # records not yet polled: sum over partitions of highwater - position
     queued: int = 0  # polled, waiting in the buffer for a batch slot
+    job_class: str = JobClass.RESERVED.value
+    rate_limit: float | None = None  # units/s allowed to this process; None: unlimited
+    deferred: bool = False  # opportunistic and held at rate zero (its topics left unread)
+    paused: bool = False  # held by an operator
+    units: int = 0  # units of work done since start
+    units_per_s: float = 0.0  # recently
+    overdue: int = 0  # opportunistic jobs run past their deadline (deferred that long)
 
 
 @dataclass(eq=False)
@@ -167,6 +197,15 @@ class _KindRunner:
             target_latency_ms=config.target_latency_ms,
         )
         self._gate = ConcurrencyGate(self._limit)
+        started = time.monotonic()
+        self._control = RateController(config.job_class, config.rate)
+        self._bucket = TokenBucket(started)
+        self._used = UsedRate(started)
+        self._share = 1  # processes of this kind: each takes its share of the rate
+        self._units_per_job = 1.0  # moving average: a batch is charged this much as it starts
+        self._units = 0
+        self._overdue = 0
+        self._rate_changed = asyncio.Event()
         self._buffer = PriorityBuffer[_Item]()
         # Enough for every slot to get a full batch twice over; more would only be redelivered
         # after a crash.
@@ -181,6 +220,8 @@ class _KindRunner:
         self._last_commit = 0.0
         self._batches = 0
         self._processed = self._failed = self._retried = self._dead = self._lag = 0
+        self._lag_at = 0.0
+        self._paused_lag: dict[Any, int] = {}  # paused partition -> its lag, from the broker
         self._rate = _Rate()
 
     # ------------------------------------------------------------------ lifecycle
@@ -213,7 +254,51 @@ class _KindRunner:
             rate_per_s=self._rate.per_s(),
             lag=self._lag,
             queued=len(self._buffer),
+            job_class=self.config.job_class.value,
+            rate_limit=None if math.isinf(rate := self._allowed_rate()) else round(rate, 2),
+            deferred=self._control.deferred,
+            paused=self._control.paused,
+            units=self._units,
+            units_per_s=round(self._used.per_s, 2),
+            overdue=self._overdue,
         )
+
+    # ------------------------------------------------------------------ capacity
+
+    def _allowed_rate(self) -> float:
+        """This process's share of the kind's allowed rate."""
+        return self._control.rate / max(1, self._share)
+
+    def observe(self, conditions: Conditions, now: float) -> None:
+        """The foreground's state and the operator's pauses, every few hundred ms."""
+        self._share = max(1, conditions.workers.get(self.config.kind, 1))
+        self._control.paused = self.config.kind in conditions.paused
+        used = self._used.update(now) * self._share  # the kind's, not this process's
+        before = self._control.rate
+        self._control.on_pressure(conditions.pressure, used, now)
+        self._control.on_tick(used, now)
+        if self._control.rate != before:
+            self._rate_changed.set()
+
+    async def _await_rate(self) -> None:
+        """Until the kind's rate lets another batch start (never while deferred)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self._bucket.wait_s(self._allowed_rate(), loop.time())
+            if wait == 0:
+                return
+            self._rate_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rate_changed.wait(), min(wait or 1.0, 1.0))
+
+    def _charge(self, estimated: float, units: float, jobs: int) -> None:
+        """A batch is done: correct the estimate it was charged, learn its size."""
+        self._bucket.charge(units - estimated)
+        self._used.add(units)
+        self._units += round(units)
+        if jobs:
+            self._units_per_job = 0.8 * self._units_per_job + 0.2 * (units / jobs)
+            self._control.job_units = self._units_per_job
 
     async def is_drained(self) -> bool:
         """Nothing buffered or running, every assigned partition read to its end (asked of the
@@ -285,8 +370,8 @@ class _KindRunner:
         assigned = self._consumer.assignment()
         self._windows = {tp: t for tp, t in self._windows.items() if t > now and tp in assigned}
         want = set(self._windows)
-        if len(self._buffer) >= self._capacity:
-            want = set(assigned)
+        if len(self._buffer) >= self._capacity or self._control.deferred:
+            want = set(assigned)  # deferred: the work waits in Kafka, not in our memory
         elif self._buffer.has(Priority.HIGH):
             want |= {tp for tp in assigned if tp.topic == self._main_topic}
         paused = self._consumer.paused()
@@ -329,8 +414,24 @@ class _KindRunner:
         self._windows[tp] = due_ms
 
     async def _refresh_lag(self) -> None:
+        """Records not yet polled: from the high watermark of each partition being fetched,
+        and for paused ones (not fetched: their watermark goes stale while the work they
+        hold, deferred, is what the status must show) from the broker, once a second."""
+        paused = self._consumer.paused() & self._consumer.assignment()
+        if paused and time.monotonic() - self._lag_at >= LAG_INTERVAL_S:
+            self._lag_at = time.monotonic()
+            with contextlib.suppress(KafkaError):
+                ends = await self._consumer.end_offsets(list(paused))
+                for tp in paused:
+                    start = await self._position_now(tp)
+                    if start is None:  # never fetched: from what the group committed
+                        start = await self._consumer.committed(tp) or 0
+                    self._paused_lag[tp] = max(0, ends[tp] - start)
         total = 0
         for tp in self._consumer.assignment():
+            if tp in paused:
+                total += self._paused_lag.get(tp, 0)
+                continue
             highwater = self._consumer.highwater(tp)
             if highwater is None:
                 continue  # not fetched yet (its position may not be known either)
@@ -339,6 +440,14 @@ class _KindRunner:
             except IllegalStateError:
                 continue
         self._lag = total
+
+    async def _position_now(self, tp: Any) -> int | None:
+        """The partition's position if the consumer knows it (it waits for one otherwise)."""
+        try:
+            position: int = await asyncio.wait_for(self._consumer.position(tp), 0.01)
+        except (TimeoutError, IllegalStateError):
+            return None
+        return position
 
     async def _commit(self, *, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_commit < COMMIT_INTERVAL_S:
@@ -369,11 +478,14 @@ class _KindRunner:
         while True:
             await self._gate.acquire()
             try:
+                await self._await_rate()
                 items = await self._next_batch()
             except BaseException:
                 self._gate.release()
                 raise
-            self._start_batch(items)
+            estimated = len(items) * self._units_per_job
+            self._bucket.charge(estimated)
+            self._start_batch(items, estimated)
 
     async def _next_batch(self) -> list[_Item]:
         while True:
@@ -383,14 +495,14 @@ class _KindRunner:
                 return items
             await self._buffer.wait()
 
-    def _start_batch(self, items: list[_Item]) -> None:
+    def _start_batch(self, items: list[_Item], estimated: float) -> None:
         keys = {item.job.routing_key for item in items}
         earlier = {self._key_tails[key] for key in keys if key in self._key_tails}
         finished = asyncio.get_running_loop().create_future()
         for key in keys:
             self._key_tails[key] = finished
         self._batches += 1
-        task = self._spawn(self._run_batch(items, earlier, finished, keys))
+        task = self._spawn(self._run_batch(items, earlier, finished, keys, estimated))
         self._partitions_of[task] = {item.tracker for item in items}
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
@@ -415,12 +527,15 @@ class _KindRunner:
         earlier: set[asyncio.Future[None]],
         finished: asyncio.Future[None],
         keys: set[str],
+        estimated: float,
     ) -> None:
+        done = [0.0]  # units the handler reported
         try:
             if earlier:  # same-key jobs run one after the other
                 await asyncio.wait(earlier)
-            await self._process(items)
+            await self._process(items, done)
         finally:
+            self._charge(estimated, done[0], len(items))
             self._batches -= 1
             if not finished.done():
                 finished.set_result(None)
@@ -429,24 +544,28 @@ class _KindRunner:
                     del self._key_tails[key]
             self._gate.release()
 
-    async def _process(self, items: list[_Item]) -> None:
+    async def _process(self, items: list[_Item], done: list[float]) -> None:
         now = now_ms()
         runnable: list[_Item] = []
         for item in items:
-            if item.job.is_hopeless(now):
-                await self._dead_letter(item, DEADLINE_EXCEEDED, attempts=item.job.attempt)
-            else:
+            if not item.job.is_hopeless(now):
                 runnable.append(item)
+            elif self._control.opportunistic:
+                self._overdue += 1  # deferred past its deadline: late, not lost
+                runnable.append(item)
+            else:
+                await self._dead_letter(item, DEADLINE_EXCEEDED, attempts=item.job.attempt)
         if runnable:
-            result = await run_with_split(self._call, runnable)
+            result = await run_with_split(functools.partial(self._call, done), runnable)
             self._account(result)
             for item, error in result.failed:
                 await self._fail(item, error)
         for item in items:
             item.tracker.done(item.record.offset)
 
-    async def _call(self, items: list[_Item]) -> Exception | None:
-        """Run the handler on ``items`` in a span continuing the first job's trace."""
+    async def _call(self, done: list[float], items: list[_Item]) -> Exception | None:
+        """Run the handler on ``items`` in a span continuing the first job's trace; adds the
+        units it reports to ``done``."""
         first = items[0]
         attributes: dict[str, str | int] = {
             "job.kind": self.config.kind,
@@ -460,11 +579,14 @@ class _KindRunner:
             attributes=attributes,
         ) as span:
             try:
-                await self.config.handler([item.job for item in items])
+                # Every call a job makes is the async platform's: first to go under overload.
+                with criticality.scope(Criticality.ASYNC):
+                    units = await self.config.handler([item.job for item in items])
             except Exception as err:
                 span.record_exception(err)
                 span.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
                 return err
+        done[0] += len(items) if units is None else units
         return None
 
     def _account(self, result: BatchResult[_Item]) -> None:
@@ -472,13 +594,28 @@ class _KindRunner:
         self._failed += len(result.failed)
         self._rate.add(len(result.succeeded))
         # A bad job is no news about the downstream; a congestion error in any run is.
-        congestion = [e for e in [result.error, *(e for _, e in result.failed)] if is_congestion(e)]
+        errors = [result.error, *(e for _, e in result.failed)]
+        congestion = [e for e in errors if is_congestion(e)]
         error = congestion[0] if congestion else result.error
         self._limit.observe(result.latency_ms, now_ms(), error=error)
+        if any(is_backpressure(e) for e in errors):
+            now = time.monotonic()
+            self._control.on_backpressure(self._used.update(now) * self._share, now)
+            self._rate_changed.set()
         self._gate.wake()
 
     async def _fail(self, item: _Item, error: Exception) -> None:
         job = item.job
+        if is_backpressure(error):
+            # "Not now" from downstream is no attempt of the job's: it comes back once its
+            # kind's (now lower) rate allows, however many times that takes.
+            delay = backoff_ms(1, base_ms=1_000, cap_ms=2_000)
+            again = dataclasses.replace(job, not_before_ms=now_ms() + 500 + delay)
+            await self._deliver(
+                item.record, lambda: self._producer.submit(again, topic_name=self._retry_topic)
+            )
+            self._retried += 1
+            return
         attempts = job.attempt + 1
         if isinstance(error, Permanent):
             await self._dead_letter(item, permanent_reason(error), attempts=attempts)
@@ -490,7 +627,7 @@ class _KindRunner:
             attempts, base_ms=self.config.backoff_base_ms, cap_ms=self.config.backoff_cap_ms
         )
         retry = dataclasses.replace(job, attempt=attempts, not_before_ms=now_ms() + delay)
-        if retry.is_hopeless(now_ms()):
+        if retry.is_hopeless(now_ms()) and not self._control.opportunistic:
             await self._dead_letter(item, DEADLINE_EXCEEDED, attempts=attempts)
             return
         await self._deliver(
@@ -561,6 +698,11 @@ class _KindRunner:
                 delay = min(delay * 2, PUBLISH_BACKOFF_CAP_S)
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def _dead_headers(reason: str, attempts: int) -> list[tuple[str, bytes]]:
     return [(DEAD_REASON_HEADER, reason.encode()), (DEAD_ATTEMPTS_HEADER, str(attempts).encode())]
 
@@ -574,6 +716,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[Any]) -> None:
         pass  # fresh partitions start from the committed offsets; trackers are made on use
+
+
+class ConditionSource(Protocol):
+    """Where the foreground's pressure and the operator's pauses come from (Redis, in the
+    workers: :class:`mt_jobs.control.RedisConditions`)."""
+
+    async def read(self) -> Conditions: ...
 
 
 class Worker:
@@ -592,6 +741,7 @@ class Worker:
         *,
         group_prefix: str = "mt-workers",
         producer: JobProducer | None = None,
+        conditions: ConditionSource | None = None,
     ) -> None:
         names = [k.kind for k in kinds]
         if len(set(names)) != len(names):
@@ -600,6 +750,7 @@ class Worker:
         self._kinds = list(kinds)
         self._group_prefix = group_prefix
         self._producer = producer
+        self._conditions = conditions
         self._runners: dict[str, _KindRunner] = {}
         self._stack = AsyncExitStack()
 
@@ -611,9 +762,19 @@ class Worker:
                 producer = await stack.enter_async_context(
                     JobProducer(self._bootstrap, client_id=f"{self._group_prefix}-producer")
                 )
-            await ensure_topics(self._bootstrap, [k.kind for k in self._kinds])
+            await ensure_topics(
+                self._bootstrap,
+                [k.kind for k in self._kinds],
+                retention_ms={
+                    k.kind: OPPORTUNISTIC_RETENTION_S * 1000
+                    for k in self._kinds
+                    if k.job_class is JobClass.OPPORTUNISTIC
+                },
+            )
             for config in self._kinds:
                 await self._start_kind(stack, config, producer)
+            watch = asyncio.create_task(self._watch_conditions(), name="jobs-conditions")
+            stack.push_async_callback(_cancel, watch)
         except BaseException:
             await stack.aclose()
             raise
@@ -639,6 +800,19 @@ class Worker:
 
     def stats(self) -> dict[str, KindStats]:
         return {kind: runner.stats() for kind, runner in self._runners.items()}
+
+    async def _watch_conditions(self) -> None:
+        """Every runner hears the foreground's pressure (without a source: none, no pauses)."""
+        while True:
+            try:
+                conditions = await self._conditions.read() if self._conditions else Conditions()
+            except Exception:  # the watch must outlive any failure of its source
+                log.exception("job conditions unreadable")
+                conditions = Conditions(pressure=1.0)
+            now = time.monotonic()
+            for runner in self._runners.values():
+                runner.observe(conditions, now)
+            await asyncio.sleep(CONDITIONS_INTERVAL_S)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait until no job is buffered or in flight, every partition is read to its end and

@@ -41,5 +41,9 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         )
         servicer = GraphServicer(graph, legacy)
         add = graph_pb2_grpc.add_GraphServiceServicer_to_server
-        async with grpc_server(settings, [Servicer(SERVICE, lambda s: add(servicer, s))]):
+        async with grpc_server(
+            settings,
+            [Servicer(SERVICE, lambda s: add(servicer, s))],
+            watch=[kv.commit_pressure(settings.kv_commit_target_ms)],
+        ):
             yield

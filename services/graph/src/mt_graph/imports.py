@@ -21,7 +21,7 @@ from mt_core.errors import NotFound
 from mt_core.ids import new_id, now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
 from mt_core.rpc.client import call
-from mt_jobs import Job, Outbox
+from mt_jobs import Job, Outbox, opportunistic_deadline_ms
 from mt_kv_client import Key, KVClient
 from mt_legacy import LegacyGraph
 from mt_proto import graph_pb2 as pb
@@ -124,7 +124,12 @@ class Legacy:
             "created_at_us": at,
             "updated_at_us": at,
         }
-        job = Job("import", {"user_id": user_id, "import_id": record["id"]}, key=user_id)
+        job = Job(
+            "import",
+            {"user_id": user_id, "import_id": record["id"]},
+            key=user_id,
+            deadline_ms=opportunistic_deadline_ms(at // 1000),
+        )
         intent = await self.outbox.intend([job])
         await self._save(record)
         await self.kv.put(Key("imports", b"active", user_id.encode()), record["id"].encode())

@@ -53,7 +53,7 @@ class Handlers:
         self.b = b
         self.producer = producer
 
-    def table(self) -> dict[str, Callable[[list[Job]], Awaitable[None]]]:
+    def table(self) -> dict[str, Callable[[list[Job]], Awaitable[int | None]]]:
         return {
             "fanout": self.each(self.fanout),
             "follow": self.each(self.follow),
@@ -63,9 +63,15 @@ class Handlers:
         }
 
     @staticmethod
-    def each(one: Callable[[Job], Awaitable[None]]) -> Callable[[list[Job]], Awaitable[None]]:
-        async def run(jobs: list[Job]) -> None:
-            await asyncio.gather(*(one(job) for job in jobs))
+    def each(
+        one: Callable[[Job], Awaitable[int | None]],
+    ) -> Callable[[list[Job]], Awaitable[int | None]]:
+        """A batch handler running ``one`` per job; the units are theirs summed (a job that
+        reports none counts one)."""
+
+        async def run(jobs: list[Job]) -> int:
+            units = await asyncio.gather(*(one(job) for job in jobs))
+            return sum(1 if u is None else u for u in units)
 
         return run
 
@@ -200,7 +206,8 @@ class Handlers:
 
     # ------------------------------------------------------------------ imports and joins
 
-    async def import_step(self, job: Job) -> None:
+    async def import_step(self, job: Job) -> int:
+        """One batch of the copy; its units are the legacy followees it went through."""
         p = job.payload
         try:
             state = await call(
@@ -209,11 +216,16 @@ class Handlers:
                 )
             )
         except NotFound:
-            return  # the import was never recorded (its intent outlived a failed start)
+            return 0  # the import was never recorded (its intent outlived a failed start)
         if state.state not in (gpb.IMPORT_STATE_DONE, gpb.IMPORT_STATE_FAILED):
-            await self.producer.enqueue(Job("import", p, key=job.key))
+            following = {**p, "done": state.done}
+            await self.producer.enqueue(
+                Job("import", following, key=job.key, deadline_ms=job.deadline_ms)
+            )
+        return max(0, state.done - int(p.get("done", 0)))
 
-    async def join_step(self, job: Job) -> None:
+    async def join_step(self, job: Job) -> int:
+        """One batch of a join's pending follows; its units are the follows applied."""
         p = job.payload
         try:
             user = await call(
@@ -222,9 +234,9 @@ class Handlers:
                 )
             )
         except NotFound:
-            return
+            return 0
         if user.id != p["user_id"]:
-            return  # the signup that announced this join lost its legacy claim
+            return 0  # the signup that announced this join lost its legacy claim
         # A step that ran out of time is retried with half the batch, and so on: under load
         # 200 follows may not fit in one call's deadline, and a join that keeps timing out
         # would end dead-lettered with its remaining follows never applied (the launch surge
@@ -238,4 +250,5 @@ class Handlers:
             )
         )
         if reply.more:
-            await self.producer.enqueue(Job("join", p, key=job.key))
+            await self.producer.enqueue(Job("join", p, key=job.key, deadline_ms=job.deadline_ms))
+        return reply.applied
