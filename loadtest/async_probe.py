@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import redis
+from mt_jobs.control import STATS_KEY
 from mt_legacy import LegacyGraph
 
 BASE = "http://127.0.0.1:8080"
@@ -62,8 +63,8 @@ def slow_kv(
 
 
 def import_limit(r: redis.Redis) -> tuple[int, int]:
-    keys = list(r.scan_iter(match="jobs:stats:import:*"))
-    stats = [json.loads(v) for v in r.mget(keys) if v] if keys else []
+    fields: dict[Any, Any] = r.hgetall(STATS_KEY)
+    stats = [json.loads(v) for f, v in fields.items() if bytes(f).startswith(b"import:")]
     return sum(s["limit"] for s in stats), sum(s["in_flight"] for s in stats)
 
 

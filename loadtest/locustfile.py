@@ -33,6 +33,7 @@ from typing import Any
 
 from locust import FastHttpUser, LoadTestShape, between, events, task
 from locust.env import Environment
+from mt_client import RetryBudget
 from mt_legacy import LegacyGraph
 from surge_curve import Surge
 
@@ -160,6 +161,11 @@ class Active(FastHttpUser):
     handle = ""
     token = ""
 
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        # As the app would: retries (after Retry-After) stay a small share of what it sends.
+        self.budget = RetryBudget()
+
     def call(
         self, method: str, path: str, name: str, body: Any = None, headers: Any = None
     ) -> tuple[int, Any]:
@@ -170,10 +176,14 @@ class Active(FastHttpUser):
         self, method: str, path: str, name: str, body: Any = None, headers: Any = None
     ) -> tuple[int, Any, float]:
         """One request: (status, parsed body, Retry-After s), status 0 for no response at all.
-        Only a 2xx (or the 409 of a signup of a taken account, which the client expects and
-        answers with another pick) counts as a success in Locust's statistics."""
+        A 2xx (or the 409 of a signup of a taken account, which the client expects and answers
+        with another pick) is a success in Locust's statistics; a refusal (503 or 429 with
+        Retry-After: nothing was done, the app tries again later) is one too, under the name
+        with " [refused]" appended, so that each name's latencies are those of the admitted;
+        anything else is a failure."""
         sent = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         sent.update(headers or {})
+        self.budget.sent()
         with self.client.request(
             method, path, name=name, json=body, headers=sent, catch_response=True
         ) as resp:
@@ -184,15 +194,19 @@ class Active(FastHttpUser):
                     parsed = json.loads(resp.text)
                 except ValueError:
                     parsed = None
+            retry_after_raw = (resp.headers or {}).get("Retry-After", "")
+            try:
+                retry_after = float(retry_after_raw or 0)
+            except ValueError:
+                retry_after = 0.0
             if 200 <= status < 300 or status == 409:
+                resp.success()
+            elif status in (429, 503) and retry_after_raw:
+                resp.request_meta["name"] = f"{name} [refused]"
                 resp.success()
             else:
                 code = parsed["error"]["code"] if isinstance(parsed, dict) else "no_response"
                 resp.failure(f"{status} {code}")
-            try:
-                retry_after = float((resp.headers or {}).get("Retry-After", 0) or 0)
-            except ValueError:
-                retry_after = 0.0
             return status, parsed, retry_after
 
     def post(self, text: str, reply_to: str | None = None) -> str | None:
@@ -269,7 +283,17 @@ class Active(FastHttpUser):
                 continue
             unanswered = status == 0 or status >= 500
             pause_s = self.back_off(retry_after_s, pause_s)
+            if not self.may_retry():
+                return False
         return False
+
+    def may_retry(self) -> bool:
+        """Within the retry budget; past it the user waits a while (the app would show "try
+        again later") before spending from a budget that has had time to refill."""
+        if self.budget.spend():
+            return True
+        time.sleep(self.budget.window_s * random.uniform(0.5, 1.5))
+        return self.budget.spend()
 
     def log_in(self, legacy_id: str) -> bool:
         handle = GRAPH.handle(GRAPH.number(legacy_id))
@@ -290,6 +314,8 @@ class Active(FastHttpUser):
             if 400 <= status < 500 and status != 429:
                 return None
             pause_s = self.back_off(retry_after_s, pause_s)
+            if not self.may_retry():
+                return None
         return None
 
     @staticmethod

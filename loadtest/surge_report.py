@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+REFUSED = " [refused]"  # the locustfile's suffix for requests refused with Retry-After
 # Summary rate -> the Locust request name it counts (successes only).
 RATE_NAMES = {
     "posts": ("POST /v1/posts", "POST /v1/posts (reply)"),
@@ -36,9 +37,11 @@ def _float(value: str) -> float:
 
 def summarize(folder: Path, backlog: list[dict[str, Any]], load_s: float) -> dict[str, Any]:
     """Rates, p99s, error and shed rates of the run in ``folder`` (Locust's ``locust_*.csv``)."""
-    stats = [r for r in _rows(folder / "locust_stats.csv") if r["Name"] != "Aggregated"]
-    total = sum(int(r["Request Count"]) for r in stats)
-    failed = sum(int(r["Failure Count"]) for r in stats)
+    rows = [r for r in _rows(folder / "locust_stats.csv") if r["Name"] != "Aggregated"]
+    refused = [r for r in rows if r["Name"].endswith(REFUSED)]
+    stats = [r for r in rows if not r["Name"].endswith(REFUSED)]
+    total = sum(int(r["Request Count"]) for r in rows)
+    failed = sum(int(r["Failure Count"]) for r in rows)
     ok = {r["Name"]: int(r["Request Count"]) - int(r["Failure Count"]) for r in stats}
     counts = json.loads((folder / "counts.json").read_text())
     signups = sum(
@@ -50,7 +53,9 @@ def summarize(folder: Path, backlog: list[dict[str, Any]], load_s: float) -> dic
     return {
         "duration_s": round(load_s, 1),
         "rates_per_s": rates,
+        # Of the admitted requests (refusals are counted under their own names).
         "p99_ms": {r["Name"]: _float(r["99%"]) for r in stats},
+        "refused_p99_ms": {r["Name"][: -len(REFUSED)]: _float(r["99%"]) for r in refused},
         "requests": total,
         "error_rate": round(failed / total, 4) if total else 0.0,
         "shed_rate": round(counts["shed"] / total, 4) if total else 0.0,

@@ -20,6 +20,7 @@ from mt_client import (
     Page,
     Post,
     RateLimited,
+    RetryBudget,
     Unauthorized,
     Unavailable,
     User,
@@ -73,13 +74,29 @@ async def test_signup__with_legacy_id_defaults_the_handle(client: Client) -> Non
     assert session.user.display_name == ""  # null is read as empty
 
 
-async def test_signup__is_not_retried(client: Client, api: FakeApi) -> None:
-    api.fail("POST /v1/accounts", Failure(503, "overloaded", "shedding load", retry_after="1"))
+async def test_signup__is_not_retried_after_an_answer_that_leaves_it_open(
+    client: Client, api: FakeApi
+) -> None:
+    api.fail("POST /v1/accounts", Failure(503, "unavailable", "a dependency is down"))
     with pytest.raises(Unavailable) as caught:
         await client.signup("ada", password=PASSWORD)
     assert caught.value.retriable
+    assert not caught.value.refused
     assert len(api.calls_to("POST /v1/accounts")) == 1
     assert client.token is None
+
+
+async def test_signup__refused_before_any_work_is_sent_again(client: Client, api: FakeApi) -> None:
+    """A 503 ``overloaded`` or a 429 is a refusal at the door: nothing was done, so even a
+    signup is sent again (after Retry-After)."""
+    api.fail(
+        "POST /v1/accounts",
+        Failure(503, "overloaded", "shedding load", retry_after="1"),
+        Failure(429, "rate_limited", "slow down", retry_after="1"),
+    )
+    session = await client.signup("ada", password=PASSWORD)
+    assert session.user.handle == "ada"
+    assert len(api.calls_to("POST /v1/accounts")) == 3
 
 
 async def test_login_and_logout__the_token_stops_working(client: Client, api: FakeApi) -> None:
@@ -93,7 +110,7 @@ async def test_login_and_logout__the_token_stops_working(client: Client, api: Fa
 
 
 async def test_login__bad_credentials_are_not_retried(client: Client, api: FakeApi) -> None:
-    api.fail("POST /v1/sessions", Failure(503, "overloaded", "shedding load"))
+    api.fail("POST /v1/sessions", Failure(503, "unavailable", "a dependency is down"))
     with pytest.raises(Unavailable):
         await client.login("ada", PASSWORD)
     with pytest.raises(Unauthorized) as caught:
@@ -183,6 +200,33 @@ async def test_retries__give_up_after_the_budget(api: FakeApi) -> None:
         with pytest.raises(Unavailable):
             await c.healthz()
     assert len(api.calls_to("GET /healthz")) == 3
+
+
+async def test_retries__stay_within_the_retry_budget(api: FakeApi) -> None:
+    """A server refusing everything gets a fifth more requests from a client, not four times
+    as many: the budget runs out and the refusals reach the caller."""
+    now = [0.0]
+    budget = RetryBudget(ratio=0.2, min_per_s=0.0, window_s=10.0, clock=lambda: now[0])
+    api.fail("GET /healthz", *[Failure(503, "overloaded", "shedding load")] * 200)
+    async with Client(api.url, retries=3, backoff=FAST, budget=budget) as c:
+        for _ in range(50):
+            with pytest.raises(Unavailable):
+                await c.healthz()
+    calls = len(api.calls_to("GET /healthz"))
+    assert 50 < calls <= 50 + 0.2 * 50 + 1
+
+
+def test_retry_budget__a_share_of_the_requests_plus_a_floor_per_second() -> None:
+    now = [0.0]
+    budget = RetryBudget(ratio=0.1, min_per_s=0.2, window_s=10.0, clock=lambda: now[0])
+    for _ in range(30):
+        budget.sent()
+    allowed = 0
+    while budget.spend():
+        allowed += 1
+    assert allowed == 3 + 2  # 10% of 30, and 0.2 a second over 10 s
+    now[0] = 11.0
+    assert budget.spend()
 
 
 async def test_retries__never_for_a_non_retriable_error(client: Client, api: FakeApi) -> None:

@@ -33,7 +33,7 @@ from mt_client.models import (
     User,
     UserSummary,
 )
-from mt_client.retry import Backoff
+from mt_client.retry import Backoff, RetryBudget
 
 __all__ = [
     "ApiError",
@@ -53,6 +53,7 @@ __all__ = [
     "PayloadTooLarge",
     "Post",
     "RateLimited",
+    "RetryBudget",
     "ServerError",
     "Session",
     "Unauthorized",

@@ -1,19 +1,24 @@
 """The async SDK of the REST API v1: one method per row of the contract (DESIGN.md §3).
 
-Retry rule — a request is retried (on 429, 503 or a connection failure, up to ``retries``
-times) only when sending it twice cannot do anything twice:
+Retry rule — a request is retried (up to ``retries`` times, within the client's retry
+budget) only when sending it twice cannot do anything twice:
 
-* GET, PUT and DELETE, which the contract makes idempotent;
-* POST /v1/posts, because it always carries an ``Idempotency-Key`` (one per logical call,
-  reused by its retries), so the server creates the post once.
+* any request the server refused before doing anything (a 429, or a 503 ``overloaded``:
+  admission at the edge or a saturated service turned it away);
+* on any other 503 or a connection failure, GET, PUT and DELETE, which the contract makes
+  idempotent, and POST /v1/posts, because it always carries an ``Idempotency-Key`` (one per
+  logical call, reused by its retries), so the server creates the post once.
 
-Every other write — POST /v1/accounts, /v1/sessions, /v1/me/imports and PATCH /v1/me — is
-sent once; its failure is the caller's to handle, since a retry could sign up twice or start
-a second import. (aiohttp itself resends GET, PUT and DELETE once when a pooled keep-alive
-connection turns out to be closed; that is within the same rule.)
+Other writes — POST /v1/accounts, /v1/sessions, /v1/me/imports and PATCH /v1/me — are not
+sent again after an answer that leaves their outcome open; that failure is the caller's to
+handle, since a retry could sign up twice or start a second import. (aiohttp itself resends
+GET, PUT and DELETE once when a pooled keep-alive connection turns out to be closed; that is
+within the same rule.)
 
 Waits between attempts: exponential backoff with full jitter, at least the server's
-``Retry-After`` (capped) — see :mod:`mt_client.retry`.
+``Retry-After`` (capped); retries stay within a :class:`~mt_client.retry.RetryBudget` (a
+fifth of the requests sent, by default), so a client never multiplies the load a server is
+refusing — see :mod:`mt_client.retry`.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from mt_client.models import (
     ShapeError,
     User,
 )
-from mt_client.retry import Backoff
+from mt_client.retry import Backoff, RetryBudget
 
 T = TypeVar("T")
 
@@ -64,7 +69,7 @@ class Client:
 
     Use as ``async with Client(url) as client: ...``; it owns one HTTP connection pool.
     ``timeout_s`` bounds each attempt; ``retries`` is how many times a safe request is tried
-    again after the first attempt."""
+    again after the first attempt, within ``budget`` (shared by every call of the client)."""
 
     def __init__(
         self,
@@ -74,6 +79,7 @@ class Client:
         timeout_s: float = 10,
         retries: int = 3,
         backoff: Backoff | None = None,
+        budget: RetryBudget | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -82,6 +88,7 @@ class Client:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._retries = retries
         self._backoff = backoff or Backoff()
+        self._budget = budget or RetryBudget()
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -329,13 +336,15 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> _Reply:
         """Send, retrying when that is safe (see the module docstring)."""
-        retries = self._retries if _retry_safe(method, headers) else 0
+        safe = _retry_safe(method, headers)
         attempt = 0
+        self._budget.sent()
         while True:
             try:
                 return await self._send(method, path, body, params, headers)
             except ApiError as err:
-                if not err.retriable or attempt >= retries:
+                again = err.refused or (safe and err.retriable)
+                if not again or attempt >= self._retries or not self._budget.spend():
                     raise
                 await asyncio.sleep(self._backoff.delay_s(attempt, err.retry_after_s))
                 attempt += 1

@@ -31,6 +31,13 @@ class ApiError(Exception):
         return self.status in (429, 503)
 
     @property
+    def refused(self) -> bool:
+        """Turned away before any work was done (the contract: a 429, or a 503 ``overloaded``
+        from admission or a saturated service): sending it again cannot do anything twice,
+        whatever the request."""
+        return self.status == 429 or (self.status == 503 and self.code == "overloaded")
+
+    @property
     def maybe_applied(self) -> bool:
         """The request may have taken effect although it failed. A status answer means the
         server decided; only a lost connection leaves the outcome unknown."""
