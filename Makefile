@@ -6,7 +6,7 @@ UV = $(shell infra/bootstrap-uv.sh)
 VENV_BIN := $(CURDIR)/.venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui chaos
+.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity chaos
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -51,6 +51,9 @@ test: install lint  ## lint, then every test: unit, integration and e2e against 
 
 surge: install  ## replay the launch with Locust (SURGE_DURATION_S, SURGE_SCALE, SURGE_TARGET); report in loadtest/reports/
 	$(VENV_BIN)/python loadtest/surge.py
+
+capacity: install  ## open-loop capacity C, then 0.5C..4C with fixed vs adaptive admission; report in loadtest/reports/
+	$(VENV_BIN)/python loadtest/capacity.py
 
 surge-ui: venv  ## Locust's web UI against the running stack (http://127.0.0.1:8089; Ctrl-C stops)
 	@echo "Locust UI: http://127.0.0.1:8089 against $${SURGE_TARGET:-http://127.0.0.1:8080} (Ctrl-C stops)"
