@@ -1,13 +1,16 @@
 """The REST API of the running stack, as the end-to-end and chaos tests use it.
 
 Every response is checked against the contract's general rules on the way (an error always
-has the error body; 429/503 carry Retry-After); tests then check the specifics.
+has the error body; 429/503 carry Retry-After); tests then check the specifics. A request
+refused at admission (503 ``overloaded``: nothing was done) is sent again after its
+Retry-After, as the mobile client does, unless a test asks to see the refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +21,15 @@ import aiohttp
 BASE = "http://127.0.0.1:8080"
 T = TypeVar("T")
 PASSWORD = "correct horse"
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A newcomer linked to a legacy account, and the import it started."""
+
+    user: dict[str, Any]
+    token: str
+    import_id: str
 
 
 @dataclass
@@ -43,6 +55,30 @@ class Api:
         token: str | None = None,
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
+        *,
+        patience_s: float = 120,
+    ) -> Reply:
+        """One request; a refusal (503 ``overloaded``) is sent again after its Retry-After,
+        for up to ``patience_s`` (0: the caller sees it). Under overload the lower classes
+        wait for the critical: a default-class request may be turned away for a while."""
+        give_up = asyncio.get_running_loop().time() + patience_s
+        while True:
+            reply = await self._once(method, path, body, token, headers, raw)
+            if reply.status != 503 or reply.code != "overloaded":
+                return reply
+            wait_s = float(reply.headers["Retry-After"]) * random.uniform(1, 1.5)
+            if asyncio.get_running_loop().time() + wait_s > give_up:
+                return reply
+            await asyncio.sleep(wait_s)
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        token: str | None,
+        headers: dict[str, str] | None,
+        raw: bytes | None,
     ) -> Reply:
         sent = dict(headers or {})
         if token is not None:
@@ -59,14 +95,9 @@ class Api:
 
     async def create_account(self, body: dict[str, Any]) -> Reply:
         """POST /v1/accounts as a mobile client does it: a signup refused as ``overloaded``
-        (the password hasher's queue would outlast the request; nothing was done) is sent
-        again after its Retry-After."""
-        for _ in range(20):
-            reply = await self.call("POST", "/v1/accounts", body)
-            if reply.status != 503 or reply.code != "overloaded":
-                return reply
-            await asyncio.sleep(float(reply.headers.get("Retry-After", "1")))
-        return reply
+        (at admission, or the password hasher's queue would outlast the request; nothing was
+        done either way) is sent again after its Retry-After."""
+        return await self.call("POST", "/v1/accounts", body)
 
     async def signup(self, prefix: str = "u", **extra: Any) -> tuple[dict[str, Any], str]:
         handle = f"{prefix}{secrets.token_hex(5)}"
@@ -84,16 +115,29 @@ class Api:
         assert reply.status == 201, reply.body
         return reply.body["user"], reply.body["token"]
 
-    async def join_and_import(self, legacy_id: str) -> tuple[dict[str, Any], str] | None:
-        """Sign up linked to ``legacy_id`` and run its import to the end; None if an earlier
-        run linked that account already."""
+    async def join_and_start_import(self, legacy_id: str, patience_s: float = 600) -> Joined | None:
+        """Sign up linked to ``legacy_id`` and tap "import"; None if an earlier run linked that
+        account already. While signups (critical) alone fill the box, the import's start
+        (default) waits for them: ``patience_s`` bounds that wait."""
         made = await self.signup_legacy(legacy_id)
         if made is None:
             return None
-        started = await self.call("POST", "/v1/me/imports", {}, token=made[1])
+        started = await self.call(
+            "POST", "/v1/me/imports", {}, token=made[1], patience_s=patience_s
+        )
         assert started.status == 202, started.body
-        await self.wait_import(made[1], started.body["id"])
-        return made
+        return Joined(made[0], made[1], started.body["id"])
+
+    async def wait_imports(self, joined: list[Joined], timeout_s: float = 600) -> None:
+        """Until every one of many imports is done. Imports are opportunistic work: they run
+        once the foreground leaves room, so the newcomers' signups come first and their
+        imports after; meanwhile the async platform is watched rather than every import
+        polled (a thousand polls would be foreground load of their own)."""
+        await eventually(
+            imports_idle, timeout_s=timeout_s, what="the imports to be run", interval_s=2.0
+        )
+        for one in joined:
+            await self.wait_import(one.token, one.import_id, timeout_s=60)
 
     async def wait_import(self, token: str, import_id: str, timeout_s: float = 180) -> Any:
         """Poll an import until it ends (riding out 503s while parts restart); it must be done."""
@@ -103,7 +147,11 @@ class Api:
             ok = reply.status == 200 and reply.body["state"] in ("done", "failed")
             return reply.body if ok else None
 
-        state = await eventually(ended, timeout_s=timeout_s, what="the import to finish")
+        # Once a second, as the app shows progress: polling faster is load of its own, and
+        # imports (opportunistic work) wait while the foreground is saturated.
+        state = await eventually(
+            ended, timeout_s=timeout_s, what="the import to finish", interval_s=1.0
+        )
         assert state["state"] == "done", state
         return state
 
@@ -131,7 +179,11 @@ class Api:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout_s: float = 30, what: str = "condition"
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout_s: float = 30,
+    what: str = "condition",
+    interval_s: float = 0.2,
 ) -> T:
     """Poll ``check`` until it returns a truthy value: the async platform's effects (fan-out,
     notifications, imports, joins) arrive after the request that caused them."""
@@ -142,7 +194,21 @@ async def eventually(
             return result
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{what}: not reached in {timeout_s} s (last: {result!r})")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(interval_s)
+
+
+async def imports_idle() -> bool:
+    """No import waiting or running, twice in a row a second apart."""
+    from tests.conftest import minithreads
+
+    for attempt in range(2):
+        result = await asyncio.to_thread(minithreads, "jobs", "status", "--json", timeout_s=30)
+        kind = json.loads(result.stdout)["kinds"].get("import", {})
+        if kind.get("lag") or kind.get("queued") or kind.get("in_flight"):
+            return False
+        if attempt == 0:
+            await asyncio.sleep(1)
+    return True
 
 
 def _check_rules(reply: Reply) -> None:

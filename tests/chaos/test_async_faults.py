@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.api import Api, eventually
+from tests.api import Api, Joined, eventually
 from tests.chaos.conftest import FULL, Tally
 from tests.conftest import pid_of, restart
 from tests.legacy import GRAPH, small_followers_of
@@ -103,13 +103,15 @@ async def test_celebrity_join_through_worker_and_broker_kills__follows_inboxes_c
     celebrity = await _free_celebrity(api)
     gate = asyncio.Semaphore(8)
 
-    async def fan(legacy_id: str) -> tuple[dict[str, Any], str] | None:
+    async def fan(legacy_id: str) -> Joined | None:
         async with gate:
-            return await api.join_and_import(legacy_id)
+            return await api.join_and_start_import(legacy_id)
 
     legacy_fans = small_followers_of(celebrity, wanted)
-    fans = [f for f in await asyncio.gather(*map(fan, legacy_fans)) if f]
-    assert len(fans) >= 20, len(fans)  # (higher ranks, fewer small-following fans)
+    newcomers = [f for f in await asyncio.gather(*map(fan, legacy_fans)) if f]
+    assert len(newcomers) >= 20, len(newcomers)  # (higher ranks, fewer small-following fans)
+    await api.wait_imports(newcomers)
+    fans = [(j.user, j.token) for j in newcomers]
     made = await api.signup_legacy(str(celebrity))
     assert made is not None
     star, star_token = made
