@@ -57,6 +57,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 OPPORTUNISTIC = ("import", "join")
 PER_IP_RAISED = {"MT_RATE_PER_IP_PER_MIN": "100000000", "MT_LOGIN_PER_IP_PER_MIN": "100000000"}
 LAG_VALID_MS = 20.0  # a generator later than this (p99) invalidates its step
+PROBE_MIN_SAMPLES = 20  # of each kind in a search probe (fewer: the p99 is just the maximum)
 SEARCH_SHED_MAX = 0.01  # a search probe may refuse this much and still count as served
 BACKLOG_IMPORTS = 40  # imports waiting before each sequence: its opportunistic work
 
@@ -348,7 +349,10 @@ async def find_capacity(runner: Runner) -> tuple[float, list[dict[str, Any]]]:
 
     async def probe(rate: float) -> bool:
         await runner.settle()
-        step = await runner.step(1.0, rate, plan.probe_s)
+        # Long enough for the rarest kind's p99 to rest on PROBE_MIN_SAMPLES, up to 4 probes.
+        rarest = rate * min(ol.DAY1_MIX.values())
+        duration_s = min(4 * plan.probe_s, max(plan.probe_s, PROBE_MIN_SAMPLES / rarest))
+        step = await runner.step(1.0, rate, duration_s)
         step["rate_per_s"] = rate
         probes.append(step)
         return served(step, plan.slo_ms)

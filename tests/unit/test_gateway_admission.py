@@ -47,8 +47,16 @@ def test_limit__shrinks_once_latency_is_past_the_tolerance() -> None:
     limit = AdaptiveLimit(LimitSettings(initial=20))
     now = feed(limit, "GET /a", 0.050, 200, in_flight=20)  # the baseline: 50 ms
     before = limit.value
-    feed(limit, "GET /a", 0.200, 40, in_flight=20, start=now)  # 4x slower: queueing
+    feed(limit, "GET /a", 0.200, 40, in_flight=before, start=now)  # 4x slower: the gate full
     assert limit.value < before / 2
+
+
+def test_limit__does_not_shrink_for_a_slowness_it_did_not_queue() -> None:
+    limit = AdaptiveLimit(LimitSettings(initial=8))
+    now = feed(limit, "GET /a", 0.050, 200, in_flight=1)  # the baseline, one at a time
+    before = limit.value
+    feed(limit, "GET /a", 0.200, 40, in_flight=1, start=now)  # slow, yet nothing queued
+    assert limit.value == before
 
 
 def test_limit__grows_while_in_use_and_well_within_tolerance() -> None:
@@ -109,9 +117,11 @@ def test_limit__a_rare_route_slowed_down_is_seen_behind_a_healthy_median() -> No
         for _ in range(n):
             now += 0.02
             if rng.random() < 0.1:
-                limit.on_sample("POST /v1/accounts", signup_s * rng.uniform(0.95, 1.05), 12, now)
+                signup = signup_s * rng.uniform(0.95, 1.05)
+                limit.on_sample("POST /v1/accounts", signup, limit.value, now)  # the gate full
             else:
-                limit.on_sample("GET /v1/posts/{id}", 0.010 * rng.uniform(0.95, 1.05), 12, now)
+                read = 0.010 * rng.uniform(0.95, 1.05)
+                limit.on_sample("GET /v1/posts/{id}", read, limit.value, now)
 
     mix(0.150, 1_000)
     before = limit.value

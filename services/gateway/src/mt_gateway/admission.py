@@ -188,8 +188,14 @@ class AdaptiveLimit:
             # route of one request in ten (a signup) must not queue unseen behind the median.
             worst = max(self._by_route[r] for r in self._in_window)
             self.last_ratio = ratio = max(quantile(self._ratios, s.percentile), worst)
-            if ratio > s.tolerance:
+            in_use = self._max_in_flight >= max(2, self.limit / 2)
+            if ratio > s.tolerance and in_use:
                 self.limit = max(s.minimum, self.limit * max(0.5, s.tolerance / ratio))
+            elif ratio > s.tolerance:
+                # Slow, but nothing was queued at the gate (one request at a time, or far below
+                # the limit): the cause is elsewhere (background work, a slow dependency), and a
+                # lower limit would refuse requests without making any faster.
+                pass
             elif self._max_in_flight < self.limit / 2:
                 # Not in use: no evidence for more, and a limit far above the use would let
                 # the next surge in all at once. Drift down towards twice the peak in use.
