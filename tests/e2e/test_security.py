@@ -115,7 +115,7 @@ async def test_no_secrets__passwords_and_tokens_never_reach_responses_or_logs(ap
     for reply in (made, login, wrong, me):
         text = str(reply.body)
         assert password not in text
-        assert "scrypt$" not in text  # no password hash either
+        assert "$argon2" not in text  # no password hash either
     assert token not in str(me.body)
     assert token not in str(login.body)
     logs = Path(os.environ.get("MT_HOME", ".local")) / "run" / "logs"

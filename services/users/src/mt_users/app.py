@@ -13,7 +13,7 @@ from mt_proto import users_pb2, users_pb2_grpc
 
 from mt_users.domain import Users
 from mt_users.grpc_api import UsersServicer
-from mt_users.passwords import Hasher
+from mt_users.passwords import Argon2Cost, Hasher
 from mt_users.settings import Settings
 
 SERVICE = users_pb2.DESCRIPTOR.services_by_name["UsersService"].full_name
@@ -28,7 +28,10 @@ async def app(settings: Settings) -> AsyncIterator[None]:
     ):
         legacy = LegacyGraph(settings.legacy_seed, settings.legacy_size)
         reserve_s = settings.hash_reserve_ms / 1000
-        with Hasher(settings.scrypt_log2_n, settings.hash_workers, reserve_s) as hasher:
+        cost = Argon2Cost(
+            settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+        )
+        with Hasher(cost, settings.hash_workers, reserve_s) as hasher:
             servicer = UsersServicer(Users(settings, kv, legacy, outbox, hasher))
             add = users_pb2_grpc.add_UsersServiceServicer_to_server
             async with grpc_server(

@@ -8,9 +8,11 @@ from mt_core.settings import ServiceSettings
 class Settings(ServiceSettings):
     service_name: str = "users"
     grpc_port: int = 50051
-    # scrypt cost: N = 2**scrypt_log2_n (memory = 128 * r * N bytes: 32 MiB at 15). Stored with
-    # each hash, so changing it only affects new passwords. Load tests may lower it.
-    scrypt_log2_n: int = 15
+    # Argon2id's cost (OWASP's first recommendation). Stored with each hash, so changing it
+    # only affects new passwords.
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19_456
+    argon2_parallelism: int = 1
     # Threads hashing passwords: a few more than the cores, so that under a surge signups keep
     # their share of the CPU against the other processes of a shared box.
     hash_workers: int = 4
