@@ -109,12 +109,21 @@ async def test_celebrity_join__applies_thousands_of_pending_follows_exactly(api:
     assert made is not None
     star, _ = made
 
+    seen: list[int] = []
+
     async def converged() -> bool:
         count = (await api.call("GET", f"/v1/users/{star['handle']}")).body["followers_count"]
+        seen.append(count)
         return bool(count >= len(fans))
 
     joined_at = time.monotonic()
-    await eventually(converged, timeout_s=300, what="the celebrity's pending follows applied")
+    try:  # once a second, as the app shows progress: a faster poll is foreground of its own
+        await eventually(converged, timeout_s=300, interval_s=1.0, what="the join applied")
+    except AssertionError as err:
+        progress = seen[:: max(1, len(seen) // 10)] + seen[-1:]
+        raise AssertionError(
+            f"{err}; followers over time {progress}; {await _join_stats()}"
+        ) from None
     print(f"join applied {len(fans)} pending follows in {time.monotonic() - joined_at:.1f} s")
     await eventually(_settled, timeout_s=300, what="the async platform to go idle")
     followers = await api.all_pages(f"/v1/users/{star['handle']}/followers", limit=100)
@@ -127,6 +136,11 @@ async def test_celebrity_join__applies_thousands_of_pending_follows_exactly(api:
         following = await api.all_pages(f"/v1/users/{fan['handle']}/following", limit=100)
         assert me["following_count"] == len(following)
         assert star["id"] in [u["id"] for u in following]
+
+
+async def _join_stats() -> str:
+    result = await asyncio.to_thread(minithreads, "jobs", "status", "--json", timeout_s=30)
+    return f"join: {json.loads(result.stdout)['kinds'].get('join')}"
 
 
 async def _settled() -> bool:

@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.partitioner import DefaultPartitioner
 from mt_cli.kvcluster import KVCluster
-from mt_core.errors import Overloaded
+from mt_core.errors import DeadlineExceeded, Overloaded
 from mt_core.messaging import kafka_consumer
 from mt_jobs import (
     DEAD_ATTEMPTS_HEADER,
@@ -434,6 +434,45 @@ async def test_backpressure__an_overloaded_downstream_costs_no_attempt(
     assert stats.dead == 0
     assert stats.retried >= 3
     assert any(limit is not None for limit in limits), "the rate was never cut"
+
+
+async def test_opportunistic__a_congested_downstream_exhausts_no_attempts(
+    producer: JobProducer,
+) -> None:
+    """A celebrity's join step that times out more often than ``max_attempts`` allows is owed
+    hours: it is retried (backed off) until it runs, never dead-lettered with its follows
+    left pending; a reserved job in the same straits is dead-lettered as before."""
+    kinds = {"opp": unique("slowjoin"), "res": unique("slowfan")}
+    timeouts = {kind: 4 for kind in kinds.values()}
+    handled: list[Job] = []
+
+    async def handle(jobs: list[Job]) -> int:
+        kind = jobs[0].kind
+        if timeouts[kind] > 0:
+            timeouts[kind] -= 1
+            raise DeadlineExceeded("the step ran out of time")
+        handled.extend(jobs)
+        return len(jobs)
+
+    configs = [
+        KindConfig(
+            kinds["opp"],
+            handle,
+            job_class=JobClass.OPPORTUNISTIC,
+            max_attempts=2,
+            backoff_base_ms=10,
+            backoff_cap_ms=50,
+        ),
+        KindConfig(kinds["res"], handle, max_attempts=2, backoff_base_ms=10, backoff_cap_ms=50),
+    ]
+    await producer.enqueue_many([Job(kind, {"n": 0}) for kind in kinds.values()])
+    async with Worker(BOOTSTRAP, configs, group_prefix=unique("g"), conditions=Foreground()) as w:
+        await eventually(lambda: len(handled) == 1, timeout_s=30, what="the opportunistic job")
+        await eventually(lambda: w.stats()[kinds["res"]].dead == 1, what="the reserved job dead")
+        stats = w.stats()
+    assert [j.kind for j in handled] == [kinds["opp"]]
+    assert stats[kinds["opp"]].dead == 0
+    assert stats[kinds["opp"]].retried == 4
 
 
 async def test_topics__of_deferrable_kinds_keep_records_for_days() -> None:

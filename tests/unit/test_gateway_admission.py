@@ -281,6 +281,21 @@ def test_admission__pressure_is_zero_when_idle_and_past_one_while_refusing() -> 
     assert gate.state(30.0).pressure == 0.0  # long idle: nothing queued, nothing refused
 
 
+def test_admission__slowness_nothing_queued_slows_the_async_platform_but_never_stops_it() -> None:
+    """A lone poller twice as slow as unloaded (the async work shares the cores): past the
+    async platform's target, short of 1 (deferral); the same slowness with the gate in use
+    is saturation."""
+    alone = Admission(AdaptiveLimit(LimitSettings(initial=8)))
+    now = feed(alone.limit, "GET /u", 0.005, 200, in_flight=1)
+    now = feed(alone.limit, "GET /u", 0.010, 40, in_flight=1, start=now)
+    assert 0.5 <= alone.pressure(now) < 1.0
+    crowded = Admission(AdaptiveLimit(LimitSettings(initial=8)))
+    now = feed(crowded.limit, "GET /u", 0.005, 200, in_flight=8)
+    full = crowded.limit.value
+    now = feed(crowded.limit, "GET /u", 0.010, 40, in_flight=full, start=now)
+    assert crowded.pressure(now) >= 1.0
+
+
 async def test_middleware__refuses_before_the_handler_and_spares_health_checks() -> None:
     """A refusal never reaches the handler (no auth, Redis or gRPC was spent on it), carries
     Retry-After, and the class comes from the route: a client's header claiming to be

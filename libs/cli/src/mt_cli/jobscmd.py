@@ -17,6 +17,7 @@ from typing import Any
 
 from mt_jobs.control import pause, read_stats, resume
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 SUMMED = (
     "processed",
@@ -97,6 +98,14 @@ def _limit(t: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (RedisError, OSError) as err:
+        print(f"cannot reach Redis at {args.redis} ({err}): is the stack up? `minithreads up`")
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.jobs_command in ("pause", "resume"):
         asyncio.run(_switch(args.redis, args.jobs_command, args.kinds))
         print(f"{args.jobs_command}d: {', '.join(args.kinds)}")

@@ -620,7 +620,7 @@ class _KindRunner:
         if isinstance(error, Permanent):
             await self._dead_letter(item, permanent_reason(error), attempts=attempts)
             return
-        if attempts >= self.config.max_attempts:
+        if attempts >= self.config.max_attempts and not self._outlasts(job, error):
             await self._dead_letter(item, exhausted_reason(error), attempts=attempts)
             return
         delay = backoff_ms(
@@ -634,6 +634,13 @@ class _KindRunner:
             item.record, lambda: self._producer.submit(retry, topic_name=self._retry_topic)
         )
         self._retried += 1
+
+    def _outlasts(self, job: Job, error: Exception) -> bool:
+        """Opportunistic work that keeps meeting a congested downstream is owed hours, not five
+        tries: it waits (backoff capped) for as long as its deadline allows."""
+        return (
+            self._control.opportunistic and is_congestion(error) and not job.is_hopeless(now_ms())
+        )
 
     # ------------------------------------------------------------------ publishing
 

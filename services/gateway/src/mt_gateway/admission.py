@@ -125,6 +125,7 @@ class AdaptiveLimit:
         self.limit = float(s.initial)
         self.baselines = Baselines()
         self.last_ratio = 1.0  # the last window's statistic, for metrics and the async platform
+        self.last_queued = False  # whether the last window's requests queued at the gate
         self.last_window_at: float | None = None
         self._ratios: list[float] = []
         self._by_route: dict[str, float] = {}  # a moving average of each route's ratio
@@ -189,6 +190,7 @@ class AdaptiveLimit:
             worst = max(self._by_route[r] for r in self._in_window)
             self.last_ratio = ratio = max(quantile(self._ratios, s.percentile), worst)
             in_use = self._max_in_flight >= max(2, self.limit / 2)
+            self.last_queued = in_use
             if ratio > s.tolerance and in_use:
                 self.limit = max(s.minimum, self.limit * max(0.5, s.tolerance / ratio))
             elif ratio > s.tolerance:
@@ -288,6 +290,7 @@ class Verdict:
 
 ADMIT = Verdict(True)
 SATURATED_REFUSED_SHARE = 0.02  # of the last few seconds' requests: the foreground is saturated
+UNQUEUED_PRESSURE_CAP = 0.9  # slowness alone, nothing queued: past the async target, short of 1
 
 
 @dataclass(frozen=True)
@@ -412,9 +415,16 @@ class Admission:
         """The foreground's health for whoever yields to it (the async platform): 0 while
         admitted requests take their unloaded time, 1 at the tolerance (where the limit starts
         to shrink), and at least 1 plus the share refused while the gate is turning away a
-        share of its requests (a burst cut short now and then is not saturation)."""
+        share of its requests (a burst cut short now and then is not saturation).
+
+        Slowness with nothing queued at the gate (a lone client polling while the async
+        platform's work shares the cores) stays below 1: the async platform slows down for it
+        but does not stop — deferring a celebrity's join because one request a second took
+        8 ms instead of 5 would defer it for as long as anyone at all is using the app."""
         ratio = self.limit.recent_ratio(now)
         p = max(0.0, ratio - 1.0) / max(1e-3, self.limit.settings.tolerance - 1.0) if ratio else 0.0
+        if not self.limit.last_queued:
+            p = min(p, UNQUEUED_PRESSURE_CAP)
         refused = self.refusals.fraction(now)
         if refused >= SATURATED_REFUSED_SHARE:
             p = max(p, 1.0 + refused + self.shedder.level())

@@ -47,6 +47,27 @@ def _notification_id(at_us: int, dedup: str) -> str:
     return f"{at_us:016x}{hashlib.blake2b(dedup.encode(), digest_size=4).hexdigest()}"
 
 
+MIN_JOIN_BATCH = 10
+
+
+def join_batch(payload: dict[str, Any], attempt: int, most: int) -> int:
+    """The pending follows one join step applies: what the chain's last step found to fit
+    (``batch`` in the payload), halved per failed attempt. Under load 200 follows may not fit
+    in one call's deadline, and a chain that starts every step at 200 again spends half its
+    time on steps cut short. Every step is idempotent, so a partial one costs nothing."""
+    batch = int(payload.get("batch", most))
+    return max(MIN_JOIN_BATCH, min(most, batch) >> min(attempt, 8))
+
+
+def next_join_batch(batch: int, took_ms: float, deadline_ms: int, most: int) -> int:
+    """Grow while a step takes under a quarter of the deadline, shrink past a half."""
+    if took_ms < deadline_ms / 4:
+        return min(most, batch * 2)
+    if took_ms > deadline_ms / 2:
+        return max(MIN_JOIN_BATCH, batch // 2)
+    return batch
+
+
 class Handlers:
     def __init__(self, settings: Settings, b: Services, producer: JobProducer) -> None:
         self.settings = settings
@@ -237,11 +258,8 @@ class Handlers:
             return 0
         if user.id != p["user_id"]:
             return 0  # the signup that announced this join lost its legacy claim
-        # A step that ran out of time is retried with half the batch, and so on: under load
-        # 200 follows may not fit in one call's deadline, and a join that keeps timing out
-        # would end dead-lettered with its remaining follows never applied (the launch surge
-        # did exactly that). Every step is idempotent, so a partial one costs nothing.
-        batch = max(10, self.settings.join_batch >> min(job.attempt, 8))
+        batch = join_batch(p, job.attempt, self.settings.join_batch)
+        started = asyncio.get_running_loop().time()
         reply = await call(
             self.b.graph.ApplyPendingFollows(
                 gpb.ApplyPendingFollowsRequest(
@@ -250,5 +268,14 @@ class Handlers:
             )
         )
         if reply.more:
-            await self.producer.enqueue(Job("join", p, key=job.key, deadline_ms=job.deadline_ms))
+            took_ms = (asyncio.get_running_loop().time() - started) * 1000
+            following = {
+                **p,
+                "batch": next_join_batch(
+                    batch, took_ms, self.settings.default_rpc_timeout_ms, self.settings.join_batch
+                ),
+            }
+            await self.producer.enqueue(
+                Job("join", following, key=job.key, deadline_ms=job.deadline_ms)
+            )
         return reply.applied
