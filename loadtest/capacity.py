@@ -205,6 +205,20 @@ class Monitor:
             out.append((b["t"], max(0.0, units / max(1e-3, b["t"] - a["t"]))))
         return out
 
+    def opportunistic_backlog(self) -> list[tuple[float, int]]:
+        """(t, jobs of the opportunistic kinds waiting or running), second by second."""
+        return [
+            (
+                b["t"],
+                sum(
+                    int(k["lag"] + k["queued"] + k["in_flight"])
+                    for name, k in b["kinds"].items()
+                    if name in OPPORTUNISTIC
+                ),
+            )
+            for b in self.series
+        ]
+
     def backlog(self) -> int:
         last = self.series[-1]["kinds"] if self.series else {}
         return sum(int(k["lag"] + k["queued"] + k["in_flight"]) for k in last.values())
@@ -425,12 +439,21 @@ def transition(
     back_at = next(
         (t - load_end for t, u in smooth if u >= 0.9 * unloaded_rate and unloaded_rate > 0), None
     )
+    # A backlog that ran out first left nothing to go faster on: the rate was all the work.
+    empty_at = next(
+        (t - load_end for t, n in monitor.opportunistic_backlog() if t > load_end and n == 0),
+        None,
+    )
+    back_by = "rate" if back_at is not None else None
+    if empty_at is not None and (back_at is None or empty_at < back_at):
+        back_at, back_by = empty_at, "backlog_drained"
     return {
         "unloaded_per_s": round(unloaded_rate, 1),
         "at_half_c_per_s": round(before, 1),
         "during_2c_per_s": round(mean(surge_start + 5, load_end), 1),
         "fell_80pct_after_s": None if fell_at is None else round(fell_at, 1),
         "back_to_unloaded_after_s": None if back_at is None else round(back_at, 1),
+        "back_by": back_by,
         "series": [(round(t, 1), round(u, 1)) for t, u in series if unloaded[0] <= t],
     }
 

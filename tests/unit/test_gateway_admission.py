@@ -191,25 +191,41 @@ def test_shedder__lets_the_highest_class_back_first_once_there_is_room() -> None
 
 def test_admission__refuses_at_the_limit_with_a_retry_after() -> None:
     gate = Admission(AdaptiveLimit(LimitSettings(initial=2)))
-    assert gate.admit(C, 0.0).admitted
-    assert gate.admit(C, 0.0).admitted
-    refused = gate.admit(C, 0.0)
+    assert gate.admit(D, 0.0).admitted
+    assert gate.admit(D, 0.0).admitted  # below 4, nothing of the limit is kept back
+    refused = gate.admit(D, 0.0)
     assert not refused.admitted
     assert refused.reason == "limit"
     assert refused.retry_after_s >= 1.0
-    gate.done("POST /v1/accounts", 0.1, 0.1, cls=C)
-    assert gate.admit(C, 0.1).admitted
+    gate.done("PUT /v1/posts/{id}/like", 0.1, 0.1)
+    assert gate.admit(D, 0.1).admitted
 
 
 def test_admission__critical_is_not_blocked_by_what_the_lower_classes_hold() -> None:
     gate = Admission(AdaptiveLimit(LimitSettings(initial=4)))
+    admitted_default = 0
     while gate.admit(D, 0.0).admitted:  # the default class fills its share of the limit
-        pass
-    assert gate.admit(C, 0.0).admitted
-    assert gate.admit(C, 0.0).admitted
-    assert gate.admit(C, 0.0).admitted
-    assert gate.admit(C, 0.0).admitted
-    assert not gate.admit(C, 0.0).admitted  # the critical alone are bounded by the limit
+        admitted_default += 1
+    assert admitted_default == 3  # a quarter of the limit is left to the critical
+    for _ in range(4 + 2):  # the limit and the critical's own trunk
+        assert gate.admit(C, 0.0).admitted
+    assert not gate.admit(C, 0.0).admitted  # the critical alone are bounded too
+
+
+def test_admission__a_limit_driven_to_its_floor_still_lets_the_critical_through() -> None:
+    """Overload has pinned the limit at 1 (it was so in `make capacity` at 4C): the signups
+    keep their way in, the lower classes take the refusals."""
+    gate = Admission(
+        AdaptiveLimit(LimitSettings(initial=1, maximum=1)), draw=random.Random(7).random
+    )
+    out = simulate(gate, 80, 30, seed=5)
+    kept = {
+        cls: out[f"{cls.label}:ok"] / (out[f"{cls.label}:ok"] + out[f"{cls.label}:refused"])
+        for cls in (C, D, S)
+    }
+    assert kept[C] >= 0.95, out
+    assert kept[D] < kept[C], out
+    assert kept[S] < kept[C], out
 
 
 def test_fixed_limit__is_the_old_bound_whatever_the_class() -> None:

@@ -20,9 +20,10 @@ Who is refused (:class:`Shedder`): the limit is shared, but before a request mee
 lower criticality classes are shed — a per-class refusal probability raised, lowest class
 first, while requests are being turned away at the limit, and lowered, highest class first,
 once there is room again (DAGOR's admission levels, applied at the edge) — and a quarter of
-the limit is theirs to leave to the critical (trunk reservation, as telephone exchanges keep
-lines for priority calls). So under overload the sheddable go before the default, and those
-before the critical, which meet only the limit itself.
+the limit (none below 4) is theirs to leave to the critical. The critical count only against
+each other, up to the limit plus a trunk of their own (as telephone exchanges keep lines for
+priority calls): under overload the sheddable go before the default, and those before the
+critical.
 
 :class:`FixedLimit` is what the gateway did before (a fixed number in flight, no classes): a
 setting, kept to compare against.
@@ -289,6 +290,17 @@ class Verdict:
 
 
 ADMIT = Verdict(True)
+CRITICAL_TRUNK_MIN = 2  # a signup is not turned away because one other is in progress
+
+
+def critical_ceiling(limit: int) -> int:
+    """How many critical requests may be in flight: they count only against each other (what
+    the lower classes hold never blocks them; the latency it adds shrinks the limit, which
+    sheds those classes harder), up to the limit plus a trunk of their own — a limit that
+    overload has driven to its floor still lets the way in through."""
+    return limit + max(CRITICAL_TRUNK_MIN, math.ceil(limit / 4))
+
+
 SATURATED_REFUSED_SHARE = 0.02  # of the last few seconds' requests: the foreground is saturated
 UNQUEUED_PRESSURE_CAP = 0.9  # slowness alone, nothing queued: past the async target, short of 1
 
@@ -356,14 +368,13 @@ class Admission:
             return self._enter(now, full=False, critical=cls is Criticality.CRITICAL)
         limit = self.limit.value
         critical = cls is Criticality.CRITICAL
-        # The critical count only against each other: what the lower classes hold never blocks
-        # them (the latency it adds shrinks the limit, which sheds the lower classes harder).
-        busy, ceiling = (self.critical_in_flight, limit) if critical else (self.in_flight, 0)
-        if not critical:
+        if critical:
+            busy, ceiling = self.critical_in_flight, critical_ceiling(limit)
+        else:
             if self.shedder.shed(cls, self._draw()):
                 self.refusals.add(now, True)
                 return Verdict(False, self._retry_after(cls, now), "shed")
-            ceiling = limit - math.ceil(limit / 4)  # a quarter of it is kept for the critical
+            busy, ceiling = self.in_flight, limit - limit // 4
         if busy >= ceiling:
             self.shedder.note(hit=True)  # the lower classes must make room
             self.limit.starved(now)
