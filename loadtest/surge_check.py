@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +31,9 @@ import aiohttp
 from mt_legacy import LegacyGraph
 
 CONCURRENCY = 16
+# Refusals are ridden out for this long per request: the check must finish, and a gate that
+# the surge left shrunk lets 16 checkers through a few at a time.
+REFUSED_PATIENCE_S = 300.0
 LIST_LIMIT = 100
 
 
@@ -131,7 +136,8 @@ class Checker:
         sent = dict(headers or {})
         if token:
             sent["Authorization"] = f"Bearer {token}"
-        for attempt in range(8):  # ride out 503s and 429s: the check must finish
+        give_up = time.monotonic() + REFUSED_PATIENCE_S
+        while True:  # ride out 503s and 429s after their Retry-After, jittered
             async with (
                 self._gate,
                 self.http.request(method, self.base + path, json=body, headers=sent) as resp,
@@ -140,8 +146,9 @@ class Checker:
                 if resp.status not in (429, 503):
                     return resp.status, json.loads(text) if text else None
                 wait_s = float(resp.headers.get("Retry-After", "1"))
-            await asyncio.sleep(min(wait_s, 2.0) * (attempt + 1))
-        return resp.status, None
+            if time.monotonic() + wait_s > give_up:
+                return resp.status, None
+            await asyncio.sleep(wait_s * random.uniform(0.5, 1.5))
 
     async def all_pages(self, path: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
