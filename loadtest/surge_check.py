@@ -32,7 +32,7 @@ from mt_legacy import LegacyGraph
 
 CONCURRENCY = 16
 # Refusals are ridden out for this long per request: the check must finish, and a gate that
-# the surge left shrunk lets 16 checkers through a few at a time.
+# the surge left shrunk lets the checkers through a few at a time.
 REFUSED_PATIENCE_S = 300.0
 LIST_LIMIT = 100
 
@@ -137,18 +137,20 @@ class Checker:
         if token:
             sent["Authorization"] = f"Bearer {token}"
         give_up = time.monotonic() + REFUSED_PATIENCE_S
-        while True:  # ride out 503s and 429s after their Retry-After, jittered
-            async with (
-                self._gate,
-                self.http.request(method, self.base + path, json=body, headers=sent) as resp,
-            ):
-                text = await resp.text()
-                if resp.status not in (429, 503):
-                    return resp.status, json.loads(text) if text else None
-                wait_s = float(resp.headers.get("Retry-After", "1"))
-            if time.monotonic() + wait_s > give_up:
-                return resp.status, None
-            await asyncio.sleep(wait_s * random.uniform(0.5, 1.5))
+        # A checker keeps its place while it waits: CONCURRENCY requests outstanding at most,
+        # not a crowd of every pending one retrying at once.
+        async with self._gate:
+            while True:  # ride out 503s and 429s after their Retry-After, jittered
+                async with self.http.request(
+                    method, self.base + path, json=body, headers=sent
+                ) as resp:
+                    text = await resp.text()
+                    if resp.status not in (429, 503):
+                        return resp.status, json.loads(text) if text else None
+                    wait_s = float(resp.headers.get("Retry-After", "1"))
+                if time.monotonic() + wait_s > give_up:
+                    return resp.status, None
+                await asyncio.sleep(wait_s * random.uniform(0.5, 1.5))
 
     async def all_pages(self, path: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
