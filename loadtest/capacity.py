@@ -125,6 +125,11 @@ def prioritise_generator() -> bool:
 # ---------------------------------------------------------------------- watching
 
 
+def waiting(kind: dict[str, Any]) -> float:
+    """A job kind's backlog in one sample: unread in Kafka, queued in a worker, or running."""
+    return float(kind["lag"] + kind["queued"] + kind["in_flight"])
+
+
 @dataclass
 class Monitor:
     """Once a second: the jobs' counters, the gateway's state and the box's CPU."""
@@ -187,8 +192,7 @@ class Monitor:
                 "limit": s["limit"],
                 "box_busy_ms_per_s": s["box_busy_ms_per_s"],
                 "kinds": {
-                    k: [v["units"], v["lag"] + v["queued"] + v["in_flight"], int(v["deferred"])]
-                    for k, v in s["kinds"].items()
+                    k: [v["units"], waiting(v), int(v["deferred"])] for k, v in s["kinds"].items()
                 },
             }
             for s in self.series
@@ -210,18 +214,14 @@ class Monitor:
         return [
             (
                 b["t"],
-                sum(
-                    int(k["lag"] + k["queued"] + k["in_flight"])
-                    for name, k in b["kinds"].items()
-                    if name in OPPORTUNISTIC
-                ),
+                sum(int(waiting(k)) for name, k in b["kinds"].items() if name in OPPORTUNISTIC),
             )
             for b in self.series
         ]
 
     def backlog(self) -> int:
         last = self.series[-1]["kinds"] if self.series else {}
-        return sum(int(k["lag"] + k["queued"] + k["in_flight"]) for k in last.values())
+        return sum(int(waiting(k)) for k in last.values())
 
     def dead(self, kinds: tuple[str, ...]) -> int:
         last = self.series[-1]["kinds"] if self.series else {}
@@ -311,9 +311,7 @@ class Runner:
             last = self.monitor.series[-1] if self.monitor.series else None
             if last is not None and last["pressure"] < 0.8:
                 reserved = sum(
-                    k["lag"] + k["queued"] + k["in_flight"]
-                    for name, k in last["kinds"].items()
-                    if name not in OPPORTUNISTIC
+                    waiting(k) for name, k in last["kinds"].items() if name not in OPPORTUNISTIC
                 )
                 if reserved == 0:
                     return
