@@ -6,9 +6,10 @@ logical clock; the aiohttp middleware in :mod:`mt_gateway.limits` does the timin
 The concurrency limit (:class:`AdaptiveLimit`) follows the latency of what it admits, in the
 family of TCP Vegas and Netflix's Gradient limits, with one change for a mix of routes whose
 costs differ twentyfold (a post read against a signup's password hash): each sample is
-*normalized* by its own route's unloaded latency (:class:`Baselines`), so the window's
-statistic is "how many times slower than unloaded are requests now", whatever the mix — the
-median of the window, or the slowest route's moving average if that is worse (the latency
+*normalized* by its own route's unloaded latency (:class:`Baselines`: what the route takes
+when it finds the gate empty), so the window's statistic is "how many times slower than
+unloaded are requests now", whatever the mix — the median of the window, or the slowest
+route's moving geometric mean if that is worse (the latency
 objective is every kind's, and a route of one request in ten would hide behind a median). Past
 ``tolerance`` the limit shrinks in proportion (Envoy's gradient); well within it, and only
 while the limit is actually in use, it grows by one per window; in between it holds (Vegas's
@@ -35,7 +36,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mt_core.criticality import Criticality
 
@@ -49,60 +50,50 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-@dataclass
-class _Route:
-    base_s: float | None = None  # the unloaded latency estimate
-    bucket: list[float] = field(default_factory=list)
-    bucket_started: float = 0.0
-    updated: float = 0.0
-
-
 class Baselines:
-    """Per route, its latency without queueing: the lowest median of recent ``bucket_s``
-    buckets, which may creep up by ``rise_per_s`` (a fraction per second) so that a route that
-    really became slower is believed, slowly — under a sustained overload every bucket is
-    slow, and a baseline that followed them would excuse the queue it is there to detect."""
+    """Per route, its latency without queueing: the median of the route's last ``window``
+    requests that were admitted into an empty gate (nothing of ours ahead of them), allowed to
+    rise by at most ``rise_per_s`` (a fraction per second of such traffic) — a route that really
+    became slower is believed within a minute or so, while a burst of slow ones is not; it
+    falls at once. Under a sustained overload no request finds the gate empty and the baseline
+    holds, so it cannot excuse the queue it is there to detect."""
 
-    def __init__(
-        self, *, bucket_s: float = 5.0, rise_per_s: float = 0.002, min_bucket: int = 3
-    ) -> None:
-        self.bucket_s = bucket_s
+    def __init__(self, *, window: int = 32, min_samples: int = 3, rise_per_s: float = 0.01) -> None:
+        self.window = window
+        self.min_samples = min_samples
         self.rise_per_s = rise_per_s
-        self.min_bucket = min_bucket
-        self._routes: dict[str, _Route] = {}
+        self._alone: dict[str, deque[float]] = {}
+        self._base: dict[str, float] = {}
+        self._updated: dict[str, float] = {}
 
     def base_s(self, route: str) -> float | None:
-        r = self._routes.get(route)
-        return None if r is None else r.base_s
+        return self._base.get(route)
 
     def ratio(self, route: str, latency_s: float) -> float | None:
         """``latency_s`` over the route's baseline; None while the route has none yet."""
-        r = self._routes.get(route)
-        if r is None or r.base_s is None:
-            return None
-        return latency_s / max(r.base_s, 1e-4)
+        base = self._base.get(route)
+        return None if base is None else latency_s / max(base, 1e-4)
 
-    def observe(self, route: str, latency_s: float, now: float) -> None:
-        r = self._routes.get(route)
-        if r is None:
-            r = self._routes[route] = _Route(bucket_started=now, updated=now)
-        r.bucket.append(latency_s)
-        if now - r.bucket_started < self.bucket_s and (
-            r.base_s is not None or len(r.bucket) < 4 * self.min_bucket
-        ):
+    def observe(self, route: str, latency_s: float, now: float, *, alone: bool) -> None:
+        if not alone:
             return
-        if len(r.bucket) >= self.min_bucket:
-            median = quantile(r.bucket, 0.5)
-            if r.base_s is None:
-                r.base_s = median
-            else:
-                # Only time with traffic counts: an idle night is no evidence of a slower route.
-                elapsed = min(now - r.updated, 2 * self.bucket_s)
-                risen = r.base_s * (1 + self.rise_per_s) ** elapsed
-                r.base_s = min(risen, median)
-            r.updated = now
-        r.bucket = []
-        r.bucket_started = now
+        samples = self._alone.get(route)
+        if samples is None:
+            samples = self._alone[route] = deque(maxlen=self.window)
+        samples.append(latency_s)
+        if len(samples) < self.min_samples:
+            return
+        median = quantile(list(samples), 0.5)
+        base = self._base.get(route)
+        if base is not None:
+            # Only time with such traffic counts: an idle night is no evidence of a slower route.
+            elapsed = min(now - self._updated[route], 10.0)
+            median = min(median, base * (1 + self.rise_per_s) ** elapsed)
+        self._base[route] = median
+        self._updated[route] = now
+
+
+ROUTE_EMA = 0.1  # weight of a route's newest sample in its moving average
 
 
 @dataclass(frozen=True)
@@ -129,7 +120,7 @@ class AdaptiveLimit:
         self.last_queued = False  # whether the last window's requests queued at the gate
         self.last_window_at: float | None = None
         self._ratios: list[float] = []
-        self._by_route: dict[str, float] = {}  # a moving average of each route's ratio
+        self._by_route: dict[str, float] = {}  # a moving average of each route's log ratio
         self._in_window: set[str] = set()  # routes sampled in this window
         self._dropped = False
         self._max_in_flight = 0
@@ -140,20 +131,32 @@ class AdaptiveLimit:
         return max(self.settings.minimum, int(self.limit))
 
     def on_sample(
-        self, route: str, latency_s: float, in_flight: int, now: float, *, dropped: bool = False
+        self,
+        route: str,
+        latency_s: float,
+        in_flight: int,
+        now: float,
+        *,
+        dropped: bool = False,
+        alone: bool = False,
     ) -> None:
-        """One admitted request ended after ``latency_s``; ``in_flight`` counts it too."""
+        """One admitted request ended after ``latency_s``; ``in_flight`` counts it too;
+        ``alone``: it was admitted into an empty gate."""
         if self._window_started is None:
             self._window_started = now
         if dropped:
             self._dropped = True
         else:
             ratio = self.baselines.ratio(route, latency_s)
-            self.baselines.observe(route, latency_s, now)
+            self.baselines.observe(route, latency_s, now, alone=alone)
             if ratio is not None:
                 self._ratios.append(ratio)
-                before = self._by_route.get(route, ratio)
-                self._by_route[route] = 0.7 * before + 0.3 * ratio
+                # A slow moving geometric mean: about the median for a route at its own speed,
+                # however long its tail, so the slowest of a handful is not merely the noisiest.
+                before = self._by_route.get(route, 0.0)
+                self._by_route[route] = (1 - ROUTE_EMA) * before + ROUTE_EMA * math.log(
+                    max(ratio, 1e-3)
+                )
                 self._in_window.add(route)
         self._max_in_flight = max(self._max_in_flight, in_flight)
         s = self.settings
@@ -188,7 +191,7 @@ class AdaptiveLimit:
         elif self._ratios:
             # The window's median, or the slowest route's recent average if that is worse: a
             # route of one request in ten (a signup) must not queue unseen behind the median.
-            worst = max(self._by_route[r] for r in self._in_window)
+            worst = math.exp(max(self._by_route[r] for r in self._in_window))
             self.last_ratio = ratio = max(quantile(self._ratios, s.percentile), worst)
             in_use = self._max_in_flight >= max(2, self.limit / 2)
             self.last_queued = in_use
@@ -287,9 +290,11 @@ class Verdict:
     admitted: bool
     retry_after_s: float = 0.0
     reason: str = ""  # "limit" | "shed" when refused
+    alone: bool = False  # admitted into an empty gate: its latency is the route's unloaded one
 
 
 ADMIT = Verdict(True)
+ADMIT_ALONE = Verdict(True, alone=True)
 CRITICAL_TRUNK_MIN = 2  # a signup is not turned away because one other is in progress
 
 
@@ -365,7 +370,8 @@ class Admission:
     def admit(self, cls: Criticality, now: float) -> Verdict:
         self.shedder.tick(now)
         if self.in_flight == 0:  # work-conserving: an idle gate turns nobody away
-            return self._enter(now, full=False, critical=cls is Criticality.CRITICAL)
+            self._enter(now, full=False, critical=cls is Criticality.CRITICAL)
+            return ADMIT_ALONE
         limit = self.limit.value
         critical = cls is Criticality.CRITICAL
         if critical:
@@ -397,8 +403,9 @@ class Admission:
         *,
         cls: Criticality = Criticality.DEFAULT,
         dropped: bool = False,
+        alone: bool = False,
     ) -> None:
-        self.limit.on_sample(route, latency_s, self.in_flight, now, dropped=dropped)
+        self.limit.on_sample(route, latency_s, self.in_flight, now, dropped=dropped, alone=alone)
         self.in_flight -= 1
         self.critical_in_flight -= cls is Criticality.CRITICAL
 
@@ -466,6 +473,7 @@ class FixedLimit:
         *,
         cls: Criticality = Criticality.DEFAULT,
         dropped: bool = False,
+        alone: bool = False,
     ) -> None:
         self.in_flight -= 1
 

@@ -99,6 +99,7 @@ class Gate(Protocol):
         *,
         cls: Criticality = Criticality.DEFAULT,
         dropped: bool = False,
+        alone: bool = False,
     ) -> None: ...
 
     def state(self, now: float) -> GateState: ...
@@ -152,7 +153,7 @@ def admission_middleware(
         finally:
             criticality.reset(token)
             now = time.monotonic()
-            gate.done(name, now - started, now, cls=cls, dropped=dropped)
+            gate.done(name, now - started, now, cls=cls, dropped=dropped, alone=verdict.alone)
 
     return admit
 
