@@ -20,10 +20,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLI = str(Path(sys.executable).parent / "minithreads")
 
 
-def stack_pids() -> dict[str, int]:
-    """name -> pid of each running process of the stack (``minithreads ps``)."""
+def stack_pids(cli: str = CLI, env: dict[str, str] | None = None) -> dict[str, int]:
+    """name -> pid of each running process of the stack (``minithreads ps``; ``cli`` and
+    ``env`` pick another checkout's command and its ``MT_HOME``)."""
     rows = json.loads(
-        subprocess.run([CLI, "ps", "--json"], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [cli, "ps", "--json"], capture_output=True, text=True, check=True, env=env
+        ).stdout
     )
     return {r["name"]: int(r["pid"]) for r in rows if r.get("pid")}
 
