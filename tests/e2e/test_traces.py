@@ -2,10 +2,13 @@
 (Zipkin, as a person would query it) must show every service, a gateway trace crossing at
 least four of them with real parent -> child edges, the KV's replication, and the worker
 that finished the job, in the same trace (the job continues the request's trace: its consumer
-span is a child of the producer span that published it)."""
+span is a child of the producer span that published it). The stack samples a share of the
+traces (MT_TRACE_SAMPLE_RATIO); the test asks for its trace as a developer would, with a
+sampled W3C ``traceparent``."""
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from typing import Any
 
@@ -38,12 +41,19 @@ def _edges(spans: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
     return edges
 
 
+def sampled() -> dict[str, str]:
+    """A new trace the stack records whatever its sample ratio (parent-based sampling)."""
+    return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
+
+
 async def test_traces__a_post_is_followed_from_the_gateway_to_the_worker(api: Api) -> None:
     author, ta = await api.signup("tr")
     _, tb = await api.signup("tr")
     assert (await api.call("PUT", f"/v1/me/following/{author['handle']}", token=tb)).status == 204
     await api.call("GET", "/v1/feed", token=tb)  # an active reader: the post is fanned out to it
-    post = await api.post(ta, "traced")
+    reply = await api.call("POST", "/v1/posts", {"text": "traced"}, token=ta, headers=sampled())
+    assert reply.status == 201, reply.body
+    post = reply.body
 
     async def services() -> set[str]:
         found = set(await _zipkin(api.http, "services"))

@@ -27,8 +27,13 @@ ZIPKIN = "http://127.0.0.1:9411"
 SERVICES = {"gateway", "users", "graph", "posts", "counters", "feed", "kv"}
 
 
-async def _get(url: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.get(url, params=params) as resp:
+async def _get(
+    url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, params=params, headers=headers) as resp,
+    ):
         return resp.status, await resp.json()
 
 
@@ -74,7 +79,9 @@ def test_ps_json__lists_every_process_with_pid_port_role_and_health(stack: Manif
 
 async def test_gateway_request__appears_in_zipkin() -> None:
     marker = uuid.uuid4().hex
-    status, _ = await _get(f"{GATEWAY}/healthz", params={"probe": marker})
+    # A trace the gateway records whatever its sample ratio: a caller's sampled traceparent.
+    sampled = {"traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"}
+    status, _ = await _get(f"{GATEWAY}/healthz", params={"probe": marker}, headers=sampled)
     assert status == 200
     found: list[object] = []
     for _ in range(40):  # the exporters batch; give them a few seconds

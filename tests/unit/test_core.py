@@ -101,7 +101,6 @@ def test_sampler__infrastructure_records_only_callers_traces_and_named_roots(
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
     monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
-    assert sampler(True, "") is None  # a service: the SDK's default (every trace)
     tracer = TracerProvider(sampler=sampler(False, "kv.promote")).get_tracer("t")
     assert not tracer.start_span("kv.write").is_recording()  # no caller: no trace
     assert tracer.start_span("kv.promote").is_recording()  # a named root: traced
@@ -110,6 +109,28 @@ def test_sampler__infrastructure_records_only_callers_traces_and_named_roots(
     assert tracer.start_span("kv.write", context=inside).is_recording()
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
     assert sampler(False, "kv.promote") is None  # the standard variable wins
+
+
+def test_sampler__a_service_starts_the_ratio_of_traces_and_continues_sampled_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mt_core.telemetry import sampler
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    tracer = TracerProvider(sampler=sampler(True, "", 0.1)).get_tracer("t")
+    started = sum(tracer.start_span("GET /v1/feed").is_recording() for _ in range(5000))
+    assert 350 < started < 650  # about a tenth
+    sampled = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    unsampled = SpanContext(1, 3, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    for _ in range(100):
+        inside = trace.set_span_in_context(NonRecordingSpan(sampled))
+        assert tracer.start_span("RPC", context=inside).is_recording()
+        outside = trace.set_span_in_context(NonRecordingSpan(unsampled))
+        assert not tracer.start_span("RPC", context=outside).is_recording()
+    everything = TracerProvider(sampler=sampler(True, "", 1.0)).get_tracer("t")
+    assert all(everything.start_span("x").is_recording() for _ in range(100))
 
 
 def test_grpc_filters__skip_probes_heartbeats_and_untraced_calls() -> None:

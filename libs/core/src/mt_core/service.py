@@ -59,6 +59,7 @@ def main(settings_cls: type[S], app: AppFactory[S]) -> None:
         settings.tracing_enabled,
         settings.trace_roots,
         settings.trace_root_names,
+        settings.trace_sample_ratio,
     ):
         if settings.event_loop == "uvloop":
             import uvloop  # a dependency of the services that choose it

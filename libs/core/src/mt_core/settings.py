@@ -60,6 +60,11 @@ class ServiceSettings(BaseSettings):
     # when set, overrides both.
     trace_roots: bool = True
     trace_root_names: str = ""  # comma list, used when trace_roots is off
+    # Of the requests that arrive without a trace, the share a process with trace_roots starts
+    # one for (parent-based: a sampled caller's trace is always continued, an unsampled one
+    # never). Recording every request costs more than a request's own work in places (an
+    # exception recorded on a span formats its traceback); 1.0 is for development.
+    trace_sample_ratio: float = Field(0.01, ge=0.0, le=1.0)
 
     def service_addrs(self) -> dict[str, str]:
         """The gRPC address of each product service and the KV, by service name."""

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBased,
     Sampler,
     SamplingResult,
+    TraceIdRatioBased,
 )
 
 log = logging.getLogger(__name__)
@@ -133,28 +134,38 @@ class NamedRoots(Sampler):
         return f"NamedRoots{{{','.join(sorted(self._names))}}}"
 
 
-def sampler(trace_roots: bool, root_names: str) -> Sampler | None:
-    """The sampler for a process: None (the SDK's, from OTEL_TRACES_SAMPLER, by default every
-    trace) when it starts traces of its own or the variable is set; otherwise only spans whose
-    parent is sampled, and the named root spans."""
-    if trace_roots or os.environ.get("OTEL_TRACES_SAMPLER"):
+def sampler(trace_roots: bool, root_names: str, ratio: float = 1.0) -> Sampler | None:
+    """The sampler for a process: None (the SDK's) when OTEL_TRACES_SAMPLER is set; otherwise
+    spans inside a sampled caller's trace, and — in a process that starts traces of its own —
+    the share ``ratio`` of new traces (by trace id, so every process agrees on a trace), or —
+    in infrastructure — only the named root spans."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
         return None
+    if trace_roots:
+        return ParentBased(root=TraceIdRatioBased(ratio))
     names = frozenset(n.strip() for n in root_names.split(",") if n.strip())
     return ParentBased(root=NamedRoots(names))
 
 
 @contextmanager
 def telemetry(
-    service_name: str, enabled: bool = True, trace_roots: bool = True, root_names: str = ""
+    service_name: str,
+    enabled: bool = True,
+    trace_roots: bool = True,
+    root_names: str = "",
+    sample_ratio: float = 1.0,
 ) -> Iterator[TracerProvider]:
     """Install the global tracer provider for this process; flush and shut it down on exit.
-    Without ``trace_roots``, the process records spans only inside its callers' traces and
-    root spans named in ``root_names`` (see :func:`sampler`)."""
+    A process with ``trace_roots`` starts a trace for ``sample_ratio`` of the requests that
+    arrive without one; without, it records spans only inside its callers' traces and root
+    spans named in ``root_names`` (see :func:`sampler`)."""
     resource = Resource.create({SERVICE_NAME: service_name})
     if os.environ.get("OTEL_SERVICE_NAME"):
         # We own service.name: it is the folder name, whatever the environment says.
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-    provider = TracerProvider(resource=resource, sampler=sampler(trace_roots, root_names))
+    provider = TracerProvider(
+        resource=resource, sampler=sampler(trace_roots, root_names, sample_ratio)
+    )
     exporter = make_exporter(os.environ.get("OTEL_TRACES_EXPORTER", "zipkin")) if enabled else None
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
