@@ -9,7 +9,8 @@ import pytest
 from mt_cli.kvcluster import KVCluster
 from mt_core.errors import FailedPrecondition, InvalidArgument, TooLarge
 from mt_kv_client import Consistency, Durability, Key, KVClient
-from mt_kv_client.client import Check, Increment, Put
+from mt_kv_client.client import Check, Delete, Increment, Put
+from mt_kv_client.routing import OUTBOX_KEY_PREFIX
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
@@ -181,3 +182,29 @@ async def test_status__shows_every_shard_with_a_primary_and_live_replicas(
     assert {r.id for r in status.replicas if r.alive} == {"kv-1", "kv-2", "kv-3"}
     # Each reports where its replication link listens (its peers learn it from the manager).
     assert all(r.repl_addr.startswith("127.0.0.1:") for r in status.replicas), status.replicas
+
+
+async def test_outbox_index__lists_a_job_row_written_with_its_state_until_it_is_deleted(
+    kv: KVClient,
+) -> None:
+    state = Key("test", b"outbox-p", b"state")
+    rows = [Key("test", b"outbox-p", OUTBOX_KEY_PREFIX + f"job-{i}".encode()) for i in range(3)]
+    shard = kv.shard_of(state)
+
+    async def listed() -> set[Key]:
+        found: set[Key] = set()
+        cursor = ""
+        while True:
+            keys, cursor = await kv.outbox_page(shard, cursor=cursor, limit=2)  # pages too
+            found.update(keys)
+            if not cursor:
+                return found
+
+    await kv.write([Put(state, b"s"), *(Put(r, b"job") for r in rows)])
+    assert set(rows) <= await listed()
+    assert Key("test", b"outbox-p", b"state") not in await listed()  # only job rows
+    await kv.write([Delete(rows[0])])
+    assert rows[0] not in await listed()
+    assert set(rows[1:]) <= await listed()
+    await kv.write([Delete(r) for r in rows[1:]])
+    assert not set(rows) & await listed()

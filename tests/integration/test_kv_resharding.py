@@ -12,7 +12,7 @@ from mt_cli.kvcluster import KVCluster, manager_status, move_microshard
 from mt_core.errors import InvalidArgument, Unavailable
 from mt_kv_client import Consistency, Key, KVClient
 from mt_kv_client.client import Check, Put
-from mt_kv_client.routing import microshard
+from mt_kv_client.routing import OUTBOX_KEY_PREFIX, microshard
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
@@ -267,3 +267,32 @@ async def test_move__a_transaction_spanning_a_moved_microshard_is_refused_not_sp
         )
     assert refused.value.code == "cross_shard"
     assert await kv.get(Key("test", staying, b"b")) is None
+
+
+async def _outbox(kv: KVClient, shard: int) -> set[Key]:
+    listed: set[Key] = set()
+    cursor = ""
+    while True:
+        keys, cursor = await kv.outbox_page(shard, cursor=cursor)
+        listed.update(keys)
+        if not cursor:
+            return listed
+
+
+async def test_move__an_outbox_job_row_is_listed_by_the_shard_that_holds_it(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    u = kv.microshard_of(Key("test", b"outbox-mover-a", b""))
+    source, target = kv._table.microshard_to_shard[u], other_shard(kv, u)
+    part = partitions_of(kv, u, 1, "outbox-mover")[0]
+    row = Key("test", part, OUTBOX_KEY_PREFIX + b"job-1")
+    await kv.write([Put(Key("test", part, b"state"), b"s"), Put(row, b"job")])
+    assert row in await _outbox(kv, source)
+
+    await move_microshard(cluster.manager_addr, u, target)
+
+    assert row not in await _outbox(kv, source)  # the purge took its listing along
+    assert row in await _outbox(kv, target)  # the import listed it where it lives now
+    await kv.refresh()
+    await kv.delete(row)
+    assert row not in await _outbox(kv, target)

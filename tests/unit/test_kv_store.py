@@ -170,3 +170,19 @@ def test_schema_head__is_the_newest_migration() -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
+
+
+def test_outbox_index__a_job_row_is_listed_with_its_change_and_nothing_else_is() -> None:
+    from mt_kv.data import META_KEYSPACE, outbox_index_key, outbox_row_of, with_outbox_index
+    from mt_kv_client.routing import OUTBOX_KEY_PREFIX
+
+    row = ("posts", b"u:1", OUTBOX_KEY_PREFIX + b"job")
+    state = ("posts", b"u:1", b"p:1")
+    put = with_outbox_index([(state, (b"x", 7, 0)), (row, (b"job", 7, 0))])
+    assert put[:2] == [(state, (b"x", 7, 0)), (row, (b"job", 7, 0))]
+    assert put[2:] == [(outbox_index_key(row), (b"", 7, 0))]
+    assert outbox_row_of(outbox_index_key(row)[2]) == row
+    assert with_outbox_index([(row, None)])[1:] == [(outbox_index_key(row), None)]
+    assert with_outbox_index([(state, None)]) == [(state, None)]
+    meta = (META_KEYSPACE, b"moved", OUTBOX_KEY_PREFIX)
+    assert with_outbox_index([(meta, None)]) == [(meta, None)]  # the KV's own keys: never

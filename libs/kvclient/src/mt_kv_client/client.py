@@ -638,6 +638,30 @@ class KVClient:
         items = [item for item in map(_from_pb, reply.items) if item is not None]
         return items, reply.next_cursor
 
+    async def shards(self) -> list[int]:
+        """The shards of the routing table."""
+        await self._ensure_table()
+        return list(range(len(self._table.shards)))
+
+    async def outbox_page(
+        self, shard: int, *, cursor: str = "", limit: int = 200
+    ) -> tuple[list[Key], str]:
+        """One page of ``shard``'s outbox index: the keys of the job rows it holds (see
+        ``OUTBOX_KEY_PREFIX``); the cursor resumes after it."""
+
+        async def attempt() -> pb.ScanResponse:
+            await self._ensure_table()
+            request = pb.ScanRequest(
+                route=self._route(shard), outbox=True, cursor=cursor, limit=limit
+            )
+            return await self._stub(self._info(shard).primary, shard).Scan(
+                request, timeout=self._call_timeout_s()
+            )
+
+        reply = await self._retrying(attempt, idempotent=True)
+        keys = [Key(i.key.keyspace, i.key.partition, i.key.key) for i in reply.items]
+        return keys, reply.next_cursor
+
     async def scan_pages(
         self, keyspace: str, partition: bytes, prefix: bytes = b"", *, page_size: int = 1000
     ) -> AsyncIterator[list[Item]]:

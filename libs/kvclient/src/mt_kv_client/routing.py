@@ -15,6 +15,10 @@ from mt_core.errors import InvalidArgument, TooLarge
 MAX_KEY_BYTES = 1024  # keyspace + partition + key
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_BATCH = 1000  # mutations or keys per request
+# A key whose own part starts with this is a job row of the transactional outbox
+# (mt_jobs.outbox): the shard's primary lists it in the shard's outbox index, in the same log
+# entry, so a relay finds every row written and not yet deleted — whatever partition holds it.
+OUTBOX_KEY_PREFIX = b"\x00outbox/"
 
 
 @dataclass(frozen=True, order=True)

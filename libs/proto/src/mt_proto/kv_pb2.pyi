@@ -495,6 +495,7 @@ class ScanRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     READ_FIELD_NUMBER: _builtins.int
     REVERSE_FIELD_NUMBER: _builtins.int
+    OUTBOX_FIELD_NUMBER: _builtins.int
     keyspace: _builtins.str
     partition: _builtins.bytes
     prefix: _builtins.bytes
@@ -505,6 +506,10 @@ class ScanRequest(_message.Message):
     """0 = the server's default"""
     reverse: _builtins.bool
     """newest-first layouts scan backwards"""
+    outbox: _builtins.bool
+    """Instead: the route's shard's outbox index (keyspace, partition and prefix unused): the keys
+    of the transactional outbox's job rows it holds (keys starting "\\0outbox/"), values empty.
+    """
     @_builtins.property
     def route(self) -> Global___Route: ...
     @_builtins.property
@@ -520,10 +525,11 @@ class ScanRequest(_message.Message):
         limit: _builtins.int = ...,
         read: Global___ReadOptions | None = ...,
         reverse: _builtins.bool = ...,
+        outbox: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "route", b"route"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "keyspace", b"keyspace", "limit", b"limit", "partition", b"partition", "prefix", b"prefix", "read", b"read", "reverse", b"reverse", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "keyspace", b"keyspace", "limit", b"limit", "outbox", b"outbox", "partition", b"partition", "prefix", b"prefix", "read", b"read", "reverse", b"reverse", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

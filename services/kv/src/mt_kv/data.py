@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Final
 
 import msgpack
+from mt_kv_client.routing import OUTBOX_KEY_PREFIX
 from mt_proto import kv_pb2 as pb
 from sortedcontainers import SortedList
 
@@ -43,12 +44,37 @@ MOVED: Final = b"moved"
 VERSION_FLOOR: Final[KeyT] = (META_KEYSPACE, b"version_floor", b"")
 
 
+# The shard's outbox index: key (META_KEYSPACE, OUTBOX, the job row's key packed), value empty.
+# Kept by the primary in the same entry as the row it lists (with_outbox_index), so it is as
+# durable as the row; μshard moves carry the rows, and the index follows them (both the
+# import and the purge go through the same rule).
+OUTBOX: Final = b"outbox"
+
+
 def moved_key(microshard: int) -> KeyT:
     return (META_KEYSPACE, MOVED, microshard.to_bytes(4, "big"))
 
 
 def moved_value(to_shard: int, microshards: int) -> bytes:
     return f"{to_shard}/{microshards}".encode()
+
+
+def outbox_index_key(key: KeyT) -> KeyT:
+    return (META_KEYSPACE, OUTBOX, msgpack.packb(key, use_bin_type=True))
+
+
+def outbox_row_of(index_key: bytes) -> KeyT:
+    keyspace, partition, key = msgpack.unpackb(index_key, raw=False)
+    return (keyspace, partition, key)
+
+
+def with_outbox_index(changes: list[Change]) -> list[Change]:
+    """``changes`` plus the outbox index's change for each job row among them."""
+    listed: list[Change] = []
+    for key, new in changes:
+        if key[2].startswith(OUTBOX_KEY_PREFIX) and key[0] != META_KEYSPACE:
+            listed.append((outbox_index_key(key), None if new is None else (b"", new[1], 0)))
+    return changes + listed if listed else changes
 
 
 def live(entry: Entry, now_ms: int) -> bool:

@@ -40,6 +40,7 @@ from mt_kv.data import (
     EXPIRES,
     META_KEYSPACE,
     MOVED,
+    OUTBOX,
     VALUE,
     VERSION,
     Change,
@@ -49,6 +50,8 @@ from mt_kv.data import (
     encode_changes,
     key_of,
     moved_key,
+    outbox_row_of,
+    with_outbox_index,
 )
 from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
@@ -497,6 +500,9 @@ class Replica:
         return effects, list(local.items())
 
     def _sequence(self, shard: Shard, changes: list[Change]) -> int:
+        """Append ``changes`` (every change a primary makes comes through here) as the next
+        entry; followers apply the entry's changes as they are, index included."""
+        changes = with_outbox_index(changes)
         seq = shard.last_seq + 1
         entry = (seq, shard.epoch, encode_changes(changes))
         shard.append(entry)
@@ -602,6 +608,8 @@ class Replica:
 
     async def scan(self, req: pb.ScanRequest) -> pb.ScanResponse:
         shard = await self._readable(req.route.shard, req.read, req.route.epoch)
+        if req.outbox:
+            return self._scan_outbox(shard, req)
         self._validate_key(pb.Key(keyspace=req.keyspace, partition=req.partition, key=req.prefix))
         self._refuse_moved(shard, (req.keyspace, req.partition, b""), sequencing=False)
         limit = min(req.limit or 100, MAX_BATCH)
@@ -613,6 +621,25 @@ class Replica:
             req.keyspace, req.partition, req.prefix, after, limit, req.reverse, now_ms()
         )
         items = [to_item(k, e) for k, e in found]
+        cursor = found[-1][0][2].hex() if more and found else ""
+        return pb.ScanResponse(items=items, next_cursor=cursor, served_at=self._position(shard))
+
+    def _scan_outbox(self, shard: Shard, req: pb.ScanRequest) -> pb.ScanResponse:
+        """A page of the shard's outbox index: the keys of its job rows (values left out)."""
+        limit = min(req.limit or 100, MAX_BATCH)
+        try:
+            after = bytes.fromhex(req.cursor) if req.cursor else None
+        except ValueError:
+            raise InvalidArgument("malformed scan cursor", code="invalid_cursor") from None
+        found, more = shard.data.scan(META_KEYSPACE, OUTBOX, b"", after, limit, False, now_ms())
+        items = []
+        for (_, _, packed), entry in found:
+            keyspace, partition, key = outbox_row_of(packed)
+            items.append(
+                pb.Item(
+                    key=pb.Key(keyspace=keyspace, partition=partition, key=key), version=entry[1]
+                )
+            )
         cursor = found[-1][0][2].hex() if more and found else ""
         return pb.ScanResponse(items=items, next_cursor=cursor, served_at=self._position(shard))
 
