@@ -208,3 +208,25 @@ async def test_outbox_index__lists_a_job_row_written_with_its_state_until_it_is_
     assert set(rows[1:]) <= await listed()
     await kv.write([Delete(r) for r in rows[1:]])
     assert not set(rows) & await listed()
+
+
+async def test_conditional_writes__sharing_a_batch_each_keep_their_own_outcome(
+    kv: KVClient,
+) -> None:
+    keys = [k("coalesced", f"c{i}") for i in range(10)]
+    # Two claims per key and a plain write, all in one loop turn: one BatchWrite per primary.
+    outcomes = await asyncio.gather(
+        *(kv.write([Put(key, tag)], [Check.absent(key)]) for key in keys for tag in (b"a", b"b")),
+        kv.write([Put(k("coalesced", "plain"), b"p")]),
+        return_exceptions=True,
+    )
+    claims = outcomes[:-1]
+    assert not isinstance(outcomes[-1], BaseException)
+    for i in range(len(keys)):
+        first, second = claims[2 * i], claims[2 * i + 1]
+        won = [o for o in (first, second) if not isinstance(o, BaseException)]
+        lost = [o for o in (first, second) if isinstance(o, BaseException)]
+        assert len(won) == 1 and len(lost) == 1, (first, second)
+        assert isinstance(lost[0], FailedPrecondition)
+    found = await kv.multi_get(keys)
+    assert all(item is not None and item.value in (b"a", b"b") for item in found.values())

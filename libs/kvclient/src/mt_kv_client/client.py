@@ -153,6 +153,17 @@ def _pb_condition(c: Check) -> pb.Condition:
     return pb.Condition(key=_pb_key(c.key), kind=pb.Condition.VERSION_EQUALS, version=c.version)
 
 
+@dataclass(frozen=True)
+class _Conditional:
+    """A write with conditions (or several mutations) of one caller: it rides in a coalesced
+    BatchWrite as a write of its own, so its meaning — all or nothing, only if its checks
+    hold — is unchanged by the company it keeps."""
+
+    shard: int
+    mutations: tuple[Mutation, ...]
+    checks: tuple[Check, ...]
+
+
 P = TypeVar("P")
 
 
@@ -192,7 +203,8 @@ class _Coalescer:
     Sixty-four callers each doing one get become a handful of multi-key Gets: the per-RPC
     cost (the dominant one in Python gRPC) is paid once per batch, and a batch of puts is one
     log entry on the server. Only calls whose meaning does not change when grouped are
-    coalesced (reads, and writes without conditions).
+    coalesced into one request (reads, and writes without conditions); a write with conditions
+    rides in the same RPC as a request of its own (:class:`_Conditional`).
 
     Calls made in the same event-loop turn go together. With ``max_in_flight``, a group also
     has at most that many RPCs out at once, and calls arriving meanwhile wait to go together
@@ -684,8 +696,10 @@ class KVClient:
         durability: Durability = Durability.QUORUM,
     ) -> pb.WriteResponse:
         """Apply ``mutations`` atomically if every check holds — within ONE shard (an OCC
-        transaction when the checks carry versions read earlier)."""
+        transaction when the checks carry versions read earlier). Concurrent writes bound for
+        the same primary share one BatchWrite, each still a write of its own."""
         keys = [m.key for m in mutations] + [c.key for c in checks]
+        call = (tuple(mutations), tuple(checks))
 
         async def routed() -> pb.WriteResponse:
             await self._ensure_table()
@@ -695,7 +709,11 @@ class KVClient:
                     "a write (or transaction) must stay within one shard; use multi_put for many",
                     code="cross_shard",
                 )
-            return await self._write_at(shards.pop(), mutations, durability, checks)
+            shard, addr = await self._routed(keys[0], lambda s: self._info(s).primary)
+            result: pb.WriteResponse = await self._writes.submit(
+                (addr, durability), _Conditional(shard, *call)
+            )
+            return result
 
         return await self._rerouting(routed)
 
@@ -707,47 +725,87 @@ class KVClient:
         return result
 
     async def _send_writes(
-        self, group: tuple[str, Durability], calls: list[tuple[int, Mutation]]
-    ) -> list[pb.Item | BaseException]:
+        self, group: tuple[str, Durability], calls: list[tuple[int, Mutation] | _Conditional]
+    ) -> list[pb.Item | pb.WriteResponse | BaseException]:
+        """One BatchWrite to one primary: the unconditional mutations as a write per shard,
+        each conditional write as a write of its own."""
         addr, durability = group
-        by_shard = _by_shard(calls)
+        conditional = [c for c in calls if isinstance(c, _Conditional)]
+        by_shard = _by_shard(c for c in calls if not isinstance(c, _Conditional))
         shards = list(by_shard)
-        request = pb.BatchWriteRequest(
-            writes=[
-                pb.WriteRequest(
-                    route=self._route(shard),
-                    mutations=[_pb_mutation(m) for m in by_shard[shard]],
-                    durability=int(durability),  # type: ignore[arg-type]
-                )
-                for shard in shards
-            ]
-        )
+        writes = [
+            pb.WriteRequest(
+                route=self._route(shard),
+                mutations=[_pb_mutation(m) for m in by_shard[shard]],
+                durability=int(durability),  # type: ignore[arg-type]
+            )
+            for shard in shards
+        ] + [
+            pb.WriteRequest(
+                route=self._route(c.shard),
+                mutations=[_pb_mutation(m) for m in c.mutations],
+                conditions=[_pb_condition(k) for k in c.checks],
+                durability=int(durability),  # type: ignore[arg-type]
+            )
+            for c in conditional
+        ]
         outcomes: list[pb.WriteResult | None]
         started = time.monotonic()
         try:
+            request = pb.BatchWriteRequest(writes=writes)
             reply = await self._stub_at(addr).BatchWrite(request, timeout=self._call_timeout_s())
             outcomes = list(reply.results)
             self._observe_commit(time.monotonic() - started)
         except grpc.aio.AioRpcError:
-            outcomes = [None] * len(shards)  # unknown outcome for every part
+            outcomes = [None] * len(writes)  # unknown outcome for every part
         # Parts that must be retried are retried together: a failover touches many shards.
         settled = await asyncio.gather(
             *(
                 self._settle(shard, by_shard[shard], outcome, durability)
-                for shard, outcome in zip(shards, outcomes, strict=True)
-            )
+                for shard, outcome in zip(shards, outcomes[: len(shards)], strict=True)
+            ),
+            *(
+                self._settle_conditional(c, outcome, durability)
+                for c, outcome in zip(conditional, outcomes[len(shards) :], strict=True)
+            ),
         )
-        results = dict(zip(shards, settled, strict=True))
+        results = dict(zip(shards, settled[: len(shards)], strict=True))
+        answers = iter(settled[len(shards) :])
         position: dict[int, int] = defaultdict(int)
-        out: list[pb.Item | BaseException] = []
-        for shard, _ in calls:
-            part = results[shard]
+        out: list[pb.Item | pb.WriteResponse | BaseException] = []
+        for call in calls:
+            if isinstance(call, _Conditional):
+                out.append(next(answers))  # type: ignore[arg-type]
+                continue
+            part = results[call[0]]
+            assert not isinstance(part, pb.WriteResponse)
             if isinstance(part, BaseException):
                 out.append(part)
             else:
-                out.append(part[position[shard]])
-                position[shard] += 1
+                out.append(part[position[call[0]]])
+                position[call[0]] += 1
         return out
+
+    async def _settle_conditional(
+        self, call: _Conditional, outcome: pb.WriteResult | None, durability: Durability
+    ) -> pb.WriteResponse | BaseException:
+        """A conditional write's part of a BatchWrite: its answer, or — refused — the write
+        again on its own (an unknown outcome is not repeated: see Repeats)."""
+        if outcome is not None and outcome.HasField("ok"):
+            self.session.observe(outcome.ok.version)
+            return outcome.ok
+        if outcome is None:
+            await self._try_refresh()
+            return Unavailable("outcome unknown: the batch call failed", code="indeterminate")
+        error = ERROR_CLASSES.get(outcome.error.kind, Internal)(
+            outcome.error.message, code=outcome.error.code
+        )
+        if error.code not in _REFUSED:
+            return error
+        try:
+            return await self._write_at(call.shard, call.mutations, durability, call.checks)
+        except MinithreadsError as err:
+            return err
 
     async def _settle(
         self,
