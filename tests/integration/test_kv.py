@@ -226,7 +226,8 @@ async def test_conditional_writes__sharing_a_batch_each_keep_their_own_outcome(
         first, second = claims[2 * i], claims[2 * i + 1]
         won = [o for o in (first, second) if not isinstance(o, BaseException)]
         lost = [o for o in (first, second) if isinstance(o, BaseException)]
-        assert len(won) == 1 and len(lost) == 1, (first, second)
+        assert len(won) == 1, (first, second)
+        assert len(lost) == 1, (first, second)
         assert isinstance(lost[0], FailedPrecondition)
     found = await kv.multi_get(keys)
     assert all(item is not None and item.value in (b"a", b"b") for item in found.values())
