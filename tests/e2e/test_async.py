@@ -66,7 +66,12 @@ async def test_import__pending_followee_joining_later_is_followed(api: Api) -> N
     following = await api.all_pages(f"/v1/users/{user['handle']}/following", limit=100)
     assert newcomer["id"] in [u["id"] for u in following]
     assert len(following) == before + 1
-    assert (await api.call("GET", f"/v1/users/{newcomer['handle']}")).body["followers_count"] >= 1
+
+    async def counted() -> bool:  # the newcomer's side, mirrored by the same join step
+        reply = await api.call("GET", f"/v1/users/{newcomer['handle']}")
+        return bool(reply.body["followers_count"] >= 1)
+
+    await eventually(counted, what="the newcomer's follower counted")
     assert followees  # the importer had a legacy following to copy
 
 

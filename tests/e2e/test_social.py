@@ -21,22 +21,33 @@ POST_FIELDS = {
 
 
 async def test_follow__is_idempotent_and_counted_once(api: Api) -> None:
-    alice, ta = await api.signup()
+    alice, _ = await api.signup()
     bob, tb = await api.signup()
     for _ in range(3):
         assert (
             await api.call("PUT", f"/v1/me/following/{alice['handle']}", token=tb)
         ).status == 204
-    assert (await api.call("GET", f"/v1/users/{alice['handle']}")).body["followers_count"] == 1
+    # The follower's side at once (their own write); the followee's once the follow job ran.
     assert (await api.call("GET", "/v1/me", token=tb)).body["following_count"] == 1
-    followers = await api.all_pages(f"/v1/users/{alice['handle']}/followers")
-    assert [u["id"] for u in followers] == [bob["id"]]
+    await _followers_become(api, alice, [bob["id"]])
     for _ in range(2):
         assert (
             await api.call("DELETE", f"/v1/me/following/{alice['handle']}", token=tb)
         ).status == 204
-    assert (await api.call("GET", "/v1/me", token=ta)).body["followers_count"] == 0
-    assert await api.all_pages(f"/v1/users/{alice['handle']}/followers") == []
+    assert (await api.call("GET", "/v1/me", token=tb)).body["following_count"] == 0
+    await _followers_become(api, alice, [])
+
+
+async def _followers_become(api: Api, user: dict[str, Any], ids: list[str]) -> None:
+    """The user's follower list and count converge on ``ids`` (the follow jobs mirror each
+    follow on the followee's side within seconds)."""
+
+    async def converged() -> bool:
+        listed = await api.all_pages(f"/v1/users/{user['handle']}/followers", limit=2)
+        count = (await api.call("GET", f"/v1/users/{user['handle']}")).body["followers_count"]
+        return [u["id"] for u in listed] == ids and count == len(ids)
+
+    await eventually(converged, timeout_s=30, what=f"{user['handle']}'s followers {ids}")
 
 
 async def test_follow__lists_are_newest_first_across_pages(api: Api) -> None:
@@ -44,8 +55,7 @@ async def test_follow__lists_are_newest_first_across_pages(api: Api) -> None:
     fans = [await api.signup() for _ in range(5)]
     for _, token in fans:
         await api.call("PUT", f"/v1/me/following/{star['handle']}", token=token)
-    listed = await api.all_pages(f"/v1/users/{star['handle']}/followers", limit=2)
-    assert [u["id"] for u in listed] == [u["id"] for u, _ in reversed(fans)]
+    await _followers_become(api, star, [u["id"] for u, _ in reversed(fans)])
     following = await api.all_pages(f"/v1/users/{fans[0][0]['handle']}/following")
     assert [u["id"] for u in following] == [star["id"]]
 

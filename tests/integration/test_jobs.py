@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.partitioner import DefaultPartitioner
 from mt_cli.kvcluster import KVCluster
-from mt_core.errors import DeadlineExceeded, Overloaded
+from mt_core.errors import DeadlineExceeded, FailedPrecondition, Overloaded
 from mt_core.messaging import kafka_consumer
 from mt_jobs import (
     DEAD_ATTEMPTS_HEADER,
@@ -44,8 +44,8 @@ from mt_jobs import (
 from mt_jobs.capacity import OPPORTUNISTIC_RETENTION_S
 from mt_jobs.control import Conditions
 from mt_jobs.envelope import now_ms
-from mt_jobs.outbox import KEYSPACE
-from mt_kv_client import KVClient
+from mt_kv_client import Key, KVClient
+from mt_kv_client.client import Check, Put
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -300,7 +300,7 @@ async def kv_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         cluster.stop()
 
 
-async def test_outbox__the_relay_publishes_what_a_dead_process_intended(
+async def test_outbox__a_job_is_published_exactly_when_its_write_happened(
     producer: JobProducer, kv_cluster: KVCluster
 ) -> None:
     kind = unique("outbox")
@@ -314,26 +314,42 @@ async def test_outbox__the_relay_publishes_what_a_dead_process_intended(
         KVClient(kv_cluster.manager_addr) as kv,
         worker([KindConfig(kind, handle)], unique("g")) as w,
     ):
-        # A process intends a job, then dies before its write and publish: its relay never ran.
-        async with Outbox(kv, producer, owner, buckets=4, relay_interval_ms=60_000) as dying:
+        # A process writes a change with its job beside it, then dies before publishing.
+        async with Outbox(kv, producer, owner, relay_interval_ms=60_000) as dying:
             orphan = Job(kind, {"post": "p1"})
-            intended_at = now_ms()
-            intent = await dying.intend([orphan])
-        assert await kv.get(intent.keys()[0]) is not None
+            where = Key("test", unique("state").encode())
+            staged = dying.stage(where, [orphan])
+            written_at = now_ms()
+            await kv.write([Put(where, b"state"), *staged.puts])
+            # A write that fails takes its job with it: nothing to publish, ever.
+            never = Job(kind, {"post": "never"})
+            failed = dying.stage(Key("test", b"outbox-failed"), [never])
+            with pytest.raises(FailedPrecondition):
+                await kv.write(list(failed.puts), [Check.present(Key("test", b"no-such-row"))])
+        assert await kv.get(staged.rows[0]) is not None
 
-        # Its successor publishes directly what it emits, and the orphan once it is stale.
+        # Its successor publishes directly what it settles, and the orphan once it is stale.
         async with Outbox(
-            kv, producer, owner, buckets=4, relay_interval_ms=100, stale_after_ms=1_000
+            kv, producer, owner, relay_interval_ms=100, stale_after_ms=1_000
         ) as outbox:
             fresh = Job(kind, {"post": "p2"})
-            await outbox.emit([fresh])
+            there = Key("test", unique("state").encode())
+            settled = outbox.stage(there, [fresh])
+            await kv.write([Put(there, b"state"), *settled.puts])
+            assert await outbox.settle(settled)
             await eventually(lambda: orphan.id in received, what="the relayed job")
             await w.drain(10)
 
+            deadline = time.monotonic() + 15  # published, then their rows deleted
+            while any(
+                v is not None for v in (await kv.multi_get(staged.rows + settled.rows)).values()
+            ):
+                assert time.monotonic() < deadline, "the published rows were never deleted"
+                await asyncio.sleep(0.05)
+
         assert fresh.id in received
-        assert received[orphan.id] >= intended_at + 1_000, "relayed before it was stale"
-        for bucket in range(4):  # published, then forgotten
-            assert await kv.scan(KEYSPACE, outbox.partition(bucket)) == ([], "")
+        assert never.id not in received
+        assert received[orphan.id] >= written_at + 1_000, "relayed before it was stale"
 
 
 # ---------------------------------------------------------------------- capacity-aware async

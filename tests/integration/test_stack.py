@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("stack")
 
 GATEWAY = "http://127.0.0.1:8080"
 ZIPKIN = "http://127.0.0.1:9411"
-SERVICES = {"gateway", "users", "graph", "posts", "counters", "feed", "kv"}
+SERVICES = {"gateway", "users", "graph", "posts", "feed", "kv"}
 
 
 async def _get(
@@ -106,7 +106,6 @@ MODULES = {
     "users": "mt_users",
     "graph": "mt_graph",
     "posts": "mt_posts",
-    "counters": "mt_counters",
     "feed": "mt_feed",
     "kv-manager": "mt_kv.manager",
     "kv-replica": "mt_kv.replica",

@@ -65,7 +65,7 @@ def test_compose__uses_official_images_and_one_project_image(compose: dict[str, 
     assert compose["redis"]["image"].startswith("redis:")
     assert compose["zipkin"]["image"].startswith("openzipkin/zipkin:")
     built = {name for name, svc in compose.items() if svc["build"]}
-    assert built == {"gateway", "users", "graph", "posts", "counters", "feed", "workers"} | {
+    assert built == {"gateway", "users", "graph", "posts", "feed", "workers"} | {
         "kv",
         "kv-1",
         "kv-2",

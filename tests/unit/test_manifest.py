@@ -9,7 +9,7 @@ from mt_cli.manifest import ManifestError, load
 
 REPO = Path(__file__).resolve().parents[2]
 
-SERVICES = {"gateway", "users", "graph", "posts", "counters", "feed", "kv"}
+SERVICES = {"gateway", "users", "graph", "posts", "feed", "kv"}
 
 
 def _write(tmp_path: Path, body: str) -> Path:

@@ -29,12 +29,12 @@ def test_generated_package__covers_every_contract() -> None:
 
 
 def test_contracts__name_every_service() -> None:
-    from mt_proto import counters_pb2, feed_pb2, graph_pb2, kv_pb2, posts_pb2, users_pb2
+    from mt_proto import feed_pb2, graph_pb2, kv_pb2, posts_pb2, users_pb2
 
     services = {
         name
-        for module in (users_pb2, graph_pb2, posts_pb2, counters_pb2, feed_pb2, kv_pb2)
+        for module in (users_pb2, graph_pb2, posts_pb2, feed_pb2, kv_pb2)
         for name in module.DESCRIPTOR.services_by_name
     }
     assert {"KV", "Replication", "ShardManager"} <= services
-    assert len(services) >= 8
+    assert len(services) >= 7

@@ -18,8 +18,8 @@ def test_join_batch__carries_what_the_last_step_found_to_fit() -> None:
 
 
 def test_next_join_batch__grows_when_fast_shrinks_when_near_the_deadline() -> None:
-    assert next_join_batch(50, took_ms=500, deadline_ms=5_000, most=200) == 100
-    assert next_join_batch(150, took_ms=500, deadline_ms=5_000, most=200) == 200
-    assert next_join_batch(100, took_ms=2_000, deadline_ms=5_000, most=200) == 100
-    assert next_join_batch(100, took_ms=3_000, deadline_ms=5_000, most=200) == 50
-    assert next_join_batch(12, took_ms=4_000, deadline_ms=5_000, most=200) == MIN_JOIN_BATCH
+    assert next_join_batch(50, took_ms=500, budget_ms=5_000, most=200) == 100
+    assert next_join_batch(150, took_ms=500, budget_ms=5_000, most=200) == 200
+    assert next_join_batch(100, took_ms=2_000, budget_ms=5_000, most=200) == 100
+    assert next_join_batch(100, took_ms=3_000, budget_ms=5_000, most=200) == 50
+    assert next_join_batch(12, took_ms=4_000, budget_ms=5_000, most=200) == MIN_JOIN_BATCH

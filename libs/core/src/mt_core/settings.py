@@ -35,7 +35,6 @@ class ServiceSettings(BaseSettings):
     users_addr: str = "127.0.0.1:50051"
     graph_addr: str = "127.0.0.1:50052"
     posts_addr: str = "127.0.0.1:50053"
-    counters_addr: str = "127.0.0.1:50054"
     feed_addr: str = "127.0.0.1:50055"
     kv_addr: str = "127.0.0.1:50060"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -47,9 +46,9 @@ class ServiceSettings(BaseSettings):
     # A KV commit slower than this (the KV client's recent average) counts as overload too.
     kv_commit_target_ms: float = 100.0
 
-    # An outbox intent older than this is published by the relay (its writer presumably died):
-    # longer than any write between intend and publish can take (the KV client's retry budget).
-    outbox_stale_ms: int = 30_000
+    # An outbox job row older than this is published by the relay (its writer presumably died
+    # between its write and its publish; a slower writer only causes a duplicate).
+    outbox_stale_ms: int = 5_000
 
     # Tracing: the exporter and its endpoint follow OTEL_TRACES_EXPORTER and
     # OTEL_EXPORTER_ZIPKIN_ENDPOINT; this switch exists so tests can turn export off.
@@ -72,7 +71,6 @@ class ServiceSettings(BaseSettings):
             "users": self.users_addr,
             "graph": self.graph_addr,
             "posts": self.posts_addr,
-            "counters": self.counters_addr,
             "feed": self.feed_addr,
             "kv": self.kv_addr,
         }

@@ -1,30 +1,29 @@
-"""The transactional outbox, over the KV: no job is lost between a service's write and its
-publish, even if the process dies in between.
+"""The transactional outbox, over the KV: a job is published if and only if the write that
+announces it committed — even if the process dies in between.
 
-    intent = await outbox.intend([Job("fanout", {"post": post_id})])  # durable in the KV
-    await kv.write(...)                                                # the state change
-    await outbox.publish(intent)                                       # to Kafka, then forgotten
+    staged = outbox.stage(where, [Job("fanout", {...})])     # job rows beside the state
+    await kv.write([...state mutations..., *staged.puts], checks)  # one atomic write
+    await outbox.settle(staged)                                # to Kafka; rows forgotten later
 
-``intend`` writes the jobs to keyspace ``outbox``, partition ``<owner>:<bucket>`` (one bucket
-per intent, so the write is atomic), before the caller changes its state. ``publish`` enqueues
-them and deletes the records. While an Outbox is open, a relay scans the owner's buckets every
-``relay_interval_ms`` and publishes (then deletes) records older than ``stale_after_ms``: the
-jobs of a process that died between intend and publish are published by the next one.
+``stage`` makes each job a row in the partition of ``where`` (the partition the caller's write
+changes), keyed under ``OUTBOX_KEY_PREFIX``: the job is written in the same atomic write as the
+change it announces, so it exists exactly when the change does — a job is a fact, not an
+intention, and its handler need not look whether the change happened. The KV lists every such
+row in its shard's outbox index (same log entry), which is how the relay finds them.
 
-What consumers must accept (document it to every handler author):
+``settle`` publishes the jobs and hands their rows to a deleter that removes them in the
+background, batched. While an Outbox is open, its relay pages every shard's outbox index every
+``relay_interval_ms`` and publishes (then deletes) this owner's rows older than
+``stale_after_ms``: the jobs of a process that died between its write and its publish, or that
+could not reach the broker.
 
-* Jobs may arrive more than once (a relay may publish a job whose publish was merely slow, and
-  Kafka delivery is at-least-once anyway): be idempotent, keyed on ``Job.id``.
-* A job may arrive for a write that never happened (the process died, or the write failed,
-  after ``intend``): check the state the job refers to, never trust the job alone.
-* A relayed job arrives late (after ``stale_after_ms``) and out of order with later ones.
-* ``stale_after_ms`` must exceed the longest time between ``intend`` and ``publish`` (the
-  write's retry budget): otherwise a relay can publish a job before its write is visible. A
-  handler that finds no state for a job younger than that should raise (and be retried)
-  rather than drop it; one that finds none for an older job may drop it.
+What consumers must accept: a job may arrive more than once (a relay may publish a job whose
+publish was merely slow, a crash may come between a publish and the row's deletion, and Kafka
+delivery is at-least-once anyway) — be idempotent — and a relayed job arrives late and out of
+order with later ones.
 
-Use one ``owner`` per service (not per process): every instance's relay scans the same buckets,
-so a crashed instance's records are picked up by its peers or its successor, not orphaned.
+Use one ``owner`` per service (not per process): every instance's relay takes the same rows, so
+a crashed instance's jobs are picked up by its peers or its successor.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +39,8 @@ from typing import Any
 from mt_core.errors import MinithreadsError
 from mt_core.messaging import inject_headers
 from mt_kv_client import Key, KVClient
-from mt_kv_client.client import Delete, Put
-from mt_kv_client.routing import MAX_BATCH
+from mt_kv_client.client import Put
+from mt_kv_client.routing import OUTBOX_KEY_PREFIX
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
@@ -51,27 +49,28 @@ from mt_jobs.producer import JobProducer
 
 log = logging.getLogger(__name__)
 
-KEYSPACE = "outbox"
-SCAN_PAGE = 200
+INDEX_PAGE = 200
+FORGET_EVERY_S = 0.05  # the deleter's batching window
 
 
 @dataclass(frozen=True)
-class Intent:
-    """Jobs recorded by :meth:`Outbox.intend`, to be published after the caller's write."""
+class Staged:
+    """Jobs as rows beside a state change (:meth:`Outbox.stage`): ``puts`` go into the
+    caller's write; once it committed, :meth:`Outbox.settle` publishes the jobs."""
 
     jobs: tuple[Job, ...]
-    bucket: int
-    partition: bytes
+    puts: tuple[Put, ...]
 
-    def keys(self) -> list[Key]:
-        return [Key(KEYSPACE, self.partition, job.id.encode()) for job in self.jobs]
+    @property
+    def rows(self) -> list[Key]:
+        return [put.key for put in self.puts]
 
 
 @dataclass(frozen=True)
 class _Record:
     key: Key
     job: Job
-    trace: dict[str, str]  # the intending request's trace context (W3C headers)
+    trace: dict[str, str]  # the staging request's trace context (W3C headers)
     at_ms: int
 
 
@@ -84,90 +83,121 @@ class Outbox:
         producer: JobProducer,
         owner: str,
         *,
-        buckets: int = 16,
-        relay_interval_ms: int = 1000,
-        stale_after_ms: int = 3000,
+        relay_interval_ms: int = 5_000,
+        stale_after_ms: int = 5_000,
     ) -> None:
-        if buckets < 1 or not owner:
-            raise ValueError("an outbox needs an owner and at least one bucket")
+        if not owner or "/" in owner:
+            raise ValueError("an outbox needs an owner (no '/')")
         self._kv = kv
         self._producer = producer
         self._owner = owner
-        self._buckets = buckets
+        self._prefix = OUTBOX_KEY_PREFIX + f"{owner}/".encode()
         self._interval_s = relay_interval_ms / 1000
         self._stale_after_ms = stale_after_ms
-        self._relay: asyncio.Task[None] | None = None
+        self._forgotten: list[Key] = []
+        self._forgetting = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Outbox:
-        self._relay = asyncio.create_task(self._relay_loop(), name=f"outbox-relay-{self._owner}")
+        self._tasks = [
+            asyncio.create_task(self._relay_loop(), name=f"outbox-relay-{self._owner}"),
+            asyncio.create_task(self._forget_loop(), name=f"outbox-forget-{self._owner}"),
+        ]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._relay is not None:
-            self._relay.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._relay
-            self._relay = None
+                await task
+        self._tasks = []
+        with contextlib.suppress(MinithreadsError):
+            await self._delete(self._take_forgotten())  # the rest: the relay's, next time
 
-    def partition(self, bucket: int) -> bytes:
-        return f"{self._owner}:{bucket}".encode()
+    def row_key(self, where: Key, job: Job) -> Key:
+        return Key(where.keyspace, where.partition, self._prefix + job.id.encode())
 
-    async def intend(self, jobs: Sequence[Job]) -> Intent:
-        """Durably record ``jobs`` (call BEFORE the state change they announce)."""
-        if not jobs:
-            return Intent((), 0, b"")
-        bucket = zlib.crc32(jobs[0].id.encode()) % self._buckets
-        intent = Intent(tuple(jobs), bucket, self.partition(bucket))
+    def stage(self, where: Key, jobs: Sequence[Job]) -> Staged:
+        """Rows for ``jobs`` in the partition of ``where``, for the caller's atomic write."""
         trace = {name: value.decode("latin-1") for name, value in inject_headers()}
         at_ms = now_ms()
-        puts = [
-            Put(key, _encode_record(job, trace, at_ms))
-            for key, job in zip(intent.keys(), intent.jobs, strict=True)
-        ]
-        for start in range(0, len(puts), MAX_BATCH):  # one atomic write per KV batch
-            await self._kv.write(puts[start : start + MAX_BATCH])
-        return intent
+        puts = tuple(
+            Put(self.row_key(where, job), _encode_record(job, trace, at_ms)) for job in jobs
+        )
+        return Staged(tuple(jobs), puts)
 
-    async def publish(self, intent: Intent) -> None:
-        """Enqueue the intent's jobs, then forget them. If this raises, the relay publishes
-        them later: the caller may log and go on."""
-        if not intent.jobs:
+    async def publish(self, staged: Staged) -> None:
+        """Enqueue the jobs (their write committed), then let their rows go. If this raises,
+        the relay publishes them later."""
+        if not staged.jobs:
             return
-        await self._producer.enqueue_many(intent.jobs)
-        await self._forget(intent.keys())
+        await self._producer.enqueue_many(staged.jobs)
+        self._forget(staged.rows)
 
-    async def settle(self, intent: Intent, timeout_s: float = 2.0) -> bool:
+    async def settle(self, staged: Staged, timeout_s: float = 2.0) -> bool:
         """Publish, without ever failing the caller's request over it: with the broker down or
-        slow, the intent stays in the KV and the relay publishes it once the broker is back.
-        Returns whether it was published now."""
+        slow, the rows stay in the KV and the relay publishes them once it is back. Returns
+        whether it was published now."""
         try:
-            await asyncio.wait_for(self.publish(intent), timeout_s)
+            await asyncio.wait_for(self.publish(staged), timeout_s)
         except Exception as err:  # any broker trouble: the relay is the backstop
             log.warning("publish deferred to the outbox relay", extra={"reason": repr(err)})
             return False
         return True
 
-    async def emit(self, jobs: Sequence[Job]) -> None:
-        """intend + publish, for events that need no ordering with a write."""
-        await self.publish(await self.intend(jobs))
+    async def emit(self, where: Key, jobs: Sequence[Job]) -> None:
+        """Jobs that announce no write of their own: written as rows (durable), then
+        published."""
+        staged = self.stage(where, jobs)
+        if staged.puts:
+            await self._kv.write(list(staged.puts))
+            await self.settle(staged)
 
-    async def cancel(self, intent: Intent) -> None:
-        """Forget an intent without publishing it (the caller's write definitely failed)."""
-        if intent.jobs:
-            await self._forget(intent.keys(), quiet=False)
+    # ------------------------------------------------------------------ forgetting
+
+    def _forget(self, rows: Sequence[Key]) -> None:
+        self._forgotten.extend(rows)
+        self._forgetting.set()
+
+    def _take_forgotten(self) -> list[Key]:
+        rows, self._forgotten = self._forgotten, []
+        return rows
+
+    async def _forget_loop(self) -> None:
+        """Delete published rows a batch at a time, off the requests' path: a row outliving its
+        publish costs only a duplicate, should the relay see it first."""
+        while True:
+            await self._forgetting.wait()
+            await asyncio.sleep(FORGET_EVERY_S)
+            self._forgetting.clear()
+            rows = self._take_forgotten()
+            try:
+                await self._delete(rows)
+            except MinithreadsError as err:
+                log.warning("outbox rows not deleted: %r", err, extra={"owner": self._owner})
+
+    async def _delete(self, rows: Sequence[Key]) -> None:
+        # One delete per row: the KV client sends them as one BatchWrite per primary.
+        outcomes = await asyncio.gather(*(self._kv.delete(r) for r in rows), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    # ------------------------------------------------------------------ the relay
 
     async def relay(self) -> int:
-        """One pass of the relay over every bucket; returns how many jobs it published."""
+        """One pass of the relay over every shard's outbox index; how many jobs it published."""
         published = 0
-        for bucket in range(self._buckets):
-            published += await self._relay_bucket(bucket)
+        for shard in await self._kv.shards():
+            published += await self._relay_shard(shard)
         return published
 
     async def _relay_loop(self) -> None:
         while True:
+            await asyncio.sleep(self._interval_s)
             try:
                 published = await self.relay()
-            except Exception:  # KV or Kafka away: the records wait for the next pass
+            except Exception:  # KV or Kafka away: the rows wait for the next pass
                 log.exception("outbox relay pass failed", extra={"owner": self._owner})
             else:
                 if published:
@@ -176,56 +206,47 @@ class Outbox:
                         published,
                         extra={"owner": self._owner, "jobs": published},
                     )
-            await asyncio.sleep(self._interval_s)
 
-    async def _relay_bucket(self, bucket: int) -> int:
-        stale = await self._stale_records(self.partition(bucket))
+    async def _relay_shard(self, shard: int) -> int:
+        published = 0
+        cursor = ""
+        while True:
+            keys, cursor = await self._kv.outbox_page(shard, cursor=cursor, limit=INDEX_PAGE)
+            ours = [k for k in keys if k.key.startswith(self._prefix)]
+            if ours:
+                published += await self._relay_rows(ours)
+            if not cursor:
+                return published
+
+    async def _relay_rows(self, keys: list[Key]) -> int:
+        cutoff = now_ms() - self._stale_after_ms
+        found = await self._kv.multi_get(keys)
+        stale: list[_Record] = []
+        for key, item in found.items():
+            record = _decode_record(key, item.value) if item is not None else None
+            if record is not None and record.at_ms <= cutoff:
+                stale.append(record)
+            elif item is not None and record is None:
+                await self._delete([key])  # unreadable: logged by _decode_record
         if not stale:
             return 0
         futures = []
         for record in stale:
-            # Publish in the trace of the request that intended the job, not the relay's.
+            # Publish in the trace of the request that staged the job, not the relay's.
             token = otel_context.attach(propagate.extract(record.trace))
             try:
                 futures.append(await self._producer.submit(record.job))
             finally:
                 otel_context.detach(token)
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        published = [
+        done = [
             r.key for r, o in zip(stale, outcomes, strict=True) if not isinstance(o, BaseException)
         ]
-        await self._forget(published)
+        await self._delete(done)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return len(published)
-
-    async def _stale_records(self, partition: bytes) -> list[_Record]:
-        cutoff = now_ms() - self._stale_after_ms
-        stale: list[_Record] = []
-        cursor = ""
-        while True:
-            items, cursor = await self._kv.scan(KEYSPACE, partition, cursor=cursor, limit=SCAN_PAGE)
-            for item in items:
-                record = _decode_record(item.key, item.value)
-                if record is None:
-                    await self._forget([item.key], quiet=False)  # logged by _decode_record
-                elif record.at_ms <= cutoff:
-                    stale.append(record)
-            if not cursor:
-                return stale
-
-    async def _forget(self, keys: list[Key], *, quiet: bool = True) -> None:
-        """Delete outbox records. After a publish a failure is only logged: the records would
-        be published again by the relay (a duplicate, which consumers tolerate)."""
-        deletes = [Delete(key) for key in keys]
-        try:
-            for start in range(0, len(deletes), MAX_BATCH):
-                await self._kv.write(deletes[start : start + MAX_BATCH])
-        except MinithreadsError as err:
-            if not quiet:
-                raise
-            log.warning("outbox records not deleted: %r", err, extra={"owner": self._owner})
+        return len(done)
 
 
 def _encode_record(job: Job, trace: dict[str, str], at_ms: int) -> bytes:

@@ -23,63 +23,43 @@ _sym_db = _symbol_database.Default()
 
 
 from mt_proto import common_pb2 as mt__proto_dot_common__pb2
+from mt_proto import posts_pb2 as mt__proto_dot_posts__pb2
+from mt_proto import users_pb2 as mt__proto_dot_users__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mt_proto/feed.proto\x12\x13minithreads.feed.v1\x1a\x15mt_proto/common.proto\"E\n\x08\x46\x65\x65\x64Item\x12\x0f\n\x07post_id\x18\x01 \x01(\t\x12\x11\n\tauthor_id\x18\x02 \x01(\t\x12\x15\n\rcreated_at_us\x18\x03 \x01(\x03\"U\n\x0eGetFeedRequest\x12\x11\n\tviewer_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"T\n\x0fGetFeedResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.minithreads.feed.v1.FeedItem\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"&\n\x13RebuildInboxRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x14RebuildInboxResponse\x12\x0c\n\x04size\x18\x01 \x01(\x05\"\'\n\x14GetInboxStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x82\x01\n\nInboxStats\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x17\n\x0flast_read_at_us\x18\x05 \x01(\x03\x12\x1a\n\x12last_rebuilt_at_us\x18\x06 \x01(\x03\"\x9a\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x33\n\x04type\x18\x02 \x01(\x0e\x32%.minithreads.feed.v1.NotificationType\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x14\n\x07post_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rcreated_at_us\x18\x05 \x01(\x03\x42\n\n\x08_post_id\"]\n\x18ListNotificationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"b\n\x19ListNotificationsResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.minithreads.feed.v1.Notification\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xcd\x01\n\x17\x41\x64\x64NotificationsRequest\x12I\n\ndeliveries\x18\x01 \x03(\x0b\x32\x35.minithreads.feed.v1.AddNotificationsRequest.Delivery\x1ag\n\x08\x44\x65livery\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x37\n\x0cnotification\x18\x02 \x01(\x0b\x32!.minithreads.feed.v1.Notification\x12\x11\n\tdedup_key\x18\x03 \x01(\t\"\x1a\n\x18\x41\x64\x64NotificationsResponse\"O\n\x0e\x44\x65liverRequest\x12+\n\x04item\x18\x01 \x01(\x0b\x32\x1d.minithreads.feed.v1.FeedItem\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"\x11\n\x0f\x44\x65liverResponse\"3\n\x0eRetractRequest\x12\x0f\n\x07post_id\x18\x01 \x01(\t\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"\x11\n\x0fRetractResponse\"5\n\x0f\x42\x61\x63kfillRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tauthor_id\x18\x02 \x01(\t\"!\n\x10\x42\x61\x63kfillResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\"9\n\x13RemoveAuthorRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tauthor_id\x18\x02 \x01(\t\"\'\n\x14RemoveAuthorResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x05\"\'\n\x13\x46ilterActiveRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"(\n\x14\x46ilterActiveResponse\x12\x10\n\x08user_ids\x18\x01 \x03(\t*\x8c\x01\n\x10NotificationType\x12!\n\x1dNOTIFICATION_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18NOTIFICATION_TYPE_FOLLOW\x10\x01\x12\x1a\n\x16NOTIFICATION_TYPE_LIKE\x10\x02\x12\x1b\n\x17NOTIFICATION_TYPE_REPLY\x10\x03\x32\xd9\x07\n\x0b\x46\x65\x65\x64Service\x12T\n\x07GetFeed\x12#.minithreads.feed.v1.GetFeedRequest\x1a$.minithreads.feed.v1.GetFeedResponse\x12\x63\n\x0cRebuildInbox\x12(.minithreads.feed.v1.RebuildInboxRequest\x1a).minithreads.feed.v1.RebuildInboxResponse\x12[\n\rGetInboxStats\x12).minithreads.feed.v1.GetInboxStatsRequest\x1a\x1f.minithreads.feed.v1.InboxStats\x12r\n\x11ListNotifications\x12-.minithreads.feed.v1.ListNotificationsRequest\x1a..minithreads.feed.v1.ListNotificationsResponse\x12o\n\x10\x41\x64\x64Notifications\x12,.minithreads.feed.v1.AddNotificationsRequest\x1a-.minithreads.feed.v1.AddNotificationsResponse\x12T\n\x07\x44\x65liver\x12#.minithreads.feed.v1.DeliverRequest\x1a$.minithreads.feed.v1.DeliverResponse\x12T\n\x07Retract\x12#.minithreads.feed.v1.RetractRequest\x1a$.minithreads.feed.v1.RetractResponse\x12W\n\x08\x42\x61\x63kfill\x12$.minithreads.feed.v1.BackfillRequest\x1a%.minithreads.feed.v1.BackfillResponse\x12\x63\n\x0cRemoveAuthor\x12(.minithreads.feed.v1.RemoveAuthorRequest\x1a).minithreads.feed.v1.RemoveAuthorResponse\x12\x63\n\x0c\x46ilterActive\x12(.minithreads.feed.v1.FilterActiveRequest\x1a).minithreads.feed.v1.FilterActiveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mt_proto/feed.proto\x12\x13minithreads.feed.v1\x1a\x15mt_proto/common.proto\x1a\x14mt_proto/posts.proto\x1a\x14mt_proto/users.proto\"U\n\x0eGetFeedRequest\x12\x11\n\tviewer_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"Q\n\x0fGetFeedResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.minithreads.posts.v1.Post\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"&\n\x13RebuildInboxRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x14RebuildInboxResponse\x12\x0c\n\x04size\x18\x01 \x01(\x05\"\'\n\x14GetInboxStatsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x82\x01\n\nInboxStats\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x17\n\x0flast_read_at_us\x18\x05 \x01(\x03\x12\x1a\n\x12last_rebuilt_at_us\x18\x06 \x01(\x03\"\x9a\x01\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x33\n\x04type\x18\x02 \x01(\x0e\x32%.minithreads.feed.v1.NotificationType\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x14\n\x07post_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rcreated_at_us\x18\x05 \x01(\x03\x42\n\n\x08_post_id\"]\n\x18ListNotificationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"\xf9\x01\n\x19ListNotificationsResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.minithreads.feed.v1.Notification\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12J\n\x06\x61\x63tors\x18\x03 \x03(\x0b\x32:.minithreads.feed.v1.ListNotificationsResponse.ActorsEntry\x1aI\n\x0b\x41\x63torsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.minithreads.users.v1.User:\x02\x38\x01\"g\n\x08\x44\x65livery\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x37\n\x0cnotification\x18\x02 \x01(\x0b\x32!.minithreads.feed.v1.Notification\x12\x11\n\tdedup_key\x18\x03 \x01(\t*\x8c\x01\n\x10NotificationType\x12!\n\x1dNOTIFICATION_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18NOTIFICATION_TYPE_FOLLOW\x10\x01\x12\x1a\n\x16NOTIFICATION_TYPE_LIKE\x10\x02\x12\x1b\n\x17NOTIFICATION_TYPE_REPLY\x10\x03\x32\x99\x03\n\x0b\x46\x65\x65\x64Service\x12T\n\x07GetFeed\x12#.minithreads.feed.v1.GetFeedRequest\x1a$.minithreads.feed.v1.GetFeedResponse\x12\x63\n\x0cRebuildInbox\x12(.minithreads.feed.v1.RebuildInboxRequest\x1a).minithreads.feed.v1.RebuildInboxResponse\x12[\n\rGetInboxStats\x12).minithreads.feed.v1.GetInboxStatsRequest\x1a\x1f.minithreads.feed.v1.InboxStats\x12r\n\x11ListNotifications\x12-.minithreads.feed.v1.ListNotificationsRequest\x1a..minithreads.feed.v1.ListNotificationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mt_proto.feed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NOTIFICATIONTYPE']._serialized_start=1597
-  _globals['_NOTIFICATIONTYPE']._serialized_end=1737
-  _globals['_FEEDITEM']._serialized_start=67
-  _globals['_FEEDITEM']._serialized_end=136
-  _globals['_GETFEEDREQUEST']._serialized_start=138
-  _globals['_GETFEEDREQUEST']._serialized_end=223
-  _globals['_GETFEEDRESPONSE']._serialized_start=225
-  _globals['_GETFEEDRESPONSE']._serialized_end=309
-  _globals['_REBUILDINBOXREQUEST']._serialized_start=311
-  _globals['_REBUILDINBOXREQUEST']._serialized_end=349
-  _globals['_REBUILDINBOXRESPONSE']._serialized_start=351
-  _globals['_REBUILDINBOXRESPONSE']._serialized_end=387
-  _globals['_GETINBOXSTATSREQUEST']._serialized_start=389
-  _globals['_GETINBOXSTATSREQUEST']._serialized_end=428
-  _globals['_INBOXSTATS']._serialized_start=431
-  _globals['_INBOXSTATS']._serialized_end=561
-  _globals['_NOTIFICATION']._serialized_start=564
-  _globals['_NOTIFICATION']._serialized_end=718
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=720
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=813
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=815
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=913
-  _globals['_ADDNOTIFICATIONSREQUEST']._serialized_start=916
-  _globals['_ADDNOTIFICATIONSREQUEST']._serialized_end=1121
-  _globals['_ADDNOTIFICATIONSREQUEST_DELIVERY']._serialized_start=1018
-  _globals['_ADDNOTIFICATIONSREQUEST_DELIVERY']._serialized_end=1121
-  _globals['_ADDNOTIFICATIONSRESPONSE']._serialized_start=1123
-  _globals['_ADDNOTIFICATIONSRESPONSE']._serialized_end=1149
-  _globals['_DELIVERREQUEST']._serialized_start=1151
-  _globals['_DELIVERREQUEST']._serialized_end=1230
-  _globals['_DELIVERRESPONSE']._serialized_start=1232
-  _globals['_DELIVERRESPONSE']._serialized_end=1249
-  _globals['_RETRACTREQUEST']._serialized_start=1251
-  _globals['_RETRACTREQUEST']._serialized_end=1302
-  _globals['_RETRACTRESPONSE']._serialized_start=1304
-  _globals['_RETRACTRESPONSE']._serialized_end=1321
-  _globals['_BACKFILLREQUEST']._serialized_start=1323
-  _globals['_BACKFILLREQUEST']._serialized_end=1376
-  _globals['_BACKFILLRESPONSE']._serialized_start=1378
-  _globals['_BACKFILLRESPONSE']._serialized_end=1411
-  _globals['_REMOVEAUTHORREQUEST']._serialized_start=1413
-  _globals['_REMOVEAUTHORREQUEST']._serialized_end=1470
-  _globals['_REMOVEAUTHORRESPONSE']._serialized_start=1472
-  _globals['_REMOVEAUTHORRESPONSE']._serialized_end=1511
-  _globals['_FILTERACTIVEREQUEST']._serialized_start=1513
-  _globals['_FILTERACTIVEREQUEST']._serialized_end=1552
-  _globals['_FILTERACTIVERESPONSE']._serialized_start=1554
-  _globals['_FILTERACTIVERESPONSE']._serialized_end=1594
-  _globals['_FEEDSERVICE']._serialized_start=1740
-  _globals['_FEEDSERVICE']._serialized_end=2725
+  _globals['_LISTNOTIFICATIONSRESPONSE_ACTORSENTRY']._loaded_options = None
+  _globals['_LISTNOTIFICATIONSRESPONSE_ACTORSENTRY']._serialized_options = b'8\001'
+  _globals['_NOTIFICATIONTYPE']._serialized_start=1143
+  _globals['_NOTIFICATIONTYPE']._serialized_end=1283
+  _globals['_GETFEEDREQUEST']._serialized_start=111
+  _globals['_GETFEEDREQUEST']._serialized_end=196
+  _globals['_GETFEEDRESPONSE']._serialized_start=198
+  _globals['_GETFEEDRESPONSE']._serialized_end=279
+  _globals['_REBUILDINBOXREQUEST']._serialized_start=281
+  _globals['_REBUILDINBOXREQUEST']._serialized_end=319
+  _globals['_REBUILDINBOXRESPONSE']._serialized_start=321
+  _globals['_REBUILDINBOXRESPONSE']._serialized_end=357
+  _globals['_GETINBOXSTATSREQUEST']._serialized_start=359
+  _globals['_GETINBOXSTATSREQUEST']._serialized_end=398
+  _globals['_INBOXSTATS']._serialized_start=401
+  _globals['_INBOXSTATS']._serialized_end=531
+  _globals['_NOTIFICATION']._serialized_start=534
+  _globals['_NOTIFICATION']._serialized_end=688
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=690
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=783
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=786
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=1035
+  _globals['_LISTNOTIFICATIONSRESPONSE_ACTORSENTRY']._serialized_start=962
+  _globals['_LISTNOTIFICATIONSRESPONSE_ACTORSENTRY']._serialized_end=1035
+  _globals['_DELIVERY']._serialized_start=1037
+  _globals['_DELIVERY']._serialized_end=1140
+  _globals['_FEEDSERVICE']._serialized_start=1286
+  _globals['_FEEDSERVICE']._serialized_end=1695
 # @@protoc_insertion_point(module_scope)

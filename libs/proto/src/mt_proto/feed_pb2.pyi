@@ -10,8 +10,8 @@ inbox is rebuilt when they come back. Following someone backfills their recent p
 unfollowing removes them (also done by workers). Notifications (follow, like, reply) are
 likewise written by async workers into a per-user inbox that this service lists.
 
-The feed returns post ids only; the gateway hydrates them with posts.BatchGetPosts (and drops
-ids that come back absent, i.e. deleted posts), users.BatchGetUsers and counters.Get.
+A page of the feed comes hydrated (each post with its author, counts and liked_by_me: read
+where the data is, mt_schema.views); deleted posts are left out.
 Conventions (ids, *_at_us times, paging, errors via status code + "mt-error-code" trailing
 metadata) are described in mt_proto/common.proto.
 """
@@ -22,6 +22,8 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mt_proto import common_pb2 as _common_pb2
+from mt_proto import posts_pb2 as _posts_pb2
+from mt_proto import users_pb2 as _users_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -59,32 +61,6 @@ NOTIFICATION_TYPE_REPLY: NotificationType.ValueType  # 3
 Global___NotificationType: _TypeAlias = NotificationType  # noqa: Y015
 
 @_typing.final
-class FeedItem(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    POST_ID_FIELD_NUMBER: _builtins.int
-    AUTHOR_ID_FIELD_NUMBER: _builtins.int
-    CREATED_AT_US_FIELD_NUMBER: _builtins.int
-    post_id: _builtins.str
-    author_id: _builtins.str
-    created_at_us: _builtins.int
-    """The post's creation time (the feed's sort key)."""
-    def __init__(
-        self,
-        *,
-        post_id: _builtins.str = ...,
-        author_id: _builtins.str = ...,
-        created_at_us: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "created_at_us", b"created_at_us", "post_id", b"post_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FeedItem: _TypeAlias = FeedItem  # noqa: Y015
-
-@_typing.final
 class GetFeedRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -115,11 +91,13 @@ class GetFeedResponse(_message.Message):
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedItem]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_posts_pb2.Post]:
+        """hydrated for the viewer, newest first"""
+
     def __init__(
         self,
         *,
-        items: _abc.Iterable[Global___FeedItem] | None = ...,
+        items: _abc.Iterable[_posts_pb2.Post] | None = ...,
         next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -291,287 +269,86 @@ Global___ListNotificationsRequest: _TypeAlias = ListNotificationsRequest  # noqa
 class ListNotificationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ActorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _users_pb2.User: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _users_pb2.User | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ITEMS_FIELD_NUMBER: _builtins.int
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    ACTORS_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notification]: ...
+    @_builtins.property
+    def actors(self) -> _containers.MessageMap[_builtins.str, _users_pb2.User]:
+        """the items' actors, by id"""
+
     def __init__(
         self,
         *,
         items: _abc.Iterable[Global___Notification] | None = ...,
         next_cursor: _builtins.str = ...,
+        actors: _abc.Mapping[_builtins.str, _users_pb2.User] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_cursor", b"next_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "items", b"items", "next_cursor", b"next_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListNotificationsResponse: _TypeAlias = ListNotificationsResponse  # noqa: Y015
 
 @_typing.final
-class AddNotificationsRequest(_message.Message):
+class Delivery(_message.Message):
+    """A notification for a user's inbox, as the async workers deliver it (Feed.add_notifications:
+    idempotent by notification id; self-notifications, actor == user, are dropped).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class Delivery(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        USER_ID_FIELD_NUMBER: _builtins.int
-        NOTIFICATION_FIELD_NUMBER: _builtins.int
-        DEDUP_KEY_FIELD_NUMBER: _builtins.int
-        user_id: _builtins.str
-        """The user whose inbox receives it."""
-        dedup_key: _builtins.str
-        """If set, at most one notification per (user, dedup_key) is ever stored: a repeated event
-        (a redelivered job, a like after an unlike) does not notify twice.
+    USER_ID_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
+    DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user whose inbox receives it."""
+    dedup_key: _builtins.str
+    """If set, at most one notification per (user, dedup_key) is ever stored: a repeated event
+    (a redelivered job, a like after an unlike) does not notify twice.
+    """
+    @_builtins.property
+    def notification(self) -> Global___Notification:
+        """id must be deterministic for the event (so that a retry is the same notification);
+        ids sort by time (see mt_core.ids).
         """
-        @_builtins.property
-        def notification(self) -> Global___Notification:
-            """id must be deterministic for the event (so that a retry is the same notification);
-            ids sort by time (see mt_core.ids).
-            """
 
-        def __init__(
-            self,
-            *,
-            user_id: _builtins.str = ...,
-            notification: Global___Notification | None = ...,
-            dedup_key: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["notification", b"notification"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["dedup_key", b"dedup_key", "notification", b"notification", "user_id", b"user_id"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    DELIVERIES_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AddNotificationsRequest.Delivery]: ...
-    def __init__(
-        self,
-        *,
-        deliveries: _abc.Iterable[Global___AddNotificationsRequest.Delivery] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___AddNotificationsRequest: _TypeAlias = AddNotificationsRequest  # noqa: Y015
-
-@_typing.final
-class AddNotificationsResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___AddNotificationsResponse: _TypeAlias = AddNotificationsResponse  # noqa: Y015
-
-@_typing.final
-class DeliverRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ITEM_FIELD_NUMBER: _builtins.int
-    USER_IDS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def item(self) -> Global___FeedItem: ...
-    @_builtins.property
-    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        item: Global___FeedItem | None = ...,
-        user_ids: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "user_ids", b"user_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeliverRequest: _TypeAlias = DeliverRequest  # noqa: Y015
-
-@_typing.final
-class DeliverResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeliverResponse: _TypeAlias = DeliverResponse  # noqa: Y015
-
-@_typing.final
-class RetractRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    POST_ID_FIELD_NUMBER: _builtins.int
-    USER_IDS_FIELD_NUMBER: _builtins.int
-    post_id: _builtins.str
-    @_builtins.property
-    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        post_id: _builtins.str = ...,
-        user_ids: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["post_id", b"post_id", "user_ids", b"user_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RetractRequest: _TypeAlias = RetractRequest  # noqa: Y015
-
-@_typing.final
-class RetractResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RetractResponse: _TypeAlias = RetractResponse  # noqa: Y015
-
-@_typing.final
-class BackfillRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    AUTHOR_ID_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    author_id: _builtins.str
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
-        author_id: _builtins.str = ...,
+        notification: Global___Notification | None = ...,
+        dedup_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notification", b"notification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedup_key", b"dedup_key", "notification", b"notification", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___BackfillRequest: _TypeAlias = BackfillRequest  # noqa: Y015
-
-@_typing.final
-class BackfillResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ADDED_FIELD_NUMBER: _builtins.int
-    added: _builtins.int
-    def __init__(
-        self,
-        *,
-        added: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___BackfillResponse: _TypeAlias = BackfillResponse  # noqa: Y015
-
-@_typing.final
-class RemoveAuthorRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    AUTHOR_ID_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    author_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        author_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RemoveAuthorRequest: _TypeAlias = RemoveAuthorRequest  # noqa: Y015
-
-@_typing.final
-class RemoveAuthorResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REMOVED_FIELD_NUMBER: _builtins.int
-    removed: _builtins.int
-    def __init__(
-        self,
-        *,
-        removed: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RemoveAuthorResponse: _TypeAlias = RemoveAuthorResponse  # noqa: Y015
-
-@_typing.final
-class FilterActiveRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_IDS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        user_ids: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_ids", b"user_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FilterActiveRequest: _TypeAlias = FilterActiveRequest  # noqa: Y015
-
-@_typing.final
-class FilterActiveResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_IDS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        user_ids: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_ids", b"user_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FilterActiveResponse: _TypeAlias = FilterActiveResponse  # noqa: Y015
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015

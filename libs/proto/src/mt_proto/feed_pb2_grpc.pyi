@@ -10,8 +10,8 @@ inbox is rebuilt when they come back. Following someone backfills their recent p
 unfollowing removes them (also done by workers). Notifications (follow, like, reply) are
 likewise written by async workers into a per-user inbox that this service lists.
 
-The feed returns post ids only; the gateway hydrates them with posts.BatchGetPosts (and drops
-ids that come back absent, i.e. deleted posts), users.BatchGetUsers and counters.Get.
+A page of the feed comes hydrated (each post with its author, counts and liked_by_me: read
+where the data is, mt_schema.views); deleted posts are left out.
 Conventions (ids, *_at_us times, paging, errors via status code + "mt-error-code" trailing
 metadata) are described in mt_proto/common.proto.
 """
@@ -57,26 +57,6 @@ class FeedServiceStub:
     """Introspection of a user's inbox (operators, tests, load-test assertions)."""
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_feed_pb2.ListNotificationsRequest, _feed_pb2.ListNotificationsResponse]
     """A user's notifications, newest first."""
-    AddNotifications: _grpc.UnaryUnaryMultiCallable[_feed_pb2.AddNotificationsRequest, _feed_pb2.AddNotificationsResponse]
-    """Deliver notifications into their users' inboxes (callers: the services whose writes cause
-    them; the async workers once events flow through Kafka). Idempotent by notification id:
-    a redelivered notification is stored once. Self-notifications (actor == user) are dropped.
-    INVALID_ARGUMENT: invalid_notification (no user, id, actor or type), too_many_ids.
-    """
-    Deliver: _grpc.UnaryUnaryMultiCallable[_feed_pb2.DeliverRequest, _feed_pb2.DeliverResponse]
-    """Async workers (fan-out): push a post into these users' inboxes (capped; idempotent)."""
-    Retract: _grpc.UnaryUnaryMultiCallable[_feed_pb2.RetractRequest, _feed_pb2.RetractResponse]
-    """Async workers: take a post out of these users' inboxes (a delete). Idempotent."""
-    Backfill: _grpc.UnaryUnaryMultiCallable[_feed_pb2.BackfillRequest, _feed_pb2.BackfillResponse]
-    """Async workers: user_id started following author_id: add the author's recent posts to the
-    user's inbox (backfill). Idempotent.
-    """
-    RemoveAuthor: _grpc.UnaryUnaryMultiCallable[_feed_pb2.RemoveAuthorRequest, _feed_pb2.RemoveAuthorResponse]
-    """Async workers: user_id unfollowed author_id: remove the author's posts from the inbox."""
-    FilterActive: _grpc.UnaryUnaryMultiCallable[_feed_pb2.FilterActiveRequest, _feed_pb2.FilterActiveResponse]
-    """Which of these users are active (read their feed recently): fan-out writes only to them;
-    the others get their inbox rebuilt when they return.
-    """
 
 @_typing.type_check_only
 class FeedServiceAsyncStub(FeedServiceStub):
@@ -94,26 +74,6 @@ class FeedServiceAsyncStub(FeedServiceStub):
     """Introspection of a user's inbox (operators, tests, load-test assertions)."""
     ListNotifications: _aio.UnaryUnaryMultiCallable[_feed_pb2.ListNotificationsRequest, _feed_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """A user's notifications, newest first."""
-    AddNotifications: _aio.UnaryUnaryMultiCallable[_feed_pb2.AddNotificationsRequest, _feed_pb2.AddNotificationsResponse]  # type: ignore[assignment]
-    """Deliver notifications into their users' inboxes (callers: the services whose writes cause
-    them; the async workers once events flow through Kafka). Idempotent by notification id:
-    a redelivered notification is stored once. Self-notifications (actor == user) are dropped.
-    INVALID_ARGUMENT: invalid_notification (no user, id, actor or type), too_many_ids.
-    """
-    Deliver: _aio.UnaryUnaryMultiCallable[_feed_pb2.DeliverRequest, _feed_pb2.DeliverResponse]  # type: ignore[assignment]
-    """Async workers (fan-out): push a post into these users' inboxes (capped; idempotent)."""
-    Retract: _aio.UnaryUnaryMultiCallable[_feed_pb2.RetractRequest, _feed_pb2.RetractResponse]  # type: ignore[assignment]
-    """Async workers: take a post out of these users' inboxes (a delete). Idempotent."""
-    Backfill: _aio.UnaryUnaryMultiCallable[_feed_pb2.BackfillRequest, _feed_pb2.BackfillResponse]  # type: ignore[assignment]
-    """Async workers: user_id started following author_id: add the author's recent posts to the
-    user's inbox (backfill). Idempotent.
-    """
-    RemoveAuthor: _aio.UnaryUnaryMultiCallable[_feed_pb2.RemoveAuthorRequest, _feed_pb2.RemoveAuthorResponse]  # type: ignore[assignment]
-    """Async workers: user_id unfollowed author_id: remove the author's posts from the inbox."""
-    FilterActive: _aio.UnaryUnaryMultiCallable[_feed_pb2.FilterActiveRequest, _feed_pb2.FilterActiveResponse]  # type: ignore[assignment]
-    """Which of these users are active (read their feed recently): fan-out writes only to them;
-    the others get their inbox rebuilt when they return.
-    """
 
 class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -152,61 +112,5 @@ class FeedServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feed_pb2.ListNotificationsResponse, _abc.Awaitable[_feed_pb2.ListNotificationsResponse]]:
         """A user's notifications, newest first."""
-
-    @_abc_1.abstractmethod
-    def AddNotifications(
-        self,
-        request: _feed_pb2.AddNotificationsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_feed_pb2.AddNotificationsResponse, _abc.Awaitable[_feed_pb2.AddNotificationsResponse]]:
-        """Deliver notifications into their users' inboxes (callers: the services whose writes cause
-        them; the async workers once events flow through Kafka). Idempotent by notification id:
-        a redelivered notification is stored once. Self-notifications (actor == user) are dropped.
-        INVALID_ARGUMENT: invalid_notification (no user, id, actor or type), too_many_ids.
-        """
-
-    @_abc_1.abstractmethod
-    def Deliver(
-        self,
-        request: _feed_pb2.DeliverRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_feed_pb2.DeliverResponse, _abc.Awaitable[_feed_pb2.DeliverResponse]]:
-        """Async workers (fan-out): push a post into these users' inboxes (capped; idempotent)."""
-
-    @_abc_1.abstractmethod
-    def Retract(
-        self,
-        request: _feed_pb2.RetractRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_feed_pb2.RetractResponse, _abc.Awaitable[_feed_pb2.RetractResponse]]:
-        """Async workers: take a post out of these users' inboxes (a delete). Idempotent."""
-
-    @_abc_1.abstractmethod
-    def Backfill(
-        self,
-        request: _feed_pb2.BackfillRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_feed_pb2.BackfillResponse, _abc.Awaitable[_feed_pb2.BackfillResponse]]:
-        """Async workers: user_id started following author_id: add the author's recent posts to the
-        user's inbox (backfill). Idempotent.
-        """
-
-    @_abc_1.abstractmethod
-    def RemoveAuthor(
-        self,
-        request: _feed_pb2.RemoveAuthorRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_feed_pb2.RemoveAuthorResponse, _abc.Awaitable[_feed_pb2.RemoveAuthorResponse]]:
-        """Async workers: user_id unfollowed author_id: remove the author's posts from the inbox."""
-
-    @_abc_1.abstractmethod
-    def FilterActive(
-        self,
-        request: _feed_pb2.FilterActiveRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_feed_pb2.FilterActiveResponse, _abc.Awaitable[_feed_pb2.FilterActiveResponse]]:
-        """Which of these users are active (read their feed recently): fan-out writes only to them;
-        the others get their inbox rebuilt when they return.
-        """
 
 def add_FeedServiceServicer_to_server(servicer: FeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,61 +23,56 @@ _sym_db = _symbol_database.Default()
 
 
 from mt_proto import common_pb2 as mt__proto_dot_common__pb2
+from mt_proto import users_pb2 as mt__proto_dot_users__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mt_proto/graph.proto\x12\x14minithreads.graph.v1\x1a\x15mt_proto/common.proto\"5\n\nFollowEdge\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66ollowed_at_us\x18\x02 \x01(\x03\"9\n\rFollowRequest\x12\x13\n\x0b\x66ollower_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ollowee_id\x18\x02 \x01(\t\"!\n\x0e\x46ollowResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\";\n\x0fUnfollowRequest\x12\x13\n\x0b\x66ollower_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ollowee_id\x18\x02 \x01(\t\"#\n\x10UnfollowResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"Y\n\x14ListFollowersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"]\n\x15ListFollowersResponse\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .minithreads.graph.v1.FollowEdge\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"Y\n\x14ListFollowingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"]\n\x15ListFollowingResponse\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .minithreads.graph.v1.FollowEdge\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\";\n\x12IsFollowingRequest\x12\x11\n\tviewer_id\x18\x01 \x01(\t\x12\x12\n\ntarget_ids\x18\x02 \x03(\t\",\n\x13IsFollowingResponse\x12\x15\n\rfollowing_ids\x18\x01 \x03(\t\"K\n\rLegacyAccount\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\x17\n\x0f\x66ollowing_count\x18\x03 \x01(\x03\"5\n\x10LegacyAccountRef\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\",\n\x17GetLegacyAccountRequest\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\"a\n\x1aListLegacyFollowingRequest\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"i\n\x1bListLegacyFollowingResponse\x12\x35\n\x05items\x18\x01 \x03(\x0b\x32&.minithreads.graph.v1.LegacyAccountRef\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xd5\x01\n\x06Import\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tlegacy_id\x18\x03 \x01(\t\x12\x30\n\x05state\x18\x04 \x01(\x0e\x32!.minithreads.graph.v1.ImportState\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x0c\n\x04\x64one\x18\x06 \x01(\x03\x12\x0f\n\x07pending\x18\x07 \x01(\x03\x12\x15\n\rcreated_at_us\x18\x08 \x01(\x03\x12\x15\n\rupdated_at_us\x18\t \x01(\x03\x12\r\n\x05\x65rror\x18\n \x01(\t\"8\n\x12StartImportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tlegacy_id\x18\x02 \x01(\t\"6\n\x10GetImportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\timport_id\x18\x02 \x01(\t\"7\n\x11ImportStepRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\timport_id\x18\x02 \x01(\t\"S\n\x1a\x41pplyPendingFollowsRequest\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ollowee_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"<\n\x1b\x41pplyPendingFollowsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x0c\n\x04more\x18\x02 \x01(\x08*\x8e\x01\n\x0bImportState\x12\x1c\n\x18IMPORT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13IMPORT_STATE_QUEUED\x10\x01\x12\x18\n\x14IMPORT_STATE_RUNNING\x10\x02\x12\x15\n\x11IMPORT_STATE_DONE\x10\x03\x12\x17\n\x13IMPORT_STATE_FAILED\x10\x04\x32\xd5\x08\n\x0cGraphService\x12S\n\x06\x46ollow\x12#.minithreads.graph.v1.FollowRequest\x1a$.minithreads.graph.v1.FollowResponse\x12Y\n\x08Unfollow\x12%.minithreads.graph.v1.UnfollowRequest\x1a&.minithreads.graph.v1.UnfollowResponse\x12h\n\rListFollowers\x12*.minithreads.graph.v1.ListFollowersRequest\x1a+.minithreads.graph.v1.ListFollowersResponse\x12h\n\rListFollowing\x12*.minithreads.graph.v1.ListFollowingRequest\x1a+.minithreads.graph.v1.ListFollowingResponse\x12\x62\n\x0bIsFollowing\x12(.minithreads.graph.v1.IsFollowingRequest\x1a).minithreads.graph.v1.IsFollowingResponse\x12\x66\n\x10GetLegacyAccount\x12-.minithreads.graph.v1.GetLegacyAccountRequest\x1a#.minithreads.graph.v1.LegacyAccount\x12z\n\x13ListLegacyFollowing\x12\x30.minithreads.graph.v1.ListLegacyFollowingRequest\x1a\x31.minithreads.graph.v1.ListLegacyFollowingResponse\x12U\n\x0bStartImport\x12(.minithreads.graph.v1.StartImportRequest\x1a\x1c.minithreads.graph.v1.Import\x12Q\n\tGetImport\x12&.minithreads.graph.v1.GetImportRequest\x1a\x1c.minithreads.graph.v1.Import\x12S\n\nImportStep\x12\'.minithreads.graph.v1.ImportStepRequest\x1a\x1c.minithreads.graph.v1.Import\x12z\n\x13\x41pplyPendingFollows\x12\x30.minithreads.graph.v1.ApplyPendingFollowsRequest\x1a\x31.minithreads.graph.v1.ApplyPendingFollowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mt_proto/graph.proto\x12\x14minithreads.graph.v1\x1a\x15mt_proto/common.proto\x1a\x14mt_proto/users.proto\"5\n\nFollowEdge\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66ollowed_at_us\x18\x02 \x01(\x03\"9\n\rFollowRequest\x12\x13\n\x0b\x66ollower_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ollowee_id\x18\x02 \x01(\t\"!\n\x0e\x46ollowResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\";\n\x0fUnfollowRequest\x12\x13\n\x0b\x66ollower_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ollowee_id\x18\x02 \x01(\t\"#\n\x10UnfollowResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"Y\n\x14ListFollowersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"\x88\x01\n\x15ListFollowersResponse\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .minithreads.graph.v1.FollowEdge\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12)\n\x05users\x18\x03 \x03(\x0b\x32\x1a.minithreads.users.v1.User\"Y\n\x14ListFollowingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"\x88\x01\n\x15ListFollowingResponse\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .minithreads.graph.v1.FollowEdge\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12)\n\x05users\x18\x03 \x03(\x0b\x32\x1a.minithreads.users.v1.User\";\n\x12IsFollowingRequest\x12\x11\n\tviewer_id\x18\x01 \x01(\t\x12\x12\n\ntarget_ids\x18\x02 \x03(\t\",\n\x13IsFollowingResponse\x12\x15\n\rfollowing_ids\x18\x01 \x03(\t\"K\n\rLegacyAccount\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\x17\n\x0f\x66ollowing_count\x18\x03 \x01(\x03\"5\n\x10LegacyAccountRef\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\",\n\x17GetLegacyAccountRequest\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\"a\n\x1aListLegacyFollowingRequest\x12\x11\n\tlegacy_id\x18\x01 \x01(\t\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".minithreads.common.v1.PageRequest\"i\n\x1bListLegacyFollowingResponse\x12\x35\n\x05items\x18\x01 \x03(\x0b\x32&.minithreads.graph.v1.LegacyAccountRef\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xd5\x01\n\x06Import\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tlegacy_id\x18\x03 \x01(\t\x12\x30\n\x05state\x18\x04 \x01(\x0e\x32!.minithreads.graph.v1.ImportState\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x0c\n\x04\x64one\x18\x06 \x01(\x03\x12\x0f\n\x07pending\x18\x07 \x01(\x03\x12\x15\n\rcreated_at_us\x18\x08 \x01(\x03\x12\x15\n\rupdated_at_us\x18\t \x01(\x03\x12\r\n\x05\x65rror\x18\n \x01(\t\"8\n\x12StartImportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tlegacy_id\x18\x02 \x01(\t\"6\n\x10GetImportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\timport_id\x18\x02 \x01(\t*\x8e\x01\n\x0bImportState\x12\x1c\n\x18IMPORT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13IMPORT_STATE_QUEUED\x10\x01\x12\x18\n\x14IMPORT_STATE_RUNNING\x10\x02\x12\x15\n\x11IMPORT_STATE_DONE\x10\x03\x12\x17\n\x13IMPORT_STATE_FAILED\x10\x04\x32\x84\x07\n\x0cGraphService\x12S\n\x06\x46ollow\x12#.minithreads.graph.v1.FollowRequest\x1a$.minithreads.graph.v1.FollowResponse\x12Y\n\x08Unfollow\x12%.minithreads.graph.v1.UnfollowRequest\x1a&.minithreads.graph.v1.UnfollowResponse\x12h\n\rListFollowers\x12*.minithreads.graph.v1.ListFollowersRequest\x1a+.minithreads.graph.v1.ListFollowersResponse\x12h\n\rListFollowing\x12*.minithreads.graph.v1.ListFollowingRequest\x1a+.minithreads.graph.v1.ListFollowingResponse\x12\x62\n\x0bIsFollowing\x12(.minithreads.graph.v1.IsFollowingRequest\x1a).minithreads.graph.v1.IsFollowingResponse\x12\x66\n\x10GetLegacyAccount\x12-.minithreads.graph.v1.GetLegacyAccountRequest\x1a#.minithreads.graph.v1.LegacyAccount\x12z\n\x13ListLegacyFollowing\x12\x30.minithreads.graph.v1.ListLegacyFollowingRequest\x1a\x31.minithreads.graph.v1.ListLegacyFollowingResponse\x12U\n\x0bStartImport\x12(.minithreads.graph.v1.StartImportRequest\x1a\x1c.minithreads.graph.v1.Import\x12Q\n\tGetImport\x12&.minithreads.graph.v1.GetImportRequest\x1a\x1c.minithreads.graph.v1.Importb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mt_proto.graph_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMPORTSTATE']._serialized_start=1714
-  _globals['_IMPORTSTATE']._serialized_end=1856
-  _globals['_FOLLOWEDGE']._serialized_start=69
-  _globals['_FOLLOWEDGE']._serialized_end=122
-  _globals['_FOLLOWREQUEST']._serialized_start=124
-  _globals['_FOLLOWREQUEST']._serialized_end=181
-  _globals['_FOLLOWRESPONSE']._serialized_start=183
-  _globals['_FOLLOWRESPONSE']._serialized_end=216
-  _globals['_UNFOLLOWREQUEST']._serialized_start=218
-  _globals['_UNFOLLOWREQUEST']._serialized_end=277
-  _globals['_UNFOLLOWRESPONSE']._serialized_start=279
-  _globals['_UNFOLLOWRESPONSE']._serialized_end=314
-  _globals['_LISTFOLLOWERSREQUEST']._serialized_start=316
-  _globals['_LISTFOLLOWERSREQUEST']._serialized_end=405
-  _globals['_LISTFOLLOWERSRESPONSE']._serialized_start=407
-  _globals['_LISTFOLLOWERSRESPONSE']._serialized_end=500
-  _globals['_LISTFOLLOWINGREQUEST']._serialized_start=502
-  _globals['_LISTFOLLOWINGREQUEST']._serialized_end=591
-  _globals['_LISTFOLLOWINGRESPONSE']._serialized_start=593
-  _globals['_LISTFOLLOWINGRESPONSE']._serialized_end=686
-  _globals['_ISFOLLOWINGREQUEST']._serialized_start=688
-  _globals['_ISFOLLOWINGREQUEST']._serialized_end=747
-  _globals['_ISFOLLOWINGRESPONSE']._serialized_start=749
-  _globals['_ISFOLLOWINGRESPONSE']._serialized_end=793
-  _globals['_LEGACYACCOUNT']._serialized_start=795
-  _globals['_LEGACYACCOUNT']._serialized_end=870
-  _globals['_LEGACYACCOUNTREF']._serialized_start=872
-  _globals['_LEGACYACCOUNTREF']._serialized_end=925
-  _globals['_GETLEGACYACCOUNTREQUEST']._serialized_start=927
-  _globals['_GETLEGACYACCOUNTREQUEST']._serialized_end=971
-  _globals['_LISTLEGACYFOLLOWINGREQUEST']._serialized_start=973
-  _globals['_LISTLEGACYFOLLOWINGREQUEST']._serialized_end=1070
-  _globals['_LISTLEGACYFOLLOWINGRESPONSE']._serialized_start=1072
-  _globals['_LISTLEGACYFOLLOWINGRESPONSE']._serialized_end=1177
-  _globals['_IMPORT']._serialized_start=1180
-  _globals['_IMPORT']._serialized_end=1393
-  _globals['_STARTIMPORTREQUEST']._serialized_start=1395
-  _globals['_STARTIMPORTREQUEST']._serialized_end=1451
-  _globals['_GETIMPORTREQUEST']._serialized_start=1453
-  _globals['_GETIMPORTREQUEST']._serialized_end=1507
-  _globals['_IMPORTSTEPREQUEST']._serialized_start=1509
-  _globals['_IMPORTSTEPREQUEST']._serialized_end=1564
-  _globals['_APPLYPENDINGFOLLOWSREQUEST']._serialized_start=1566
-  _globals['_APPLYPENDINGFOLLOWSREQUEST']._serialized_end=1649
-  _globals['_APPLYPENDINGFOLLOWSRESPONSE']._serialized_start=1651
-  _globals['_APPLYPENDINGFOLLOWSRESPONSE']._serialized_end=1711
-  _globals['_GRAPHSERVICE']._serialized_start=1859
-  _globals['_GRAPHSERVICE']._serialized_end=2968
+  _globals['_IMPORTSTATE']._serialized_start=1620
+  _globals['_IMPORTSTATE']._serialized_end=1762
+  _globals['_FOLLOWEDGE']._serialized_start=91
+  _globals['_FOLLOWEDGE']._serialized_end=144
+  _globals['_FOLLOWREQUEST']._serialized_start=146
+  _globals['_FOLLOWREQUEST']._serialized_end=203
+  _globals['_FOLLOWRESPONSE']._serialized_start=205
+  _globals['_FOLLOWRESPONSE']._serialized_end=238
+  _globals['_UNFOLLOWREQUEST']._serialized_start=240
+  _globals['_UNFOLLOWREQUEST']._serialized_end=299
+  _globals['_UNFOLLOWRESPONSE']._serialized_start=301
+  _globals['_UNFOLLOWRESPONSE']._serialized_end=336
+  _globals['_LISTFOLLOWERSREQUEST']._serialized_start=338
+  _globals['_LISTFOLLOWERSREQUEST']._serialized_end=427
+  _globals['_LISTFOLLOWERSRESPONSE']._serialized_start=430
+  _globals['_LISTFOLLOWERSRESPONSE']._serialized_end=566
+  _globals['_LISTFOLLOWINGREQUEST']._serialized_start=568
+  _globals['_LISTFOLLOWINGREQUEST']._serialized_end=657
+  _globals['_LISTFOLLOWINGRESPONSE']._serialized_start=660
+  _globals['_LISTFOLLOWINGRESPONSE']._serialized_end=796
+  _globals['_ISFOLLOWINGREQUEST']._serialized_start=798
+  _globals['_ISFOLLOWINGREQUEST']._serialized_end=857
+  _globals['_ISFOLLOWINGRESPONSE']._serialized_start=859
+  _globals['_ISFOLLOWINGRESPONSE']._serialized_end=903
+  _globals['_LEGACYACCOUNT']._serialized_start=905
+  _globals['_LEGACYACCOUNT']._serialized_end=980
+  _globals['_LEGACYACCOUNTREF']._serialized_start=982
+  _globals['_LEGACYACCOUNTREF']._serialized_end=1035
+  _globals['_GETLEGACYACCOUNTREQUEST']._serialized_start=1037
+  _globals['_GETLEGACYACCOUNTREQUEST']._serialized_end=1081
+  _globals['_LISTLEGACYFOLLOWINGREQUEST']._serialized_start=1083
+  _globals['_LISTLEGACYFOLLOWINGREQUEST']._serialized_end=1180
+  _globals['_LISTLEGACYFOLLOWINGRESPONSE']._serialized_start=1182
+  _globals['_LISTLEGACYFOLLOWINGRESPONSE']._serialized_end=1287
+  _globals['_IMPORT']._serialized_start=1290
+  _globals['_IMPORT']._serialized_end=1503
+  _globals['_STARTIMPORTREQUEST']._serialized_start=1505
+  _globals['_STARTIMPORTREQUEST']._serialized_end=1561
+  _globals['_GETIMPORTREQUEST']._serialized_start=1563
+  _globals['_GETIMPORTREQUEST']._serialized_end=1617
+  _globals['_GRAPHSERVICE']._serialized_start=1765
+  _globals['_GRAPHSERVICE']._serialized_end=2665
 # @@protoc_insertion_point(module_scope)

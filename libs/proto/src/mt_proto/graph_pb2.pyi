@@ -3,9 +3,9 @@
 isort:skip_file
 Graph service: the follow graph, the synthetic legacy ("Instagram") graph, and imports.
 
-It owns follow edges in both directions (followers and following of each user), keeps the
-FOLLOWERS/FOLLOWING counters in step, and publishes follow/unfollow events (feed backfill and
-removal, follow notifications). The legacy graph is synthetic and deterministic from a seed,
+It owns follow edges in both directions (followers and following of each user) and their
+counts, and publishes follow/unfollow events (the followee's side, feed backfill and removal,
+follow notifications: done by the async workers). The legacy graph is synthetic and deterministic from a seed,
 computed on demand; it is read-only. An import copies a user's legacy follow graph onto the
 app as a batched, throttled async job: followees already on the app are followed, the others
 become pending follows that are applied when they sign up.
@@ -21,6 +21,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mt_proto import common_pb2 as _common_pb2
+from mt_proto import users_pb2 as _users_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -190,20 +191,26 @@ class ListFollowersResponse(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FollowEdge]:
         """user_id of each item is a follower."""
+
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[_users_pb2.User]:
+        """the items' users, hydrated, in order"""
 
     def __init__(
         self,
         *,
         items: _abc.Iterable[Global___FollowEdge] | None = ...,
         next_cursor: _builtins.str = ...,
+        users: _abc.Iterable[_users_pb2.User] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_cursor", b"next_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_cursor", b"next_cursor", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,20 +245,26 @@ class ListFollowingResponse(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FollowEdge]:
         """user_id of each item is a followee."""
+
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[_users_pb2.User]:
+        """the items' users, hydrated, in order"""
 
     def __init__(
         self,
         *,
         items: _abc.Iterable[Global___FollowEdge] | None = ...,
         next_cursor: _builtins.str = ...,
+        users: _abc.Iterable[_users_pb2.User] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_cursor", b"next_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_cursor", b"next_cursor", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,72 +533,3 @@ class GetImportRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetImportRequest: _TypeAlias = GetImportRequest  # noqa: Y015
-
-@_typing.final
-class ImportStepRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    IMPORT_ID_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    import_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        import_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["import_id", b"import_id", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ImportStepRequest: _TypeAlias = ImportStepRequest  # noqa: Y015
-
-@_typing.final
-class ApplyPendingFollowsRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LEGACY_ID_FIELD_NUMBER: _builtins.int
-    FOLLOWEE_ID_FIELD_NUMBER: _builtins.int
-    LIMIT_FIELD_NUMBER: _builtins.int
-    legacy_id: _builtins.str
-    followee_id: _builtins.str
-    limit: _builtins.int
-    def __init__(
-        self,
-        *,
-        legacy_id: _builtins.str = ...,
-        followee_id: _builtins.str = ...,
-        limit: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["followee_id", b"followee_id", "legacy_id", b"legacy_id", "limit", b"limit"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ApplyPendingFollowsRequest: _TypeAlias = ApplyPendingFollowsRequest  # noqa: Y015
-
-@_typing.final
-class ApplyPendingFollowsResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    APPLIED_FIELD_NUMBER: _builtins.int
-    MORE_FIELD_NUMBER: _builtins.int
-    applied: _builtins.int
-    more: _builtins.bool
-    def __init__(
-        self,
-        *,
-        applied: _builtins.int = ...,
-        more: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "more", b"more"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ApplyPendingFollowsResponse: _TypeAlias = ApplyPendingFollowsResponse  # noqa: Y015

@@ -79,16 +79,6 @@ class GraphServiceStub:
                 request_serializer=mt__proto_dot_graph__pb2.GetImportRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_graph__pb2.Import.FromString,
                 _registered_method=True)
-        self.ImportStep = channel.unary_unary(
-                '/minithreads.graph.v1.GraphService/ImportStep',
-                request_serializer=mt__proto_dot_graph__pb2.ImportStepRequest.SerializeToString,
-                response_deserializer=mt__proto_dot_graph__pb2.Import.FromString,
-                _registered_method=True)
-        self.ApplyPendingFollows = channel.unary_unary(
-                '/minithreads.graph.v1.GraphService/ApplyPendingFollows',
-                request_serializer=mt__proto_dot_graph__pb2.ApplyPendingFollowsRequest.SerializeToString,
-                response_deserializer=mt__proto_dot_graph__pb2.ApplyPendingFollowsResponse.FromString,
-                _registered_method=True)
 
 
 class GraphServiceServicer:
@@ -166,25 +156,6 @@ class GraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ImportStep(self, request, context):
-        """Async workers: copy the import's next batch (follow the followees on the app, record the
-        others as pending) and save the progress. Idempotent: a repeated step redoes at most the
-        batch whose progress was not saved. Returns the import; more work while not DONE/FAILED.
-        NOT_FOUND: import_not_found.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ApplyPendingFollows(self, request, context):
-        """Async workers: a legacy account joined as followee_id — apply up to `limit` of the pending
-        follows that imports recorded for it (each becomes a follow, then its pending row goes).
-        Idempotent; call again while `more`.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_GraphServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,16 +203,6 @@ def add_GraphServiceServicer_to_server(servicer, server):
                     servicer.GetImport,
                     request_deserializer=mt__proto_dot_graph__pb2.GetImportRequest.FromString,
                     response_serializer=mt__proto_dot_graph__pb2.Import.SerializeToString,
-            ),
-            'ImportStep': grpc.unary_unary_rpc_method_handler(
-                    servicer.ImportStep,
-                    request_deserializer=mt__proto_dot_graph__pb2.ImportStepRequest.FromString,
-                    response_serializer=mt__proto_dot_graph__pb2.Import.SerializeToString,
-            ),
-            'ApplyPendingFollows': grpc.unary_unary_rpc_method_handler(
-                    servicer.ApplyPendingFollows,
-                    request_deserializer=mt__proto_dot_graph__pb2.ApplyPendingFollowsRequest.FromString,
-                    response_serializer=mt__proto_dot_graph__pb2.ApplyPendingFollowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,60 +448,6 @@ class GraphService:
             '/minithreads.graph.v1.GraphService/GetImport',
             mt__proto_dot_graph__pb2.GetImportRequest.SerializeToString,
             mt__proto_dot_graph__pb2.Import.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ImportStep(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/minithreads.graph.v1.GraphService/ImportStep',
-            mt__proto_dot_graph__pb2.ImportStepRequest.SerializeToString,
-            mt__proto_dot_graph__pb2.Import.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ApplyPendingFollows(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/minithreads.graph.v1.GraphService/ApplyPendingFollows',
-            mt__proto_dot_graph__pb2.ApplyPendingFollowsRequest.SerializeToString,
-            mt__proto_dot_graph__pb2.ApplyPendingFollowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,9 @@
 isort:skip_file
 Graph service: the follow graph, the synthetic legacy ("Instagram") graph, and imports.
 
-It owns follow edges in both directions (followers and following of each user), keeps the
-FOLLOWERS/FOLLOWING counters in step, and publishes follow/unfollow events (feed backfill and
-removal, follow notifications). The legacy graph is synthetic and deterministic from a seed,
+It owns follow edges in both directions (followers and following of each user) and their
+counts, and publishes follow/unfollow events (the followee's side, feed backfill and removal,
+follow notifications: done by the async workers). The legacy graph is synthetic and deterministic from a seed,
 computed on demand; it is read-only. An import copies a user's legacy follow graph onto the
 app as a batched, throttled async job: followees already on the app are followed, the others
 become pending follows that are applied when they sign up.
@@ -76,17 +76,6 @@ class GraphServiceStub:
     """Progress of one of the user's imports.
     NOT_FOUND: import_not_found (unknown id, or it belongs to another user).
     """
-    ImportStep: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ImportStepRequest, _graph_pb2.Import]
-    """Async workers: copy the import's next batch (follow the followees on the app, record the
-    others as pending) and save the progress. Idempotent: a repeated step redoes at most the
-    batch whose progress was not saved. Returns the import; more work while not DONE/FAILED.
-    NOT_FOUND: import_not_found.
-    """
-    ApplyPendingFollows: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ApplyPendingFollowsRequest, _graph_pb2.ApplyPendingFollowsResponse]
-    """Async workers: a legacy account joined as followee_id — apply up to `limit` of the pending
-    follows that imports recorded for it (each becomes a follow, then its pending row goes).
-    Idempotent; call again while `more`.
-    """
 
 @_typing.type_check_only
 class GraphServiceAsyncStub(GraphServiceStub):
@@ -123,17 +112,6 @@ class GraphServiceAsyncStub(GraphServiceStub):
     GetImport: _aio.UnaryUnaryMultiCallable[_graph_pb2.GetImportRequest, _graph_pb2.Import]  # type: ignore[assignment]
     """Progress of one of the user's imports.
     NOT_FOUND: import_not_found (unknown id, or it belongs to another user).
-    """
-    ImportStep: _aio.UnaryUnaryMultiCallable[_graph_pb2.ImportStepRequest, _graph_pb2.Import]  # type: ignore[assignment]
-    """Async workers: copy the import's next batch (follow the followees on the app, record the
-    others as pending) and save the progress. Idempotent: a repeated step redoes at most the
-    batch whose progress was not saved. Returns the import; more work while not DONE/FAILED.
-    NOT_FOUND: import_not_found.
-    """
-    ApplyPendingFollows: _aio.UnaryUnaryMultiCallable[_graph_pb2.ApplyPendingFollowsRequest, _graph_pb2.ApplyPendingFollowsResponse]  # type: ignore[assignment]
-    """Async workers: a legacy account joined as followee_id — apply up to `limit` of the pending
-    follows that imports recorded for it (each becomes a follow, then its pending row goes).
-    Idempotent; call again while `more`.
     """
 
 class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -222,29 +200,6 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_graph_pb2.Import, _abc.Awaitable[_graph_pb2.Import]]:
         """Progress of one of the user's imports.
         NOT_FOUND: import_not_found (unknown id, or it belongs to another user).
-        """
-
-    @_abc_1.abstractmethod
-    def ImportStep(
-        self,
-        request: _graph_pb2.ImportStepRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.Import, _abc.Awaitable[_graph_pb2.Import]]:
-        """Async workers: copy the import's next batch (follow the followees on the app, record the
-        others as pending) and save the progress. Idempotent: a repeated step redoes at most the
-        batch whose progress was not saved. Returns the import; more work while not DONE/FAILED.
-        NOT_FOUND: import_not_found.
-        """
-
-    @_abc_1.abstractmethod
-    def ApplyPendingFollows(
-        self,
-        request: _graph_pb2.ApplyPendingFollowsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.ApplyPendingFollowsResponse, _abc.Awaitable[_graph_pb2.ApplyPendingFollowsResponse]]:
-        """Async workers: a legacy account joined as followee_id — apply up to `limit` of the pending
-        follows that imports recorded for it (each becomes a follow, then its pending row goes).
-        Idempotent; call again while `more`.
         """
 
 def add_GraphServiceServicer_to_server(servicer: GraphServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,13 +3,11 @@
 isort:skip_file
 Posts service: posts, replies and likes.
 
-It owns post records, the per-author and per-thread post lists, and like edges. Writes keep
-the POSTS / REPLIES / LIKES counters in step and publish events for the async workers
-(feed fan-out on create, removal on delete, like and reply notifications). Deleted posts are
-gone for readers: GetPost answers NOT_FOUND and batch/list reads leave them out.
-
-Counts (like_count, reply_count) and liked_by_me are not in Post: the gateway takes them from
-counters.Get and BatchGetLiked. Conventions (ids, *_at_us times, paging, errors via status
+It owns post records, the per-author and per-thread post lists, and like edges, with their
+counts (changed in the same write as what they count), and publishes events for the async
+workers (feed fan-out on create, removal on delete, like and reply notifications). Deleted
+posts are gone for readers: GetPost answers NOT_FOUND and batch/list reads leave them out.
+Posts come hydrated for a viewer (author, counts, liked_by_me). Conventions (ids, *_at_us times, paging, errors via status
 code + "mt-error-code" trailing metadata) are described in mt_proto/common.proto.
 """
 
@@ -38,14 +36,29 @@ class Post(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     REPLY_TO_FIELD_NUMBER: _builtins.int
     CREATED_AT_US_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    LIKE_COUNT_FIELD_NUMBER: _builtins.int
+    REPLY_COUNT_FIELD_NUMBER: _builtins.int
+    LIKED_BY_ME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Time-sortable: comparing ids as strings orders posts by creation time."""
+    """Time-sortable (comparing ids as strings orders posts by creation time), and naming its
+    author (mt_schema.posts.new_post_id).
+    """
     author_id: _builtins.str
     text: _builtins.str
     """Trimmed, 1..500 characters."""
     reply_to: _builtins.str
     """Set when this post is a reply: the id of the post it answers."""
     created_at_us: _builtins.int
+    like_count: _builtins.int
+    reply_count: _builtins.int
+    liked_by_me: _builtins.bool
+    @_builtins.property
+    def author(self) -> _common_pb2.UserSummary:
+        """As the reader sees it: its author, its counts and whether the reader liked it, read in
+        one batched round trip where the data is (mt_schema.views).
+        """
+
     def __init__(
         self,
         *,
@@ -54,10 +67,14 @@ class Post(_message.Message):
         text: _builtins.str = ...,
         reply_to: _builtins.str | None = ...,
         created_at_us: _builtins.int = ...,
+        author: _common_pb2.UserSummary | None = ...,
+        like_count: _builtins.int = ...,
+        reply_count: _builtins.int = ...,
+        liked_by_me: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_reply_to", b"_reply_to", "reply_to", b"reply_to"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reply_to", b"_reply_to", "author", b"author", "reply_to", b"reply_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reply_to", b"_reply_to", "author_id", b"author_id", "created_at_us", b"created_at_us", "id", b"id", "reply_to", b"reply_to", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reply_to", b"_reply_to", "author", b"author", "author_id", b"author_id", "created_at_us", b"created_at_us", "id", b"id", "like_count", b"like_count", "liked_by_me", b"liked_by_me", "reply_count", b"reply_count", "reply_to", b"reply_to", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__reply_to: _TypeAlias = _typing.Literal["reply_to"]  # noqa: Y015
     _WhichOneofArgType__reply_to: _TypeAlias = _typing.Literal["_reply_to", b"_reply_to"]  # noqa: Y015
@@ -107,15 +124,19 @@ class GetPostRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POST_ID_FIELD_NUMBER: _builtins.int
+    VIEWER_ID_FIELD_NUMBER: _builtins.int
     post_id: _builtins.str
+    viewer_id: _builtins.str
+    """whose liked_by_me (empty: nobody's)"""
     def __init__(
         self,
         *,
         post_id: _builtins.str = ...,
+        viewer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["post_id", b"post_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["post_id", b"post_id", "viewer_id", b"viewer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -126,16 +147,20 @@ class BatchGetPostsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POST_IDS_FIELD_NUMBER: _builtins.int
+    VIEWER_ID_FIELD_NUMBER: _builtins.int
+    viewer_id: _builtins.str
+    """whose liked_by_me (empty: nobody's)"""
     @_builtins.property
     def post_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         post_ids: _abc.Iterable[_builtins.str] | None = ...,
+        viewer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["post_ids", b"post_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["post_ids", b"post_ids", "viewer_id", b"viewer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,11 +254,14 @@ class ListUserPostsRequest(_message.Message):
     AUTHOR_ID_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
     BEFORE_ID_FIELD_NUMBER: _builtins.int
+    VIEWER_ID_FIELD_NUMBER: _builtins.int
     author_id: _builtins.str
     before_id: _builtins.str
     """Only posts older than this post id (ids sort by time): how the feed merges timelines
     page by page. Ignored when page.cursor is set.
     """
+    viewer_id: _builtins.str
+    """whose liked_by_me (empty: nobody's)"""
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
     def __init__(
@@ -242,10 +270,11 @@ class ListUserPostsRequest(_message.Message):
         author_id: _builtins.str = ...,
         page: _common_pb2.PageRequest | None = ...,
         before_id: _builtins.str = ...,
+        viewer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "before_id", b"before_id", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "before_id", b"before_id", "page", b"page", "viewer_id", b"viewer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,7 +309,10 @@ class ListRepliesRequest(_message.Message):
 
     POST_ID_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    VIEWER_ID_FIELD_NUMBER: _builtins.int
     post_id: _builtins.str
+    viewer_id: _builtins.str
+    """whose liked_by_me (empty: nobody's)"""
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
     def __init__(
@@ -288,10 +320,11 @@ class ListRepliesRequest(_message.Message):
         *,
         post_id: _builtins.str = ...,
         page: _common_pb2.PageRequest | None = ...,
+        viewer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "post_id", b"post_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "post_id", b"post_id", "viewer_id", b"viewer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

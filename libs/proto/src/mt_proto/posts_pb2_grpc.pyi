@@ -3,13 +3,11 @@
 isort:skip_file
 Posts service: posts, replies and likes.
 
-It owns post records, the per-author and per-thread post lists, and like edges. Writes keep
-the POSTS / REPLIES / LIKES counters in step and publish events for the async workers
-(feed fan-out on create, removal on delete, like and reply notifications). Deleted posts are
-gone for readers: GetPost answers NOT_FOUND and batch/list reads leave them out.
-
-Counts (like_count, reply_count) and liked_by_me are not in Post: the gateway takes them from
-counters.Get and BatchGetLiked. Conventions (ids, *_at_us times, paging, errors via status
+It owns post records, the per-author and per-thread post lists, and like edges, with their
+counts (changed in the same write as what they count), and publishes events for the async
+workers (feed fan-out on create, removal on delete, like and reply notifications). Deleted
+posts are gone for readers: GetPost answers NOT_FOUND and batch/list reads leave them out.
+Posts come hydrated for a viewer (author, counts, liked_by_me). Conventions (ids, *_at_us times, paging, errors via status
 code + "mt-error-code" trailing metadata) are described in mt_proto/common.proto.
 """
 

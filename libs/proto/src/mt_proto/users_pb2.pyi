@@ -4,10 +4,9 @@ isort:skip_file
 Users service: accounts, credentials, sessions and profiles.
 
 It owns the account record (handle, display name, bio, link to a legacy "Instagram" account)
-and session tokens. The gateway calls Authenticate on every authenticated request and
-BatchGetUsers to hydrate lists. Follower/following/post counts are NOT stored here: they come
-from the counters service. Signing up publishes a user-joined event so that async workers can
-apply pending follows to the new account.
+and session tokens. Users come with their follower/following/post counts (kept by graph and
+posts beside what they count, read with the record). Signing up with a legacy account
+publishes a join event so that async workers apply the follows left pending for it.
 
 Conventions (ids, *_at_us times, paging, errors via status code + "mt-error-code" trailing
 metadata) are described in mt_proto/common.proto.
@@ -31,7 +30,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class User(_message.Message):
-    """An account. Counts are not here: ask counters for FOLLOWERS/FOLLOWING/POSTS."""
+    """An account, with its counts (read with the record: they live beside what they count,
+    mt_schema).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -41,6 +42,9 @@ class User(_message.Message):
     BIO_FIELD_NUMBER: _builtins.int
     CREATED_AT_US_FIELD_NUMBER: _builtins.int
     LEGACY_ID_FIELD_NUMBER: _builtins.int
+    FOLLOWERS_COUNT_FIELD_NUMBER: _builtins.int
+    FOLLOWING_COUNT_FIELD_NUMBER: _builtins.int
+    POSTS_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     handle: _builtins.str
     """Case-folded, ^[a-z0-9_.]{1,30}$. Never changes after signup."""
@@ -49,6 +53,9 @@ class User(_message.Message):
     created_at_us: _builtins.int
     legacy_id: _builtins.str
     """The linked legacy ("Instagram") account, if the user signed up with one."""
+    followers_count: _builtins.int
+    following_count: _builtins.int
+    posts_count: _builtins.int
     def __init__(
         self,
         *,
@@ -58,10 +65,13 @@ class User(_message.Message):
         bio: _builtins.str = ...,
         created_at_us: _builtins.int = ...,
         legacy_id: _builtins.str | None = ...,
+        followers_count: _builtins.int = ...,
+        following_count: _builtins.int = ...,
+        posts_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_legacy_id", b"_legacy_id", "legacy_id", b"legacy_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_legacy_id", b"_legacy_id", "bio", b"bio", "created_at_us", b"created_at_us", "display_name", b"display_name", "handle", b"handle", "id", b"id", "legacy_id", b"legacy_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_legacy_id", b"_legacy_id", "bio", b"bio", "created_at_us", b"created_at_us", "display_name", b"display_name", "followers_count", b"followers_count", "following_count", b"following_count", "handle", b"handle", "id", b"id", "legacy_id", b"legacy_id", "posts_count", b"posts_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__legacy_id: _TypeAlias = _typing.Literal["legacy_id"]  # noqa: Y015
     _WhichOneofArgType__legacy_id: _TypeAlias = _typing.Literal["_legacy_id", b"_legacy_id"]  # noqa: Y015

@@ -4,10 +4,9 @@ isort:skip_file
 Users service: accounts, credentials, sessions and profiles.
 
 It owns the account record (handle, display name, bio, link to a legacy "Instagram" account)
-and session tokens. The gateway calls Authenticate on every authenticated request and
-BatchGetUsers to hydrate lists. Follower/following/post counts are NOT stored here: they come
-from the counters service. Signing up publishes a user-joined event so that async workers can
-apply pending follows to the new account.
+and session tokens. Users come with their follower/following/post counts (kept by graph and
+posts beside what they count, read with the record). Signing up with a legacy account
+publishes a join event so that async workers apply the follows left pending for it.
 
 Conventions (ids, *_at_us times, paging, errors via status code + "mt-error-code" trailing
 metadata) are described in mt_proto/common.proto.

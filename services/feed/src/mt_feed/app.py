@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mt_core.rpc.client import channel
 from mt_core.rpc.server import Servicer, grpc_server
 from mt_kv_client import KVClient
-from mt_proto import counters_pb2_grpc, feed_pb2, feed_pb2_grpc, graph_pb2_grpc, posts_pb2_grpc
+from mt_proto import feed_pb2, feed_pb2_grpc
 
 from mt_feed.domain import Feed
 from mt_feed.grpc_api import FeedServicer
@@ -19,20 +18,8 @@ SERVICE = feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    timeout = settings.default_rpc_timeout_ms
-    async with (
-        KVClient(settings.kv_addr) as kv,
-        channel(settings.graph_addr, timeout) as graph,
-        channel(settings.posts_addr, timeout) as posts,
-        channel(settings.counters_addr, timeout) as counters,
-    ):
-        feed = Feed(
-            settings,
-            kv,
-            graph_pb2_grpc.GraphServiceStub(graph),
-            posts_pb2_grpc.PostsServiceStub(posts),
-            counters_pb2_grpc.CountersServiceStub(counters),
-        )
+    async with KVClient(settings.kv_addr) as kv:
+        feed = Feed(settings, kv)
         servicer = FeedServicer(feed)
         add = feed_pb2_grpc.add_FeedServiceServicer_to_server
         async with grpc_server(

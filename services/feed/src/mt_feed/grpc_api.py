@@ -31,39 +31,7 @@ class FeedServicer(feed_pb2_grpc.FeedServiceServicer):
     async def ListNotifications(
         self, request: pb.ListNotificationsRequest, context: Any
     ) -> pb.ListNotificationsResponse:
-        items, cursor = await self.feed.notifications(
+        items, actors, cursor = await self.feed.notifications(
             request.user_id, request.page.limit, request.page.cursor
         )
-        return pb.ListNotificationsResponse(items=items, next_cursor=cursor)
-
-    async def AddNotifications(
-        self, request: pb.AddNotificationsRequest, context: Any
-    ) -> pb.AddNotificationsResponse:
-        await self.feed.add_notifications(list(request.deliveries))
-        return pb.AddNotificationsResponse()
-
-    async def Deliver(self, request: pb.DeliverRequest, context: Any) -> pb.DeliverResponse:
-        await self.feed.deliver(request.item, list(request.user_ids))
-        return pb.DeliverResponse()
-
-    async def Retract(self, request: pb.RetractRequest, context: Any) -> pb.RetractResponse:
-        await self.feed.retract(request.post_id, list(request.user_ids))
-        return pb.RetractResponse()
-
-    async def Backfill(self, request: pb.BackfillRequest, context: Any) -> pb.BackfillResponse:
-        return pb.BackfillResponse(
-            added=await self.feed.backfill(request.user_id, request.author_id)
-        )
-
-    async def RemoveAuthor(
-        self, request: pb.RemoveAuthorRequest, context: Any
-    ) -> pb.RemoveAuthorResponse:
-        removed = await self.feed.remove_author(request.user_id, request.author_id)
-        return pb.RemoveAuthorResponse(removed=removed)
-
-    async def FilterActive(
-        self, request: pb.FilterActiveRequest, context: Any
-    ) -> pb.FilterActiveResponse:
-        return pb.FilterActiveResponse(
-            user_ids=await self.feed.filter_active(list(request.user_ids))
-        )
+        return pb.ListNotificationsResponse(items=items, actors=actors, next_cursor=cursor)

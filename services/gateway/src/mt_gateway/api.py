@@ -18,7 +18,7 @@ from mt_proto import graph_pb2 as gpb
 from mt_proto import posts_pb2 as ppb
 from mt_proto import users_pb2 as upb
 
-from mt_gateway import idempotency, render, schemas
+from mt_gateway import render, schemas
 from mt_gateway.routing import Ctx, client_ip, endpoint
 
 ERRORS_AUTH = (401,)
@@ -60,9 +60,7 @@ async def create_account(ctx: Ctx) -> web.StreamResponse:
         if getattr(body, name) is not None:
             setattr(request, name, getattr(body, name))
     reply = await call(ctx.b.users.CreateAccount(request))
-    return _json(
-        {"user": await render.user(ctx.b, reply.user, fresh=True), "token": reply.token}, 201
-    )
+    return _json({"user": render.user(reply.user), "token": reply.token}, 201)
 
 
 @endpoint(
@@ -79,21 +77,17 @@ async def login(ctx: Ctx) -> web.StreamResponse:
     limiter = ctx.request.app["limiter"]
     # Password guessing: per account from anywhere, and per address across accounts. These
     # limits fail closed: without Redis we cannot count, so we do not let guesses through.
-    await limiter.hit(
-        "login-ip", client_ip(ctx.request), ctx.settings.login_per_ip_per_min, fail_open=False
-    )
-    await limiter.hit(
-        "login-handle",
-        body.handle.strip().casefold(),
-        ctx.settings.login_per_handle_per_min,
+    await limiter.hit_all(
+        [
+            ("login-ip", client_ip(ctx.request), ctx.settings.login_per_ip_per_min),
+            ("login-handle", body.handle.strip().casefold(), ctx.settings.login_per_handle_per_min),
+        ],
         fail_open=False,
     )
     reply = await call(
         ctx.b.users.Login(upb.LoginRequest(handle=body.handle, password=body.password))
     )
-    return _json(
-        {"user": await render.user(ctx.b, reply.user, fresh=True), "token": reply.token}, 201
-    )
+    return _json({"user": render.user(reply.user), "token": reply.token}, 201)
 
 
 @endpoint(
@@ -119,7 +113,7 @@ async def logout(ctx: Ctx) -> web.StreamResponse:
 )
 async def me(ctx: Ctx) -> web.StreamResponse:
     user = await call(ctx.b.users.GetUser(upb.GetUserRequest(user_id=ctx.me)))
-    return _json(await render.user(ctx.b, user, fresh=True))
+    return _json(render.user(user))
 
 
 @endpoint(
@@ -139,7 +133,7 @@ async def update_me(ctx: Ctx) -> web.StreamResponse:
     if body.bio is not None:
         request.bio = body.bio
     user = await call(ctx.b.users.UpdateProfile(request))
-    return _json(await render.user(ctx.b, user, fresh=True))
+    return _json(render.user(user))
 
 
 @endpoint("GET", "/v1/users/{handle}", "A user's profile", response=schemas.UserOut, errors=(404,))
@@ -147,7 +141,7 @@ async def get_user(ctx: Ctx) -> web.StreamResponse:
     user = await call(
         ctx.b.users.GetUserByHandle(upb.GetUserByHandleRequest(handle=ctx.param("handle")))
     )
-    return _json(await render.user(ctx.b, user))
+    return _json(render.user(user))
 
 
 @endpoint(
@@ -164,7 +158,7 @@ async def search_users(ctx: Ctx) -> web.StreamResponse:
     if not q:
         raise InvalidArgument("q (a handle prefix) is required", code="invalid_query")
     reply = await call(ctx.b.users.SearchUsers(upb.SearchUsersRequest(prefix=q, page=_page(ctx))))
-    return _json(render.page(await render.users(ctx.b, list(reply.items)), reply.next_cursor))
+    return _json(render.page(render.users(reply.items), reply.next_cursor))
 
 
 # ---------------------------------------------------------------------- graph
@@ -212,8 +206,7 @@ async def followers(ctx: Ctx) -> web.StreamResponse:
     reply = await call(
         ctx.b.graph.ListFollowers(gpb.ListFollowersRequest(user_id=user_id, page=_page(ctx)))
     )
-    items = await render.users_list(ctx.b, [e.user_id for e in reply.items])
-    return _json(render.page(items, reply.next_cursor))
+    return _json(render.page(render.users(reply.users), reply.next_cursor))
 
 
 @endpoint(
@@ -229,8 +222,7 @@ async def following(ctx: Ctx) -> web.StreamResponse:
     reply = await call(
         ctx.b.graph.ListFollowing(gpb.ListFollowingRequest(user_id=user_id, page=_page(ctx)))
     )
-    items = await render.users_list(ctx.b, [e.user_id for e in reply.items])
-    return _json(render.page(items, reply.next_cursor))
+    return _json(render.page(render.users(reply.users), reply.next_cursor))
 
 
 @endpoint(
@@ -335,36 +327,31 @@ async def create_post(ctx: Ctx) -> web.StreamResponse:
     request = ppb.CreatePostRequest(author_id=ctx.me, text=body.text)
     if body.reply_to is not None:
         request.reply_to = body.reply_to
+    if key is not None:
+        # The posts service keeps one post per (author, key), beside the post in the KV.
+        request.idempotency_key = _idempotency_key(key)
+    post = await call(ctx.b.posts.CreatePost(request))
+    annotate(post_id=post.id)
+    return _json(render.post(post), 201)
 
-    async def run() -> tuple[int, Any]:
-        post = await call(ctx.b.posts.CreatePost(request))
-        annotate(post_id=post.id)
-        return 201, (await render.posts(ctx.b, [post], ctx.viewer, fresh=True))[0]
 
-    if key is None:
-        status, payload = await run()
-    else:
-        request.idempotency_key = idempotency.check_key(key)
-        status, payload = await idempotency.once(
-            ctx.redis,
-            ctx.me,
-            key,
-            body.model_dump(),
-            run,
-            ctx.settings.idempotency_ttl_s,
-            ctx.settings.idempotency_wait_ms,
+def _idempotency_key(key: str) -> str:
+    if not 1 <= len(key) <= 128 or not key.isprintable():
+        raise InvalidArgument(
+            "Idempotency-Key must be 1-128 printable characters", code="invalid_idempotency_key"
         )
-    return _json(payload, status)
+    return key
 
 
 @endpoint(
     "GET", "/v1/posts/{id}", "A post", auth="optional", response=schemas.PostOut, errors=(404,)
 )
 async def get_post(ctx: Ctx) -> web.StreamResponse:
-    post = await call(ctx.b.posts.GetPost(ppb.GetPostRequest(post_id=ctx.param("id"))))
+    post = await call(
+        ctx.b.posts.GetPost(ppb.GetPostRequest(post_id=ctx.param("id"), viewer_id=ctx.viewer or ""))
+    )
     annotate(post_id=post.id)
-    # A signed-in reader sees the counts fresh: their own like shows on their next read.
-    return _json((await render.posts(ctx.b, [post], ctx.viewer, fresh=ctx.viewer is not None))[0])
+    return _json(render.post(post))
 
 
 @endpoint(
@@ -392,12 +379,11 @@ async def delete_post(ctx: Ctx) -> web.StreamResponse:
     errors=(400, 404),
 )
 async def replies(ctx: Ctx) -> web.StreamResponse:
-    reply = await call(
-        ctx.b.posts.ListReplies(ppb.ListRepliesRequest(post_id=ctx.param("id"), page=_page(ctx)))
+    request = ppb.ListRepliesRequest(
+        post_id=ctx.param("id"), page=_page(ctx), viewer_id=ctx.viewer or ""
     )
-    return _json(
-        render.page(await render.posts(ctx.b, list(reply.items), ctx.viewer), reply.next_cursor)
-    )
+    reply = await call(ctx.b.posts.ListReplies(request))
+    return _json(render.page(render.posts(reply.items), reply.next_cursor))
 
 
 @endpoint(
@@ -411,12 +397,11 @@ async def replies(ctx: Ctx) -> web.StreamResponse:
 )
 async def user_posts(ctx: Ctx) -> web.StreamResponse:
     author = await _user_id(ctx, ctx.param("handle"))
-    reply = await call(
-        ctx.b.posts.ListUserPosts(ppb.ListUserPostsRequest(author_id=author, page=_page(ctx)))
+    request = ppb.ListUserPostsRequest(
+        author_id=author, page=_page(ctx), viewer_id=ctx.viewer or ""
     )
-    return _json(
-        render.page(await render.posts(ctx.b, list(reply.items), ctx.viewer), reply.next_cursor)
-    )
+    reply = await call(ctx.b.posts.ListUserPosts(request))
+    return _json(render.page(render.posts(reply.items), reply.next_cursor))
 
 
 @endpoint(
@@ -459,8 +444,7 @@ async def unlike(ctx: Ctx) -> web.StreamResponse:
 )
 async def feed(ctx: Ctx) -> web.StreamResponse:
     reply = await call(ctx.b.feed.GetFeed(fpb.GetFeedRequest(viewer_id=ctx.me, page=_page(ctx))))
-    items = await render.posts_by_id(ctx.b, [i.post_id for i in reply.items], ctx.viewer)
-    return _json(render.page(items, reply.next_cursor))
+    return _json(render.page(render.posts(reply.items), reply.next_cursor))
 
 
 @endpoint(
@@ -476,6 +460,4 @@ async def notifications(ctx: Ctx) -> web.StreamResponse:
     reply = await call(
         ctx.b.feed.ListNotifications(fpb.ListNotificationsRequest(user_id=ctx.me, page=_page(ctx)))
     )
-    return _json(
-        render.page(await render.notifications(ctx.b, list(reply.items)), reply.next_cursor)
-    )
+    return _json(render.page(render.notifications(reply.items, reply.actors), reply.next_cursor))

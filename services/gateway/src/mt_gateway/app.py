@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
-from mt_core.rpc.services import Services, services
+from mt_core.rpc.services import services
+from mt_kv_client import KVClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
@@ -16,7 +17,7 @@ from mt_gateway import api, health, openapi
 from mt_gateway.admission import AdaptiveLimit, Admission, FixedLimit, LimitSettings
 from mt_gateway.limits import Gate, RateLimiter, admission_middleware, publish_forever
 from mt_gateway.middleware import errors_middleware, metrics_middleware
-from mt_gateway.routing import mount
+from mt_gateway.routing import Clients, mount
 from mt_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,19 +39,18 @@ def gate_of(settings: Settings) -> Gate:
     return Admission(AdaptiveLimit(limit))
 
 
-def build_app(settings: Settings, redis: Redis, b: Services, gate: Gate) -> web.Application:
+def build_app(settings: Settings, clients: Clients, gate: Gate) -> web.Application:
     application = web.Application(
         middlewares=[errors_middleware, metrics_middleware],
         client_max_size=settings.max_body_bytes,
     )
-    limiter = RateLimiter(redis)
-    application["limiter"] = limiter
-    application.add_routes(health.routes(settings, redis))
+    application["limiter"] = clients.limiter
+    application.add_routes(health.routes(settings, clients.redis))
     application.router.add_get("/metrics", metrics)
     document = openapi.spec()
     application.router.add_get("/openapi.json", lambda _: _json(document))
     application.router.add_get("/docs", lambda _: _html(openapi.docs_page()))
-    classes = mount(application, b, settings, redis, limiter)
+    classes = mount(application, clients, settings)
     # Admission before everything else, the tracing middleware included: a refusal must cost
     # less than recording it would.
     application.middlewares.insert(0, admission_middleware(gate, classes))
@@ -73,9 +73,10 @@ async def app(settings: Settings) -> AsyncIterator[None]:
         socket_connect_timeout=settings.health_timeout_ms / 1000,
     )
     gate = gate_of(settings)
-    async with services(settings) as b:
+    async with services(settings) as b, KVClient(settings.kv_addr) as kv:
+        clients = Clients(b, redis, kv, RateLimiter(redis))
         runner = web.AppRunner(
-            build_app(settings, redis, b, gate), shutdown_timeout=settings.shutdown_grace_ms / 1000
+            build_app(settings, clients, gate), shutdown_timeout=settings.shutdown_grace_ms / 1000
         )
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.http_port, reuse_address=True)

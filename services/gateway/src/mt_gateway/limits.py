@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from aiohttp import web
@@ -49,38 +49,47 @@ RATIO = Gauge("gateway_latency_ratio", "Admitted requests' latency over their un
 SHED_P = Gauge("gateway_shed_probability", "Refusal probability before the limit", ["criticality"])
 
 
+Limit = tuple[str, str, int]  # scope, subject, requests per minute
+
+
 class RateLimiter:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
     async def hit(self, scope: str, subject: str, per_min: int, *, fail_open: bool = True) -> None:
-        """Count one request of ``subject`` in ``scope``; RateLimited past ``per_min``.
+        """Count one request of ``subject`` in ``scope``; RateLimited past ``per_min``."""
+        await self.hit_all([(scope, subject, per_min)], fail_open=fail_open)
+
+    async def hit_all(self, limits: Sequence[Limit], *, fail_open: bool = True) -> None:
+        """Count one request against each of ``limits`` — one round trip for all of them;
+        RateLimited at the first one past its limit.
 
         If Redis is unreachable, ordinary limits let the request through (availability over
         strictness) while security limits (``fail_open=False``) refuse it.
         """
         now = time.time()
         window, elapsed = divmod(now, WINDOW_S)
-        current = f"rl:{scope}:{subject}:{int(window)}"
-        previous = f"rl:{scope}:{subject}:{int(window) - 1}"
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(current)
-                pipe.expire(current, WINDOW_S * 2)
-                pipe.get(previous)
-                count, _, before = await pipe.execute()
+                for scope, subject, _ in limits:
+                    current = f"rl:{scope}:{subject}:{int(window)}"
+                    pipe.incr(current)
+                    pipe.expire(current, WINDOW_S * 2)
+                    pipe.get(f"rl:{scope}:{subject}:{int(window) - 1}")
+                replies = await pipe.execute()
         except RedisError:
             if fail_open:
                 return
             raise Unavailable("try again shortly", code="unavailable") from None
-        # Sliding window: the previous window's count, weighted by how much of it still
-        # overlaps the last minute, plus this window's. No burst of 2x at a boundary.
-        estimate = int(before or 0) * (1 - elapsed / WINDOW_S) + int(count)
-        if estimate > per_min:
-            LIMITED.labels(scope).inc()
-            event("rate_limited", scope=scope)
-            retry = WINDOW_S - elapsed
-            raise RateLimited("too many requests; slow down", retry_after_s=retry)
+        for i, (scope, _, per_min) in enumerate(limits):
+            count, _, before = replies[3 * i : 3 * i + 3]
+            # Sliding window: the previous window's count, weighted by how much of it still
+            # overlaps the last minute, plus this window's. No burst of 2x at a boundary.
+            estimate = int(before or 0) * (1 - elapsed / WINDOW_S) + int(count)
+            if estimate > per_min:
+                LIMITED.labels(scope).inc()
+                event("rate_limited", scope=scope)
+                raise RateLimited("too many requests; slow down", retry_after_s=WINDOW_S - elapsed)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

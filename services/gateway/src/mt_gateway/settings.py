@@ -29,5 +29,3 @@ class Settings(ServiceSettings):
     rate_per_user_per_min: int = 1_200
     login_per_handle_per_min: int = 10  # brute force on one account, from anywhere
     login_per_ip_per_min: int = 60  # brute force across accounts, from one address
-    idempotency_ttl_s: int = 24 * 3600
-    idempotency_wait_ms: int = 5_000  # a retry waits this long for the first attempt's answer

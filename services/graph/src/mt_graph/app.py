@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mt_core.rpc.client import channel
 from mt_core.rpc.server import Servicer, grpc_server
 from mt_jobs import JobProducer, Outbox
 from mt_kv_client import KVClient
 from mt_legacy import LegacyGraph
-from mt_proto import counters_pb2_grpc, graph_pb2, graph_pb2_grpc, users_pb2_grpc
+from mt_proto import graph_pb2, graph_pb2_grpc
 
 from mt_graph.domain import Graph
 from mt_graph.grpc_api import GraphServicer
@@ -22,22 +21,14 @@ SERVICE = graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    timeout = settings.default_rpc_timeout_ms
     async with (
         KVClient(settings.kv_addr) as kv,
-        channel(settings.counters_addr, timeout) as counters,
-        channel(settings.users_addr, timeout) as users,
         JobProducer(settings.kafka_bootstrap, client_id="graph") as producer,
         Outbox(kv, producer, owner="graph", stale_after_ms=settings.outbox_stale_ms) as outbox,
     ):
-        graph = Graph(kv, counters_pb2_grpc.CountersServiceStub(counters), outbox)
+        graph = Graph(kv, outbox)
         legacy = Legacy(
-            settings,
-            kv,
-            graph,
-            LegacyGraph(settings.legacy_seed, settings.legacy_size),
-            users_pb2_grpc.UsersServiceStub(users),
-            outbox,
+            settings, kv, graph, LegacyGraph(settings.legacy_seed, settings.legacy_size), outbox
         )
         servicer = GraphServicer(graph, legacy)
         add = graph_pb2_grpc.add_GraphServiceServicer_to_server

@@ -1,145 +1,208 @@
-"""The follow graph over the KV service.
+"""The follow graph over the KV service (layout: :mod:`mt_schema.graph`).
 
-Layout, in keyspace ``graph`` (partition = the user the rows belong to):
-- ``out:<followee>`` -> follow time: the edge, the idempotency check of Follow;
-- ``o:<time><followee>``: whom the user follows, newest first by a reverse scan;
-- ``in:<follower>`` and ``i:<time><follower>``: the same from the followee's side.
+A follow is ONE write, in the follower's partition: the edge (``out:``), its list row, the
+follower's ``#following`` count and the follow job (the outbox row), conditional on the edge
+being absent — so it happens once, its count with it, and its job exists exactly when it did.
+The rest is the job's (:meth:`Graph.sync_followers`, then the feed's backfill and the
+notification, in the workers): the followee's side is a mirror of the followers' edges, made
+equal to them by a write conditional on what the mirror held when read. A mirror step that
+runs twice, late, or out of order with the next unfollow still converges: each step copies
+what the edge is now, not what its job said.
 
-Events (inbox backfill or removal, notifications) go through the outbox, recorded before the
-edge is written. A follow first writes the follower's side atomically (one partition, one
-shard: edge + list row, conditional on the edge being absent), then the followee's side and
-the counters, whose keys are derived from the follow time. Re-running a follow therefore
-completes whatever an interrupted one left undone and never double-counts: the counter deltas
-carry an idempotency key made of the same follow time.
+An unfollow is the same write undone, conditional on the edge's version; its job takes the
+followee's side and the follower's inbox back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Sequence
 
-from mt_core.errors import FailedPrecondition, InvalidArgument
+from mt_core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mt_core.ids import now_us
 from mt_core.paging import check_batch, limit_of
-from mt_core.rpc.client import call
 from mt_jobs import Job, Outbox
-from mt_kv_client import Key, KVClient
-from mt_kv_client.client import Check, Delete, Put
-from mt_proto import counters_pb2 as cpb
-from mt_proto import counters_pb2_grpc
+from mt_kv_client import KVClient
+from mt_kv_client.client import Check, Delete, Increment, Item, Mutation, Put
 from mt_proto import graph_pb2 as pb
+from mt_proto import users_pb2 as upb
+from mt_schema import views
+from mt_schema.graph import (
+    KS,
+    follower_row,
+    followers_count,
+    following_count,
+    following_row,
+    in_key,
+    listed_user,
+    out_key,
+)
 
-KS = "graph"
-# A repeated follow re-runs the follow's later steps (in case the first run was cut short)
-# while it is this young: well inside the counters' 24 h idempotency memory.
-REPAIR_WINDOW_US = 3600 * 1_000_000
-
-
-def _key(user_id: str, suffix: str) -> Key:
-    return Key(KS, user_id.encode(), suffix.encode())
-
-
-def _time_hex(at_us: int) -> str:
-    return f"{at_us:016x}"
+SYNC_ATTEMPTS = 8  # a mirror contended this often is left to the next job of its edges
+SYNC_CHUNK = 150  # followers mirrored per write (4 mutations and a check each, of 1,000)
 
 
 def follow_job(op: str, follower: str, followee: str, at_us: int) -> Job:
-    """The event of a follow or unfollow, handled by the workers' ``follow`` kind (inbox
-    backfill or removal, the follow notification). Keyed by the follower: one reader's inbox
-    changes in order."""
+    """A follow or unfollow happened: mirror it on the followee's side, backfill or clean the
+    follower's inbox, notify. Keyed by the follower: one reader's inbox changes in order."""
     payload = {"op": op, "follower": follower, "followee": followee, "at_us": at_us}
     return Job("follow", payload, key=follower)
 
 
+def follow_mutations(follower: str, followee: str, at_us: int) -> list[Mutation]:
+    """The follower's side of a new follow (its write must check the edge is absent)."""
+    return [
+        Put(out_key(follower, followee), str(at_us).encode()),
+        Put(following_row(follower, followee, at_us), b""),
+    ]
+
+
 class Graph:
-    def __init__(
-        self,
-        kv: KVClient,
-        counters: counters_pb2_grpc.CountersServiceAsyncStub,
-        outbox: Outbox,
-    ) -> None:
+    def __init__(self, kv: KVClient, outbox: Outbox) -> None:
         self.kv = kv
-        self.counters = counters
         self.outbox = outbox
 
     async def follow(self, follower: str, followee: str) -> bool:
         _check_ids(follower, followee)
         if follower == followee:
             raise InvalidArgument("you cannot follow yourself", code="cannot_follow_self")
-        edge = _key(follower, f"out:{followee}")
         at_us = now_us()
-        # The event first (backfill, notification): if we die after the edge is written, the
-        # outbox relay still publishes it; if we die before, its handler finds no edge.
-        intent = await self.outbox.intend([follow_job("follow", follower, followee, at_us)])
-        listed = Put(_key(follower, f"o:{_time_hex(at_us)}{followee}"), b"")
-        changed, held = await self.kv.claim(edge, str(at_us).encode(), extra=[listed])
-        if not changed:
-            at_us = int(held.value)
-            if now_us() - at_us > REPAIR_WINDOW_US:
-                await self.outbox.cancel(intent)  # nothing new to announce
-                return False  # long complete; and its counter dedup keys may have expired
-        await self._complete_follow(follower, followee, at_us)
-        await self.outbox.settle(intent)
-        return changed
-
-    async def _complete_follow(self, follower: str, followee: str, at_us: int) -> None:
-        stamp = _time_hex(at_us)
-        await self.kv.multi_put(
-            [
-                (_key(followee, f"in:{follower}"), str(at_us).encode()),
-                (_key(followee, f"i:{stamp}{follower}"), b""),
-            ]
-        )
-        await self._count(follower, followee, +1, f"follow:{follower}:{followee}:{at_us}")
-
-    async def _count(self, follower: str, followee: str, delta: int, idempotency_key: str) -> None:
-        await call(
-            self.counters.Increment(
-                cpb.IncrementRequest(
-                    deltas=[
-                        cpb.CounterDelta(
-                            key=cpb.CounterKey(kind=cpb.COUNTER_KIND_FOLLOWING, entity_id=follower),
-                            delta=delta,
-                        ),
-                        cpb.CounterDelta(
-                            key=cpb.CounterKey(kind=cpb.COUNTER_KIND_FOLLOWERS, entity_id=followee),
-                            delta=delta,
-                        ),
-                    ],
-                    idempotency_key=idempotency_key,
-                )
-            )
-        )
+        edge = out_key(follower, followee)
+        staged = self.outbox.stage(edge, [follow_job("follow", follower, followee, at_us)])
+        mutations = [
+            *follow_mutations(follower, followee, at_us),
+            Increment(following_count(follower), 1),
+            *staged.puts,
+        ]
+        try:
+            await self.kv.write(mutations, [Check.absent(edge)])
+        except FailedPrecondition as err:
+            if err.code != "condition_failed":
+                raise
+            return False  # already following: that follow's job does (or did) the rest
+        await self.outbox.settle(staged)
+        return True
 
     async def unfollow(self, follower: str, followee: str) -> bool:
         _check_ids(follower, followee)
-        edge = _key(follower, f"out:{followee}")
+        edge = out_key(follower, followee)
         held = await self.kv.get(edge)
         if held is None:
             return False
-        intent = await self.outbox.intend([follow_job("unfollow", follower, followee, now_us())])
         at_us = int(held.value)
-        stamp = _time_hex(at_us)
+        staged = self.outbox.stage(edge, [follow_job("unfollow", follower, followee, at_us)])
+        mutations: list[Mutation] = [
+            Delete(edge),
+            Delete(following_row(follower, followee, at_us)),
+            Increment(following_count(follower), -1),
+            *staged.puts,
+        ]
         try:
-            await self.kv.write(
-                [Delete(edge), Delete(_key(follower, f"o:{stamp}{followee}"))],
-                [Check(edge, held.version)],
-            )
-        except FailedPrecondition:
-            await self.outbox.cancel(intent)
-            return False  # a concurrent unfollow (or re-follow) won; it completes its own work
-        await self.kv.write(
-            [
-                Delete(_key(followee, f"in:{follower}")),
-                Delete(_key(followee, f"i:{stamp}{follower}")),
-            ]
-        )
-        await self._count(follower, followee, -1, f"unfollow:{follower}:{followee}:{at_us}")
-        await self.outbox.settle(intent)
+            await self.kv.write(mutations, [Check(edge, held.version)])
+        except FailedPrecondition as err:
+            if err.code != "condition_failed":
+                raise
+            return False  # a concurrent unfollow (or re-follow) won; its job does the rest
+        await self.outbox.settle(staged)
         return True
+
+    # ------------------------------------------------------------------ bulk (imports, joins)
+
+    async def follow_many(self, follower: str, followees: Sequence[str]) -> int:
+        """``follower`` follows each of ``followees`` it does not follow yet: ONE write in its
+        partition, conditional on each new edge being absent (no jobs: the caller does their
+        work for the batch). Returns how many edges it made."""
+        _check_ids(follower, *followees)
+        followees = [f for f in dict.fromkeys(followees) if f != follower]
+        for _ in range(SYNC_ATTEMPTS):
+            edges = [out_key(follower, f) for f in followees]
+            found = await self.kv.multi_get(edges)
+            new = [f for f, e in zip(followees, edges, strict=True) if found[e] is None]
+            if not new:
+                return 0
+            at = now_us()
+            mutations = [
+                m for i, f in enumerate(new) for m in follow_mutations(follower, f, at + i)
+            ]
+            mutations.append(Increment(following_count(follower), len(new)))
+            try:
+                await self.kv.write(mutations, [Check.absent(out_key(follower, f)) for f in new])
+            except FailedPrecondition as err:
+                if err.code != "condition_failed":
+                    raise
+                continue  # a follow of one of them raced us: read again
+            return len(new)
+        raise Unavailable("the follows are contended; try again", code="contended")
+
+    async def add_followers(self, followee: str, followers: Sequence[str]) -> int:
+        """Each of ``followers`` follows ``followee`` unless it already does: a conditional
+        write per follower (its partition), all sent at once — the KV client carries them in
+        one BatchWrite per primary. No jobs: the caller does their work for the batch.
+        Returns how many edges were made."""
+        _check_ids(followee, *followers)
+        at = now_us()
+
+        async def one(i: int, follower: str) -> bool:
+            mutations = [
+                *follow_mutations(follower, followee, at + i),
+                Increment(following_count(follower), 1),
+            ]
+            try:
+                await self.kv.write(mutations, [Check.absent(out_key(follower, followee))])
+            except FailedPrecondition as err:
+                if err.code != "condition_failed":
+                    raise
+                return False  # already following (this batch, repeated): counted then
+            return True
+
+        unique = [f for f in dict.fromkeys(followers) if f != followee]
+        return sum(await asyncio.gather(*(one(i, f) for i, f in enumerate(unique))))
+
+    # ------------------------------------------------------------------ the followee's side
+
+    async def sync_followees(self, follower: str, followees: Sequence[str]) -> int:
+        """:meth:`sync_followers` of one follower on each of ``followees``' sides."""
+        changed = await asyncio.gather(*(self.sync_followers(f, [follower]) for f in followees))
+        return sum(changed)
+
+    async def sync_followers(self, followee: str, followers: Sequence[str]) -> int:
+        """Make ``followee``'s mirror rows (``in:``, ``i:``, ``#followers``) of ``followers``
+        equal their edges as they are now: one write in the followee's partition for all of
+        them, conditional on the mirror rows it read. Returns how many rows changed."""
+        _check_ids(followee, *followers)
+        unique = list(dict.fromkeys(followers))
+        changed = 0
+        for start in range(0, len(unique), SYNC_CHUNK):
+            changed += await self._sync_chunk(followee, unique[start : start + SYNC_CHUNK])
+        return changed
+
+    async def _sync_chunk(self, followee: str, followers: list[str]) -> int:
+        for _ in range(SYNC_ATTEMPTS):
+            edges = [out_key(f, followee) for f in followers]
+            mirrors = [in_key(followee, f) for f in followers]
+            found = await self.kv.multi_get([*edges, *mirrors])
+            mutations, checks = _mirror_changes(
+                followee,
+                followers,
+                [found[k] for k in edges],
+                [found[k] for k in mirrors],
+            )
+            if not mutations:
+                return 0
+            try:
+                await self.kv.write(mutations, checks)
+            except FailedPrecondition as err:
+                if err.code != "condition_failed":
+                    raise
+                continue  # a concurrent step of the same mirror: read again
+            return len(checks)
+        raise Unavailable("the followers' mirror is contended; try again", code="contended")
+
+    # ------------------------------------------------------------------ reads
 
     async def _list(
         self, user_id: str, prefix: str, limit: int, cursor: str
-    ) -> tuple[list[pb.FollowEdge], str]:
+    ) -> tuple[list[pb.FollowEdge], list[upb.User], str]:
         _check_ids(user_id)
         items, next_cursor = await self.kv.scan(
             KS,
@@ -151,36 +214,61 @@ class Graph:
         )
         edges = []
         for item in items:
-            rest = item.key.key.decode()[len(prefix) :]
-            edges.append(pb.FollowEdge(user_id=rest[16:], followed_at_us=int(rest[:16], 16)))
-        return edges, next_cursor
+            other, at_us = listed_user(item.key.key, prefix)
+            edges.append(pb.FollowEdge(user_id=other, followed_at_us=at_us))
+        ids = [e.user_id for e in edges]
+        users = views.ordered(await views.users_by_id(self.kv, ids), ids)
+        return edges, users, next_cursor
 
     async def followers(
         self, user_id: str, limit: int, cursor: str
-    ) -> tuple[list[pb.FollowEdge], str]:
+    ) -> tuple[list[pb.FollowEdge], list[upb.User], str]:
         return await self._list(user_id, "i:", limit, cursor)
 
     async def following(
         self, user_id: str, limit: int, cursor: str
-    ) -> tuple[list[pb.FollowEdge], str]:
+    ) -> tuple[list[pb.FollowEdge], list[upb.User], str]:
         return await self._list(user_id, "o:", limit, cursor)
-
-    async def all_following(self, user_id: str) -> list[str]:
-        """Every followee of ``user_id`` (internal callers: feed assembly, imports)."""
-        found: list[str] = []
-        cursor = ""
-        while True:
-            page, cursor = await self.following(user_id, 1000, cursor)
-            found += [e.user_id for e in page]
-            if not cursor:
-                return found
 
     async def is_following(self, viewer: str, targets: Sequence[str]) -> list[str]:
         check_batch(targets)
         _check_ids(viewer, *targets)
-        keys = {t: _key(viewer, f"out:{t}") for t in dict.fromkeys(targets)}
+        keys = {t: out_key(viewer, t) for t in dict.fromkeys(targets)}
         found = await self.kv.multi_get(keys.values())
         return [t for t, k in keys.items() if found[k] is not None]
+
+
+def _mirror_changes(
+    followee: str,
+    followers: Sequence[str],
+    edges: Iterable[Item | None],
+    mirrors: Iterable[Item | None],
+) -> tuple[list[Mutation], list[Check]]:
+    """The write that makes each mirror row equal its edge, with the checks that it still
+    holds what was read."""
+    mutations: list[Mutation] = []
+    checks: list[Check] = []
+    delta = 0
+    for follower, edge, mirror in zip(followers, edges, mirrors, strict=True):
+        want = int(edge.value) if edge is not None else None
+        have = int(mirror.value) if mirror is not None else None
+        if want == have:
+            continue
+        key = in_key(followee, follower)
+        checks.append(Check.absent(key) if mirror is None else Check(key, mirror.version))
+        if have is not None:
+            mutations.append(Delete(follower_row(followee, follower, have)))
+        if want is None:
+            mutations.append(Delete(key))
+        else:
+            mutations += [
+                Put(key, str(want).encode()),
+                Put(follower_row(followee, follower, want), b""),
+            ]
+        delta += (want is not None) - (have is not None)
+    if delta:
+        mutations.append(Increment(followers_count(followee), delta))
+    return mutations, checks
 
 
 def _check_ids(*ids: str) -> None:

@@ -29,18 +29,18 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
     async def ListFollowers(
         self, request: pb.ListFollowersRequest, context: Any
     ) -> pb.ListFollowersResponse:
-        items, cursor = await self.graph.followers(
+        items, users, cursor = await self.graph.followers(
             request.user_id, request.page.limit, request.page.cursor
         )
-        return pb.ListFollowersResponse(items=items, next_cursor=cursor)
+        return pb.ListFollowersResponse(items=items, users=users, next_cursor=cursor)
 
     async def ListFollowing(
         self, request: pb.ListFollowingRequest, context: Any
     ) -> pb.ListFollowingResponse:
-        items, cursor = await self.graph.following(
+        items, users, cursor = await self.graph.following(
             request.user_id, request.page.limit, request.page.cursor
         )
-        return pb.ListFollowingResponse(items=items, next_cursor=cursor)
+        return pb.ListFollowingResponse(items=items, users=users, next_cursor=cursor)
 
     async def IsFollowing(
         self, request: pb.IsFollowingRequest, context: Any
@@ -66,14 +66,3 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
 
     async def GetImport(self, request: pb.GetImportRequest, context: Any) -> pb.Import:
         return await self.legacy.get_import(request.user_id, request.import_id)
-
-    async def ImportStep(self, request: pb.ImportStepRequest, context: Any) -> pb.Import:
-        return await self.legacy.import_step(request.user_id, request.import_id)
-
-    async def ApplyPendingFollows(
-        self, request: pb.ApplyPendingFollowsRequest, context: Any
-    ) -> pb.ApplyPendingFollowsResponse:
-        applied, more = await self.legacy.apply_pending(
-            request.legacy_id, request.followee_id, request.limit
-        )
-        return pb.ApplyPendingFollowsResponse(applied=applied, more=more)

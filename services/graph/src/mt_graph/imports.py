@@ -1,32 +1,38 @@
-"""Legacy graph reads, imports and pending follows: copy a legacy account's follows onto the app.
+"""Legacy graph reads, imports and pending follows: copy a legacy account's follows onto the app,
+a batch at a time, as batches (layout: :mod:`mt_schema.graph`).
 
-An import is a record (``imports/<user>/<id>``) and a job: the workers' ``import`` kind calls
-:meth:`Legacy.import_step` until the import is done, one batch per call. A step follows the
-batch's followees already on the app (idempotently) and records the others as pending follows
-(``graph/pending:<legacy id>/<user id>``), then saves the progress: a repeated step redoes at
-most the batch whose progress was not saved, and the counts are recomputed per batch.
+An import is a record (``imports/<user>/<import id>``, with ``imports/<user>/active``) and a
+job: the workers' ``import`` kind runs a step per batch of the legacy followees. A step follows
+the batch's followees already on the app in ONE write in the importer's partition (edges, list
+rows, ``#following``), records the others as pending follows (``graph/pending:<legacy id>/<user
+id>``), mirrors the new edges on each followee's side (:meth:`Graph.sync_followers`), and only
+then saves its progress — so a step repeated after a crash redoes its batch, and every part of
+it is conditional on what is already there: each follow counts once.
 
-When a legacy account joins, the workers' ``join`` kind calls :meth:`Legacy.apply_pending`
-until none are left: each pending row becomes a follow, then goes.
+When a legacy account joins, the workers' ``join`` kind applies the follows left pending for it
+a batch at a time: each follower's side is one conditional write (the KV client sends them as
+one BatchWrite per primary), the followee's side one write per 150 followers; the pending rows
+go last, so a repeated batch finds them and finishes what it began.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from mt_core.errors import NotFound
+from mt_core.errors import FailedPrecondition, NotFound
 from mt_core.ids import new_id, now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
-from mt_core.rpc.client import call
 from mt_jobs import Job, Outbox, opportunistic_deadline_ms
 from mt_kv_client import Key, KVClient
+from mt_kv_client.client import Check, Delete, Mutation, Put
 from mt_legacy import LegacyGraph
 from mt_proto import graph_pb2 as pb
-from mt_proto import users_pb2 as upb
-from mt_proto import users_pb2_grpc
+from mt_schema.graph import pending_key
+from mt_schema.users import legacy_key
 
 from mt_graph.domain import Graph
 from mt_graph.settings import Settings
@@ -39,15 +45,14 @@ _STATES = {
     "done": pb.IMPORT_STATE_DONE,
     "failed": pb.IMPORT_STATE_FAILED,
 }
-ACTIVE = Key("imports", b"active")
-
-
-def pending_key(legacy_followee: str, user_id: str) -> Key:
-    return Key("graph", f"pending:{legacy_followee}".encode(), user_id.encode())
 
 
 def _record_key(user_id: str, import_id: str) -> Key:
     return Key("imports", user_id.encode(), import_id.encode())
+
+
+def _active_key(user_id: str) -> Key:
+    return Key("imports", user_id.encode(), b"active")
 
 
 def _to_pb(r: dict[str, Any]) -> pb.Import:
@@ -65,21 +70,23 @@ def _to_pb(r: dict[str, Any]) -> pb.Import:
     )
 
 
+@dataclass(frozen=True)
+class Step:
+    """One import step's outcome: the record to save once the followees' sides are done."""
+
+    record: dict[str, Any]
+    followees: list[str]  # on the app: followed by this step (new or already)
+    new: int  # of which this step made the edge
+
+
 class Legacy:
     def __init__(
-        self,
-        settings: Settings,
-        kv: KVClient,
-        graph: Graph,
-        legacy: LegacyGraph,
-        users: users_pb2_grpc.UsersServiceAsyncStub,
-        outbox: Outbox,
+        self, settings: Settings, kv: KVClient, graph: Graph, legacy: LegacyGraph, outbox: Outbox
     ) -> None:
         self.settings = settings
         self.kv = kv
         self.graph = graph
         self.legacy = legacy
-        self.users = users
         self.outbox = outbox
 
     # ------------------------------------------------------------------ legacy reads
@@ -103,11 +110,17 @@ class Legacy:
         ]
         return items, encode_cursor(str(end).encode()) if end < len(numbers) else ""
 
+    async def on_app(self, legacy_ids: Sequence[str]) -> dict[str, str]:
+        """legacy id -> user id, of those linked to an account."""
+        keys = [legacy_key(i) for i in dict.fromkeys(legacy_ids) if i]
+        found = await self.kv.multi_get(keys)
+        return {k.partition.decode(): v.value.decode() for k, v in found.items() if v is not None}
+
     # ------------------------------------------------------------------ imports
 
     async def start_import(self, user_id: str, legacy_id: str) -> pb.Import:
         total = len(self.legacy.following(legacy_id))
-        active = await self.kv.get(Key("imports", b"active", user_id.encode()))
+        active = await self.kv.get(_active_key(user_id))
         if active is not None:
             record = await self._load(user_id, active.value.decode())
             if record is not None and record["state"] in ("queued", "running"):
@@ -130,10 +143,25 @@ class Legacy:
             key=user_id,
             deadline_ms=opportunistic_deadline_ms(at // 1000),
         )
-        intent = await self.outbox.intend([job])
-        await self._save(record)
-        await self.kv.put(Key("imports", b"active", user_id.encode()), record["id"].encode())
-        await self.outbox.settle(intent)
+        where = _record_key(user_id, record["id"])
+        staged = self.outbox.stage(where, [job])
+        mutations: list[Mutation] = [
+            Put(where, json.dumps(record).encode()),
+            Put(_active_key(user_id), record["id"].encode()),
+            *staged.puts,
+        ]
+        checks = [
+            Check.absent(_active_key(user_id))
+            if active is None
+            else Check(_active_key(user_id), active.version)
+        ]
+        try:
+            await self.kv.write(mutations, checks)
+        except FailedPrecondition as err:
+            if err.code != "condition_failed":
+                raise
+            return await self.start_import(user_id, legacy_id)  # a concurrent start won
+        await self.outbox.settle(staged)
         return _to_pb(record)
 
     async def get_import(self, user_id: str, import_id: str) -> pb.Import:
@@ -146,61 +174,71 @@ class Legacy:
         item = await self.kv.get(_record_key(user_id, import_id))
         return json.loads(item.value) if item is not None else None
 
-    async def _save(self, record: dict[str, Any]) -> None:
-        record["updated_at_us"] = now_us()
-        await self.kv.put(_record_key(record["user_id"], record["id"]), json.dumps(record).encode())
-
-    async def import_step(self, user_id: str, import_id: str) -> pb.Import:
+    async def import_step(self, user_id: str, import_id: str) -> Step | None:
+        """Follow the next batch's followees on the app (and mirror them), pend the others;
+        None if the import is over. The caller finishes the batch's feed and notifications,
+        then :meth:`save`s the step."""
         record = await self._load(user_id, import_id) if user_id and import_id else None
         if record is None:
             raise NotFound("no such import", code="import_not_found")
         if record["state"] in ("done", "failed"):
-            return _to_pb(record)
+            return None
         numbers = self.legacy.following(record["legacy_id"])
         start = record["done"]
         chunk = [str(n) for n in numbers[start : start + self.settings.import_batch_size]]
-        if chunk:
-            record["pending"] += await self._copy(user_id, chunk)
-            record["done"] += len(chunk)
+        joined = await self.on_app(chunk)
+        followees = [u for u in dict.fromkeys(joined.values()) if u != user_id]
+        new = await self.graph.follow_many(user_id, followees)
+        await self.graph.sync_followees(user_id, followees)
+        pending = [lid for lid in chunk if lid not in joined]
+        stamp = str(now_us()).encode()
+        await self.kv.multi_put([(pending_key(lid, user_id), stamp) for lid in pending])
+        record["pending"] += len(pending)
+        record["done"] += len(chunk)
         record["state"] = "running" if record["done"] < len(numbers) else "done"
-        await self._save(record)
+        return Step(record, followees, new)
+
+    async def save(self, step: Step) -> pb.Import:
+        record = step.record
+        record["updated_at_us"] = now_us()
+        await self.kv.put(_record_key(record["user_id"], record["id"]), json.dumps(record).encode())
         if record["state"] == "done":
-            await self.kv.delete(Key("imports", b"active", user_id.encode()))
+            await self._forget_active(record["user_id"], record["id"])
         return _to_pb(record)
 
-    async def apply_pending(self, legacy_id: str, followee_id: str, limit: int) -> tuple[int, bool]:
-        """Turn up to ``limit`` pending follows of ``legacy_id`` into follows of ``followee_id``."""
+    async def _forget_active(self, user_id: str, import_id: str) -> None:
+        held = await self.kv.get(_active_key(user_id))
+        if held is not None and held.value == import_id.encode():
+            try:
+                await self.kv.write(
+                    [Delete(_active_key(user_id))], [Check(_active_key(user_id), held.version)]
+                )
+            except FailedPrecondition as err:
+                if err.code != "condition_failed":
+                    raise
+
+    # ------------------------------------------------------------------ joins
+
+    async def pending(self, legacy_id: str, limit: int) -> tuple[list[Key], bool]:
+        """Up to ``limit`` pending follows of ``legacy_id`` (their rows), and whether more wait."""
         self.legacy.number(legacy_id)
         rows, cursor = await self.kv.scan(
             "graph", f"pending:{legacy_id}".encode(), limit=min(max(limit, 1), 1000)
         )
-        limit_ = asyncio.Semaphore(self.settings.import_concurrency)
+        return [r.key for r in rows], bool(cursor)
 
-        async def apply(follower: str, key: Key) -> None:
-            async with limit_:
-                if follower != followee_id:
-                    await self.graph.follow(follower, followee_id)
-                await self.kv.delete(key)
+    async def apply_pending(self, followee: str, rows: Sequence[Key]) -> list[str]:
+        """Each pending row's user follows ``followee`` (one conditional write per follower,
+        sent together) and the followee's side mirrors them; returns the followers. The rows
+        stay: the caller removes them (:meth:`forget_pending`) once the rest is done."""
+        followers = [r.key.decode() for r in rows if r.key.decode() != followee]
+        await self.graph.add_followers(followee, followers)
+        await self.graph.sync_followers(followee, followers)
+        return followers
 
-        await asyncio.gather(*(apply(r.key.key.decode(), r.key) for r in rows))
-        return len(rows), bool(cursor)
-
-    async def _copy(self, user_id: str, legacy_ids: list[str]) -> int:
-        """Follow the ones on the app, record the others as pending; returns how many pend."""
-        joined = await call(
-            self.users.BatchGetUsersByLegacyId(
-                upb.BatchGetUsersByLegacyIdRequest(legacy_ids=legacy_ids)
-            )
-        )
-        on_app = {lid: u.id for lid, u in joined.users.items() if u.id != user_id}
-        limit = asyncio.Semaphore(self.settings.import_concurrency)
-
-        async def follow(followee: str) -> None:
-            async with limit:
-                await self.graph.follow(user_id, followee)
-
-        await asyncio.gather(*(follow(f) for f in on_app.values()))
-        pending = [lid for lid in legacy_ids if lid not in joined.users]
-        stamp = str(now_us()).encode()
-        await self.kv.multi_put([(pending_key(lid, user_id), stamp) for lid in pending])
-        return len(pending)
+    async def forget_pending(self, rows: Sequence[Key]) -> None:
+        by_partition: dict[bytes, list[Key]] = {}
+        for row in rows:
+            by_partition.setdefault(row.partition, []).append(row)
+        for part in by_partition.values():  # one partition, one write
+            await self.kv.write([Delete(r) for r in part])

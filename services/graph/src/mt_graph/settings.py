@@ -11,4 +11,3 @@ class Settings(ServiceSettings):
     legacy_seed: int = 2023
     legacy_size: int = 1_000_000
     import_batch_size: int = 100  # legacy followees resolved and followed per step
-    import_concurrency: int = 16  # follows in flight per import step

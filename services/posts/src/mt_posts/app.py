@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mt_core.rpc.client import channel
 from mt_core.rpc.server import Servicer, grpc_server
 from mt_jobs import JobProducer, Outbox
 from mt_kv_client import KVClient
-from mt_proto import counters_pb2_grpc, posts_pb2, posts_pb2_grpc
+from mt_proto import posts_pb2, posts_pb2_grpc
 
 from mt_posts.domain import Posts
 from mt_posts.grpc_api import PostsServicer
@@ -20,14 +19,12 @@ SERVICE = posts_pb2.DESCRIPTOR.services_by_name["PostsService"].full_name
 
 @asynccontextmanager
 async def app(settings: Settings) -> AsyncIterator[None]:
-    timeout = settings.default_rpc_timeout_ms
     async with (
         KVClient(settings.kv_addr) as kv,
-        channel(settings.counters_addr, timeout) as counters,
         JobProducer(settings.kafka_bootstrap, client_id="posts") as producer,
         Outbox(kv, producer, owner="posts", stale_after_ms=settings.outbox_stale_ms) as outbox,
     ):
-        posts = Posts(settings, kv, counters_pb2_grpc.CountersServiceStub(counters), outbox)
+        posts = Posts(settings, kv, outbox)
         servicer = PostsServicer(posts)
         add = posts_pb2_grpc.add_PostsServiceServicer_to_server
         async with grpc_server(

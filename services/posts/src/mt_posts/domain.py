@@ -1,69 +1,63 @@
-"""Posts, replies and likes over the KV service.
+"""Posts, replies and likes over the KV service (layout: :mod:`mt_schema.posts`).
 
-Layout:
-- ``posts/<post id>``: the post (JSON); ids sort by creation time;
-- ``posts/u:<author>/<post id>``: the author's timeline (a reverse scan is newest first);
-- ``posts/r:<parent>/<reply id>``: a thread's direct replies (a forward scan is oldest first);
-- ``likes/<post id>/<user id>`` -> like time;
-- ``idempotency/<author>/<key>`` -> post id (with a TTL): one post per Idempotency-Key.
+Everything about a post lives in its author's partition, and the post id names its author, so
+each action is ONE conditional write there, its count and its job (the outbox row) included:
 
-Events (fan-out, notifications) are recorded in the outbox before the write they announce and
-published after it. Writes go record first, then the claims and indexes, then counters, all
-idempotent and keyed by the record's own id or time: a retried request finishes what a cut-off
-one began, and never counts twice. Readers skip index rows whose record is gone.
+- a post: the record, ``#posts`` and the fan-out job, conditional on the record being new —
+  and, with an Idempotency-Key, on the key's row being absent: a retry finds the key's post;
+- a like: the like row, ``#l:<post>`` and the notification job, conditional on the like being
+  absent and the post present; an unlike: the same undone, conditional on the like's version;
+- a reply is a post, then its link in the parent's partition (the reply row, ``#r:<parent>``
+  and the parent author's notification), conditional on the link being absent — made again by
+  a retry with the same Idempotency-Key, or by the reply's fan-out job, if a crash cut it off.
+
+Posts are answered as a viewer sees them (:mod:`mt_schema.views`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from mt_core.ids import new_id, now_us
+from mt_core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from mt_core.ids import now_us
 from mt_core.paging import check_batch, limit_of
-from mt_core.rpc.client import call
 from mt_jobs import Job, Outbox
-from mt_kv_client import Key, KVClient
-from mt_kv_client.client import Check, Delete
-from mt_proto import counters_pb2 as cpb
-from mt_proto import counters_pb2_grpc
+from mt_kv_client import KVClient
+from mt_kv_client.client import Check, Delete, Increment, Item, Mutation, Put
 from mt_proto import posts_pb2 as pb
+from mt_schema import views
+from mt_schema.posts import (
+    KS,
+    author_of,
+    decode,
+    idempotency_key,
+    like_key,
+    likes_count,
+    new_post_id,
+    partition,
+    posts_count,
+    record_key,
+    replies_count,
+    replies_prefix,
+    reply_row,
+)
 
 from mt_posts.settings import Settings
 
-REPAIR_WINDOW_US = 3600 * 1_000_000  # see mt_graph.domain: well inside counters' dedup memory
-
-
-def _post_key(post_id: str) -> Key:
-    return Key("posts", post_id.encode())
-
-
-def _timeline_key(author: str, post_id: str) -> Key:
-    return Key("posts", f"u:{author}".encode(), post_id.encode())
-
-
-def _reply_key(parent: str, reply_id: str) -> Key:
-    return Key("posts", f"r:{parent}".encode(), reply_id.encode())
-
-
-def _like_key(post_id: str, user_id: str) -> Key:
-    return Key("likes", post_id.encode(), user_id.encode())
-
-
-def _to_pb(r: dict[str, Any]) -> pb.Post:
-    post = pb.Post(
-        id=r["id"], author_id=r["author_id"], text=r["text"], created_at_us=r["created_at_us"]
-    )
-    if r.get("reply_to"):
-        post.reply_to = r["reply_to"]
-    return post
+Record = dict[str, Any]
 
 
 def notify_job(user_id: str, type_: str, actor: str, at_us: int, post_id: str, dedup: str) -> Job:
-    """A notification for the workers' ``notify`` kind; they check it still holds (the like
-    exists, the reply was published) and deliver it at most once per ``dedup``."""
+    """A notification for the workers' ``notify`` kind, delivered at most once per ``dedup``."""
     payload = {
         "user_id": user_id,
         "type": type_,
@@ -75,7 +69,7 @@ def notify_job(user_id: str, type_: str, actor: str, at_us: int, post_id: str, d
     return Job("notify", payload, key=user_id)
 
 
-def _fanout_job(op: str, record: dict[str, Any]) -> Job:
+def fanout_job(op: str, record: Record) -> Job:
     payload = {
         "op": op,
         "post_id": record["id"],
@@ -85,28 +79,31 @@ def _fanout_job(op: str, record: dict[str, Any]) -> Job:
     return Job("fanout", payload, key=record["author_id"])
 
 
-def _post_jobs(record: dict[str, Any], parent: dict[str, Any] | None) -> list[Job]:
-    jobs = [_fanout_job("add", record)]
-    if parent is not None:
-        post_id, at = record["id"], record["created_at_us"]
-        note = notify_job(
-            parent["author_id"], "reply", record["author_id"], at, post_id, f"reply:{post_id}"
-        )
-        jobs.append(note)
-    return jobs
+def _not_found(code: str = "post_not_found") -> NotFound:
+    return NotFound("no such post", code=code)
+
+
+def _author(post_id: str) -> str:
+    author = author_of(post_id)
+    if author is None:
+        raise _not_found()
+    return author
+
+
+def _conflict(err: FailedPrecondition) -> bool:
+    return err.code == "condition_failed"
+
+
+def _fingerprint(text: str, reply_to: str | None) -> str:
+    """What an Idempotency-Key was first used with: the same key with another request is
+    refused, not answered with the first one's post."""
+    return hashlib.sha256(json.dumps([text, reply_to]).encode()).hexdigest()[:32]
 
 
 class Posts:
-    def __init__(
-        self,
-        settings: Settings,
-        kv: KVClient,
-        counters: counters_pb2_grpc.CountersServiceAsyncStub,
-        outbox: Outbox,
-    ) -> None:
+    def __init__(self, settings: Settings, kv: KVClient, outbox: Outbox) -> None:
         self.settings = settings
         self.kv = kv
-        self.counters = counters
         self.outbox = outbox
 
     # ------------------------------------------------------------------ create / read / delete
@@ -122,172 +119,223 @@ class Posts:
         return text
 
     async def create(
-        self, author: str, text: str, reply_to: str | None, idempotency_key: str | None
+        self, author: str, text: str, reply_to: str | None, idempotency_key_: str | None
     ) -> pb.Post:
-        if not author:
+        if not author or len(author) > 64:
             raise InvalidArgument("an author is required", code="invalid_user_id")
+        asked = _fingerprint(text, reply_to)
         text = self._clean_text(text)
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
+        if idempotency_key_ is not None and not 1 <= len(idempotency_key_) <= 128:
             raise InvalidArgument(
                 "Idempotency-Key must be 1-128 characters", code="invalid_idempotency_key"
             )
-        parent = None
-        if reply_to is not None:
-            try:
-                parent = await self._record(reply_to)
-            except NotFound:
-                raise NotFound(
-                    "the post replied to does not exist", code="reply_to_not_found"
-                ) from None
+        if reply_to is not None and await self._maybe_record(reply_to) is None:
+            raise _not_found("reply_to_not_found")
         at = now_us()
-        record: dict[str, Any] = {
-            "id": new_id(at),
+        post_id = new_post_id(author, at)
+        record: Record = {
+            "id": post_id,
             "author_id": author,
             "text": text,
             "reply_to": reply_to,
             "created_at_us": at,
         }
-        # The events first (fan-out, the reply's notification): published even if we die after
-        # the write (the outbox relay); harmless if we die before it (handlers find no post).
-        intent = await self.outbox.intend(_post_jobs(record, parent))
-        await self.kv.put(_post_key(record["id"]), json.dumps(record).encode())
-        if idempotency_key is not None:
-            claim = Key("idempotency", author.encode(), idempotency_key.encode())
+        staged = self.outbox.stage(record_key(post_id), [fanout_job("add", record)])
+        mutations: list[Mutation] = [
+            Put(record_key(post_id), json.dumps(record).encode()),
+            Increment(posts_count(author), 1),
+            *staged.puts,
+        ]
+        checks = [Check.absent(record_key(post_id))]
+        if idempotency_key_ is not None:
+            claim = idempotency_key(author, idempotency_key_)
             ttl_ms = self.settings.idempotency_ttl_s * 1000
-            won, held = await self.kv.claim(claim, record["id"].encode(), ttl_ms=ttl_ms)
-            if not won:
-                await self.kv.delete(_post_key(record["id"]))  # ours was never published
-                record = await self._record(held.value.decode())
-                reply_to = record["reply_to"]
-                parent = await self._maybe_record(reply_to) if reply_to else None
-                if now_us() - record["created_at_us"] > REPAIR_WINDOW_US:
-                    await self.outbox.cancel(intent)  # it announced our unpublished copy
-                    return _to_pb(record)
-        await self._publish(record, parent)
-        await self.outbox.settle(intent)
-        return _to_pb(record)
+            mutations.append(Put(claim, f"{post_id}|{asked}".encode(), ttl_ms))
+            checks.append(Check.absent(claim))
+        try:
+            await self.kv.write(mutations, checks)
+        except FailedPrecondition as err:
+            if not _conflict(err) or idempotency_key_ is None:
+                raise
+            return await self._made_before(author, idempotency_key_, asked)
+        if reply_to is not None:
+            await self.link_reply(record)
+        await self.outbox.settle(staged)
+        return (await views.posts_by_id(self.kv, [post_id], author, {post_id: record}))[post_id]
 
-    async def _publish(self, record: dict[str, Any], parent: dict[str, Any] | None) -> None:
-        post_id, author = record["id"], record["author_id"]
-        rows = [(_timeline_key(author, post_id), b"")]
-        deltas = [_delta(cpb.COUNTER_KIND_POSTS, author, +1)]
-        if parent is not None:
-            rows.append((_reply_key(parent["id"], post_id), b""))
-            deltas.append(_delta(cpb.COUNTER_KIND_REPLIES, parent["id"], +1))
-        await self.kv.multi_put(rows)
-        await self._count(deltas, f"post:{post_id}")
-
-    async def _count(self, deltas: list[cpb.CounterDelta], idempotency_key: str) -> None:
-        await call(
-            self.counters.Increment(
-                cpb.IncrementRequest(deltas=deltas, idempotency_key=idempotency_key)
+    async def _made_before(self, author: str, key: str, asked: str) -> pb.Post:
+        """The post an Idempotency-Key already made (its reply link finished if it was cut)."""
+        held = await self.kv.get(idempotency_key(author, key))
+        if held is None:  # expired between our write and this read: try as new
+            raise FailedPrecondition("retry the request", code="conflict")
+        post_id, _, made_with = held.value.decode().partition("|")
+        if made_with != asked:
+            raise AlreadyExists(
+                "this Idempotency-Key was used with a different request",
+                code="idempotency_key_reused",
             )
+        record = await self._record(post_id)
+        if record.get("reply_to"):
+            await self.link_reply(record)
+        return (await views.posts_by_id(self.kv, [post_id], author, {post_id: record}))[post_id]
+
+    async def link_reply(self, record: Record) -> bool:
+        """List a reply under its parent (count and notification included), unless it is
+        already: idempotent. Returns whether this call made the link."""
+        parent, reply_id = record["reply_to"], record["id"]
+        row = reply_row(parent, reply_id)
+        note = notify_job(
+            _author(parent),
+            "reply",
+            record["author_id"],
+            record["created_at_us"],
+            reply_id,
+            f"reply:{reply_id}",
         )
+        staged = self.outbox.stage(row, [note])
+        try:
+            await self.kv.write(
+                [Put(row, b""), Increment(replies_count(parent), 1), *staged.puts],
+                [Check.absent(row)],
+            )
+        except FailedPrecondition as err:
+            if not _conflict(err):
+                raise
+            return False
+        await self.outbox.settle(staged)
+        return True
 
-    async def _maybe_record(self, post_id: str) -> dict[str, Any] | None:
-        if not post_id or len(post_id) > 64:
+    async def _maybe_record(self, post_id: str) -> Record | None:
+        if author_of(post_id) is None:
             return None
-        item = await self.kv.get(_post_key(post_id))
-        return json.loads(item.value) if item is not None else None
+        item = await self.kv.get(record_key(post_id))
+        return decode(item.value) if item is not None else None
 
-    async def _record(self, post_id: str) -> dict[str, Any]:
+    async def _record(self, post_id: str) -> Record:
         record = await self._maybe_record(post_id)
         if record is None:
-            raise NotFound("no such post", code="post_not_found")
+            raise _not_found()
         return record
 
-    async def get(self, post_id: str) -> pb.Post:
-        return _to_pb(await self._record(post_id))
+    async def get(self, post_id: str, viewer: str = "") -> pb.Post:
+        found = await views.posts_by_id(self.kv, [post_id], viewer)
+        if post_id not in found:
+            raise _not_found()
+        return found[post_id]
 
-    async def batch_get(self, post_ids: Sequence[str]) -> dict[str, pb.Post]:
+    async def batch_get(self, post_ids: Sequence[str], viewer: str = "") -> dict[str, pb.Post]:
         check_batch(post_ids)
-        keys = [_post_key(p) for p in dict.fromkeys(post_ids) if p and len(p) <= 64]
-        found = await self.kv.multi_get(keys)
-        return {
-            k.partition.decode(): _to_pb(json.loads(v.value))
-            for k, v in found.items()
-            if v is not None
-        }
+        return await views.posts_by_id(self.kv, post_ids, viewer)
 
     async def delete(self, post_id: str, actor: str) -> None:
-        record = await self._record(post_id)
-        if record["author_id"] != actor:
+        author = _author(post_id)
+        held = await self.kv.get(record_key(post_id))
+        if held is None:
+            raise _not_found()
+        if author != actor:
             raise PermissionDenied("only the author may delete a post", code="not_author")
-        intent = await self.outbox.intend([_fanout_job("remove", record)])
-        await self.kv.delete(_post_key(post_id))
-        deltas = [_delta(cpb.COUNTER_KIND_POSTS, actor, -1)]
-        removals = [self.kv.delete(_timeline_key(actor, post_id))]
+        record = decode(held.value)
+        staged = self.outbox.stage(record_key(post_id), [fanout_job("remove", record)])
+        try:
+            await self.kv.write(
+                [Delete(record_key(post_id)), Increment(posts_count(author), -1), *staged.puts],
+                [Check(record_key(post_id), held.version)],
+            )
+        except FailedPrecondition as err:
+            if not _conflict(err):
+                raise
+            return  # deleted by a concurrent request
         if record.get("reply_to"):
-            removals.append(self.kv.delete(_reply_key(record["reply_to"], post_id)))
-            deltas.append(_delta(cpb.COUNTER_KIND_REPLIES, record["reply_to"], -1))
-        await asyncio.gather(*removals)
-        await self._count(deltas, f"delete:{post_id}")
-        await self.outbox.settle(intent)
+            await self.unlink_reply(record)
+        await self.outbox.settle(staged)
+
+    async def unlink_reply(self, record: Record) -> None:
+        """Take a deleted reply off its parent's list (and count), if it is still there."""
+        row = reply_row(record["reply_to"], record["id"])
+        try:
+            await self.kv.write(
+                [Delete(row), Increment(replies_count(record["reply_to"]), -1)],
+                [Check.present(row)],
+            )
+        except FailedPrecondition as err:
+            if not _conflict(err):
+                raise
 
     # ------------------------------------------------------------------ lists
 
-    async def _page(
-        self, partition: str, limit: int, cursor: str, reverse: bool
-    ) -> tuple[list[pb.Post], str]:
-        items, next_cursor = await self.kv.scan(
-            "posts", partition.encode(), cursor=cursor, limit=limit_of(limit), reverse=reverse
-        )
-        ids = [i.key.key.decode() for i in items]
-        posts = await self.batch_get(ids)
-        return [posts[i] for i in ids if i in posts], next_cursor
-
     async def user_posts(
-        self, author: str, limit: int, cursor: str, before_id: str = ""
+        self, author: str, limit: int, cursor: str, before_id: str = "", viewer: str = ""
     ) -> tuple[list[pb.Post], str]:
-        if not author:
+        if not author or len(author) > 64:
             raise InvalidArgument("an author is required", code="invalid_user_id")
         if not cursor and before_id:
-            cursor = before_id.encode().hex()  # the KV's scan cursor: resume below this key
-        return await self._page(f"u:{author}", limit, cursor, reverse=True)
+            cursor = f"p:{before_id}".encode().hex()  # the KV's scan cursor: resume below it
+        items, next_cursor = await self.kv.scan(
+            KS, partition(author), b"p:", cursor=cursor, limit=limit_of(limit), reverse=True
+        )
+        records = {r["id"]: r for r in (decode(i.value) for i in items)}
+        ids = list(records)
+        found = await views.posts_by_id(self.kv, ids, viewer, records)
+        return views.ordered(found, ids), next_cursor
 
-    async def replies(self, post_id: str, limit: int, cursor: str) -> tuple[list[pb.Post], str]:
+    async def replies(
+        self, post_id: str, limit: int, cursor: str, viewer: str = ""
+    ) -> tuple[list[pb.Post], str]:
         await self._record(post_id)
-        return await self._page(f"r:{post_id}", limit, cursor, reverse=False)
+        items, next_cursor = await self.kv.scan(
+            KS,
+            partition(_author(post_id)),
+            replies_prefix(post_id),
+            cursor=cursor,
+            limit=limit_of(limit),
+        )
+        ids = [i.key.key[len(replies_prefix(post_id)) :].decode() for i in items]
+        found = await views.posts_by_id(self.kv, ids, viewer)
+        return views.ordered(found, ids), next_cursor
 
     # ------------------------------------------------------------------ likes
 
     async def like(self, user_id: str, post_id: str) -> bool:
-        record = await self._record(post_id)
-        key = _like_key(post_id, user_id)
+        author = _author(post_id)
+        key = like_key(post_id, user_id)
         at = now_us()
-        note = notify_job(record["author_id"], "like", user_id, at, post_id, f"like:{post_id}")
-        intent = await self.outbox.intend([note])
-        changed, held = await self.kv.claim(key, str(at).encode())
-        at = int(held.value)
-        if changed or now_us() - at <= REPAIR_WINDOW_US:
-            await self._count(
-                [_delta(cpb.COUNTER_KIND_LIKES, post_id, +1)], f"like:{post_id}:{user_id}:{at}"
+        note = notify_job(author, "like", user_id, at, post_id, f"like:{post_id}:{user_id}")
+        staged = self.outbox.stage(key, [note])
+        try:
+            await self.kv.write(
+                [Put(key, str(at).encode()), Increment(likes_count(post_id), 1), *staged.puts],
+                [Check.absent(key), Check.present(record_key(post_id))],
             )
-        await self.outbox.settle(intent)  # deduplicated per (post, liker) by the inbox
-        return changed
+        except FailedPrecondition as err:
+            if not _conflict(err):
+                raise
+            await self._record(post_id)  # the post is gone: 404; else already liked
+            return False
+        await self.outbox.settle(staged)
+        return True
 
     async def unlike(self, user_id: str, post_id: str) -> bool:
-        await self._record(post_id)
-        key = _like_key(post_id, user_id)
-        held = await self.kv.get(key)
+        _author(post_id)
+        key = like_key(post_id, user_id)
+        found = await self.kv.multi_get([record_key(post_id), key])
+        if found[record_key(post_id)] is None:
+            raise _not_found()
+        held: Item | None = found[key]
         if held is None:
             return False
         try:
-            await self.kv.write([Delete(key)], [Check(key, held.version)])
-        except FailedPrecondition:
+            await self.kv.write(
+                [Delete(key), Increment(likes_count(post_id), -1)], [Check(key, held.version)]
+            )
+        except FailedPrecondition as err:
+            if not _conflict(err):
+                raise
             return False
-        at = int(held.value)
-        await self._count(
-            [_delta(cpb.COUNTER_KIND_LIKES, post_id, -1)], f"unlike:{post_id}:{user_id}:{at}"
-        )
         return True
 
     async def liked(self, user_id: str, post_ids: Sequence[str]) -> list[str]:
         check_batch(post_ids)
-        keys = {p: _like_key(p, user_id) for p in dict.fromkeys(post_ids) if p and len(p) <= 64}
+        wanted = [p for p in dict.fromkeys(post_ids) if author_of(p)]
+        keys = {p: like_key(p, user_id) for p in wanted}
         found = await self.kv.multi_get(keys.values())
         return [p for p, k in keys.items() if found[k] is not None]
-
-
-def _delta(kind: cpb.CounterKind.ValueType, entity: str, delta: int) -> cpb.CounterDelta:
-    return cpb.CounterDelta(key=cpb.CounterKey(kind=kind, entity_id=entity), delta=delta)

@@ -23,12 +23,13 @@ class PostsServicer(posts_pb2_grpc.PostsServiceServicer):
         )
 
     async def GetPost(self, request: pb.GetPostRequest, context: Any) -> pb.Post:
-        return await self.posts.get(request.post_id)
+        return await self.posts.get(request.post_id, request.viewer_id)
 
     async def BatchGetPosts(
         self, request: pb.BatchGetPostsRequest, context: Any
     ) -> pb.BatchGetPostsResponse:
-        return pb.BatchGetPostsResponse(posts=await self.posts.batch_get(request.post_ids))
+        found = await self.posts.batch_get(request.post_ids, request.viewer_id)
+        return pb.BatchGetPostsResponse(posts=found)
 
     async def DeletePost(
         self, request: pb.DeletePostRequest, context: Any
@@ -40,7 +41,11 @@ class PostsServicer(posts_pb2_grpc.PostsServiceServicer):
         self, request: pb.ListUserPostsRequest, context: Any
     ) -> pb.ListUserPostsResponse:
         items, cursor = await self.posts.user_posts(
-            request.author_id, request.page.limit, request.page.cursor, request.before_id
+            request.author_id,
+            request.page.limit,
+            request.page.cursor,
+            request.before_id,
+            request.viewer_id,
         )
         return pb.ListUserPostsResponse(items=items, next_cursor=cursor)
 
@@ -48,7 +53,7 @@ class PostsServicer(posts_pb2_grpc.PostsServiceServicer):
         self, request: pb.ListRepliesRequest, context: Any
     ) -> pb.ListRepliesResponse:
         items, cursor = await self.posts.replies(
-            request.post_id, request.page.limit, request.page.cursor
+            request.post_id, request.page.limit, request.page.cursor, request.viewer_id
         )
         return pb.ListRepliesResponse(items=items, next_cursor=cursor)
 

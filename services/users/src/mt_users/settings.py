@@ -19,5 +19,6 @@ class Settings(ServiceSettings):
     # Of a request's deadline, what a hash must leave for the writes after it.
     hash_reserve_ms: int = 1_500
     session_ttl_s: int = 30 * 24 * 3600
+    handle_cache_size: int = 100_000  # handle -> user id, remembered (they never change)
     legacy_seed: int = 2023
     legacy_size: int = 1_000_000

@@ -10,9 +10,8 @@ class Settings(ServiceSettings):
     grpc_port: int = 50056  # health only
     # Which job kinds this process consumes (scale a kind by running more processes with it).
     worker_kinds: str = "fanout,follow,notify,import,join"
-    celebrity_followers: int = 5_000  # the same threshold as the feed's: no fan-out above it
-    followers_page: int = 1_000  # followers fanned out per Deliver call
-    join_batch: int = 200  # pending follows applied per join step
+    followers_page: int = 1_000  # followers fanned out per inbox write
+    join_batch: int = 1_000  # the most pending follows one join step applies
     max_concurrency: int = 16  # per kind; the AIMD limiter moves below it
 
     def kinds(self) -> list[str]:

@@ -8,7 +8,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from mt_proto import (
-    counters_pb2_grpc,
     feed_pb2_grpc,
     graph_pb2_grpc,
     posts_pb2_grpc,
@@ -24,7 +23,6 @@ class Services:
     users: users_pb2_grpc.UsersServiceAsyncStub
     graph: graph_pb2_grpc.GraphServiceAsyncStub
     posts: posts_pb2_grpc.PostsServiceAsyncStub
-    counters: counters_pb2_grpc.CountersServiceAsyncStub
     feed: feed_pb2_grpc.FeedServiceAsyncStub
 
 
@@ -36,12 +34,11 @@ async def services(settings: ServiceSettings) -> AsyncIterator[Services]:
         addrs = settings.service_addrs()
         chans = {
             name: await stack.enter_async_context(channel(addrs[name], timeout))
-            for name in ("users", "graph", "posts", "counters", "feed")
+            for name in ("users", "graph", "posts", "feed")
         }
         yield Services(
             users=users_pb2_grpc.UsersServiceStub(chans["users"]),
             graph=graph_pb2_grpc.GraphServiceStub(chans["graph"]),
             posts=posts_pb2_grpc.PostsServiceStub(chans["posts"]),
-            counters=counters_pb2_grpc.CountersServiceStub(chans["counters"]),
             feed=feed_pb2_grpc.FeedServiceStub(chans["feed"]),
         )

@@ -1,0 +1,21 @@
+"""The feed service's keyspaces: inboxes with their reader's meta, and notification inboxes."""
+
+from __future__ import annotations
+
+from mt_kv_client import Key
+
+
+def inbox_key(user: str, post_id: str = "") -> Key:
+    return Key("feed", user.encode(), f"i:{post_id}".encode())
+
+
+def meta_key(user: str) -> Key:
+    return Key("feed", user.encode(), b"meta")
+
+
+def notification_key(user: str, notification_id: str) -> Key:
+    return Key("notifications", user.encode(), f"n:{notification_id}".encode())
+
+
+def dedup_key(user: str, dedup: str) -> Key:
+    return Key("notifications", user.encode(), f"d:{dedup}".encode())

@@ -1,0 +1,63 @@
+"""The users service's keyspaces: accounts, handle and legacy claims, sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from mt_kv_client import Key, KVClient
+from mt_proto import common_pb2 as cpb
+from mt_proto import users_pb2 as pb
+
+
+def user_key(user_id: str) -> Key:
+    return Key("users", user_id.encode())
+
+
+def handle_key(handle: str) -> Key:
+    """One partition per first character: every handle with it, in order (prefix search)."""
+    return Key("handles", handle[:1].encode(), handle.encode())
+
+
+def legacy_key(legacy_id: str) -> Key:
+    return Key("legacy", legacy_id.encode())
+
+
+def session_key(token: str) -> Key:
+    """Only the token's hash is stored: a copy of the store holds no usable token."""
+    return Key("sessions", hashlib.sha256(token.encode()).digest())
+
+
+def decode(value: bytes) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(value)
+    return record
+
+
+def to_pb(record: dict[str, Any]) -> pb.User:
+    """The record as an answer shows it (counts are the caller's to fill in)."""
+    user = pb.User(
+        id=record["id"],
+        handle=record["handle"],
+        display_name=record["display_name"],
+        bio=record["bio"],
+        created_at_us=record["created_at_us"],
+    )
+    if record.get("legacy_id"):
+        user.legacy_id = record["legacy_id"]
+    return user
+
+
+def summary(record: dict[str, Any]) -> cpb.UserSummary:
+    return cpb.UserSummary(
+        id=record["id"], handle=record["handle"], display_name=record["display_name"]
+    )
+
+
+async def session_user(kv: KVClient, token: str) -> str | None:
+    """The user a bearer token is a session of; None for no live session (one read: the
+    gateway asks the KV itself)."""
+    if not token or len(token) > 256:
+        return None
+    item = await kv.get(session_key(token))
+    return item.value.decode() if item is not None else None
