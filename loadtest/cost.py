@@ -41,6 +41,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,14 @@ from typing import Any
 import aiohttp
 import openloop as ol
 import stackcpu
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from mt_cli.jobscmd import collect
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8080"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+KAFKA = "127.0.0.1:9092"
 PASSWORD = "cost-password"  # noqa: S105 - the simulated users' password
 # Every simulated user comes from 127.0.0.1, and nothing may be refused (see the module doc).
 STACK_ENV = {
@@ -342,13 +346,42 @@ class Actions:
 
 
 async def backlog() -> int:
+    """Jobs not yet done: records of every job topic past its consumer group's committed
+    offset (from the broker: a worker still joining its group reports no lag of its own), and
+    what the workers hold (fetched, running)."""
     kinds = await collect(REDIS_URL)
-    return sum(int(k["lag"] + k["in_flight"] + k["queued"]) for k in kinds.values())
+    held = sum(int(k["in_flight"] + k["queued"]) for k in kinds.values())
+    return held + await _uncommitted()
+
+
+async def _uncommitted() -> int:
+    async with AsyncExitStack() as stack:
+        consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        await admin.start()
+        stack.push_async_callback(admin.close)
+        topics = [t for t in await consumer.topics() if t.startswith("jobs.")]
+        work = [t for t in topics if not t.endswith(".dead")]
+        parts = [TopicPartition(t, p) for t in work for p in consumer.partitions_for_topic(t) or ()]
+        if not parts:
+            return 0
+        ends = await consumer.end_offsets(parts)
+        starts = await consumer.beginning_offsets(parts)
+        left = 0
+        for kind in {t.split(".")[1] for t in work}:
+            committed = await admin.list_consumer_group_offsets(f"mt-workers.{kind}")
+            for tp in parts:
+                if tp.topic.split(".")[1] == kind:
+                    done = committed[tp].offset if tp in committed else -1
+                    left += max(0, ends[tp] - max(done, starts[tp]))
+        return left
 
 
 async def drained(timeout_s: float = 180.0) -> float:
-    """Seconds until the async platform has nothing left (three empty samples in a row: the
-    workers publish their statistics every second)."""
+    """Seconds until the async platform has nothing left (three empty samples in a row, a
+    second apart: the workers commit their offsets every 0.2 s)."""
     started = time.monotonic()
     empty = 0
     while empty < 3:

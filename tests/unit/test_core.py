@@ -133,17 +133,26 @@ def test_sampler__a_service_starts_the_ratio_of_traces_and_continues_sampled_cal
     assert all(everything.start_span("x").is_recording() for _ in range(100))
 
 
-def test_grpc_filters__skip_probes_heartbeats_and_untraced_calls() -> None:
+def test_grpc_filters__skip_probes_heartbeats_and_calls_outside_a_sampled_trace() -> None:
     from types import SimpleNamespace
 
     from mt_core.telemetry import _client_filter, _server_filter
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
     def call(method: str, *metadata: tuple[str, str]) -> SimpleNamespace:
         return SimpleNamespace(method=method, invocation_metadata=metadata)
 
-    assert _client_filter(call("/mt.kv.KV/BatchWrite"))
-    assert not _client_filter(call("/grpc.health.v1.Health/Check"))
-    assert not _client_filter(SimpleNamespace(method=b"/mt.kv.ShardManager/Heartbeat"))
+    def inside(flags: int) -> trace.Span:
+        return NonRecordingSpan(SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(flags)))
+
+    with trace.use_span(inside(TraceFlags.SAMPLED)):
+        assert _client_filter(call("/mt.kv.KV/BatchWrite"))
+        assert not _client_filter(call("/grpc.health.v1.Health/Check"))
+        assert not _client_filter(SimpleNamespace(method=b"/mt.kv.ShardManager/Heartbeat"))
+    with trace.use_span(inside(TraceFlags.DEFAULT)):
+        assert not _client_filter(call("/mt.kv.KV/BatchWrite"))  # unsampled: nothing to carry
+    assert not _client_filter(call("/mt.kv.KV/BatchWrite"))  # outside any trace
     service, infra = _server_filter(True), _server_filter(False)
     assert service(call("/mt.users.Users/Signup"))
     assert not service(call("/mt.kv.ShardManager/Heartbeat", ("traceparent", "00-...")))

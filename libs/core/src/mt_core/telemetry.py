@@ -72,7 +72,11 @@ def _traced_method(method: str | bytes) -> bool:
 
 
 def _client_filter(details: Any) -> bool:
-    return _traced_method(details.method)
+    """Only calls made inside a sampled trace carry one: an unsampled request's calls skip the
+    span machinery (and the callee's with it: see :func:`_server_filter`)."""
+    return trace.get_current_span().get_span_context().trace_flags.sampled and _traced_method(
+        details.method
+    )
 
 
 def _server_filter(trace_roots: bool) -> Callable[[Any], bool]:

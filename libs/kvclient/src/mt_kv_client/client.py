@@ -549,8 +549,34 @@ class KVClient:
     ) -> dict[Key, Item | None]:
         """One BatchGet per replica (the batcher groups the keys), in parallel."""
         unique = list(dict.fromkeys(keys))
-        found = await asyncio.gather(*(self.get(key, consistency) for key in unique))
+        for key in unique:
+            key.validate()
+        routes = await self._routes(unique, lambda s: self._read_replica(s, consistency))
+        if routes is None:  # a shard without a primary just now: each key waits on its own
+            found = await asyncio.gather(*(self.get(key, consistency) for key in unique))
+        else:
+            found = await asyncio.gather(
+                *(
+                    self._reads.submit((addr, consistency), (shard, key))
+                    for key, (shard, addr) in zip(unique, routes, strict=True)
+                )
+            )
         return dict(zip(unique, found, strict=True))
+
+    async def _routes(
+        self, keys: Sequence[Key], replica_of: Callable[[int], str]
+    ) -> list[tuple[int, str]] | None:
+        """Each key's shard and address, all at once; None if any shard cannot be served now
+        (the callers then take the per-key path, which waits for a primary)."""
+        await self._ensure_table()
+        routes = []
+        try:
+            for key in keys:
+                shard = self.shard_of(key)
+                routes.append((shard, self._addr(replica_of(shard), shard)))
+        except (FailedPrecondition, Unavailable):
+            return None
+        return routes
 
     async def _get_keys(
         self, keys: Sequence[Key], consistency: Consistency
@@ -937,6 +963,16 @@ class KVClient:
     async def multi_put(self, items: Iterable[tuple[Key, bytes]]) -> None:
         """Many puts: one BatchWrite per primary (the batcher groups them); each shard's part of
         a batch is atomic, and the call fails if any part does."""
+        puts = [Put(key, value) for key, value in items]
+        for put in puts:
+            put.key.validate()
+        routes = await self._routes([p.key for p in puts], lambda s: self._info(s).primary)
+        if routes is None:
+            await asyncio.gather(*(self._one(p, Durability.QUORUM) for p in puts))
+            return
         await asyncio.gather(
-            *(self._one(Put(key, value), Durability.QUORUM) for key, value in items)
+            *(
+                self._writes.submit((addr, Durability.QUORUM), (shard, put))
+                for put, (shard, addr) in zip(puts, routes, strict=True)
+            )
         )

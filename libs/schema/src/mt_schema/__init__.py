@@ -26,7 +26,8 @@ posts                   u:<author>            p:<post id> -> post record (JSON):
                                               author's timeline; #posts; l:<post>:<user> ->
                                               like time; #l:<post>; r:<post>:<reply> (a
                                               post's replies); #r:<post>; idem:<key> -> id
-feed                    <user id>             i:<post id> -> author id (the inbox); meta   feed
+feed                    <user id>             i:<post id> -> author id (the inbox); #i     feed
+                                              (its size); meta
 notifications           <user id>             n:<id> -> Notification; d:<dedup key> -> id  feed
 (any)                   (any)                 \\0outbox/<job id> -> a job (mt_jobs.outbox)  writer
 ======================  ====================  ===========================================  ======

@@ -9,6 +9,11 @@ def inbox_key(user: str, post_id: str = "") -> Key:
     return Key("feed", user.encode(), f"i:{post_id}".encode())
 
 
+def inbox_size(user: str) -> Key:
+    """How many rows the inbox holds (changed with them, conditional on each row)."""
+    return Key("feed", user.encode(), b"#i")
+
+
 def meta_key(user: str) -> Key:
     return Key("feed", user.encode(), b"meta")
 

@@ -1,8 +1,11 @@
 """The home feed (hybrid fan-out) and notification inboxes (layout: :mod:`mt_schema.feed`).
 
 Each reader has an inbox (``i:<post id>`` -> author id), filled by fan-out (:meth:`Feed.deliver`,
-run by the workers), newest first by a reverse scan, capped at ``inbox_capacity``, and a
-``meta`` row: when the reader last read and was rebuilt, and which followees are celebrities.
+run by the workers), newest first by a reverse scan, and a ``meta`` row: when the reader last
+read and was rebuilt, and which followees are celebrities. ``#i`` counts the inbox's rows, each
+row written or deleted with it, conditional on that row: so a delivery knows the inbox's size,
+and one that takes it a tenth past ``inbox_capacity`` trims the oldest rows back to it — a
+scan of the few rows over, not of the 800 kept.
 
 A page merges three sources newest first: the inbox, the recent posts of followed celebrities
 (never fanned out), and the reader's own posts (so their post is in their next read, whatever
@@ -22,25 +25,26 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
-import random
 from collections.abc import Sequence
 from typing import Any
 
 from mt_core.errors import FailedPrecondition, InvalidArgument
 from mt_core.ids import now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
-from mt_kv_client import KVClient
-from mt_kv_client.client import Check, Delete, Put
+from mt_kv_client import Key, KVClient
+from mt_kv_client.client import Check, Delete, Increment, Mutation, Put
 from mt_proto import feed_pb2 as pb
 from mt_proto import posts_pb2 as ppb
 from mt_proto import users_pb2 as upb
 from mt_schema import graph, views
-from mt_schema.feed import dedup_key, inbox_key, meta_key, notification_key
+from mt_schema.feed import dedup_key, inbox_key, inbox_size, meta_key, notification_key
 from mt_schema.views import Record
 
 from mt_feed.settings import Settings
 
 Item = tuple[str, str]  # (post id, author id)
+ROWS_PER_WRITE = 300  # inbox rows per write (a put and a check each, of 1,000)
+CONTENDED = 8  # attempts of a conditional inbox write that races others
 
 
 def _check_user(user_id: str) -> None:
@@ -142,7 +146,7 @@ class Feed:
             self.settings.inbox_capacity,
             ((r["id"], r["author_id"]) for t in recent for r in t),
         )
-        await self.kv.multi_put([(inbox_key(user, p), a.encode()) for p, a in newest])
+        await self._add_rows(user, newest)
         await self._trim(user)
         now = now_us()
         meta = await self._meta(user) or {"last_read_at_us": now}
@@ -151,24 +155,66 @@ class Feed:
         await self._save_meta(user, meta)
         return len(newest)
 
-    async def _trim(self, user: str) -> None:
-        """Keep the newest ``inbox_capacity`` entries."""
-        rows, cursor = await self.kv.scan(
-            "feed", user.encode(), b"i:", limit=self.settings.inbox_capacity, reverse=True
-        )
-        while cursor:
-            rows, cursor = await self.kv.scan(
-                "feed", user.encode(), b"i:", cursor=cursor, limit=1000, reverse=True
+    async def _add_rows(self, user: str, rows: Sequence[Item]) -> int:
+        """Put ``rows`` (post id, author) into ``user``'s inbox, those not there yet, counted:
+        a write per 300 rows, conditional on each being absent. Returns the inbox's size."""
+        size = 0
+        for start in range(0, len(rows), ROWS_PER_WRITE):
+            chunk = rows[start : start + ROWS_PER_WRITE]
+            for _ in range(CONTENDED):
+                keys = [inbox_key(user, p) for p, _ in chunk]
+                found = await self.kv.multi_get([*keys, inbox_size(user)])
+                new = [(k, a) for k, (_, a) in zip(keys, chunk, strict=True) if found[k] is None]
+                size = views.count(found[inbox_size(user)])
+                if not new:
+                    break
+                mutations: list[Mutation] = [Put(k, a.encode()) for k, a in new]
+                mutations.append(Increment(inbox_size(user), len(new)))
+                try:
+                    reply = await self.kv.write(mutations, [Check.absent(k) for k, _ in new])
+                except FailedPrecondition as err:
+                    if err.code != "condition_failed":
+                        raise
+                    continue  # a delivery raced us: look again
+                size = int(reply.results[-1].value)
+                break
+        return size
+
+    async def _remove_rows(self, user: str, keys: Sequence[Key]) -> None:
+        """Delete those of ``keys`` still in ``user``'s inbox, counted (conditional on each)."""
+        for _ in range(CONTENDED):
+            found = await self.kv.multi_get(keys)
+            held = [k for k in keys if found[k] is not None]
+            if not held:
+                return
+            mutations: list[Mutation] = [Delete(k) for k in held]
+            mutations.append(Increment(inbox_size(user), -len(held)))
+            try:
+                await self.kv.write(mutations, [Check.present(k) for k in held])
+            except FailedPrecondition as err:
+                if err.code != "condition_failed":
+                    raise
+                continue
+            return
+
+    async def _trim(self, user: str, size: int | None = None) -> None:
+        """Back to ``inbox_capacity``: the oldest rows over it go."""
+        if size is None:
+            size = views.count(await self.kv.get(inbox_size(user)))
+        over = size - self.settings.inbox_capacity
+        while over > 0:
+            rows, _ = await self.kv.scan(
+                "feed", user.encode(), b"i:", limit=min(over, ROWS_PER_WRITE)
             )
-            if rows:  # one partition, one shard: one write per page
-                await self.kv.write([Delete(r.key) for r in rows])
+            if not rows:
+                return
+            await self._remove_rows(user, [r.key for r in rows])
+            over -= len(rows)
 
     async def inbox_stats(self, user_id: str) -> pb.InboxStats:
         _check_user(user_id)
         meta = await self._meta(user_id) or {}
-        size = 0
-        async for rows in self.kv.scan_pages("feed", user_id.encode(), b"i:"):
-            size += len(rows)
+        size = views.count(await self.kv.get(inbox_size(user_id)))
         last_read = int(meta.get("last_read_at_us", 0))
         return pb.InboxStats(
             user_id=user_id,
@@ -182,13 +228,33 @@ class Feed:
     # ------------------------------------------------------------------ write path (workers)
 
     async def deliver(self, post_id: str, author: str, users: Sequence[str]) -> None:
-        await self.kv.multi_put([(inbox_key(u, post_id), author.encode()) for u in users])
-        # Trim a sample of the inboxes written: each inbox is trimmed every ~32 deliveries,
-        # so it stays near its cap without a scan on every write.
-        await asyncio.gather(*(self._trim(u) for u in users if random.random() < 1 / 32))
+        """The post into each of ``users``' inboxes: a write per inbox, conditional on the row
+        being new (the KV client sends them as one BatchWrite per primary); an inbox a tenth
+        over its capacity is trimmed back to it."""
+        sizes = await asyncio.gather(*(self._deliver_one(u, post_id, author) for u in users))
+        slack = self.settings.inbox_capacity // 10
+        await asyncio.gather(
+            *(
+                self._trim(u, size)
+                for u, size in zip(users, sizes, strict=True)
+                if size > self.settings.inbox_capacity + slack
+            )
+        )
+
+    async def _deliver_one(self, user: str, post_id: str, author: str) -> int:
+        row = inbox_key(user, post_id)
+        try:
+            reply = await self.kv.write(
+                [Put(row, author.encode()), Increment(inbox_size(user), 1)], [Check.absent(row)]
+            )
+        except FailedPrecondition as err:
+            if err.code != "condition_failed":
+                raise
+            return 0  # delivered before
+        return int(reply.results[1].value)
 
     async def retract(self, post_id: str, users: Sequence[str]) -> None:
-        await asyncio.gather(*(self.kv.delete(inbox_key(u, post_id)) for u in users))
+        await asyncio.gather(*(self._remove_rows(u, [inbox_key(u, post_id)]) for u in users))
 
     async def backfill(self, user: str, author: str) -> int:
         """``user`` now follows ``author``: their recent posts into the inbox (or, for a
@@ -214,8 +280,14 @@ class Feed:
         rows = [(r["id"], r["author_id"]) for t in recent for r in t]
         if not rows:
             return 0
-        await self.kv.multi_put(
-            [(inbox_key(u, p), a.encode()) for u in dict.fromkeys(users) for p, a in rows]
+        sizes = await asyncio.gather(*(self._add_rows(u, rows) for u in dict.fromkeys(users)))
+        slack = self.settings.inbox_capacity // 10
+        await asyncio.gather(
+            *(
+                self._trim(u, size)
+                for u, size in zip(dict.fromkeys(users), sizes, strict=True)
+                if size > self.settings.inbox_capacity + slack
+            )
         )
         return len(rows) * len(users)
 
@@ -233,7 +305,7 @@ class Feed:
         async for rows in self.kv.scan_pages("feed", user.encode(), b"i:"):
             mine = [r.key for r in rows if r.value == author.encode()]
             if mine:  # one partition, one shard: one atomic write per page
-                await self.kv.write([Delete(k) for k in mine])
+                await self._remove_rows(user, mine)
             removed += len(mine)
         meta = await self._meta(user)
         if meta is not None and author in meta["celebrities"]:

@@ -7,6 +7,7 @@ from mt_core.settings import ServiceSettings
 
 class Settings(ServiceSettings):
     service_name: str = "feed"
+    trace_roots: bool = False  # traces start at the edge (the gateway); we continue them
     grpc_port: int = 50055
     timeline_concurrency: int = 32  # author timelines read at once (rebuilds, celebrity merge)
     inbox_capacity: int = 800  # like Twitter's and Mastodon's home timelines

@@ -7,6 +7,7 @@ from mt_core.settings import ServiceSettings
 
 class Settings(ServiceSettings):
     service_name: str = "graph"
+    trace_roots: bool = False  # traces start at the edge (the gateway); we continue them
     grpc_port: int = 50052
     legacy_seed: int = 2023
     legacy_size: int = 1_000_000

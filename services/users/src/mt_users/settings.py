@@ -7,6 +7,7 @@ from mt_core.settings import ServiceSettings
 
 class Settings(ServiceSettings):
     service_name: str = "users"
+    trace_roots: bool = False  # traces start at the edge (the gateway); we continue them
     grpc_port: int = 50051
     # Argon2id's cost (OWASP's first recommendation). Stored with each hash, so changing it
     # only affects new passwords.

@@ -7,6 +7,7 @@ from mt_core.settings import ServiceSettings
 
 class Settings(ServiceSettings):
     service_name: str = "workers"
+    trace_roots: bool = False  # traces start at the edge (the gateway); we continue them
     grpc_port: int = 50056  # health only
     # Which job kinds this process consumes (scale a kind by running more processes with it).
     worker_kinds: str = "fanout,follow,notify,import,join"
