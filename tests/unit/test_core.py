@@ -133,26 +133,47 @@ def test_sampler__a_service_starts_the_ratio_of_traces_and_continues_sampled_cal
     assert all(everything.start_span("x").is_recording() for _ in range(100))
 
 
-def test_grpc_filters__skip_probes_heartbeats_and_calls_outside_a_sampled_trace() -> None:
+def test_outbound__carries_a_sampled_trace_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mt_core.telemetry import outbound
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("t")
+
+    def unsampled() -> trace.Span:
+        context = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+        return NonRecordingSpan(context)
+
+    with trace.use_span(unsampled()), outbound("/mt.kv.KV/BatchWrite") as metadata:
+        assert metadata is None  # no span, nothing carried: the callee traces nothing either
+    with outbound("/mt.kv.KV/BatchWrite") as metadata:
+        assert metadata is None  # outside any trace
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    with tracer.start_as_current_span("request") as request:
+        trace_id = request.get_span_context().trace_id
+        with outbound("/mt.kv.KV/BatchWrite") as metadata:
+            assert metadata is not None
+            (name, value), *_ = metadata
+            assert name == "traceparent"
+            assert f"{trace_id:032x}" in value
+    assert [s.name for s in spans.get_finished_spans()] == ["mt.kv.KV/BatchWrite", "request"]
+
+
+def test_grpc_server_filter__skips_probes_heartbeats_and_calls_without_a_trace() -> None:
     from types import SimpleNamespace
 
-    from mt_core.telemetry import _client_filter, _server_filter
-    from opentelemetry import trace
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    from mt_core.telemetry import _server_filter
 
     def call(method: str, *metadata: tuple[str, str]) -> SimpleNamespace:
         return SimpleNamespace(method=method, invocation_metadata=metadata)
 
-    def inside(flags: int) -> trace.Span:
-        return NonRecordingSpan(SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(flags)))
-
-    with trace.use_span(inside(TraceFlags.SAMPLED)):
-        assert _client_filter(call("/mt.kv.KV/BatchWrite"))
-        assert not _client_filter(call("/grpc.health.v1.Health/Check"))
-        assert not _client_filter(SimpleNamespace(method=b"/mt.kv.ShardManager/Heartbeat"))
-    with trace.use_span(inside(TraceFlags.DEFAULT)):
-        assert not _client_filter(call("/mt.kv.KV/BatchWrite"))  # unsampled: nothing to carry
-    assert not _client_filter(call("/mt.kv.KV/BatchWrite"))  # outside any trace
     service, infra = _server_filter(True), _server_filter(False)
     assert service(call("/mt.users.Users/Signup"))
     assert not service(call("/mt.kv.ShardManager/Heartbeat", ("traceparent", "00-...")))

@@ -11,12 +11,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -31,6 +30,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
+from opentelemetry.trace import SpanKind
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,25 @@ def _traced_method(method: str | bytes) -> bool:
     return service not in _UNTRACED_SERVICES and rpc not in _UNTRACED_METHODS
 
 
-def _client_filter(details: Any) -> bool:
-    """Only calls made inside a sampled trace carry one: an unsampled request's calls skip the
-    span machinery (and the callee's with it: see :func:`_server_filter`)."""
-    return trace.get_current_span().get_span_context().trace_flags.sampled and _traced_method(
-        details.method
-    )
+@contextmanager
+def outbound(method: str) -> Iterator[list[tuple[str, str]] | None]:
+    """A gRPC call made inside a sampled trace: a CLIENT span around it, and the metadata that
+    carries the trace to the callee. Outside one, nothing at all — no span, no propagation,
+    and the callee skips its own (:func:`_server_filter`): an unsampled request pays nothing
+    for tracing past the edge. (The instrumentation's client interceptor did the same work on
+    every call, and grpc.aio runs any interceptor in a task of its own.)"""
+    if not trace.get_current_span().get_span_context().trace_flags.sampled:
+        yield None
+        return
+    name = method.lstrip("/")
+    service, _, rpc = name.rpartition("/")
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+    with trace.get_tracer(__name__).start_as_current_span(
+        name, kind=SpanKind.CLIENT, attributes=attributes
+    ):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield list(carrier.items())
 
 
 def _server_filter(trace_roots: bool) -> Callable[[Any], bool]:
@@ -98,22 +111,13 @@ def instrument_libraries(trace_roots: bool = True) -> None:
     if _instrumented:
         return
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
-    from opentelemetry.instrumentation.grpc import (
-        GrpcAioInstrumentorClient,
-        GrpcAioInstrumentorServer,
-    )
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     server = GrpcAioInstrumentorServer(filter_=_server_filter(trace_roots))  # type: ignore[no-untyped-call]
     server.instrument()
-    GrpcAioInstrumentorClient(filter_=_client_filter).instrument()  # type: ignore[no-untyped-call]
-    with warnings.catch_warnings():
-        # The instrumentation subclasses web.Application, which aiohttp frowns upon; harmless.
-        warnings.filterwarnings("ignore", "Inheritance class", DeprecationWarning)
-        AioHttpServerInstrumentor().instrument()
     AioHttpClientInstrumentor().instrument()
     RedisInstrumentor().instrument()
     AIOKafkaInstrumentor().instrument()

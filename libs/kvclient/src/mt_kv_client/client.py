@@ -32,9 +32,9 @@ from mt_core.errors import (
     Unavailable,
 )
 from mt_core.rpc import deadline
-from mt_core.rpc.client import RECONNECT_OPTIONS
+from mt_core.rpc.client import RECONNECT_OPTIONS, untraced_channel
 from mt_core.rpc.status import error_from_rpc
-from mt_core.telemetry import event
+from mt_core.telemetry import event, outbound
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
@@ -61,6 +61,9 @@ _REFUSED = {
     "moved",  # the key's μshard went to another shard (live resharding): route it again
 }
 MOVED = "moved"  # of those, the one the caller must route again on (see _rerouting)
+_KV = "/minithreads.kv.v1.KV/"
+_GET, _SCAN, _WRITE = _KV + "Get", _KV + "Scan", _KV + "Write"
+_BATCH_GET, _BATCH_WRITE = _KV + "BatchGet", _KV + "BatchWrite"
 
 
 class Consistency(enum.IntEnum):
@@ -436,7 +439,7 @@ class KVClient:
 
     def _stub_at(self, addr: str) -> kv_pb2_grpc.KVAsyncStub:
         if addr not in self._stubs:
-            self._channels[addr] = grpc.aio.insecure_channel(addr, options=RECONNECT_OPTIONS)
+            self._channels[addr] = untraced_channel(addr)  # spans of our own: outbound()
             self._stubs[addr] = kv_pb2_grpc.KVStub(self._channels[addr])
         return self._stubs[addr]
 
@@ -514,7 +517,10 @@ class KVClient:
             ]
         )
         try:
-            reply = await self._stub_at(addr).BatchGet(request, timeout=self._call_timeout_s())
+            with outbound(_BATCH_GET) as metadata:
+                reply = await self._stub_at(addr).BatchGet(
+                    request, timeout=self._call_timeout_s(), metadata=metadata
+                )
             outcomes: list[pb.GetResult | None] = list(reply.results)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(shards)
@@ -606,9 +612,10 @@ class KVClient:
                     keys=[_pb_key(k) for k in chunk],
                     read=self._read_options(shard, consistency),
                 )
-                return await self._read_stub(shard, consistency).Get(
-                    request, timeout=self._call_timeout_s()
-                )
+                with outbound(_GET) as metadata:
+                    return await self._read_stub(shard, consistency).Get(
+                        request, timeout=self._call_timeout_s(), metadata=metadata
+                    )
 
             reply = await self._retrying(attempt, idempotent=True)
             for key, item in zip(chunk, reply.items, strict=True):
@@ -666,9 +673,10 @@ class KVClient:
                     reverse=reverse,
                     read=self._read_options(shard, consistency),
                 )
-                return await self._read_stub(shard, consistency).Scan(
-                    request, timeout=self._call_timeout_s()
-                )
+                with outbound(_SCAN) as metadata:
+                    return await self._read_stub(shard, consistency).Scan(
+                        request, timeout=self._call_timeout_s(), metadata=metadata
+                    )
 
             return await self._retrying(attempt, idempotent=True)
 
@@ -746,18 +754,44 @@ class KVClient:
     async def _one(self, mutation: Mutation, durability: Durability) -> pb.Item:
         """A single unconditional mutation, batched with concurrent ones bound for the same
         primary (one BatchWrite carrying a write per shard)."""
-        shard, addr = await self._routed(mutation.key, lambda s: self._info(s).primary)
-        result: pb.Item = await self._writes.submit((addr, durability), (shard, mutation))
+        return (await self.apply([mutation], durability))[0]
+
+    async def apply(
+        self, mutations: Sequence[Mutation], durability: Durability = Durability.QUORUM
+    ) -> list[pb.Item]:
+        """Unconditional mutations of ONE partition, applied together (one log entry) and
+        merged with concurrent unconditional writes bound for the same shard: cheaper than
+        :meth:`write`, for changes that need no check (a row and the count beside it).
+        Returns each mutation's result."""
+        key = mutations[0].key
+        if any(
+            (m.key.keyspace, m.key.partition) != (key.keyspace, key.partition) for m in mutations
+        ):
+            raise InvalidArgument(
+                "apply() takes the mutations of one partition", code="cross_partition"
+            )
+        for m in mutations:
+            m.key.validate()
+        shard, addr = await self._routed(key, lambda s: self._info(s).primary)
+        result: list[pb.Item] = await self._writes.submit(
+            (addr, durability), (shard, tuple(mutations))
+        )
         return result
 
     async def _send_writes(
-        self, group: tuple[str, Durability], calls: list[tuple[int, Mutation] | _Conditional]
-    ) -> list[pb.Item | pb.WriteResponse | BaseException]:
-        """One BatchWrite to one primary: the unconditional mutations as a write per shard,
-        each conditional write as a write of its own."""
+        self,
+        group: tuple[str, Durability],
+        calls: list[tuple[int, tuple[Mutation, ...]] | _Conditional],
+    ) -> list[list[pb.Item] | pb.WriteResponse | BaseException]:
+        """One BatchWrite to one primary: the unconditional calls' mutations as a write per
+        shard (each call answered with its own mutations' results), each conditional write as
+        a write of its own."""
         addr, durability = group
         conditional = [c for c in calls if isinstance(c, _Conditional)]
-        by_shard = _by_shard(c for c in calls if not isinstance(c, _Conditional))
+        by_shard: dict[int, list[Mutation]] = defaultdict(list)
+        for call in calls:
+            if not isinstance(call, _Conditional):
+                by_shard[call[0]].extend(call[1])
         shards = list(by_shard)
         writes = [
             pb.WriteRequest(
@@ -779,7 +813,10 @@ class KVClient:
         started = time.monotonic()
         try:
             request = pb.BatchWriteRequest(writes=writes)
-            reply = await self._stub_at(addr).BatchWrite(request, timeout=self._call_timeout_s())
+            with outbound(_BATCH_WRITE) as metadata:
+                reply = await self._stub_at(addr).BatchWrite(
+                    request, timeout=self._call_timeout_s(), metadata=metadata
+                )
             outcomes = list(reply.results)
             self._observe_commit(time.monotonic() - started)
         except grpc.aio.AioRpcError:
@@ -798,18 +835,21 @@ class KVClient:
         results = dict(zip(shards, settled[: len(shards)], strict=True))
         answers = iter(settled[len(shards) :])
         position: dict[int, int] = defaultdict(int)
-        out: list[pb.Item | pb.WriteResponse | BaseException] = []
+        out: list[list[pb.Item] | pb.WriteResponse | BaseException] = []
         for call in calls:
             if isinstance(call, _Conditional):
                 out.append(next(answers))  # type: ignore[arg-type]
                 continue
-            part = results[call[0]]
+            shard, mutations = call
+            part = results[shard]
             assert not isinstance(part, pb.WriteResponse)
             if isinstance(part, BaseException):
                 out.append(part)
-            else:
-                out.append(part[position[call[0]]])
-                position[call[0]] += 1
+                continue
+            mine = list(part[position[shard] : position[shard] + len(mutations)])
+            position[shard] += len(mutations)
+            failed = next((r for r in mine if isinstance(r, BaseException)), None)
+            out.append(failed if failed is not None else mine)  # type: ignore[arg-type]
         return out
 
     async def _settle_conditional(
@@ -913,7 +953,8 @@ class KVClient:
                 durability=int(durability),  # type: ignore[arg-type]
             )
             stub = self._stub(self._info(shard).primary, shard)
-            return await stub.Write(request, timeout=self._call_timeout_s())
+            with outbound(_WRITE) as metadata:
+                return await stub.Write(request, timeout=self._call_timeout_s(), metadata=metadata)
 
         reply = await self._retrying(attempt, idempotent=False)
         self.session.observe(reply.version)
@@ -972,7 +1013,7 @@ class KVClient:
             return
         await asyncio.gather(
             *(
-                self._writes.submit((addr, Durability.QUORUM), (shard, put))
+                self._writes.submit((addr, Durability.QUORUM), (shard, (put,)))
                 for put, (shard, addr) in zip(puts, routes, strict=True)
             )
         )

@@ -27,7 +27,7 @@ posts                   u:<author>            p:<post id> -> post record (JSON):
                                               like time; #l:<post>; r:<post>:<reply> (a
                                               post's replies); #r:<post>; idem:<key> -> id
 feed                    <user id>             i:<post id> -> author id (the inbox); #i     feed
-                                              (its size); meta
+                                              (its size); meta; a (last read)
 notifications           <user id>             n:<id> -> Notification; d:<dedup key> -> id  feed
 (any)                   (any)                 \\0outbox/<job id> -> a job (mt_jobs.outbox)  writer
 ======================  ====================  ===========================================  ======

@@ -14,6 +14,11 @@ def inbox_size(user: str) -> Key:
     return Key("feed", user.encode(), b"#i")
 
 
+def active_key(user: str) -> Key:
+    """When the reader last read (µs), beside their meta: what fan-out reads of a follower."""
+    return Key("feed", user.encode(), b"a")
+
+
 def meta_key(user: str) -> Key:
     return Key("feed", user.encode(), b"meta")
 

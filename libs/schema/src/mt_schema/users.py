@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from mt_kv_client import Key, KVClient
 from mt_proto import common_pb2 as cpb
 from mt_proto import users_pb2 as pb
+
+HANDLE = re.compile(r"^[a-z0-9_.]{1,30}$")
+
+
+def canonical_handle(raw: str) -> str | None:
+    """The handle as stored (case-folded); None if it cannot be one."""
+    handle = raw.strip().casefold()
+    return handle if HANDLE.match(handle) else None
 
 
 def user_key(user_id: str) -> Key:
@@ -60,4 +69,13 @@ async def session_user(kv: KVClient, token: str) -> str | None:
     if not token or len(token) > 256:
         return None
     item = await kv.get(session_key(token))
+    return item.value.decode() if item is not None else None
+
+
+async def id_of_handle(kv: KVClient, handle: str) -> str | None:
+    """The user id a handle names; None for no such user (one read)."""
+    canonical = canonical_handle(handle)
+    if canonical is None:
+        return None
+    item = await kv.get(handle_key(canonical))
     return item.value.decode() if item is not None else None

@@ -5,7 +5,9 @@ run by the workers), newest first by a reverse scan, and a ``meta`` row: when th
 read and was rebuilt, and which followees are celebrities. ``#i`` counts the inbox's rows, each
 row written or deleted with it, conditional on that row: so a delivery knows the inbox's size,
 and one that takes it a tenth past ``inbox_capacity`` trims the oldest rows back to it — a
-scan of the few rows over, not of the 800 kept.
+scan of the few rows over, not of the 800 kept. (A redelivered post is counted twice — a
+delivery is one unconditional write, merged with the others bound for its shard — so a trim
+may leave an inbox a row short of its capacity.)
 
 A page merges three sources newest first: the inbox, the recent posts of followed celebrities
 (never fanned out), and the reader's own posts (so their post is in their next read, whatever
@@ -37,7 +39,14 @@ from mt_proto import feed_pb2 as pb
 from mt_proto import posts_pb2 as ppb
 from mt_proto import users_pb2 as upb
 from mt_schema import graph, views
-from mt_schema.feed import dedup_key, inbox_key, inbox_size, meta_key, notification_key
+from mt_schema.feed import (
+    active_key,
+    dedup_key,
+    inbox_key,
+    inbox_size,
+    meta_key,
+    notification_key,
+)
 from mt_schema.views import Record
 
 from mt_feed.settings import Settings
@@ -82,7 +91,12 @@ class Feed:
         return json.loads(item.value) if item is not None else None
 
     async def _save_meta(self, user: str, meta: dict[str, Any]) -> None:
-        await self.kv.put(meta_key(user), json.dumps(meta).encode())
+        await self.kv.apply(
+            [
+                Put(meta_key(user), json.dumps(meta).encode()),
+                Put(active_key(user), str(meta["last_read_at_us"]).encode()),
+            ]
+        )
 
     # ------------------------------------------------------------------ read path
 
@@ -228,30 +242,26 @@ class Feed:
     # ------------------------------------------------------------------ write path (workers)
 
     async def deliver(self, post_id: str, author: str, users: Sequence[str]) -> None:
-        """The post into each of ``users``' inboxes: a write per inbox, conditional on the row
-        being new (the KV client sends them as one BatchWrite per primary); an inbox a tenth
-        over its capacity is trimmed back to it."""
-        sizes = await asyncio.gather(*(self._deliver_one(u, post_id, author) for u in users))
+        """The post into each of ``users``' inboxes with their counts (the row and ``#i`` in
+        one unconditional write per inbox, merged with the others bound for the same shard);
+        an inbox a tenth over its capacity is trimmed back to it. A redelivered post counts
+        twice: the count only says when to trim, and a trim then leaves a row fewer."""
+        sizes = await asyncio.gather(
+            *(
+                self.kv.apply(
+                    [Put(inbox_key(u, post_id), author.encode()), Increment(inbox_size(u), 1)]
+                )
+                for u in users
+            )
+        )
         slack = self.settings.inbox_capacity // 10
         await asyncio.gather(
             *(
-                self._trim(u, size)
+                self._trim(u, int(size[1].value))
                 for u, size in zip(users, sizes, strict=True)
-                if size > self.settings.inbox_capacity + slack
+                if int(size[1].value) > self.settings.inbox_capacity + slack
             )
         )
-
-    async def _deliver_one(self, user: str, post_id: str, author: str) -> int:
-        row = inbox_key(user, post_id)
-        try:
-            reply = await self.kv.write(
-                [Put(row, author.encode()), Increment(inbox_size(user), 1)], [Check.absent(row)]
-            )
-        except FailedPrecondition as err:
-            if err.code != "condition_failed":
-                raise
-            return 0  # delivered before
-        return int(reply.results[1].value)
 
     async def retract(self, post_id: str, users: Sequence[str]) -> None:
         await asyncio.gather(*(self._remove_rows(u, [inbox_key(u, post_id)]) for u in users))
@@ -314,15 +324,10 @@ class Feed:
         return removed
 
     async def filter_active(self, users: Sequence[str]) -> list[str]:
-        keys = {u: meta_key(u) for u in dict.fromkeys(users) if u}
+        keys = {u: active_key(u) for u in dict.fromkeys(users) if u}
         found = await self.kv.multi_get(keys.values())
         horizon = now_us() - self.settings.active_window_s * 1e6
-        active = []
-        for user, key in keys.items():
-            item = found[key]
-            if item is not None and json.loads(item.value)["last_read_at_us"] >= horizon:
-                active.append(user)
-        return active
+        return [u for u, k in keys.items() if views.count(found[k]) >= horizon]
 
     # ------------------------------------------------------------------ notifications
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from mt_core.errors import FailedPrecondition, InvalidArgument
+from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from mt_core.rpc.client import call
 from mt_core.telemetry import annotate
 from mt_proto import common_pb2 as cpb
@@ -17,6 +17,7 @@ from mt_proto import feed_pb2 as fpb
 from mt_proto import graph_pb2 as gpb
 from mt_proto import posts_pb2 as ppb
 from mt_proto import users_pb2 as upb
+from mt_schema.users import id_of_handle
 
 from mt_gateway import render, schemas
 from mt_gateway.routing import Ctx, client_ip, endpoint
@@ -37,8 +38,11 @@ def _page(ctx: Ctx) -> cpb.PageRequest:
 
 
 async def _user_id(ctx: Ctx, handle: str) -> str:
-    user = await call(ctx.b.users.GetUserByHandle(upb.GetUserByHandleRequest(handle=handle)))
-    return user.id
+    """The id a handle names: one read of its claim in the KV (no call to the users service)."""
+    user_id = await id_of_handle(ctx.kv, handle)
+    if user_id is None:
+        raise NotFound("no such user", code="user_not_found")
+    return user_id
 
 
 # ---------------------------------------------------------------------- accounts and sessions

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from mt_gateway import api, health, openapi
 from mt_gateway.admission import AdaptiveLimit, Admission, FixedLimit, LimitSettings
 from mt_gateway.limits import Gate, RateLimiter, admission_middleware, publish_forever
-from mt_gateway.middleware import errors_middleware, metrics_middleware
+from mt_gateway.middleware import errors_middleware, metrics_middleware, tracing_middleware
 from mt_gateway.routing import Clients, mount
 from mt_gateway.settings import Settings
 
@@ -41,7 +41,11 @@ def gate_of(settings: Settings) -> Gate:
 
 def build_app(settings: Settings, clients: Clients, gate: Gate) -> web.Application:
     application = web.Application(
-        middlewares=[errors_middleware, metrics_middleware],
+        middlewares=[
+            tracing_middleware(settings.trace_sample_ratio),
+            errors_middleware,
+            metrics_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     application["limiter"] = clients.limiter
@@ -51,8 +55,8 @@ def build_app(settings: Settings, clients: Clients, gate: Gate) -> web.Applicati
     application.router.add_get("/openapi.json", lambda _: _json(document))
     application.router.add_get("/docs", lambda _: _html(openapi.docs_page()))
     classes = mount(application, clients, settings)
-    # Admission before everything else, the tracing middleware included: a refusal must cost
-    # less than recording it would.
+    # Admission before everything else, tracing included: a refusal must cost less than
+    # recording it would.
     application.middlewares.insert(0, admission_middleware(gate, classes))
     return application
 
@@ -76,7 +80,9 @@ async def app(settings: Settings) -> AsyncIterator[None]:
     async with services(settings) as b, KVClient(settings.kv_addr) as kv:
         clients = Clients(b, redis, kv, RateLimiter(redis))
         runner = web.AppRunner(
-            build_app(settings, clients, gate), shutdown_timeout=settings.shutdown_grace_ms / 1000
+            build_app(settings, clients, gate),
+            shutdown_timeout=settings.shutdown_grace_ms / 1000,
+            access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         )
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.http_port, reuse_address=True)

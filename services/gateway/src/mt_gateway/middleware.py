@@ -1,13 +1,19 @@
-"""aiohttp middleware turning every failure into the contract's error body."""
+"""aiohttp middleware: tracing at the edge, every failure as the contract's error body, RED
+metrics per route."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from mt_core.errors import MinithreadsError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from prometheus_client import Counter, Histogram
 
 from mt_gateway.errors import error_response, response_for
@@ -23,6 +29,45 @@ _HTTP_CODES = {
     413: "too_large",
     400: "invalid_argument",
 }
+
+
+# The context of a request that is not traced: its calls see an unsampled parent, so nothing
+# beneath it starts a trace of its own (a Redis command's span, say).
+_UNTRACED = NonRecordingSpan(SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(0)))
+
+
+def tracing_middleware(sample_ratio: float) -> Middleware:
+    """Traces start here: a request with a sampled ``traceparent`` continues its caller's
+    trace, an unsampled one stays unsampled, and of the rest ``sample_ratio`` start one. The
+    others cost one random draw — no span, no context to carry (the calls they make skip
+    tracing: mt_core.telemetry.outbound)."""
+    tracer = trace.get_tracer(__name__)
+
+    @web.middleware
+    async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+        parent = propagate.extract(request.headers) if "traceparent" in request.headers else None
+        caller = trace.get_current_span(parent).get_span_context() if parent else None
+        sampled = caller.trace_flags.sampled if caller and caller.is_valid else None
+        if sampled is None:
+            sampled = random.random() < sample_ratio
+        if not sampled:
+            with trace.use_span(_UNTRACED):
+                return await handler(request)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        attributes = {
+            "http.method": request.method,
+            "http.route": route,
+            "http.target": request.path_qs,
+        }
+        with tracer.start_as_current_span(
+            f"{request.method} {route}", context=parent, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            response = await handler(request)
+            span.set_attribute("http.status_code", response.status)
+            return response
+
+    return traced
 
 
 @web.middleware
@@ -65,6 +110,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before the answer (nginx's "client closed request")
         raise
     finally:
         LATENCY.labels(request.method, route).observe(time.perf_counter() - started)

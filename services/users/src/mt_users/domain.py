@@ -38,6 +38,7 @@ from mt_legacy import LegacyGraph
 from mt_proto import users_pb2 as pb
 from mt_schema import views
 from mt_schema.users import (
+    canonical_handle,
     decode,
     handle_key,
     legacy_key,
@@ -50,15 +51,14 @@ from mt_schema.users import (
 from mt_users import passwords
 from mt_users.settings import Settings
 
-HANDLE = re.compile(r"^[a-z0-9_.]{1,30}$")
 HANDLE_PREFIX = re.compile(r"^[a-z0-9_.]{1,30}$")
 MAX_DISPLAY_NAME = 64
 MAX_BIO = 160
 
 
 def normalize_handle(raw: str) -> str:
-    handle = raw.strip().casefold()
-    if not HANDLE.match(handle):
+    handle = canonical_handle(raw)
+    if handle is None:
         raise InvalidArgument(
             "handle must be 1-30 characters of a-z, 0-9, '_' and '.'", code="invalid_handle"
         )

@@ -17,6 +17,7 @@ from mt_core import criticality
 from mt_core.rpc import deadline
 from mt_core.rpc.server import MAX_MESSAGE_BYTES
 from mt_core.rpc.status import error_from_rpc
+from mt_core.telemetry import outbound
 
 T = TypeVar("T")
 
@@ -27,7 +28,8 @@ _CLASS_METADATA = {c: (criticality.METADATA_KEY, c.label) for c in criticality.C
 
 class CallContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Gives each unary call min(its timeout or the default, the inbound call's remainder),
-    and the criticality class of the work it is done for."""
+    the criticality class of the work it is done for, and — inside a sampled trace — a client
+    span and the trace (:func:`mt_core.telemetry.outbound`)."""
 
     def __init__(self, default_timeout_s: float) -> None:
         self._default_s = default_timeout_s
@@ -43,16 +45,21 @@ class CallContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             if client_call_details.timeout is not None
             else self._default_s
         )
-        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
-        metadata.add(*_CLASS_METADATA[criticality.current()])
-        details = grpc.aio.ClientCallDetails(
-            method=client_call_details.method,
-            timeout=deadline.effective_timeout_s(own),
-            metadata=metadata,
-            credentials=client_call_details.credentials,
-            wait_for_ready=client_call_details.wait_for_ready,
-        )
-        return await continuation(details, request)
+        method: Any = client_call_details.method  # str, though some grpc versions give bytes
+        with outbound(method.decode() if isinstance(method, bytes) else method) as traced:
+            metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), *(traced or ()))
+            metadata.add(*_CLASS_METADATA[criticality.current()])
+            details = grpc.aio.ClientCallDetails(
+                method=method,
+                timeout=deadline.effective_timeout_s(own),
+                metadata=metadata,
+                credentials=client_call_details.credentials,
+                wait_for_ready=client_call_details.wait_for_ready,
+            )
+            call = await continuation(details, request)
+            if traced is not None:
+                await call.code()  # the span lasts until the call ends
+            return call
 
 
 # Reconnect at least every second: gRPC's default backoff grows to two minutes, so a client that
@@ -67,9 +74,9 @@ RECONNECT_OPTIONS = [
 
 def channel(addr: str, default_timeout_ms: int) -> grpc.aio.Channel:
     """An insecure channel to ``addr`` (loopback or the compose network) with our interceptors."""
-    return grpc.aio.insecure_channel(
+    return grpc_aio_channel.insecure_channel(  # type: ignore[return-value]  # the stubs split Channel in two
         addr,
-        interceptors=[CallContextInterceptor(default_timeout_ms / 1000)],
+        interceptors=[CallContextInterceptor(default_timeout_ms / 1000)],  # type: ignore[list-item]
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
