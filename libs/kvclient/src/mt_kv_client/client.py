@@ -135,7 +135,7 @@ class Check:
 
 
 def _pb_key(key: Key) -> pb.Key:
-    key.validate()
+    """(Validated where the key came in: every public call checks its keys first.)"""
     return pb.Key(keyspace=key.keyspace, partition=key.partition, key=key.key)
 
 
@@ -167,6 +167,15 @@ class _Conditional:
     checks: tuple[Check, ...]
 
 
+@dataclass(frozen=True)
+class _Unconditional:
+    """Unconditional writes of one caller, each the mutations of one partition (``parts``:
+    shard, mutations), merged with every other bound for the same shard: one write per shard
+    per BatchWrite, whoever asked."""
+
+    parts: tuple[tuple[int, tuple[Mutation, ...]], ...]
+
+
 P = TypeVar("P")
 
 
@@ -183,6 +192,11 @@ def _from_pb(item: pb.Item) -> Item | None:
         return None
     key = Key(item.key.keyspace, item.key.partition, item.key.key)
     return Item(key, item.value, item.version, item.expires_at_ms)
+
+
+def _item(key: Key, item: pb.Item) -> Item | None:
+    """A read's answer for ``key`` (the one asked for: not rebuilt from the reply)."""
+    return Item(key, item.value, item.version, item.expires_at_ms) if item.found else None
 
 
 class _Backoff:
@@ -495,25 +509,30 @@ class KVClient:
     async def get(self, key: Key, consistency: Consistency = Consistency.STRONG) -> Item | None:
         key.validate()
         shard, addr = await self._routed(key, lambda s: self._read_replica(s, consistency))
-        result: Item | None = await self._reads.submit((addr, consistency), (shard, key))
-        return result
+        result: list[Item | None] = await self._reads.submit((addr, consistency), [(shard, key)])
+        return result[0]
 
     async def _send_reads(
-        self, group: tuple[str, Consistency], calls: list[tuple[int, Key]]
-    ) -> list[Item | BaseException | None]:
-        """One BatchGet to one replica for every shard's keys; a part it refuses is retried
-        on its own (reads are always safe to retry)."""
+        self, group: tuple[str, Consistency], calls: list[list[tuple[int, Key]]]
+    ) -> list[list[Item | None] | BaseException]:
+        """One BatchGet to one replica for every shard's keys of every call (a call: a get's
+        key, or a multi_get's keys for this replica); a part it refuses is retried on its own
+        (reads are always safe to retry)."""
         addr, consistency = group
-        by_shard = _by_shard(calls)
-        shards = list(by_shard)
+        by_shard = _by_shard(pair for call in calls for pair in call)
+        parts = [
+            (shard, keys[start : start + MAX_BATCH])
+            for shard, keys in by_shard.items()
+            for start in range(0, len(keys), MAX_BATCH)
+        ]
         request = pb.BatchGetRequest(
             gets=[
                 pb.GetRequest(
                     route=self._route(shard),
-                    keys=[_pb_key(k) for k in by_shard[shard]],
+                    keys=[_pb_key(k) for k in keys],
                     read=self._read_options(shard, consistency),
                 )
-                for shard in shards
+                for shard, keys in parts
             ]
         )
         try:
@@ -523,23 +542,26 @@ class KVClient:
                 )
             outcomes: list[pb.GetResult | None] = list(reply.results)
         except grpc.aio.AioRpcError:
-            outcomes = [None] * len(shards)
-        found: dict[tuple[int, Key], Item | BaseException | None] = {}
-        failed: list[int] = []
-        for shard, outcome in zip(shards, outcomes, strict=True):
+            outcomes = [None] * len(parts)
+        found: dict[Key, Item | BaseException | None] = {}
+        failed: list[list[Key]] = []
+        for (_, keys), outcome in zip(parts, outcomes, strict=True):
             if outcome is not None and outcome.HasField("ok"):
-                for key, item in zip(by_shard[shard], outcome.ok.items, strict=True):
-                    found[shard, key] = _from_pb(item)
+                for key, item in zip(keys, outcome.ok.items, strict=True):
+                    found[key] = _item(key, item)
             else:
-                failed.append(shard)
+                failed.append(keys)
         if failed:  # retried on their own, all at once (reads are always safe to retry)
-            parts = await asyncio.gather(
-                *(self._read_part(by_shard[shard], consistency) for shard in failed)
-            )
-            for shard, part in zip(failed, parts, strict=True):
-                for key, result in part.items():
-                    found[shard, key] = result
-        return [found[call] for call in calls]
+            for retried in await asyncio.gather(
+                *(self._read_part(keys, consistency) for keys in failed)
+            ):
+                found.update(retried)
+        out: list[list[Item | None] | BaseException] = []
+        for call in calls:
+            answers = [found[key] for _, key in call]
+            error = next((a for a in answers if isinstance(a, BaseException)), None)
+            out.append(error if error is not None else answers)  # type: ignore[arg-type]
+        return out
 
     async def _read_part(
         self, keys: list[Key], consistency: Consistency
@@ -560,14 +582,18 @@ class KVClient:
         routes = await self._routes(unique, lambda s: self._read_replica(s, consistency))
         if routes is None:  # a shard without a primary just now: each key waits on its own
             found = await asyncio.gather(*(self.get(key, consistency) for key in unique))
-        else:
-            found = await asyncio.gather(
-                *(
-                    self._reads.submit((addr, consistency), (shard, key))
-                    for key, (shard, addr) in zip(unique, routes, strict=True)
-                )
-            )
-        return dict(zip(unique, found, strict=True))
+            return dict(zip(unique, found, strict=True))
+        by_addr: dict[str, list[tuple[int, Key]]] = defaultdict(list)
+        for key, (shard, addr) in zip(unique, routes, strict=True):
+            by_addr[addr].append((shard, key))
+        parts = await asyncio.gather(
+            *(self._reads.submit((addr, consistency), call) for addr, call in by_addr.items())
+        )
+        return {
+            key: item
+            for call, part in zip(by_addr.values(), parts, strict=True)
+            for (_, key), item in zip(call, part, strict=True)
+        }
 
     async def _routes(
         self, keys: Sequence[Key], replica_of: Callable[[int], str]
@@ -575,11 +601,15 @@ class KVClient:
         """Each key's shard and address, all at once; None if any shard cannot be served now
         (the callers then take the per-key path, which waits for a primary)."""
         await self._ensure_table()
+        addrs: dict[int, str] = {}
         routes = []
         try:
             for key in keys:
                 shard = self.shard_of(key)
-                routes.append((shard, self._addr(replica_of(shard), shard)))
+                addr = addrs.get(shard)
+                if addr is None:
+                    addr = addrs[shard] = self._addr(replica_of(shard), shard)
+                routes.append((shard, addr))
         except (FailedPrecondition, Unavailable):
             return None
         return routes
@@ -733,6 +763,8 @@ class KVClient:
         transaction when the checks carry versions read earlier). Concurrent writes bound for
         the same primary share one BatchWrite, each still a write of its own."""
         keys = [m.key for m in mutations] + [c.key for c in checks]
+        for key in keys:
+            key.validate()
         call = (tuple(mutations), tuple(checks))
 
         async def routed() -> pb.WriteResponse:
@@ -763,35 +795,59 @@ class KVClient:
         merged with concurrent unconditional writes bound for the same shard: cheaper than
         :meth:`write`, for changes that need no check (a row and the count beside it).
         Returns each mutation's result."""
-        key = mutations[0].key
-        if any(
-            (m.key.keyspace, m.key.partition) != (key.keyspace, key.partition) for m in mutations
-        ):
-            raise InvalidArgument(
-                "apply() takes the mutations of one partition", code="cross_partition"
+        return (await self.apply_many([mutations], durability))[0]
+
+    async def apply_many(
+        self, groups: Sequence[Sequence[Mutation]], durability: Durability = Durability.QUORUM
+    ) -> list[list[pb.Item]]:
+        """:meth:`apply` for many partitions at once (a fan-out's inbox rows): one BatchWrite
+        per primary; each group atomic on its own, and the call fails if any group does."""
+        firsts = []
+        for mutations in groups:
+            if not mutations:
+                raise InvalidArgument("a write needs at least one mutation", code="empty_write")
+            first = mutations[0].key
+            for m in mutations:
+                m.key.validate()
+                if (m.key.keyspace, m.key.partition) != (first.keyspace, first.partition):
+                    raise InvalidArgument(
+                        "apply() takes the mutations of one partition", code="cross_partition"
+                    )
+            firsts.append(first)
+        routes = await self._routes(firsts, lambda s: self._info(s).primary)
+        if routes is None:  # a shard without a primary just now: each group waits on its own
+            routes = [await self._routed(key, lambda s: self._info(s).primary) for key in firsts]
+        by_addr: dict[str, list[tuple[int, tuple[Mutation, ...]]]] = defaultdict(list)
+        for mutations, (shard, addr) in zip(groups, routes, strict=True):
+            by_addr[addr].append((shard, tuple(mutations)))
+        answers = await asyncio.gather(
+            *(
+                self._writes.submit((addr, durability), _Unconditional(tuple(parts)))
+                for addr, parts in by_addr.items()
             )
-        for m in mutations:
-            m.key.validate()
-        shard, addr = await self._routed(key, lambda s: self._info(s).primary)
-        result: list[pb.Item] = await self._writes.submit(
-            (addr, durability), (shard, tuple(mutations))
         )
-        return result
+        per_addr = {addr: iter(parts) for addr, parts in zip(by_addr, answers, strict=True)}
+        out: list[list[pb.Item]] = []
+        for _, addr in routes:  # the groups' answers, in their order
+            part = next(per_addr[addr])
+            if isinstance(part, BaseException):
+                raise part
+            out.append(part)
+        return out
 
     async def _send_writes(
-        self,
-        group: tuple[str, Durability],
-        calls: list[tuple[int, tuple[Mutation, ...]] | _Conditional],
-    ) -> list[list[pb.Item] | pb.WriteResponse | BaseException]:
-        """One BatchWrite to one primary: the unconditional calls' mutations as a write per
-        shard (each call answered with its own mutations' results), each conditional write as
-        a write of its own."""
+        self, group: tuple[str, Durability], calls: list[_Unconditional | _Conditional]
+    ) -> list[list[list[pb.Item] | BaseException] | pb.WriteResponse | BaseException]:
+        """One BatchWrite to one primary: every unconditional call's mutations as a write per
+        shard (each part answered with its own mutations' results, or its shard's failure),
+        each conditional write as a write of its own."""
         addr, durability = group
         conditional = [c for c in calls if isinstance(c, _Conditional)]
         by_shard: dict[int, list[Mutation]] = defaultdict(list)
         for call in calls:
-            if not isinstance(call, _Conditional):
-                by_shard[call[0]].extend(call[1])
+            if isinstance(call, _Unconditional):
+                for shard, mutations in call.parts:
+                    by_shard[shard].extend(mutations)
         shards = list(by_shard)
         writes = [
             pb.WriteRequest(
@@ -835,21 +891,23 @@ class KVClient:
         results = dict(zip(shards, settled[: len(shards)], strict=True))
         answers = iter(settled[len(shards) :])
         position: dict[int, int] = defaultdict(int)
-        out: list[list[pb.Item] | pb.WriteResponse | BaseException] = []
+        out: list[list[list[pb.Item] | BaseException] | pb.WriteResponse | BaseException] = []
         for call in calls:
             if isinstance(call, _Conditional):
                 out.append(next(answers))  # type: ignore[arg-type]
                 continue
-            shard, mutations = call
-            part = results[shard]
-            assert not isinstance(part, pb.WriteResponse)
-            if isinstance(part, BaseException):
-                out.append(part)
-                continue
-            mine = list(part[position[shard] : position[shard] + len(mutations)])
-            position[shard] += len(mutations)
-            failed = next((r for r in mine if isinstance(r, BaseException)), None)
-            out.append(failed if failed is not None else mine)  # type: ignore[arg-type]
+            parts: list[list[pb.Item] | BaseException] = []
+            for shard, mutations in call.parts:
+                part = results[shard]
+                assert not isinstance(part, pb.WriteResponse)
+                if isinstance(part, BaseException):
+                    parts.append(part)
+                    continue
+                mine = list(part[position[shard] : position[shard] + len(mutations)])
+                position[shard] += len(mutations)
+                failed = next((r for r in mine if isinstance(r, BaseException)), None)
+                parts.append(failed if failed is not None else mine)  # type: ignore[arg-type]
+            out.append(parts)
         return out
 
     async def _settle_conditional(
@@ -1004,16 +1062,4 @@ class KVClient:
     async def multi_put(self, items: Iterable[tuple[Key, bytes]]) -> None:
         """Many puts: one BatchWrite per primary (the batcher groups them); each shard's part of
         a batch is atomic, and the call fails if any part does."""
-        puts = [Put(key, value) for key, value in items]
-        for put in puts:
-            put.key.validate()
-        routes = await self._routes([p.key for p in puts], lambda s: self._info(s).primary)
-        if routes is None:
-            await asyncio.gather(*(self._one(p, Durability.QUORUM) for p in puts))
-            return
-        await asyncio.gather(
-            *(
-                self._writes.submit((addr, Durability.QUORUM), (shard, (put,)))
-                for put, (shard, addr) in zip(puts, routes, strict=True)
-            )
-        )
+        await self.apply_many([[Put(key, value)] for key, value in items])

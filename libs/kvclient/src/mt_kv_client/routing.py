@@ -7,8 +7,9 @@ a prefix scan within a partition a single-shard operation.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mt_core.errors import InvalidArgument, TooLarge
 
@@ -21,8 +22,10 @@ MAX_BATCH = 1000  # mutations or keys per request
 OUTBOX_KEY_PREFIX = b"\x00outbox/"
 
 
-@dataclass(frozen=True, order=True)
-class Key:
+class Key(NamedTuple):
+    """A key (a tuple: hashed and compared at C speed, which a hot path of dict lookups per
+    key notices)."""
+
     keyspace: str
     partition: bytes
     key: bytes = b""
@@ -37,7 +40,9 @@ class Key:
             )
 
 
+@functools.lru_cache(maxsize=200_000)
 def microshard(keyspace: str, partition: bytes, microshards: int) -> int:
+    """(Remembered: a user's partition is hashed once, not on each of its keys' reads.)"""
     digest = hashlib.blake2b(keyspace.encode() + b"\x00" + partition, digest_size=8).digest()
     return int.from_bytes(digest, "big") % microshards
 

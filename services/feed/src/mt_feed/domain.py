@@ -246,13 +246,11 @@ class Feed:
         one unconditional write per inbox, merged with the others bound for the same shard);
         an inbox a tenth over its capacity is trimmed back to it. A redelivered post counts
         twice: the count only says when to trim, and a trim then leaves a row fewer."""
-        sizes = await asyncio.gather(
-            *(
-                self.kv.apply(
-                    [Put(inbox_key(u, post_id), author.encode()), Increment(inbox_size(u), 1)]
-                )
+        sizes = await self.kv.apply_many(
+            [
+                [Put(inbox_key(u, post_id), author.encode()), Increment(inbox_size(u), 1)]
                 for u in users
-            )
+            ]
         )
         slack = self.settings.inbox_capacity // 10
         await asyncio.gather(
