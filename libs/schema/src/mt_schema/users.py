@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import OrderedDict
 from typing import Any
 
 from mt_kv_client import Key, KVClient
@@ -72,10 +73,36 @@ async def session_user(kv: KVClient, token: str) -> str | None:
     return item.value.decode() if item is not None else None
 
 
-async def id_of_handle(kv: KVClient, handle: str) -> str | None:
-    """The user id a handle names; None for no such user (one read)."""
-    canonical = canonical_handle(handle)
-    if canonical is None:
-        return None
-    item = await kv.get(handle_key(canonical))
-    return item.value.decode() if item is not None else None
+class Handles:
+    """Which user a handle names, remembered (a bounded map, oldest forgotten first): a
+    handle's claim never changes once made — only a signup that lost its other claim gives
+    its handle back, and its record goes with it, so a caller that finds no record for a
+    remembered id calls :meth:`forget` and asks again."""
+
+    def __init__(self, kv: KVClient, size: int = 100_000) -> None:
+        self._kv = kv
+        self._size = size
+        self._ids: OrderedDict[str, str] = OrderedDict()
+
+    async def id_of(self, handle: str, *, remembered: bool = True) -> str | None:
+        """The user id ``handle`` names; None for no such user (at most one read; always one
+        without ``remembered``, for a write that must not name an abandoned signup's id)."""
+        canonical = canonical_handle(handle)
+        if canonical is None:
+            return None
+        known = self._ids.get(canonical) if remembered else None
+        if known is not None:
+            return known
+        item = await self._kv.get(handle_key(canonical))
+        if item is None:
+            return None
+        self.remember(canonical, item.value.decode())
+        return item.value.decode()
+
+    def remember(self, handle: str, user_id: str) -> None:
+        self._ids[handle] = user_id
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def forget(self, handle: str) -> None:
+        self._ids.pop(canonical_handle(handle) or handle, None)

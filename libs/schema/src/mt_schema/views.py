@@ -122,6 +122,20 @@ async def posts_by_id(
     return out
 
 
+async def by_handle(kv: KVClient, handles: users.Handles, handle: str) -> upb.User | None:
+    """The user a handle names, with counts; None for no such user. Usually one round trip
+    (the handle's id remembered)."""
+    for _ in range(2):
+        user_id = await handles.id_of(handle)
+        if user_id is None:
+            return None
+        found = await users_by_id(kv, [user_id])
+        if user_id in found:
+            return found[user_id]
+        handles.forget(handle)  # an abandoned signup's id: ask the KV again
+    return None
+
+
 async def timeline(kv: KVClient, author: str, limit: int, before_id: str = "") -> list[Record]:
     """The author's newest post records (older than ``before_id``), newest first."""
     cursor = f"p:{before_id}".encode().hex() if before_id else ""

@@ -2,6 +2,9 @@
 
 Each handler is registered once with :func:`~mt_gateway.routing.endpoint`; the pipeline in
 :mod:`mt_gateway.routing` has already rate-limited, authenticated and validated the request.
+Writes go to the service that owns the data; a single profile or post is read where the data
+is — the KV, through the schema's readers (:mod:`mt_schema.views`), as the web tier reads TAO
+at Meta — with no hop at all.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from mt_proto import feed_pb2 as fpb
 from mt_proto import graph_pb2 as gpb
 from mt_proto import posts_pb2 as ppb
 from mt_proto import users_pb2 as upb
-from mt_schema.users import id_of_handle
+from mt_schema import views
 
 from mt_gateway import render, schemas
 from mt_gateway.routing import Ctx, client_ip, endpoint
@@ -37,11 +40,15 @@ def _page(ctx: Ctx) -> cpb.PageRequest:
     return cpb.PageRequest(limit=ctx.limit, cursor=ctx.cursor)
 
 
-async def _user_id(ctx: Ctx, handle: str) -> str:
-    """The id a handle names: one read of its claim in the KV (no call to the users service)."""
-    user_id = await id_of_handle(ctx.kv, handle)
+def _no_user() -> NotFound:
+    return NotFound("no such user", code="user_not_found")
+
+
+async def _user_id(ctx: Ctx, handle: str, *, remembered: bool = True) -> str:
+    """The id a handle names (remembered, for reads; else one read of its claim in the KV)."""
+    user_id = await ctx.handles.id_of(handle, remembered=remembered)
     if user_id is None:
-        raise NotFound("no such user", code="user_not_found")
+        raise _no_user()
     return user_id
 
 
@@ -116,8 +123,10 @@ async def logout(ctx: Ctx) -> web.StreamResponse:
     errors=ERRORS_AUTH,
 )
 async def me(ctx: Ctx) -> web.StreamResponse:
-    user = await call(ctx.b.users.GetUser(upb.GetUserRequest(user_id=ctx.me)))
-    return _json(render.user(user))
+    found = await views.users_by_id(ctx.kv, [ctx.me])
+    if ctx.me not in found:
+        raise _no_user()
+    return _json(render.user(found[ctx.me]))
 
 
 @endpoint(
@@ -142,9 +151,9 @@ async def update_me(ctx: Ctx) -> web.StreamResponse:
 
 @endpoint("GET", "/v1/users/{handle}", "A user's profile", response=schemas.UserOut, errors=(404,))
 async def get_user(ctx: Ctx) -> web.StreamResponse:
-    user = await call(
-        ctx.b.users.GetUserByHandle(upb.GetUserByHandleRequest(handle=ctx.param("handle")))
-    )
+    user = await views.by_handle(ctx.kv, ctx.handles, ctx.param("handle"))
+    if user is None:
+        raise _no_user()
     return _json(render.user(user))
 
 
@@ -177,7 +186,7 @@ async def search_users(ctx: Ctx) -> web.StreamResponse:
     errors=(400, 401, 404),
 )
 async def follow(ctx: Ctx) -> web.StreamResponse:
-    followee = await _user_id(ctx, ctx.param("handle"))
+    followee = await _user_id(ctx, ctx.param("handle"), remembered=False)
     annotate(followee_id=followee)
     await call(ctx.b.graph.Follow(gpb.FollowRequest(follower_id=ctx.me, followee_id=followee)))
     return _no_content()
@@ -192,7 +201,7 @@ async def follow(ctx: Ctx) -> web.StreamResponse:
     errors=(401, 404),
 )
 async def unfollow(ctx: Ctx) -> web.StreamResponse:
-    followee = await _user_id(ctx, ctx.param("handle"))
+    followee = await _user_id(ctx, ctx.param("handle"), remembered=False)
     await call(ctx.b.graph.Unfollow(gpb.UnfollowRequest(follower_id=ctx.me, followee_id=followee)))
     return _no_content()
 
@@ -351,11 +360,12 @@ def _idempotency_key(key: str) -> str:
     "GET", "/v1/posts/{id}", "A post", auth="optional", response=schemas.PostOut, errors=(404,)
 )
 async def get_post(ctx: Ctx) -> web.StreamResponse:
-    post = await call(
-        ctx.b.posts.GetPost(ppb.GetPostRequest(post_id=ctx.param("id"), viewer_id=ctx.viewer or ""))
-    )
-    annotate(post_id=post.id)
-    return _json(render.post(post))
+    post_id = ctx.param("id")
+    found = await views.posts_by_id(ctx.kv, [post_id], ctx.viewer or "")
+    if post_id not in found:
+        raise NotFound("no such post", code="post_not_found")
+    annotate(post_id=post_id)
+    return _json(render.post(found[post_id]))
 
 
 @endpoint(

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from mt_core.rpc.services import services
 from mt_kv_client import KVClient
+from mt_schema.users import Handles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
@@ -78,7 +79,7 @@ async def app(settings: Settings) -> AsyncIterator[None]:
     )
     gate = gate_of(settings)
     async with services(settings) as b, KVClient(settings.kv_addr) as kv:
-        clients = Clients(b, redis, kv, RateLimiter(redis))
+        clients = Clients(b, redis, kv, RateLimiter(redis), Handles(kv))
         runner = web.AppRunner(
             build_app(settings, clients, gate),
             shutdown_timeout=settings.shutdown_grace_ms / 1000,

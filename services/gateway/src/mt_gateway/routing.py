@@ -19,7 +19,7 @@ from mt_core.errors import InvalidArgument, TooLarge, Unauthenticated
 from mt_core.rpc.services import Services
 from mt_core.telemetry import annotate
 from mt_kv_client import KVClient
-from mt_schema.users import session_user
+from mt_schema.users import Handles, session_user
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
@@ -39,6 +39,7 @@ class Ctx:
     settings: Settings
     redis: Redis
     kv: KVClient
+    handles: Handles
     viewer: str | None = None
     token: str | None = None
     body: Any = None
@@ -150,6 +151,7 @@ class Clients:
     redis: Redis
     kv: KVClient
     limiter: RateLimiter
+    handles: Handles  # handle -> user id, remembered (they do not change)
 
 
 def mount(
@@ -169,7 +171,7 @@ def _pipeline(
     ep: Endpoint, clients: Clients, settings: Settings
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        ctx = Ctx(request, clients.b, settings, clients.redis, clients.kv)
+        ctx = Ctx(request, clients.b, settings, clients.redis, clients.kv, clients.handles)
         await _admit(ep, ctx, clients)
         if ep.paged:
             ctx.limit, ctx.cursor = _paging(request)

@@ -18,7 +18,6 @@ import contextlib
 import json
 import re
 import secrets
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ from mt_legacy import LegacyGraph
 from mt_proto import users_pb2 as pb
 from mt_schema import views
 from mt_schema.users import (
+    Handles,
     canonical_handle,
     decode,
     handle_key,
@@ -47,6 +47,7 @@ from mt_schema.users import (
     to_pb,
     user_key,
 )
+from mt_schema.views import by_handle
 
 from mt_users import passwords
 from mt_users.settings import Settings
@@ -87,25 +88,6 @@ def _clean_bio(bio: str) -> str:
     return bio
 
 
-class _Remembered:
-    """A bounded map of facts that never change (handle -> user id), oldest forgotten first."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[str, str] = OrderedDict()
-
-    def get(self, name: str) -> str | None:
-        return self._items.get(name)
-
-    def put(self, name: str, value: str) -> None:
-        self._items[name] = value
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def forget(self, name: str) -> None:
-        self._items.pop(name, None)
-
-
 class Users:
     def __init__(
         self,
@@ -120,7 +102,7 @@ class Users:
         self.legacy = legacy
         self.outbox = outbox
         self.hasher = hasher
-        self._handles = _Remembered(settings.handle_cache_size)
+        self._handles = Handles(kv, settings.handle_cache_size)
 
     # ------------------------------------------------------------------ accounts
 
@@ -182,7 +164,7 @@ class Users:
             raise AlreadyExists(
                 f"legacy account {legacy_id} is linked to another user", code="legacy_taken"
             )
-        self._handles.put(handle, user_id)
+        self._handles.remember(handle, user_id)
         token, _ = await asyncio.gather(
             self._open_session(user_id),
             self.outbox.settle(staged) if staged is not None else asyncio.sleep(0),
@@ -237,18 +219,10 @@ class Users:
         return await self._view(user_id)
 
     async def get_by_handle(self, handle: str) -> pb.User:
-        try:
-            handle = normalize_handle(handle)
-        except InvalidArgument:
-            raise NotFound("no such user", code="user_not_found") from None
-        remembered = self._handles.get(handle)
-        if remembered is not None:
-            with contextlib.suppress(NotFound):
-                return await self._view(remembered)
-            self._handles.forget(handle)  # an abandoned signup's: look again
-        user_id = await self._id_by(handle_key(handle))
-        self._handles.put(handle, user_id)
-        return await self._view(user_id)
+        user = await by_handle(self.kv, self._handles, handle)
+        if user is None:
+            raise NotFound("no such user", code="user_not_found")
+        return user
 
     async def get_by_legacy_id(self, legacy_id: str) -> pb.User:
         if not legacy_id:
