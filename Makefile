@@ -6,7 +6,7 @@ UV = $(shell infra/bootstrap-uv.sh)
 VENV_BIN := $(CURDIR)/.venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity cost chaos
+.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity cost bulk chaos
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -60,6 +60,9 @@ COST_BASE ?= 4ef74de
 
 cost: install  ## CPU per user action over every process, this tree vs COST_BASE (A/B, same run); report in loadtest/reports/
 	$(VENV_BIN)/python loadtest/cost.py --base $(COST_BASE)
+
+bulk: install  ## applied follows/s of a celebrity's join and of imports, this tree (and BULK_BASE); invariants checked
+	$(VENV_BIN)/python loadtest/bulk.py $(if $(BULK_BASE),--base $(BULK_BASE))
 
 surge-ui: venv  ## Locust's web UI against the running stack (http://127.0.0.1:8089; Ctrl-C stops)
 	@echo "Locust UI: http://127.0.0.1:8089 against $${SURGE_TARGET:-http://127.0.0.1:8080} (Ctrl-C stops)"

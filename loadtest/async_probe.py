@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openloop as ol
 import redis
 from mt_jobs.control import STATS_KEY
 from mt_legacy import LegacyGraph
@@ -74,10 +75,9 @@ async def signup_importers(http: aiohttp.ClientSession, count: int, min_degree: 
         n = random.randint(1, GRAPH.size)
         if GRAPH.out_degree(n) < min_degree:
             continue
-        body = {"legacy_id": str(n), "password": "correct horse"}
-        async with http.post(f"{BASE}/v1/accounts", json=body) as resp:
-            if resp.status == 201:
-                tokens.append((await resp.json())["token"])
+        status, data = await ol.legacy_signup(http, BASE, n)
+        if status == 201:
+            tokens.append(data["token"])
     return tokens
 
 

@@ -398,18 +398,13 @@ async def celebrity_joins(base: str, rank: int, delay_s: float, joined: dict[str
     """The celebrity signs up ``delay_s`` into the step, as the app would: retrying refusals
     after their Retry-After."""
     await asyncio.sleep(delay_s)
-    body = {"legacy_id": str(rank), "password": ol.PASSWORD}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        for _ in range(30):
-            status, data, retry_after = await ol.send(
-                http, base, ol.Request("celebrity", "POST", "/v1/accounts", None, body)
-            )
-            if status == 201:
-                joined.update(handle=data["user"]["handle"], at_s=time.monotonic(), rank=rank)
-                say(f"  the celebrity (legacy rank {rank}) joined as @{data['user']['handle']}")
-                return
-            await asyncio.sleep(float(retry_after or 1))
-    say(f"  the celebrity (legacy rank {rank}) could not join")
+        status, data = await ol.legacy_signup(http, base, rank)
+    if status == 201:
+        joined.update(handle=data["user"]["handle"], at_s=time.monotonic(), rank=rank)
+        say(f"  the celebrity (legacy rank {rank}) joined as @{data['user']['handle']}")
+    else:
+        say(f"  the celebrity (legacy rank {rank}) could not join ({status})")
 
 
 def transition(

@@ -52,11 +52,13 @@ import stackcpu
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from mt_cli.jobscmd import collect
+from mt_legacy.identity import credential, ensure_secret
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8080"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 KAFKA = "127.0.0.1:9092"
+KV_ADDR = "127.0.0.1:50060"
 PASSWORD = "cost-password"  # noqa: S105 - the simulated users' password
 # Every simulated user comes from 127.0.0.1, and nothing may be refused (see the module doc).
 STACK_ENV = {
@@ -67,7 +69,9 @@ STACK_ENV = {
 }
 # Seeding only: a password hash of ~1 ms instead of Argon2id's ~25 ms of CPU per account.
 CHEAP_HASH_ENV = {"MT_ARGON2_MEMORY_KIB": "1024", "MT_ARGON2_TIME_COST": "1"}
-ACTIONS = ("get_user", "get_post", "feed", "like", "follow", "post", "signup")
+ACTIONS = ("get_user", "get_post", "feed", "like", "follow", "post", "signup", "signup_legacy")
+# Only where the stack has a legacy identity provider (the base of "cheaper actions" had none).
+NEEDS_PROVIDER = {"signup_legacy"}
 TARGET_MS = {"post": 10, "follow": 10, "like": 6, "feed": 8, "get_post": 3, "get_user": 3}
 
 
@@ -121,19 +125,21 @@ def _link_opt(home: Path) -> None:
         opt.symlink_to(REPO / ".local" / "opt")
 
 
-def this_side() -> Side:
+def this_side(bench: str = "cost") -> Side:
+    """This tree, with its data for ``bench`` under ``.local/<bench>/this``."""
     dirty = (
         " (uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""
     )
-    home = REPO / ".local" / "cost" / "this"
+    home = REPO / ".local" / bench / "this"
     _link_opt(home)
     return Side("this", REPO, home, _git("rev-parse", "--short", "HEAD") + dirty)
 
 
-def base_side(revision: str) -> Side:
-    """The base revision in a worktree of its own, with its own virtualenv (kept for reuse)."""
+def base_side(revision: str, bench: str = "cost") -> Side:
+    """The base revision in a worktree of its own (``.local/worktrees``), with its own
+    virtualenv (both kept for reuse), and its data for ``bench`` beside this tree's."""
     sha = _git("rev-parse", "--verify", f"{revision}^{{commit}}")
-    tree = REPO / ".local" / "cost" / f"base-{sha[:12]}"
+    tree = REPO / ".local" / "worktrees" / sha[:12]
     if not (tree / ".git").exists():
         say(f"checking out {revision} ({sha[:12]}) in {tree}...")
         _git("worktree", "add", "--force", "--detach", str(tree), sha)
@@ -143,7 +149,7 @@ def base_side(revision: str) -> Side:
             [str(REPO / "infra" / "bootstrap-uv.sh")], capture_output=True, text=True, check=True
         ).stdout.strip()
         subprocess.run([uv, "sync", "--locked", "--quiet"], cwd=tree, check=True)
-    home = tree / ".local"
+    home = REPO / ".local" / bench / f"base-{sha[:12]}"
     _link_opt(home)
     return Side("base", tree, home, sha[:12])
 
@@ -292,11 +298,12 @@ def _zipf(n: int, rng: random.Random) -> int:
 class Actions:
     """The requests of each phase, picked Zipf-like from a seed; new edges and likes only."""
 
-    def __init__(self, world: World, plan: Plan, seed: int, tag: str) -> None:
+    def __init__(self, world: World, plan: Plan, seed: int, tag: str, secret: bytes) -> None:
         self.w = world
         self.plan = plan
         self.rng = random.Random(seed)
         self.tag = tag  # keeps signup handles apart between rounds
+        self.secret = secret  # the stack's legacy identity provider's (its owners' credentials)
 
     def _user(self) -> int:
         return _zipf(len(self.w.handles), self.rng)
@@ -343,6 +350,25 @@ class Actions:
         return driver.call(
             "POST", "/v1/accounts", body={"handle": f"s{self.tag}{i:05d}", "password": PASSWORD}
         )
+
+    async def signup_legacy(self, driver: Driver, i: int) -> Any:
+        """A newcomer with a legacy account: its provider's assertion, then the account it
+        links — no password, so no password hash (the launch's signups)."""
+        legacy_id = str(self.rng.randint(500_000, 1_000_000))
+        body = {"legacy_id": legacy_id, "credential": credential(self.secret, legacy_id)}
+        status, made = await driver.call("POST", "/v1/legacy/assertions", body=body)
+        if status != 201:
+            return status, made
+        return await driver.call(
+            "POST", "/v1/accounts", body={"legacy_assertion": made["assertion"]}
+        )
+
+
+async def _has_provider() -> bool:
+    """Whether the stack serves the legacy identity provider (from its API document)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{BASE_URL}/openapi.json") as reply:
+        document = await reply.json()
+    return "/v1/legacy/assertions" in document.get("paths", {})
 
 
 async def backlog() -> int:
@@ -557,12 +583,19 @@ async def round_on(side: Side, run: Run, number: int, reuse: bool) -> None:
         pids = side.pids()
         idle_before = await idle_burn(pids, run.idle_s)
         actions = Actions(
-            world, run.plan, run.plan.seed * 1000 + number, f"{side.name[0]}{number}{run.tag}"
+            world,
+            run.plan,
+            run.plan.seed * 1000 + number,
+            f"{side.name[0]}{number}{run.tag}",
+            ensure_secret(side.home),
         )
+        provider = await _has_provider()
         phases = []
         async with await _session() as http:
             driver = Driver(http, run.concurrency)
             for action in ACTIONS:
+                if action in NEEDS_PROVIDER and not provider:
+                    continue
                 profiler = None
                 if action in run.profile:
                     profiler = Profiler(run.folder / f"profile-{side.name}", pids)
@@ -682,6 +715,7 @@ async def main() -> int:
         parser.error("--base REV (or COST_BASE), or --only")
     ensure_ports_free()
     counts = {
+        "signup_legacy": 60,
         "get_user": 600,
         "get_post": 600,
         "feed": 400,

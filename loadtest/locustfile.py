@@ -35,6 +35,7 @@ from locust import FastHttpUser, LoadTestShape, between, events, task
 from locust.env import Environment
 from mt_client import RetryBudget
 from mt_legacy import LegacyGraph
+from openloop import assertion_body
 from surge_curve import Surge
 
 PASSWORD = "launch-day-password"  # noqa: S105 - the simulated users' password
@@ -296,8 +297,12 @@ class Active(FastHttpUser):
         return self.budget.spend()
 
     def log_in(self, legacy_id: str) -> bool:
-        handle = GRAPH.handle(GRAPH.number(legacy_id))
-        body = {"handle": handle, "password": PASSWORD}
+        """Into the account a signup of ours made after we stopped waiting for its answer:
+        with a fresh assertion of the same legacy account (no password needed)."""
+        _, assertion, _ = self.assertion(legacy_id)
+        if assertion is None:
+            return False
+        body = {"legacy_assertion": assertion}
         status, reply = self.call("POST", "/v1/sessions", "POST /v1/sessions", body)
         if status != 201:
             return False
@@ -324,9 +329,21 @@ class Active(FastHttpUser):
         time.sleep(max(retry_after_s, pause_s) * random.uniform(0.5, 1.5))
         return min(pause_s * 2, 30.0)
 
+    def assertion(self, legacy_id: str) -> tuple[int, str | None, float]:
+        """(status, the legacy provider's assertion for ``legacy_id``, Retry-After seconds):
+        the app proves the account with the owner's credential, as Threads did with
+        Instagram's login."""
+        status, reply, retry_after = self.call_with_headers(
+            "POST", "/v1/legacy/assertions", "POST /v1/legacy/assertions", assertion_body(legacy_id)
+        )
+        return status, reply["assertion"] if status == 201 else None, retry_after
+
     def sign_up(self, legacy_id: str) -> tuple[int, float]:
         """(status, Retry-After seconds) of one signup attempt linked to ``legacy_id``."""
-        body = {"legacy_id": legacy_id, "password": PASSWORD}
+        status, assertion, retry_after = self.assertion(legacy_id)
+        if assertion is None:
+            return status, retry_after
+        body = {"legacy_assertion": assertion, "password": PASSWORD}
         status, reply, retry_after = self.call_with_headers(
             "POST", "/v1/accounts", "POST /v1/accounts", body
         )

@@ -15,21 +15,43 @@ by a population of users seeded through the API before the load (:func:`seed`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+import os
 import random
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 from mt_legacy import LegacyGraph
+from mt_legacy.identity import credential, ensure_secret
 
 PASSWORD = "capacity-password"  # noqa: S105 - the simulated users' password
 GRAPH = LegacyGraph()
+REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def _operator_secret() -> bytes:
+    return ensure_secret(Path(os.environ.get("MT_HOME", REPO / ".local")))
+
+
+def legacy_credential(legacy_id: str) -> str:
+    """A simulated legacy account's credential, as its owner would type it (derived from the
+    operator's secret in the stack's ``$MT_HOME``)."""
+    return credential(_operator_secret(), legacy_id)
+
+
+def assertion_body(legacy_id: str) -> dict[str, str]:
+    return {"legacy_id": legacy_id, "credential": legacy_credential(legacy_id)}
+
+
 FIRST_NEWCOMER_RANK = 1_000  # legacy accounts below this rank are the celebrities
 REQUEST_TIMEOUT_S = 10.0
 # Of every arrival of the day-1 mix; a signup's import is its own request on top.
@@ -43,6 +65,7 @@ DAY1_MIX: dict[str, float] = {
 }
 # Each kind's route, as the gateway's OpenAPI document names it (for its criticality class).
 ROUTES: dict[str, tuple[str, str]] = {
+    "assertion": ("POST", "/v1/legacy/assertions"),
     "signup": ("POST", "/v1/accounts"),
     "import": ("POST", "/v1/me/imports"),
     "post": ("POST", "/v1/posts"),
@@ -140,6 +163,8 @@ class Actions:
         return request
 
     def _signup(self) -> Request | None:
+        """A newcomer: the legacy provider's assertion first, then the signup it allows, then
+        the one-tap import (each sent with the arrival after the answer it needs)."""
         if not self.pop.free_legacy:
             return None
         legacy_id = str(self.pop.free_legacy.pop())
@@ -149,8 +174,14 @@ class Actions:
             self.pop.users.append(user)
             self.follow_up.append(Request("import", "POST", "/v1/me/imports", user.token, {}))
 
-        body = {"legacy_id": legacy_id, "password": PASSWORD}
-        return Request("signup", "POST", "/v1/accounts", None, body, on_ok=joined)
+        def proven(reply: Any) -> None:
+            body = {"legacy_assertion": reply["assertion"], "password": PASSWORD}
+            self.follow_up.append(
+                Request("signup", "POST", "/v1/accounts", None, body, on_ok=joined)
+            )
+
+        body = assertion_body(legacy_id)
+        return Request("assertion", "POST", "/v1/legacy/assertions", None, body, on_ok=proven)
 
     def _post(self) -> Request:
         actor = self.pop.actor(self.rng)
@@ -420,6 +451,19 @@ async def _call_until(
     return status, data
 
 
+async def legacy_signup(
+    http: aiohttp.ClientSession, base: str, legacy_id: int | str, **extra: Any
+) -> tuple[int, Any]:
+    """Sign up linked to a legacy account, as the app does: its provider's assertion, then
+    the account (closed loop, patient)."""
+    request = Request("seed", "POST", "/v1/legacy/assertions", None, assertion_body(str(legacy_id)))
+    status, data = await _call_until(http, base, request)
+    if status != 201:
+        return status, data
+    body = {"legacy_assertion": data["assertion"], "password": PASSWORD, **extra}
+    return await _call_until(http, base, Request("seed", "POST", "/v1/accounts", None, body))
+
+
 async def free_legacy_accounts(
     http: aiohttp.ClientSession, base: str, n: int, rng: random.Random
 ) -> list[int]:
@@ -444,10 +488,7 @@ async def signups_with_imports(base: str, pop: Population, n: int) -> int:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
 
         async def one(legacy_id: int) -> bool:
-            body = {"legacy_id": str(legacy_id), "password": PASSWORD}
-            status, data = await _call_until(
-                http, base, Request("seed", "POST", "/v1/accounts", None, body)
-            )
+            status, data = await legacy_signup(http, base, legacy_id)
             if status != 201:
                 return False
             user = User(data["user"]["handle"], data["token"])
@@ -506,23 +547,7 @@ async def seed(
     pop = Population()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         say(f"seeding {len(fans)} users linked to legacy accounts, with their imports...")
-        made = await _bounded(
-            8,
-            [
-                _call_until(
-                    http,
-                    base,
-                    Request(
-                        "seed",
-                        "POST",
-                        "/v1/accounts",
-                        None,
-                        {"legacy_id": str(n), "password": PASSWORD},
-                    ),
-                )
-                for n in fans
-            ],
-        )
+        made = await _bounded(8, [legacy_signup(http, base, n) for n in fans])
         pop.users = [User(d["user"]["handle"], d["token"]) for s, d in made if s == 201]
         if len(pop.users) < len(fans):  # a handle taken by an earlier run, say: go on without
             statuses = Counter(s for s, _ in made if s != 201)

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from tests.legacy import legacy_credential
+
 BASE = "http://127.0.0.1:8080"
 T = TypeVar("T")
 PASSWORD = "correct horse"
@@ -105,10 +107,18 @@ class Api:
         assert reply.status == 201, reply.body
         return reply.body["user"], reply.body["token"]
 
+    async def legacy_assertion(self, legacy_id: str, **extra: Any) -> str:
+        """The legacy identity provider's assertion for ``legacy_id``, asked with its owner's
+        credential (the operator's secret in ``.local`` derives it)."""
+        body = {"legacy_id": legacy_id, "credential": legacy_credential(legacy_id), **extra}
+        reply = await self.call("POST", "/v1/legacy/assertions", body)
+        assert reply.status == 201, reply.body
+        return str(reply.body["assertion"])
+
     async def signup_legacy(self, legacy_id: str) -> tuple[dict[str, Any], str] | None:
         """Sign up linked to a legacy account; None if an earlier run linked it already (the KV
         keeps its data between runs)."""
-        body = {"legacy_id": legacy_id, "password": PASSWORD}
+        body = {"legacy_assertion": await self.legacy_assertion(legacy_id), "password": PASSWORD}
         reply = await self.create_account(body)
         if reply.status == 409:
             return None

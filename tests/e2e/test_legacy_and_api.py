@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import random
+import time
+
+from mt_legacy.identity import Provider
 
 from tests.api import PASSWORD, Api
+from tests.legacy import operator_secret
 
 
 def _fresh_legacy_id() -> str:
@@ -25,24 +29,79 @@ async def test_legacy_account__is_deterministic_with_paged_following(api: Api) -
         assert (await api.call("GET", f"/v1/legacy/accounts/{bad}")).code == "legacy_not_found"
 
 
-async def test_signup_with_legacy_id__links_once_and_shows_on_app(api: Api) -> None:
+async def test_signup_with_legacy_assertion__links_once_and_shows_on_app(api: Api) -> None:
     legacy_id = _fresh_legacy_id()
     legacy = (await api.call("GET", f"/v1/legacy/accounts/{legacy_id}")).body
-    reply = await api.call("POST", "/v1/accounts", {"legacy_id": legacy_id, "password": PASSWORD})
-    assert reply.status == 201
+    assertion = await api.legacy_assertion(legacy_id)
+    reply = await api.call("POST", "/v1/accounts", {"legacy_assertion": assertion})
+    assert reply.status == 201  # no password: the account logs in with its legacy identity
     assert reply.body["user"]["handle"] == legacy["handle"]
     again = await api.call(
         "POST",
         "/v1/accounts",
-        {"handle": "other" + legacy_id, "legacy_id": legacy_id, "password": PASSWORD},
+        {
+            "handle": "other" + legacy_id,
+            "legacy_assertion": await api.legacy_assertion(legacy_id),
+            "password": PASSWORD,
+        },
     )
     assert (again.status, again.code) == (409, "legacy_taken")
     # The losing signup did not keep its handle.
     assert (await api.call("GET", f"/v1/users/other{legacy_id}")).status == 404
-    unknown = await api.call(
-        "POST", "/v1/accounts", {"legacy_id": "99999999", "password": PASSWORD}
+    # Logging in: with a fresh assertion, never with a password it does not have.
+    login = await api.call(
+        "POST", "/v1/sessions", {"legacy_assertion": await api.legacy_assertion(legacy_id)}
     )
-    assert (unknown.status, unknown.code) == (404, "legacy_not_found")
+    assert (login.status, login.body["user"]["id"]) == (201, reply.body["user"]["id"])
+    guess = await api.call(
+        "POST", "/v1/sessions", {"handle": legacy["handle"], "password": PASSWORD}
+    )
+    assert (guess.status, guess.code) == (401, "bad_credentials")
+
+
+async def test_legacy_identity__nobody_links_or_logs_in_without_a_valid_assertion(
+    api: Api,
+) -> None:
+    """Forged, expired, replayed, for another account, for another app, or none at all: each
+    refused with the error shape, and nothing is linked."""
+    legacy_id, other = _fresh_legacy_id(), _fresh_legacy_id()
+    ours = Provider(operator_secret())
+    forged = Provider(b"\x00" * 32).sign(legacy_id, "minithreads").token
+    expired = ours.sign(legacy_id, "minithreads", now_s=time.time() - 3600).token
+    elsewhere = await api.legacy_assertion(legacy_id, audience="another-app")
+    theirs = await api.legacy_assertion(other)
+    refused = [
+        ({"legacy_id": legacy_id, "password": PASSWORD}, "assertion_required"),
+        ({"legacy_assertion": forged}, "invalid_assertion"),
+        ({"legacy_assertion": expired}, "assertion_expired"),
+        ({"legacy_assertion": elsewhere}, "assertion_audience"),
+        ({"legacy_assertion": "not.a.token"}, "invalid_assertion"),
+        ({"legacy_id": legacy_id, "legacy_assertion": theirs}, "assertion_mismatch"),
+    ]
+    for body, code in refused:
+        reply = await api.call("POST", "/v1/accounts", body)
+        assert (reply.status, reply.code) == (401, code), body
+        login = await api.call(
+            "POST", "/v1/sessions", {"legacy_assertion": body.get("legacy_assertion", "x")}
+        )
+        assert login.status in (401, 404), body
+    wrong = await api.call(
+        "POST", "/v1/legacy/assertions", {"legacy_id": legacy_id, "credential": "guess"}
+    )
+    assert (wrong.status, wrong.code) == (401, "bad_credentials")
+    unknown = await api.call(
+        "POST", "/v1/legacy/assertions", {"legacy_id": "99999999", "credential": "guess"}
+    )
+    assert (unknown.status, unknown.code) == (401, "bad_credentials")  # no account oracle
+    # Nothing was linked by any of that: the rightful owner still can.
+    assert (await api.call("POST", "/v1/accounts", {"legacy_assertion": theirs})).status == 201
+    # ... and an assertion, once spent, is spent: replaying it links and logs in nothing.
+    replayed = await api.call(
+        "POST", "/v1/accounts", {"legacy_assertion": theirs, "handle": "x" + other}
+    )
+    assert (replayed.status, replayed.code) == (401, "assertion_replayed")
+    again = await api.call("POST", "/v1/sessions", {"legacy_assertion": theirs})
+    assert (again.status, again.code) == (401, "assertion_replayed")
 
 
 async def test_import__copies_follows_and_records_pending(api: Api) -> None:
@@ -50,13 +109,10 @@ async def test_import__copies_follows_and_records_pending(api: Api) -> None:
     followees = await api.all_pages(f"/v1/legacy/accounts/{legacy_id}/following", limit=100)
     joined = followees[0]
     if joined["on_app"] is False:
-        made = await api.call(
-            "POST", "/v1/accounts", {"legacy_id": joined["legacy_id"], "password": PASSWORD}
-        )
-        assert made.status in (201, 409)
-    reply = await api.call("POST", "/v1/accounts", {"legacy_id": legacy_id, "password": PASSWORD})
-    assert reply.status == 201
-    token = reply.body["token"]
+        await api.signup_legacy(joined["legacy_id"])  # (None if a concurrent test linked it)
+    made = await api.signup_legacy(legacy_id)
+    assert made is not None
+    token = made[1]
     listed = await api.call("GET", f"/v1/legacy/accounts/{legacy_id}/following?limit=1")
     assert listed.body["items"][0]["on_app"] is True
     started = await api.call("POST", "/v1/me/imports", {}, token=token)
@@ -132,6 +188,7 @@ async def test_openapi__describes_every_contract_row(api: Api) -> None:
         ("get", "/v1/search/users"),
         ("get", "/v1/legacy/accounts/{legacy_id}"),
         ("get", "/v1/legacy/accounts/{legacy_id}/following"),
+        ("post", "/v1/legacy/assertions"),  # wave 2: the legacy identity provider
     }
     assert {(m, p) for p, ops in paths.items() for m in ops} == expected
     docs = await api.http.get("http://127.0.0.1:8080/docs")

@@ -259,3 +259,35 @@ async def test_notifications__follow_like_reply(api: Api) -> None:
     ]
     assert all(n["actor"]["id"] == bob["id"] and n["created_at"].endswith("Z") for n in items)
     assert (await api.call("GET", "/v1/notifications")).status == 401
+
+
+async def test_feed__scrolls_past_the_inbox_into_older_posts_of_followees(api: Api) -> None:
+    """A reader's first read rebuilds the inbox with each followee's 20 newest posts; scrolling
+    goes on into the older ones, with no repeat and no gap."""
+    author, ta = await api.signup("fa")
+    _, tr = await api.signup("fr")
+    assert (await api.call("PUT", f"/v1/me/following/{author['handle']}", token=tr)).status == 204
+    posts = [(await api.post(ta, f"post {i}"))["id"] for i in range(30)]
+    feed = await api.all_pages("/v1/feed", token=tr, limit=20)
+    assert [p["id"] for p in feed] == list(reversed(posts))
+
+
+async def test_feed__a_backfilled_followee_leaves_no_gap_in_the_older_posts(api: Api) -> None:
+    """Older followee B, followed after the first read: its 20 newest posts go into the
+    inbox, below the 10 of A's that the rebuild left out — which the scroll must still show."""
+    old, tb = await api.signup("fb")
+    new, ta = await api.signup("fa")
+    _, tr = await api.signup("fr")
+    b_posts = [(await api.post(tb, f"b {i}"))["id"] for i in range(25)]
+    a_posts = [(await api.post(ta, f"a {i}"))["id"] for i in range(30)]
+    assert (await api.call("PUT", f"/v1/me/following/{new['handle']}", token=tr)).status == 204
+    await api.call("GET", "/v1/feed", token=tr)  # the first read: A's 20 newest in the inbox
+    assert (await api.call("PUT", f"/v1/me/following/{old['handle']}", token=tr)).status == 204
+    expected = list(reversed(b_posts + a_posts))
+
+    async def scrolled() -> list[str] | None:
+        ids = [p["id"] for p in await api.all_pages("/v1/feed", token=tr, limit=20)]
+        return ids if b_posts[-1] in ids else None  # B's backfill (the follow job) has run
+
+    ids = await eventually(scrolled, what="the followee's posts in the feed")
+    assert ids == expected

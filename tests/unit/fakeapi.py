@@ -66,6 +66,7 @@ class FakeApi:
     posts: dict[str, _Post] = field(default_factory=dict)
     imports: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    assertions: dict[str, str] = field(default_factory=dict)  # unspent: assertion -> legacy id
     _faults: dict[str, list[Failure | float | Literal["drop"]]] = field(default_factory=dict)
     _keys: dict[tuple[str, str], str] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -118,6 +119,7 @@ class FakeApi:
         r = app.router
         r.add_post("/v1/accounts", self.signup)
         r.add_post("/v1/sessions", self.login)
+        r.add_post("/v1/legacy/assertions", self.legacy_assertion)
         r.add_delete("/v1/sessions/current", self.logout)
         r.add_get("/v1/me", self.me)
         r.add_patch("/v1/me", self.update_me)
@@ -164,13 +166,37 @@ class FakeApi:
 
     # -- accounts -----------------------------------------------------------------------------
 
+    async def legacy_assertion(self, request: web.Request) -> web.Response:
+        """The legacy identity provider: a legacy account's credential is ``cred-<id>``."""
+        body = await request.json()
+        legacy_id = body.get("legacy_id", "")
+        if body.get("credential") != f"cred-{legacy_id}":
+            raise Failure(401, "bad_credentials", "wrong legacy account or credential")
+        assertion = f"assertion:{legacy_id}:{self._id()}"
+        self.assertions[assertion] = legacy_id
+        payload = {
+            "assertion": assertion,
+            "legacy_id": legacy_id,
+            "expires_at": _rfc3339(self._now()),
+        }
+        return web.json_response(payload, status=201)
+
+    def _spend(self, assertion: str) -> str:
+        legacy_id = self.assertions.pop(assertion, None)
+        if legacy_id is None:
+            raise Failure(401, "invalid_assertion", "not a valid legacy assertion")
+        return legacy_id
+
     async def signup(self, request: web.Request) -> web.Response:
         body = await request.json()
-        legacy_id = body.get("legacy_id")
+        if body.get("legacy_id") and not body.get("legacy_assertion"):
+            raise Failure(401, "assertion_required", "linking needs the provider's assertion")
+        legacy_id = self._spend(body["legacy_assertion"]) if body.get("legacy_assertion") else None
         handle = body.get("handle") or (_legacy_handle(legacy_id) if legacy_id else None)
         if not handle or not _valid_handle(handle):
             raise Failure(400, "invalid_handle", "a handle is 1..30 of a-z 0-9 _ .")
-        if not 8 <= len(body.get("password", "")) <= 128:
+        password = body.get("password")
+        if (password is not None or not legacy_id) and not 8 <= len(password or "") <= 128:
             raise Failure(400, "invalid_password", "a password is 8..128 characters")
         if handle in self.users:
             raise Failure(409, "handle_taken", f"@{handle} is taken")
@@ -182,13 +208,19 @@ class FakeApi:
             "display_name": body.get("display_name"),
             "bio": "",
             "created_at": self._now(),
-            "password": body["password"],
+            "password": password,
             "legacy_id": legacy_id,
         }
         return self._session(handle)
 
     async def login(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if body.get("legacy_assertion"):
+            legacy_id = self._spend(body["legacy_assertion"])
+            linked = [u for u in self.users.values() if u["legacy_id"] == legacy_id]
+            if not linked:
+                raise Failure(404, "user_not_found", "no account is linked to it")
+            return self._session(linked[0]["handle"])
         user = self.users.get(body.get("handle", ""))
         if user is None or user["password"] != body.get("password"):
             raise Failure(401, "bad_credentials", "wrong handle or password")

@@ -182,7 +182,7 @@ def test_cli__password_comes_from_a_prompt_when_not_given(
 
 
 def test_cli__import_polls_until_done(cli: Cli) -> None:
-    cli("signup", "--legacy-id", "4")
+    cli("signup", "--legacy-id", "4", "--legacy-credential", "cred-4")
     lines = cli("import", "--interval-s", "0").out.splitlines()
     assert re.fullmatch(r"import (\d+) started; Ctrl-C stops waiting, not the import", lines[0])
     assert "running" in lines[1]
@@ -193,7 +193,11 @@ def test_cli__import_polls_until_done(cli: Cli) -> None:
 
 
 def test_cli__ctrl_c_stops_waiting_for_an_import(home: Path) -> None:
-    subprocess.run([CLI, "client", "signup", "--legacy-id", "5"], check=True, capture_output=True)
+    subprocess.run(
+        [CLI, "client", "signup", "--legacy-id", "5", "--legacy-credential", "cred-5"],
+        check=True,
+        capture_output=True,
+    )
     with subprocess.Popen(
         [CLI, "client", "import", "--interval-s", "30"],
         stdout=subprocess.PIPE,

@@ -21,6 +21,7 @@ from mt_client import (
     Post,
     RateLimited,
     RetryBudget,
+    Session,
     Unauthorized,
     Unavailable,
     User,
@@ -68,10 +69,22 @@ async def test_signup__returns_the_user_and_keeps_the_token(client: Client, api:
     assert (await client.me()).id == session.user.id
 
 
-async def test_signup__with_legacy_id_defaults_the_handle(client: Client) -> None:
-    session = await client.signup(password=PASSWORD, legacy_id="7")
+async def _legacy_signup(client: Client, legacy_id: str) -> Session:
+    assertion = await client.legacy_assertion(legacy_id, f"cred-{legacy_id}")
+    return await client.signup(legacy_assertion=assertion)
+
+
+async def test_signup__with_a_legacy_assertion_defaults_the_handle(client: Client) -> None:
+    assertion = await client.legacy_assertion("7", "cred-7")
+    assert assertion.assertion not in repr(assertion)  # kept out of logs, like tokens
+    session = await client.signup(legacy_assertion=assertion)  # no password: none needed
     assert session.user.handle == "legacy_7"
     assert session.user.display_name == ""  # null is read as empty
+    again = await client.login(legacy_assertion=await client.legacy_assertion("7", "cred-7"))
+    assert again.user.id == session.user.id
+    with pytest.raises(Unauthorized) as caught:
+        await client.legacy_assertion("7", "cred-8")
+    assert caught.value.code == "bad_credentials"
 
 
 async def test_signup__is_not_retried_after_an_answer_that_leaves_it_open(
@@ -262,7 +275,7 @@ async def test_post__a_fresh_key_per_call_unless_given(client: Client, api: Fake
 async def test_start_import__is_not_retried_after_a_lost_answer(
     client: Client, api: FakeApi
 ) -> None:
-    await client.signup(password=PASSWORD, legacy_id="3")
+    await _legacy_signup(client, "3")
     api.drop("POST /v1/me/imports")
     with pytest.raises(ConnectionFailed) as caught:
         await client.start_import()
@@ -399,7 +412,7 @@ async def test_delete_post__of_someone_else_is_forbidden(client: Client, api: Fa
 
 
 async def test_import__watch_until_done(client: Client) -> None:
-    await client.signup(password=PASSWORD, legacy_id="9")
+    await _legacy_signup(client, "9")
     account = await client.legacy_account("9")
     assert (account.handle, account.following_count) == ("legacy_9", 5)
     started = await client.start_import()

@@ -25,7 +25,7 @@ def test_seed__a_poster_has_its_followers_half_of_them_active() -> None:
 
 def test_actions__a_like_or_follow_is_never_one_already_made() -> None:
     world = cost.World([f"u{i}" for i in range(5)], [f"t{i}" for i in range(5)], [0], ["p1", "p2"])
-    actions = cost.Actions(world, cost.Plan(5, 2, 2, 1, 1), seed=7, tag="x")
+    actions = cost.Actions(world, cost.Plan(5, 2, 2, 1, 1), seed=7, tag="x", secret=b"s")
     for i in range(10):
         actions.like(_Recorder(), i)
     assert len(world.likes) == 10  # every (liker, post) pair once

@@ -1,7 +1,9 @@
 """``minithreads client``: use the REST API as a person would, from a terminal.
 
-  minithreads client signup HANDLE [--password P] [--display-name N] [--legacy-id ID]
+  minithreads client signup HANDLE [--password P] [--display-name N]
+  minithreads client signup [HANDLE] --legacy-id ID [--legacy-credential C] [--password P]
   minithreads client login HANDLE [--password P]
+  minithreads client login --legacy-id ID [--legacy-credential C]
   minithreads client logout | me
   minithreads client post TEXT [--reply-to ID]
   minithreads client feed | notifications [--limit N] [--cursor C]
@@ -14,7 +16,11 @@ Options of every verb: ``--as NAME`` picks a profile (default "default"), so two
 driven from one terminal; ``--url`` the server (default $MT_API_URL, else the URL the profile
 logged in to, else http://127.0.0.1:8080); ``--json`` prints machine-readable output.
 A profile's session lives in ``$MT_HOME/client/NAME.json`` (mode 0600). A password comes from
-``--password``, else $MT_PASSWORD, else a prompt.
+``--password``, else $MT_PASSWORD, else a prompt. A legacy account is proven with its
+credential at the legacy identity provider (``--legacy-credential``, else
+$MT_LEGACY_CREDENTIAL, else a prompt; an operator prints a synthetic account's with
+``minithreads legacy credential ID``): its assertion links the account at signup (no password
+needed) or logs it in.
 """
 
 from __future__ import annotations
@@ -134,12 +140,15 @@ def add_arguments(client: argparse.ArgumentParser) -> None:
 
     signup = verb("signup", _signup, "create an account and log this profile in")
     signup.add_argument("handle", nargs="?", help="optional with --legacy-id")
-    signup.add_argument("--password")
+    signup.add_argument("--password", help="optional with --legacy-id")
     signup.add_argument("--display-name")
     signup.add_argument("--legacy-id", help="link the legacy account with this id")
+    signup.add_argument("--legacy-credential", help="its credential at the legacy provider")
     login = verb("login", _login, "log this profile in")
-    login.add_argument("handle")
+    login.add_argument("handle", nargs="?", help="or --legacy-id")
     login.add_argument("--password")
+    login.add_argument("--legacy-id", help="log in as the account linked to it")
+    login.add_argument("--legacy-credential", help="its credential at the legacy provider")
     verb("logout", _logout, "end this profile's session")
     verb("me", _me, "this profile's user")
     post = verb("post", _post, "publish a post")
@@ -188,7 +197,7 @@ _NEEDS_SESSION = frozenset(
 def run(args: argparse.Namespace, home: Path) -> int:
     try:
         profile = Profile.load(home, args.profile)
-        if args.client_command in ("signup", "login"):
+        if args.client_command in ("signup", "login") and not args.legacy_id:
             args.password = _password(args.password, confirm=args.client_command == "signup")
         if args.client_command in _NEEDS_SESSION and not profile.token:
             raise CliError(
@@ -237,21 +246,38 @@ def _password(given: str | None, *, confirm: bool) -> str:
 # -- the verbs ------------------------------------------------------------------------------------
 
 
+def _legacy_credential(given: str | None) -> str:
+    if given or (given := os.environ.get("MT_LEGACY_CREDENTIAL")):
+        return given
+    return getpass.getpass("legacy credential: ")
+
+
 async def _signup(c: Client, args: argparse.Namespace, profile: Profile) -> int:
     if not args.handle and not args.legacy_id:
         raise CliError("invalid_argument", "give a HANDLE, or --legacy-id to use its handle")
+    assertion = None
+    if args.legacy_id:
+        credential = _legacy_credential(args.legacy_credential)
+        assertion = await c.legacy_assertion(args.legacy_id, credential)
     session = await c.signup(
         args.handle,
         password=args.password,
         display_name=args.display_name,
-        legacy_id=args.legacy_id,
+        legacy_assertion=assertion,
     )
     profile.remember(c.base_url, session)
     return _show(args, session.user, f"signed up as @{session.user.handle} ({_as(profile)})")
 
 
 async def _login(c: Client, args: argparse.Namespace, profile: Profile) -> int:
-    session = await c.login(args.handle, args.password)
+    if args.legacy_id:
+        credential = _legacy_credential(args.legacy_credential)
+        assertion = await c.legacy_assertion(args.legacy_id, credential)
+        session = await c.login(legacy_assertion=assertion)
+    elif args.handle:
+        session = await c.login(args.handle, args.password)
+    else:
+        raise CliError("invalid_argument", "give a HANDLE, or --legacy-id")
     profile.remember(c.base_url, session)
     return _show(args, session.user, f"logged in as @{session.user.handle} ({_as(profile)})")
 

@@ -6,6 +6,7 @@ minithreads ps [--json]        each process: name, pid, port, role, health
 minithreads logs NAME [-f]     a process's log
 minithreads jobs status        the async platform per kind (class, rate limit, deferred, lag...)
 minithreads jobs pause KIND    hold a kind at rate zero (its work waits in Kafka); `resume` it
+minithreads legacy credential ID   the operator: a synthetic legacy account's credential
 """
 
 from __future__ import annotations
@@ -168,7 +169,23 @@ def parser() -> argparse.ArgumentParser:
     p_client = sub.add_parser("client", help="use the REST API as a user: signup, post, feed...")
     clientcmd.add_arguments(p_client)
     p_client.set_defaults(run=lambda manifest, args: clientcmd.run(args, manifest.home))
+    p_legacy = sub.add_parser("legacy", help="the simulated legacy system, as its operator")
+    legacy_sub = p_legacy.add_subparsers(dest="legacy_command", required=True)
+    p_credential = legacy_sub.add_parser(
+        "credential", help="a synthetic legacy account's credential (from $MT_HOME/secrets)"
+    )
+    p_credential.add_argument("legacy_id")
+    p_credential.set_defaults(run=cmd_legacy_credential)
     return top
+
+
+def cmd_legacy_credential(manifest: Manifest, args: argparse.Namespace) -> int:
+    """What a synthetic legacy account's owner types at the legacy app: derived from the
+    operator's secret (made on first use, as the stack's provider would)."""
+    from mt_legacy.identity import credential, ensure_secret
+
+    print(credential(ensure_secret(manifest.home), args.legacy_id))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

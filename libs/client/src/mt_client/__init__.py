@@ -25,6 +25,7 @@ from mt_client.errors import (
 from mt_client.models import (
     Import,
     LegacyAccount,
+    LegacyAssertion,
     LegacyFollowing,
     Notification,
     Page,
@@ -46,6 +47,7 @@ __all__ = [
     "Forbidden",
     "Import",
     "LegacyAccount",
+    "LegacyAssertion",
     "LegacyFollowing",
     "NotFound",
     "Notification",

@@ -44,6 +44,7 @@ from mt_client.errors import (
 from mt_client.models import (
     Import,
     LegacyAccount,
+    LegacyAssertion,
     LegacyFollowing,
     Notification,
     Page,
@@ -112,26 +113,51 @@ class Client:
 
     # -- accounts and sessions ------------------------------------------------------------
 
+    async def legacy_assertion(
+        self, legacy_id: str, credential: str, *, audience: str | None = None
+    ) -> LegacyAssertion:
+        """Prove to the legacy identity provider that you own ``legacy_id`` (its credential):
+        its assertion signs you up linked to it, or logs its account in."""
+        body = _without_none(legacy_id=legacy_id, credential=credential, audience=audience)
+        return await self._json(
+            "POST", "/v1/legacy/assertions", LegacyAssertion.from_json, body=body
+        )
+
     async def signup(
         self,
         handle: str | None = None,
         *,
-        password: str,
+        password: str | None = None,
         display_name: str | None = None,
-        legacy_id: str | None = None,
+        legacy_assertion: LegacyAssertion | None = None,
     ) -> Session:
-        """Create an account and use its token from now on. With ``legacy_id`` the account is
-        linked to that legacy account, and ``handle`` defaults to the legacy handle."""
+        """Create an account and use its token from now on. With ``legacy_assertion`` the
+        account is linked to that legacy account, ``handle`` defaults to the legacy handle, and
+        ``password`` may be left out (the account then logs in with an assertion)."""
         body = _without_none(
-            handle=handle, password=password, display_name=display_name, legacy_id=legacy_id
+            handle=handle,
+            password=password,
+            display_name=display_name,
+            legacy_assertion=legacy_assertion.assertion if legacy_assertion else None,
         )
         session = await self._json("POST", "/v1/accounts", Session.from_json, body=body)
         self.token = session.token
         return session
 
-    async def login(self, handle: str, password: str) -> Session:
-        """Start a session and use its token from now on."""
-        body = {"handle": handle, "password": password}
+    async def login(
+        self,
+        handle: str | None = None,
+        password: str | None = None,
+        *,
+        legacy_assertion: LegacyAssertion | None = None,
+    ) -> Session:
+        """Start a session (with handle and password, or a legacy assertion) and use its token
+        from now on."""
+        body = (
+            {"legacy_assertion": legacy_assertion.assertion}
+            if legacy_assertion is not None
+            else _without_none(handle=handle, password=password)
+        )
         session = await self._json("POST", "/v1/sessions", Session.from_json, body=body)
         self.token = session.token
         return session

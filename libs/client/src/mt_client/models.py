@@ -132,6 +132,25 @@ class Session:
 
 
 @dataclass(frozen=True)
+class LegacyAssertion:
+    """The legacy identity provider's word that the caller owns a legacy account: what links
+    it at signup, or logs its account in (single use, minutes long)."""
+
+    legacy_id: str
+    assertion: str = field(repr=False)
+    expires_at: str = ""
+
+    @classmethod
+    def from_json(cls, data: object) -> LegacyAssertion:
+        o = _Object(data, "legacy_assertion")
+        return cls(
+            legacy_id=o.string("legacy_id"),
+            assertion=o.string("assertion"),
+            expires_at=o.string("expires_at"),
+        )
+
+
+@dataclass(frozen=True)
 class Post:
     id: str
     author: UserSummary

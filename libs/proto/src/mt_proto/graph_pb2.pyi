@@ -55,6 +55,58 @@ IMPORT_STATE_FAILED: ImportState.ValueType  # 4
 Global___ImportState: _TypeAlias = ImportState  # noqa: Y015
 
 @_typing.final
+class IssueLegacyAssertionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEGACY_ID_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    legacy_id: _builtins.str
+    credential: _builtins.str
+    audience: _builtins.str
+    """the app the assertion is for (empty: minithreads)"""
+    def __init__(
+        self,
+        *,
+        legacy_id: _builtins.str = ...,
+        credential: _builtins.str = ...,
+        audience: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "credential", b"credential", "legacy_id", b"legacy_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueLegacyAssertionRequest: _TypeAlias = IssueLegacyAssertionRequest  # noqa: Y015
+
+@_typing.final
+class LegacyAssertion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSERTION_FIELD_NUMBER: _builtins.int
+    LEGACY_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_US_FIELD_NUMBER: _builtins.int
+    assertion: _builtins.str
+    """a signed JWT (EdDSA)"""
+    legacy_id: _builtins.str
+    expires_at_us: _builtins.int
+    def __init__(
+        self,
+        *,
+        assertion: _builtins.str = ...,
+        legacy_id: _builtins.str = ...,
+        expires_at_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assertion", b"assertion", "expires_at_us", b"expires_at_us", "legacy_id", b"legacy_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegacyAssertion: _TypeAlias = LegacyAssertion  # noqa: Y015
+
+@_typing.final
 class FollowEdge(_message.Message):
     """One follow edge seen from the listed user: the other end and when the follow happened."""
 

@@ -79,6 +79,11 @@ class GraphServiceStub:
                 request_serializer=mt__proto_dot_graph__pb2.GetImportRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_graph__pb2.Import.FromString,
                 _registered_method=True)
+        self.IssueLegacyAssertion = channel.unary_unary(
+                '/minithreads.graph.v1.GraphService/IssueLegacyAssertion',
+                request_serializer=mt__proto_dot_graph__pb2.IssueLegacyAssertionRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_graph__pb2.LegacyAssertion.FromString,
+                _registered_method=True)
 
 
 class GraphServiceServicer:
@@ -156,6 +161,15 @@ class GraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueLegacyAssertion(self, request, context):
+        """The legacy identity provider: an assertion that the caller owns legacy_id, for whoever
+        proves its credential (mt_legacy.identity). UNAUTHENTICATED: bad_credentials (the same for
+        an unknown account and a wrong credential).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GraphServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +217,11 @@ def add_GraphServiceServicer_to_server(servicer, server):
                     servicer.GetImport,
                     request_deserializer=mt__proto_dot_graph__pb2.GetImportRequest.FromString,
                     response_serializer=mt__proto_dot_graph__pb2.Import.SerializeToString,
+            ),
+            'IssueLegacyAssertion': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueLegacyAssertion,
+                    request_deserializer=mt__proto_dot_graph__pb2.IssueLegacyAssertionRequest.FromString,
+                    response_serializer=mt__proto_dot_graph__pb2.LegacyAssertion.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +467,33 @@ class GraphService:
             '/minithreads.graph.v1.GraphService/GetImport',
             mt__proto_dot_graph__pb2.GetImportRequest.SerializeToString,
             mt__proto_dot_graph__pb2.Import.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueLegacyAssertion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.graph.v1.GraphService/IssueLegacyAssertion',
+            mt__proto_dot_graph__pb2.IssueLegacyAssertionRequest.SerializeToString,
+            mt__proto_dot_graph__pb2.LegacyAssertion.FromString,
             options,
             channel_credentials,
             insecure,

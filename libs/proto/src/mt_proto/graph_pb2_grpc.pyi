@@ -76,6 +76,11 @@ class GraphServiceStub:
     """Progress of one of the user's imports.
     NOT_FOUND: import_not_found (unknown id, or it belongs to another user).
     """
+    IssueLegacyAssertion: _grpc.UnaryUnaryMultiCallable[_graph_pb2.IssueLegacyAssertionRequest, _graph_pb2.LegacyAssertion]
+    """The legacy identity provider: an assertion that the caller owns legacy_id, for whoever
+    proves its credential (mt_legacy.identity). UNAUTHENTICATED: bad_credentials (the same for
+    an unknown account and a wrong credential).
+    """
 
 @_typing.type_check_only
 class GraphServiceAsyncStub(GraphServiceStub):
@@ -112,6 +117,11 @@ class GraphServiceAsyncStub(GraphServiceStub):
     GetImport: _aio.UnaryUnaryMultiCallable[_graph_pb2.GetImportRequest, _graph_pb2.Import]  # type: ignore[assignment]
     """Progress of one of the user's imports.
     NOT_FOUND: import_not_found (unknown id, or it belongs to another user).
+    """
+    IssueLegacyAssertion: _aio.UnaryUnaryMultiCallable[_graph_pb2.IssueLegacyAssertionRequest, _graph_pb2.LegacyAssertion]  # type: ignore[assignment]
+    """The legacy identity provider: an assertion that the caller owns legacy_id, for whoever
+    proves its credential (mt_legacy.identity). UNAUTHENTICATED: bad_credentials (the same for
+    an unknown account and a wrong credential).
     """
 
 class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -200,6 +210,17 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_graph_pb2.Import, _abc.Awaitable[_graph_pb2.Import]]:
         """Progress of one of the user's imports.
         NOT_FOUND: import_not_found (unknown id, or it belongs to another user).
+        """
+
+    @_abc_1.abstractmethod
+    def IssueLegacyAssertion(
+        self,
+        request: _graph_pb2.IssueLegacyAssertionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.LegacyAssertion, _abc.Awaitable[_graph_pb2.LegacyAssertion]]:
+        """The legacy identity provider: an assertion that the caller owns legacy_id, for whoever
+        proves its credential (mt_legacy.identity). UNAUTHENTICATED: bad_credentials (the same for
+        an unknown account and a wrong credential).
         """
 
 def add_GraphServiceServicer_to_server(servicer: GraphServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -87,6 +87,7 @@ class CreateAccountRequest(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     LEGACY_ID_FIELD_NUMBER: _builtins.int
+    LEGACY_ASSERTION_FIELD_NUMBER: _builtins.int
     handle: _builtins.str
     """May be omitted when legacy_id is set: it then defaults to the legacy account's handle."""
     password: _builtins.str
@@ -94,6 +95,11 @@ class CreateAccountRequest(_message.Message):
     """Defaults to the handle when omitted."""
     legacy_id: _builtins.str
     """Link the account to this legacy account (one account per legacy id)."""
+    legacy_assertion: _builtins.str
+    """The legacy identity provider's assertion that the caller owns a legacy account: required
+    to link one (legacy_id alone is refused); with it, password may be empty (no hash: the
+    account then logs in with an assertion only).
+    """
     def __init__(
         self,
         *,
@@ -101,21 +107,26 @@ class CreateAccountRequest(_message.Message):
         password: _builtins.str = ...,
         display_name: _builtins.str | None = ...,
         legacy_id: _builtins.str | None = ...,
+        legacy_assertion: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_handle", b"_handle", "_legacy_id", b"_legacy_id", "display_name", b"display_name", "handle", b"handle", "legacy_id", b"legacy_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_handle", b"_handle", "_legacy_assertion", b"_legacy_assertion", "_legacy_id", b"_legacy_id", "display_name", b"display_name", "handle", b"handle", "legacy_assertion", b"legacy_assertion", "legacy_id", b"legacy_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_handle", b"_handle", "_legacy_id", b"_legacy_id", "display_name", b"display_name", "handle", b"handle", "legacy_id", b"legacy_id", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_handle", b"_handle", "_legacy_assertion", b"_legacy_assertion", "_legacy_id", b"_legacy_id", "display_name", b"display_name", "handle", b"handle", "legacy_assertion", b"legacy_assertion", "legacy_id", b"legacy_id", "password", b"password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
     _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015
     _WhichOneofReturnType__handle: _TypeAlias = _typing.Literal["handle"]  # noqa: Y015
     _WhichOneofArgType__handle: _TypeAlias = _typing.Literal["_handle", b"_handle"]  # noqa: Y015
+    _WhichOneofReturnType__legacy_assertion: _TypeAlias = _typing.Literal["legacy_assertion"]  # noqa: Y015
+    _WhichOneofArgType__legacy_assertion: _TypeAlias = _typing.Literal["_legacy_assertion", b"_legacy_assertion"]  # noqa: Y015
     _WhichOneofReturnType__legacy_id: _TypeAlias = _typing.Literal["legacy_id"]  # noqa: Y015
     _WhichOneofArgType__legacy_id: _TypeAlias = _typing.Literal["_legacy_id", b"_legacy_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__display_name) -> _WhichOneofReturnType__display_name | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__handle) -> _WhichOneofReturnType__handle | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__legacy_assertion) -> _WhichOneofReturnType__legacy_assertion | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__legacy_id) -> _WhichOneofReturnType__legacy_id | None: ...
 
@@ -151,19 +162,25 @@ class LoginRequest(_message.Message):
 
     HANDLE_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    LEGACY_ASSERTION_FIELD_NUMBER: _builtins.int
     handle: _builtins.str
     password: _builtins.str
+    legacy_assertion: _builtins.str
+    """Instead of handle and password: the account linked to the assertion's legacy account."""
     def __init__(
         self,
         *,
         handle: _builtins.str = ...,
         password: _builtins.str = ...,
+        legacy_assertion: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_legacy_assertion", b"_legacy_assertion", "legacy_assertion", b"legacy_assertion"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle", b"handle", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_legacy_assertion", b"_legacy_assertion", "handle", b"handle", "legacy_assertion", b"legacy_assertion", "password", b"password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__legacy_assertion: _TypeAlias = _typing.Literal["legacy_assertion"]  # noqa: Y015
+    _WhichOneofArgType__legacy_assertion: _TypeAlias = _typing.Literal["_legacy_assertion", b"_legacy_assertion"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__legacy_assertion) -> _WhichOneofReturnType__legacy_assertion | None: ...
 
 Global___LoginRequest: _TypeAlias = LoginRequest  # noqa: Y015
 

@@ -34,6 +34,11 @@ def legacy_key(legacy_id: str) -> Key:
     return Key("legacy", legacy_id.encode())
 
 
+def assertion_key(legacy_id: str, jti: str) -> Key:
+    """A legacy assertion spent (its id, until it would have expired): beside the link."""
+    return Key("legacy", legacy_id.encode(), f"jti:{jti}".encode())
+
+
 def session_key(token: str) -> Key:
     """Only the token's hash is stored: a copy of the store holds no usable token."""
     return Key("sessions", hashlib.sha256(token.encode()).digest())

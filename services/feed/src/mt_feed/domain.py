@@ -27,10 +27,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from mt_core.errors import FailedPrecondition, InvalidArgument
+from mt_core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mt_core.ids import now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
 from mt_kv_client import Key, KVClient
@@ -90,13 +90,42 @@ class Feed:
         item = await self.kv.get(meta_key(user))
         return json.loads(item.value) if item is not None else None
 
-    async def _save_meta(self, user: str, meta: dict[str, Any]) -> None:
-        await self.kv.apply(
-            [
-                Put(meta_key(user), json.dumps(meta).encode()),
-                Put(active_key(user), str(meta["last_read_at_us"]).encode()),
+    async def _update_meta(
+        self, user: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Read-modify-write of the reader's meta, conditional on its version (the read path,
+        the workers' backfills and trims all change it): ``change`` gets the meta (None: none
+        yet) and returns the new one, or None to leave it. Returns the meta as it is now."""
+        key = meta_key(user)
+        for _ in range(CONTENDED):
+            item = await self.kv.get(key)
+            meta = json.loads(item.value) if item is not None else None
+            new = change(None if meta is None else dict(meta))
+            if new is None:
+                return meta
+            check = Check(key, item.version) if item is not None else Check.absent(key)
+            mutations: list[Mutation] = [
+                Put(key, json.dumps(new).encode()),
+                Put(active_key(user), str(new["last_read_at_us"]).encode()),
             ]
-        )
+            try:
+                await self.kv.write(mutations, [check])
+            except FailedPrecondition as err:
+                if err.code != "condition_failed":
+                    raise
+                continue
+            return new
+        raise Unavailable("the reader's meta is contended; try again", code="contended")
+
+    async def _raise_horizon(self, user: str, horizon: str) -> None:
+        """Raise the reader's horizon to ``horizon`` (it only ever rises: see get_feed)."""
+
+        def raised(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+            if meta is None or meta.get("horizon", "") >= horizon:
+                return None
+            return {**meta, "horizon": horizon}
+
+        await self._update_meta(user, raised)
 
     # ------------------------------------------------------------------ read path
 
@@ -110,21 +139,33 @@ class Feed:
         rows, _ = await self.kv.scan(
             "feed", viewer.encode(), b"i:", cursor=scan_cursor, limit=size, reverse=True
         )
+        # The inbox holds every followee's posts down to the horizon; below it, where some
+        # followee's older posts were never put in (a backfill or a rebuild takes a few of
+        # each) or were trimmed, the followees' own timelines are read instead.
+        horizon = meta.get("horizon", "")
         inbox = [(r.key.key.decode()[2:], r.value.decode()) for r in rows]
-        timelines = await self._timelines([viewer, *meta["celebrities"]], size, before)
+        trusted = [item for item in inbox if item[0] > horizon]
+        celebrities = meta["celebrities"]
+        timelines = await self._timelines([viewer, *celebrities], size, before)
+        if horizon and len(trusted) < size:
+            deep = min(before, horizon + "~") if before else horizon + "~"  # the horizon too
+            followees = await views.followees(self.kv, viewer)
+            ordinary = [f for f in followees if f not in set(celebrities)]
+            timelines += await self._timelines(ordinary, size, deep)
         records = {r["id"]: r for t in timelines for r in t}
         others = [[(r["id"], r["author_id"]) for r in t] for t in timelines]
-        merged = heapq.merge(inbox, *others, key=lambda item: item[0], reverse=True)
+        merged = heapq.merge(trusted, *others, key=lambda item: item[0], reverse=True)
         page: list[Item] = []
         for item in merged:
             if page and page[-1][0] == item[0]:
-                continue  # a celebrity's post backfilled into the inbox before they grew
+                continue  # the same post from two sources (the inbox and a timeline)
             page.append(item)
             if len(page) == size:
                 break
-        sources = (inbox, *others)
         # More exist if something fetched was not shown, or a source may hold more than it sent.
-        more = sum(map(len, sources)) > len(page) or any(len(s) == size for s in sources)
+        sources = (inbox, *others)
+        more = len(trusted) + sum(map(len, others)) > len(page)
+        more = more or any(len(s) == size for s in sources)
         ids = [p for p, _ in page]
         found = await views.posts_by_id(self.kv, ids, viewer, records)
         next_cursor = encode_cursor(page[-1][0].encode()) if more and page else ""
@@ -139,15 +180,17 @@ class Feed:
             meta = await self._meta(viewer)
             assert meta is not None
             return meta
-        changed = False
+        news: dict[str, Any] = {}
         if now - meta.get("celebrities_at_us", 0) > self.settings.celebrities_refresh_s * 1e6:
-            meta["celebrities"] = await self.celebrities(await views.followees(self.kv, viewer))
-            meta["celebrities_at_us"], changed = now, True
+            followees = await views.followees(self.kv, viewer)
+            news.update(celebrities=await self.celebrities(followees), celebrities_at_us=now)
         if now - meta["last_read_at_us"] > 60e6:  # written at most once a minute per reader
-            meta["last_read_at_us"], changed = now, True
-        if changed:
-            await self._save_meta(viewer, meta)
-        return meta
+            news["last_read_at_us"] = now
+        if not news:
+            return meta
+        fresh = await self._update_meta(viewer, lambda held: {**(held or meta), **news})
+        assert fresh is not None
+        return fresh
 
     async def rebuild(self, user: str) -> int:
         """Refill ``user``'s inbox from the recent posts of the users they follow."""
@@ -156,18 +199,35 @@ class Feed:
         celebrities = await self.celebrities(followees)
         ordinary = [f for f in followees if f not in set(celebrities)]
         recent = await self._timelines(ordinary, self.settings.backfill_posts)
-        newest = heapq.nlargest(
-            self.settings.inbox_capacity,
-            ((r["id"], r["author_id"]) for t in recent for r in t),
-        )
+        everything = [(r["id"], r["author_id"]) for t in recent for r in t]
+        newest = heapq.nlargest(self.settings.inbox_capacity, everything)
+        # Below its horizon, the inbox is not every followee's whole history: under the oldest
+        # post taken of a followee who has more, and under the cap.
+        cut = [self._cut(t) for t in recent]
+        if len(everything) > len(newest):
+            cut.append(newest[-1][0])
         await self._add_rows(user, newest)
         await self._trim(user)
         now = now_us()
-        meta = await self._meta(user) or {"last_read_at_us": now}
-        meta.update(celebrities=celebrities, celebrities_at_us=now, last_rebuilt_at_us=now)
-        meta["last_read_at_us"] = now
-        await self._save_meta(user, meta)
+        rebuilt = {
+            "celebrities": celebrities,
+            "celebrities_at_us": now,
+            "last_rebuilt_at_us": now,
+            "last_read_at_us": now,
+        }
+
+        def rebuilt_meta(held: dict[str, Any] | None) -> dict[str, Any]:
+            # A horizon only rises: one too high costs deep pages timeline reads, never a gap.
+            horizon = max((held or {}).get("horizon", ""), *cut, "")
+            return {**(held or {}), **rebuilt, "horizon": horizon}
+
+        await self._update_meta(user, rebuilt_meta)
         return len(newest)
+
+    def _cut(self, timeline: Sequence[Record]) -> str:
+        """Where a followee's posts taken into the inbox stop short of all of theirs: at the
+        oldest taken, if the read was full (there may be more); else nowhere ("")."""
+        return timeline[-1]["id"] if len(timeline) == self.settings.backfill_posts else ""
 
     async def _add_rows(self, user: str, rows: Sequence[Item]) -> int:
         """Put ``rows`` (post id, author) into ``user``'s inbox, those not there yet, counted:
@@ -216,14 +276,18 @@ class Feed:
         if size is None:
             size = views.count(await self.kv.get(inbox_size(user)))
         over = size - self.settings.inbox_capacity
+        oldest_gone = ""
         while over > 0:
             rows, _ = await self.kv.scan(
                 "feed", user.encode(), b"i:", limit=min(over, ROWS_PER_WRITE)
             )
             if not rows:
-                return
+                break
             await self._remove_rows(user, [r.key for r in rows])
+            oldest_gone = rows[-1].key.key.decode()[2:]
             over -= len(rows)
+        if oldest_gone:  # below what was trimmed, the timelines tell (get_feed)
+            await self._raise_horizon(user, oldest_gone)
 
     async def inbox_stats(self, user_id: str) -> pb.InboxStats:
         _check_user(user_id)
@@ -289,6 +353,9 @@ class Feed:
         if not rows:
             return 0
         sizes = await asyncio.gather(*(self._add_rows(u, rows) for u in dict.fromkeys(users)))
+        cut = max((self._cut(t) for t in recent), default="")
+        if cut:  # the rows first, then the horizon: a page never trusts rows not there yet
+            await asyncio.gather(*(self._raise_horizon(u, cut) for u in dict.fromkeys(users)))
         slack = self.settings.inbox_capacity // 10
         await asyncio.gather(
             *(
@@ -301,11 +368,13 @@ class Feed:
 
     async def _add_celebrities(self, user: str, celebrities: set[str]) -> None:
         """Only for a reader with a meta (one without is rebuilt on their next read)."""
-        meta = await self._meta(user)
-        if meta is None or celebrities <= set(meta["celebrities"]):
-            return
-        meta["celebrities"] = sorted(set(meta["celebrities"]) | celebrities)
-        await self._save_meta(user, meta)
+
+        def added(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+            if meta is None or celebrities <= set(meta["celebrities"]):
+                return None
+            return {**meta, "celebrities": sorted(set(meta["celebrities"]) | celebrities)}
+
+        await self._update_meta(user, added)
 
     async def remove_author(self, user: str, author: str) -> int:
         _check_user(user)
@@ -315,10 +384,13 @@ class Feed:
             if mine:  # one partition, one shard: one atomic write per page
                 await self._remove_rows(user, mine)
             removed += len(mine)
-        meta = await self._meta(user)
-        if meta is not None and author in meta["celebrities"]:
-            meta["celebrities"].remove(author)
-            await self._save_meta(user, meta)
+
+        def without(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+            if meta is None or author not in meta["celebrities"]:
+                return None
+            return {**meta, "celebrities": [c for c in meta["celebrities"] if c != author]}
+
+        await self._update_meta(user, without)
         return removed
 
     async def filter_active(self, users: Sequence[str]) -> list[str]:

@@ -58,16 +58,16 @@ async def _user_id(ctx: Ctx, handle: str, *, remembered: bool = True) -> str:
 @endpoint(
     "POST",
     "/v1/accounts",
-    "Sign up (optionally linked to a legacy account)",
+    "Sign up (linked to a legacy account with its identity provider's assertion, if any)",
     body=schemas.AccountIn,
     response=schemas.SessionOut,
     status=201,
-    errors=(400, 404, 409),
+    errors=(400, 401, 404, 409),
 )
 async def create_account(ctx: Ctx) -> web.StreamResponse:
     body: schemas.AccountIn = ctx.body
-    request = upb.CreateAccountRequest(password=body.password)
-    for name in ("handle", "display_name", "legacy_id"):
+    request = upb.CreateAccountRequest(password=body.password or "")
+    for name in ("handle", "display_name", "legacy_id", "legacy_assertion"):
         if getattr(body, name) is not None:
             setattr(request, name, getattr(body, name))
     reply = await call(ctx.b.users.CreateAccount(request))
@@ -77,28 +77,77 @@ async def create_account(ctx: Ctx) -> web.StreamResponse:
 @endpoint(
     "POST",
     "/v1/sessions",
-    "Log in",
+    "Log in (handle and password, or a legacy assertion)",
     body=schemas.SessionIn,
     response=schemas.SessionOut,
     status=201,
-    errors=(400, 401, 429),
+    errors=(400, 401, 404, 429),
 )
 async def login(ctx: Ctx) -> web.StreamResponse:
     body: schemas.SessionIn = ctx.body
     limiter = ctx.request.app["limiter"]
-    # Password guessing: per account from anywhere, and per address across accounts. These
-    # limits fail closed: without Redis we cannot count, so we do not let guesses through.
-    await limiter.hit_all(
+    if body.legacy_assertion is not None:
+        # A signed assertion cannot be guessed: only the address's limit applies.
+        await limiter.hit_all(
+            [("login-ip", client_ip(ctx.request), ctx.settings.login_per_ip_per_min)],
+            fail_open=False,
+        )
+        request = upb.LoginRequest(legacy_assertion=body.legacy_assertion)
+    elif body.handle is not None and body.password is not None:
+        # Password guessing: per account from anywhere, and per address across accounts.
+        # These limits fail closed: without Redis we cannot count, so no guess goes through.
+        await limiter.hit_all(
+            [
+                ("login-ip", client_ip(ctx.request), ctx.settings.login_per_ip_per_min),
+                (
+                    "login-handle",
+                    body.handle.strip().casefold(),
+                    ctx.settings.login_per_handle_per_min,
+                ),
+            ],
+            fail_open=False,
+        )
+        request = upb.LoginRequest(handle=body.handle, password=body.password)
+    else:
+        raise InvalidArgument(
+            "log in with handle and password, or with legacy_assertion", code="invalid_body"
+        )
+    reply = await call(ctx.b.users.Login(request))
+    return _json({"user": render.user(reply.user), "token": reply.token}, 201)
+
+
+@endpoint(
+    "POST",
+    "/v1/legacy/assertions",
+    "The legacy identity provider: an assertion that you own a legacy account, to sign up or "
+    "log in with it",
+    body=schemas.LegacyAssertionIn,
+    response=schemas.LegacyAssertionOut,
+    status=201,
+    errors=(400, 401, 429),
+)
+async def legacy_assertion(ctx: Ctx) -> web.StreamResponse:
+    body: schemas.LegacyAssertionIn = ctx.body
+    # Credential guessing: held to the login limit per account (failing closed, like it).
+    await ctx.request.app["limiter"].hit_all(
         [
-            ("login-ip", client_ip(ctx.request), ctx.settings.login_per_ip_per_min),
-            ("login-handle", body.handle.strip().casefold(), ctx.settings.login_per_handle_per_min),
+            ("assertion-ip", client_ip(ctx.request), ctx.settings.assertion_per_ip_per_min),
+            ("login-legacy", body.legacy_id, ctx.settings.login_per_handle_per_min),
         ],
         fail_open=False,
     )
-    reply = await call(
-        ctx.b.users.Login(upb.LoginRequest(handle=body.handle, password=body.password))
+    request = gpb.IssueLegacyAssertionRequest(
+        legacy_id=body.legacy_id, credential=body.credential, audience=body.audience or ""
     )
-    return _json({"user": render.user(reply.user), "token": reply.token}, 201)
+    made = await call(ctx.b.graph.IssueLegacyAssertion(request))
+    return _json(
+        {
+            "assertion": made.assertion,
+            "legacy_id": made.legacy_id,
+            "expires_at": render.rfc3339(made.expires_at_us),
+        },
+        201,
+    )
 
 
 @endpoint(

@@ -18,6 +18,7 @@ ROUTE_CLASSES: dict[tuple[str, str], Criticality] = {
     # Identity: the way in, and out.
     ("POST", "/v1/accounts"): C,
     ("POST", "/v1/sessions"): C,
+    ("POST", "/v1/legacy/assertions"): C,
     ("DELETE", "/v1/sessions/current"): C,
     # A user's own writes, which the app retries unseen.
     ("POST", "/v1/posts"): D,

@@ -14,16 +14,50 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+ASSERTION = "The legacy identity provider's assertion (POST /v1/legacy/assertions)"
+
+
 class AccountIn(_In):
     handle: str | None = Field(None, pattern=HANDLE_PATTERN)
-    password: str = Field(min_length=8, max_length=128)
+    password: str | None = Field(
+        None, min_length=8, max_length=128, description="Required unless legacy_assertion is given"
+    )
     display_name: str | None = Field(None, min_length=1, max_length=64)
-    legacy_id: str | None = Field(None, min_length=1, max_length=16)
+    legacy_id: str | None = Field(
+        None, min_length=1, max_length=16, description="Only with its legacy_assertion"
+    )
+    legacy_assertion: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description=f"{ASSERTION}: links the legacy account it names; the handle defaults to "
+        "that account's",
+    )
 
 
 class SessionIn(_In):
-    handle: str = Field(min_length=1, max_length=30)
-    password: str = Field(min_length=1, max_length=128)
+    handle: str | None = Field(None, min_length=1, max_length=30)
+    password: str | None = Field(None, min_length=1, max_length=128)
+    legacy_assertion: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description=f"{ASSERTION}: instead of handle and password",
+    )
+
+
+class LegacyAssertionIn(_In):
+    legacy_id: str = Field(min_length=1, max_length=16)
+    credential: str = Field(min_length=1, max_length=128, description="The legacy account's")
+    audience: str | None = Field(
+        None, min_length=1, max_length=64, description="The app it is for (default minithreads)"
+    )
+
+
+class LegacyAssertionOut(BaseModel):
+    assertion: str
+    legacy_id: str
+    expires_at: str = Field(description="RFC 3339 UTC")
 
 
 class ProfileIn(_In):

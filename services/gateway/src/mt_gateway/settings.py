@@ -32,3 +32,7 @@ class Settings(ServiceSettings):
     rate_per_user_per_min: int = 1_200
     login_per_handle_per_min: int = 10  # brute force on one account, from anywhere
     login_per_ip_per_min: int = 60  # brute force across accounts, from one address
+    # The legacy identity provider: guessing one account's credential is held to the login
+    # limit per account; an address may ask for as many assertions as requests in general
+    # (a credential is 120 random bits: there is nothing to sweep across accounts).
+    assertion_per_ip_per_min: int = 3_000

@@ -66,3 +66,8 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
 
     async def GetImport(self, request: pb.GetImportRequest, context: Any) -> pb.Import:
         return await self.legacy.get_import(request.user_id, request.import_id)
+
+    async def IssueLegacyAssertion(
+        self, request: pb.IssueLegacyAssertionRequest, context: Any
+    ) -> pb.LegacyAssertion:
+        return self.legacy.assertion(request.legacy_id, request.credential, request.audience)

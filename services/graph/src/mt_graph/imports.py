@@ -23,13 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mt_core.errors import FailedPrecondition, NotFound
+from mt_core.errors import FailedPrecondition, NotFound, Unauthenticated
 from mt_core.ids import new_id, now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
 from mt_jobs import Job, Outbox, opportunistic_deadline_ms
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Delete, Mutation, Put
 from mt_legacy import LegacyGraph
+from mt_legacy.identity import AUDIENCE, Provider
 from mt_proto import graph_pb2 as pb
 from mt_schema.graph import pending_key
 from mt_schema.users import legacy_key
@@ -81,13 +82,20 @@ class Step:
 
 class Legacy:
     def __init__(
-        self, settings: Settings, kv: KVClient, graph: Graph, legacy: LegacyGraph, outbox: Outbox
+        self,
+        settings: Settings,
+        kv: KVClient,
+        graph: Graph,
+        legacy: LegacyGraph,
+        outbox: Outbox,
+        provider: Provider | None = None,
     ) -> None:
         self.settings = settings
         self.kv = kv
         self.graph = graph
         self.legacy = legacy
         self.outbox = outbox
+        self.provider = provider
 
     # ------------------------------------------------------------------ legacy reads
 
@@ -109,6 +117,21 @@ class Legacy:
             for n in numbers[start:end]
         ]
         return items, encode_cursor(str(end).encode()) if end < len(numbers) else ""
+
+    def assertion(self, legacy_id: str, offered: str, audience: str) -> pb.LegacyAssertion:
+        """The legacy identity provider: an assertion for whoever proves the credential."""
+        if self.provider is None:
+            raise RuntimeError("this process is not the legacy identity provider")
+        try:
+            self.legacy.number(legacy_id)
+        except NotFound:  # the same answer as for a wrong credential
+            raise Unauthenticated(
+                "wrong legacy account or credential", code="bad_credentials"
+            ) from None
+        made = self.provider.issue(legacy_id, offered, audience or AUDIENCE)
+        return pb.LegacyAssertion(
+            assertion=made.token, legacy_id=made.legacy_id, expires_at_us=made.expires_at_s * 10**6
+        )
 
     async def on_app(self, legacy_ids: Sequence[str]) -> dict[str, str]:
         """legacy id -> user id, of those linked to an account."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from mt_core.rpc.server import Servicer, grpc_server
 from mt_jobs import JobProducer, Outbox
 from mt_kv_client import KVClient
 from mt_legacy import LegacyGraph
+from mt_legacy.identity import Verifier
 from mt_proto import users_pb2, users_pb2_grpc
 
 from mt_users.domain import Users
@@ -32,7 +34,8 @@ async def app(settings: Settings) -> AsyncIterator[None]:
             settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
         )
         with Hasher(cost, settings.hash_workers, reserve_s) as hasher:
-            servicer = UsersServicer(Users(settings, kv, legacy, outbox, hasher))
+            verifier = Verifier.of_home(Path(settings.home), settings.legacy_audience)
+            servicer = UsersServicer(Users(settings, kv, legacy, outbox, hasher, verifier))
             add = users_pb2_grpc.add_UsersServiceServicer_to_server
             async with grpc_server(
                 settings,

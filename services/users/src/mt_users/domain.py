@@ -1,8 +1,11 @@
 """Accounts, sessions and profiles over the KV service (layout: :mod:`mt_schema.users`).
 
 A handle is claimed with a conditional put, so of concurrent signups for one handle exactly
-one wins; a legacy account the same way, and its claim carries the join job (the outbox row
-beside it), which therefore exists exactly when the link was made. Only a token's hash is
+one wins; a legacy account the same way — and only with its identity provider's assertion
+(:mod:`mt_legacy.identity`), whose id is spent in the same write as the claim — and its claim
+carries the join job (the outbox row beside it), which therefore exists exactly when the link
+was made. An account linked by an assertion may have no password: it logs in with an
+assertion, and neither way costs a password hash. Only a token's hash is
 stored; deleting it revokes the session at once. The record is written before the claims: an
 interrupted signup leaves at worst an unreachable record, never a handle pointing at nothing.
 
@@ -19,6 +22,7 @@ import json
 import re
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from mt_core.errors import (
@@ -27,6 +31,7 @@ from mt_core.errors import (
     InvalidArgument,
     NotFound,
     Unauthenticated,
+    Unavailable,
 )
 from mt_core.ids import new_id, now_us
 from mt_core.paging import check_batch, limit_of
@@ -34,10 +39,12 @@ from mt_jobs import Job, Outbox, opportunistic_deadline_ms
 from mt_kv_client import Key, KVClient
 from mt_kv_client.client import Check, Delete, Mutation, Put
 from mt_legacy import LegacyGraph
+from mt_legacy.identity import LEEWAY_S, Verified, Verifier
 from mt_proto import users_pb2 as pb
 from mt_schema import views
 from mt_schema.users import (
     Handles,
+    assertion_key,
     canonical_handle,
     decode,
     handle_key,
@@ -88,6 +95,28 @@ def _clean_bio(bio: str) -> str:
     return bio
 
 
+@dataclass(frozen=True)
+class _Claim:
+    key: Key  # claimed if absent
+    extra: list[Mutation] = field(default_factory=list)  # written with it
+    unused: list[Key] = field(default_factory=list)  # must be absent too (a spent assertion)
+
+
+def _replayed() -> Unauthenticated:
+    return Unauthenticated("this legacy assertion was used already", code="assertion_replayed")
+
+
+def _claim_error(handle: str, proof: Verified | None, outcomes: Sequence[str]) -> Exception:
+    if outcomes[0] != "won":
+        return AlreadyExists(f"handle {handle!r} is taken", code="handle_taken")
+    if outcomes[1] == "spent":
+        return _replayed()
+    assert proof is not None
+    return AlreadyExists(
+        f"legacy account {proof.legacy_id} is linked to another user", code="legacy_taken"
+    )
+
+
 class Users:
     def __init__(
         self,
@@ -96,12 +125,14 @@ class Users:
         legacy: LegacyGraph,
         outbox: Outbox,
         hasher: passwords.Hasher,
+        verifier: Verifier,
     ) -> None:
         self.settings = settings
         self.kv = kv
         self.legacy = legacy
         self.outbox = outbox
         self.hasher = hasher
+        self.verifier = verifier
         self._handles = Handles(kv, settings.handle_cache_size)
 
     # ------------------------------------------------------------------ accounts
@@ -112,16 +143,20 @@ class Users:
         password: str,
         display_name: str | None,
         legacy_id: str | None,
+        legacy_assertion: str | None = None,
     ) -> tuple[pb.User, str]:
-        if legacy_id is not None:
-            legacy_handle = self.legacy.account(legacy_id).handle
-            handle = handle or legacy_handle
+        proof = self._proof(legacy_id, legacy_assertion)
+        if proof is not None:
+            handle = handle or self.legacy.account(proof.legacy_id).handle
         if not handle:
-            raise InvalidArgument("a handle (or a legacy_id) is required", code="handle_required")
+            raise InvalidArgument(
+                "a handle (or a legacy account) is required", code="handle_required"
+            )
         handle = normalize_handle(handle)
-        _check_password(password)
+        if proof is None or password:
+            _check_password(password)
         name = _clean_display_name(display_name) if display_name is not None else handle
-        await self._check_free(handle, legacy_id)
+        await self._check_free(handle, proof)
         user_id = new_id()
         record: dict[str, Any] = {
             "id": user_id,
@@ -129,41 +164,39 @@ class Users:
             "display_name": name,
             "bio": "",
             "created_at_us": now_us(),
-            "legacy_id": legacy_id,
-            "password": await self.hasher.hash(password),
+            "legacy_id": proof.legacy_id if proof else None,
+            "password": await self.hasher.hash(password) if password else None,
         }
         # Three rounds of writes (a signup holds a new user at the door): the record, then both
         # claims together, then the session and the join's publication.
         await self.kv.put(user_key(user_id), json.dumps(record).encode())
-        claims: list[tuple[Key, list[Mutation]]] = [(handle_key(handle), [])]
+        claims = [_Claim(handle_key(handle))]
         staged = None
-        if legacy_id is not None:
+        if proof is not None:
             # A legacy account joining applies the follows imports left pending for it (the
             # workers' join kind): the job is a row beside the claim, so it exists exactly when
-            # the link was made, and is published even if we die right after.
+            # the link was made, and is published even if we die right after. The assertion
+            # is spent in the same write.
             job = Job(
                 "join",
-                {"user_id": user_id, "legacy_id": legacy_id},
-                key=legacy_id,
+                {"user_id": user_id, "legacy_id": proof.legacy_id},
+                key=proof.legacy_id,
                 deadline_ms=opportunistic_deadline_ms(now_us() // 1000),
             )
-            staged = self.outbox.stage(legacy_key(legacy_id), [job])
-            claims.append((legacy_key(legacy_id), list(staged.puts)))
-        won = await asyncio.gather(*(self._claim(key, user_id, extra) for key, extra in claims))
-        if not all(won):
+            staged = self.outbox.stage(legacy_key(proof.legacy_id), [job])
+            spent = self._spend(proof)
+            claims.append(_Claim(legacy_key(proof.legacy_id), [*staged.puts, spent], [spent.key]))
+        outcomes = await asyncio.gather(*(self._claim(c, user_id) for c in claims))
+        if any(o != "won" for o in outcomes):
             await asyncio.gather(
                 *(
-                    self._release(key, user_id, [m.key for m in extra])
-                    for (key, extra), ok in zip(claims, won, strict=True)
-                    if ok
+                    self._release(c.key, user_id, [m.key for m in c.extra])
+                    for c, o in zip(claims, outcomes, strict=True)
+                    if o == "won"
                 )
             )
             await self.kv.delete(user_key(user_id))  # unreachable: nothing names it
-            if not won[0]:
-                raise AlreadyExists(f"handle {handle!r} is taken", code="handle_taken")
-            raise AlreadyExists(
-                f"legacy account {legacy_id} is linked to another user", code="legacy_taken"
-            )
+            raise _claim_error(handle, proof, outcomes)
         self._handles.remember(handle, user_id)
         token, _ = await asyncio.gather(
             self._open_session(user_id),
@@ -171,21 +204,63 @@ class Users:
         )
         return to_pb(record), token
 
-    async def _check_free(self, handle: str, legacy_id: str | None) -> None:
-        """Refuse a taken handle or legacy account before paying for the password hash (one
-        read for both). Only a fast path: the claims after the hash decide any race."""
-        keys = [handle_key(handle)] + ([legacy_key(legacy_id)] if legacy_id else [])
+    def _proof(self, legacy_id: str | None, assertion: str | None) -> Verified | None:
+        """The legacy account the caller proved to own; a legacy id alone proves nothing."""
+        if assertion is None:
+            if legacy_id is not None:
+                raise Unauthenticated(
+                    "linking a legacy account needs its identity provider's assertion",
+                    code="assertion_required",
+                )
+            return None
+        proof = self.verifier.verify(assertion)
+        if legacy_id is not None and legacy_id != proof.legacy_id:
+            raise Unauthenticated(
+                "the assertion is for another legacy account", code="assertion_mismatch"
+            )
+        return proof
+
+    def _spend(self, proof: Verified) -> Put:
+        """The row that spends an assertion: kept until it would have expired anyway."""
+        ttl_ms = max(1_000, (proof.expires_at_s - int(now_us() / 1e6) + LEEWAY_S) * 1000)
+        return Put(assertion_key(proof.legacy_id, proof.jti), b"", ttl_ms)
+
+    async def _check_free(self, handle: str, proof: Verified | None) -> None:
+        """Refuse a taken handle or legacy account, or a spent assertion, before paying for
+        the password hash (one read for all). Only a fast path: the claims decide any race."""
+        keys = [handle_key(handle)]
+        if proof is not None:
+            keys += [legacy_key(proof.legacy_id), assertion_key(proof.legacy_id, proof.jti)]
         found = await self.kv.multi_get(keys)
         if found[keys[0]] is not None:
             raise AlreadyExists(f"handle {handle!r} is taken", code="handle_taken")
-        if legacy_id is not None and found[keys[1]] is not None:
+        if proof is not None and found[keys[2]] is not None:
+            raise _replayed()
+        if proof is not None and found[keys[1]] is not None:
             raise AlreadyExists(
-                f"legacy account {legacy_id} is linked to another user", code="legacy_taken"
+                f"legacy account {proof.legacy_id} is linked to another user", code="legacy_taken"
             )
 
-    async def _claim(self, key: Key, user_id: str, extra: Sequence[Mutation]) -> bool:
-        won, _ = await self.kv.claim(key, user_id.encode(), extra=extra)
-        return won
+    async def _claim(self, claim: _Claim, user_id: str) -> str:
+        """Put the claim (and its extra rows) if it and the ``unused`` keys are absent:
+        "won", "taken" (someone holds the claim) or "spent" (an ``unused`` key exists)."""
+        checks = [Check.absent(claim.key), *(Check.absent(k) for k in claim.unused)]
+        for attempt in range(20):
+            try:
+                await self.kv.write([Put(claim.key, user_id.encode()), *claim.extra], checks)
+            except FailedPrecondition as err:
+                if err.code != "condition_failed":
+                    raise
+                found = await self.kv.multi_get([claim.key, *claim.unused])
+                if any(found[k] is not None for k in claim.unused):
+                    return "spent"
+                if found[claim.key] is not None:
+                    return "taken"
+                # A competing claim sequenced but never committed (its primary failed).
+                await asyncio.sleep(0.005 * (attempt + 1))
+                continue
+            return "won"
+        raise Unavailable(f"{claim.key} is contended; try again", code="contended")
 
     async def _release(self, key: Key, user_id: str, rows: Sequence[Key]) -> None:
         """Give a claim back (with the job rows beside it), only if it is still ours (version
@@ -298,8 +373,28 @@ class Users:
         except (InvalidArgument, NotFound):
             await self.hasher.burn()
             raise bad from None
+        if not record.get("password"):  # an account that logs in with its legacy identity
+            await self.hasher.burn()
+            raise bad
         if not await self.hasher.verify(password, record["password"]):
             raise bad
+        return await self._with_counts(record), await self._open_session(record["id"])
+
+    async def login_with_assertion(self, assertion: str) -> tuple[pb.User, str]:
+        """The account linked to the assertion's legacy account (no password, no hash); the
+        assertion is spent."""
+        proof = self.verifier.verify(assertion)
+        link = await self.kv.get(legacy_key(proof.legacy_id))
+        if link is None:
+            raise NotFound("no account is linked to this legacy account", code="user_not_found")
+        spent = self._spend(proof)
+        try:
+            await self.kv.write([spent], [Check.absent(spent.key)])
+        except FailedPrecondition as err:
+            if err.code != "condition_failed":
+                raise
+            raise _replayed() from None
+        record = await self._record(link.value.decode())
         return await self._with_counts(record), await self._open_session(record["id"])
 
     async def authenticate(self, token: str) -> str:

@@ -22,11 +22,15 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
             request.password,
             request.display_name if request.HasField("display_name") else None,
             request.legacy_id if request.HasField("legacy_id") else None,
+            request.legacy_assertion if request.HasField("legacy_assertion") else None,
         )
         return pb.CreateAccountResponse(user=user, token=token)
 
     async def Login(self, request: pb.LoginRequest, context: Any) -> pb.LoginResponse:
-        user, token = await self.users.login(request.handle, request.password)
+        if request.HasField("legacy_assertion"):
+            user, token = await self.users.login_with_assertion(request.legacy_assertion)
+        else:
+            user, token = await self.users.login(request.handle, request.password)
         return pb.LoginResponse(user=user, token=token)
 
     async def Authenticate(

@@ -21,5 +21,9 @@ class Settings(ServiceSettings):
     hash_reserve_ms: int = 1_500
     session_ttl_s: int = 30 * 24 * 3600
     handle_cache_size: int = 100_000  # handle -> user id, remembered (they never change)
+    # Where the legacy identity provider's keys are (secrets/legacy-idp.pub under it: the users
+    # service reads only the public key), and the audience its assertions must name.
+    home: str = ".local"
+    legacy_audience: str = "minithreads"
     legacy_seed: int = 2023
     legacy_size: int = 1_000_000
