@@ -54,6 +54,17 @@ from mt_feed.settings import Settings
 Item = tuple[str, str]  # (post id, author id)
 ROWS_PER_WRITE = 300  # inbox rows per write (a put and a check each, of 1,000)
 CONTENDED = 8  # attempts of a conditional inbox write that races others
+NOTES_PER_WRITE = 300  # a notification, its dedup row and its check each, of 1,000
+
+
+def _check_delivery(d: pb.Delivery) -> None:
+    n = d.notification
+    if not (d.user_id and n.id and n.actor_id and n.type) or len(n.id) > 64:
+        raise InvalidArgument(
+            "a notification needs user, id, actor and type", code="invalid_notification"
+        )
+    if len(d.dedup_key) > 256:
+        raise InvalidArgument("a dedup key is at most 256 characters", code="invalid_notification")
 
 
 def _check_user(user_id: str) -> None:
@@ -402,31 +413,41 @@ class Feed:
     # ------------------------------------------------------------------ notifications
 
     async def add_notifications(self, deliveries: Sequence[pb.Delivery]) -> None:
-        await asyncio.gather(*(self._notify(d) for d in deliveries))
+        """Into their users' inboxes, each at most once per dedup key: a user's share of them
+        in one write, conditional on each dedup row being absent (a celebrity's join notifies
+        it of a batch of new followers in one write, not one each)."""
+        by_user: dict[str, list[pb.Delivery]] = {}
+        for d in deliveries:
+            _check_delivery(d)
+            if d.notification.actor_id != d.user_id:
+                by_user.setdefault(d.user_id, []).append(d)
+        await asyncio.gather(*(self._notify(user, mine) for user, mine in by_user.items()))
 
-    async def _notify(self, d: pb.Delivery) -> None:
-        n = d.notification
-        if (
-            not (d.user_id and n.id and n.actor_id and n.type)
-            or len(n.id) > 64
-            or len(d.dedup_key) > 256
-        ):
-            raise InvalidArgument(
-                "a notification needs user, id, actor and type", code="invalid_notification"
-            )
-        if n.actor_id == d.user_id:
-            return
-        row = Put(notification_key(d.user_id, n.id), n.SerializeToString())
-        if not d.dedup_key:
-            await self.kv.write([row])
-            return
-        # The dedup row and the notification share the partition: one atomic claim.
-        dedup = dedup_key(d.user_id, d.dedup_key)
-        try:
-            await self.kv.write([Put(dedup, n.id.encode()), row], [Check.absent(dedup)])
-        except FailedPrecondition as err:
-            if err.code != "condition_failed":
-                raise  # else notified before
+    async def _notify(self, user: str, deliveries: list[pb.Delivery]) -> None:
+        for start in range(0, len(deliveries), NOTES_PER_WRITE):
+            chunk = deliveries[start : start + NOTES_PER_WRITE]
+            for _ in range(CONTENDED):
+                dedups = {d.dedup_key: dedup_key(user, d.dedup_key) for d in chunk if d.dedup_key}
+                held = await self.kv.multi_get(dedups.values()) if dedups else {}
+                new = [d for d in chunk if not d.dedup_key or held[dedups[d.dedup_key]] is None]
+                new = list({d.dedup_key or d.notification.id: d for d in new}.values())
+                if not new:
+                    break
+                mutations: list[Mutation] = []
+                checks = []
+                for d in new:
+                    n = d.notification
+                    mutations.append(Put(notification_key(user, n.id), n.SerializeToString()))
+                    if d.dedup_key:
+                        mutations.append(Put(dedups[d.dedup_key], n.id.encode()))
+                        checks.append(Check.absent(dedups[d.dedup_key]))
+                try:
+                    await self.kv.write(mutations, checks)
+                except FailedPrecondition as err:
+                    if err.code != "condition_failed":
+                        raise
+                    continue  # the same event, delivered concurrently: look again
+                break
 
     async def notifications(
         self, user_id: str, limit: int, cursor: str
