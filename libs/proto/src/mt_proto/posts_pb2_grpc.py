@@ -74,11 +74,6 @@ class PostsServiceStub:
                 request_serializer=mt__proto_dot_posts__pb2.UnlikeRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_posts__pb2.UnlikeResponse.FromString,
                 _registered_method=True)
-        self.BatchGetLiked = channel.unary_unary(
-                '/minithreads.posts.v1.PostsService/BatchGetLiked',
-                request_serializer=mt__proto_dot_posts__pb2.BatchGetLikedRequest.SerializeToString,
-                response_deserializer=mt__proto_dot_posts__pb2.BatchGetLikedResponse.FromString,
-                _registered_method=True)
 
 
 class PostsServiceServicer:
@@ -149,14 +144,6 @@ class PostsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def BatchGetLiked(self, request, context):
-        """Which of post_ids user_id has liked (REST `liked_by_me`).
-        INVALID_ARGUMENT: too_many_ids (more than 1000).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_PostsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,11 +186,6 @@ def add_PostsServiceServicer_to_server(servicer, server):
                     servicer.Unlike,
                     request_deserializer=mt__proto_dot_posts__pb2.UnlikeRequest.FromString,
                     response_serializer=mt__proto_dot_posts__pb2.UnlikeResponse.SerializeToString,
-            ),
-            'BatchGetLiked': grpc.unary_unary_rpc_method_handler(
-                    servicer.BatchGetLiked,
-                    request_deserializer=mt__proto_dot_posts__pb2.BatchGetLikedRequest.FromString,
-                    response_serializer=mt__proto_dot_posts__pb2.BatchGetLikedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -422,33 +404,6 @@ class PostsService:
             '/minithreads.posts.v1.PostsService/Unlike',
             mt__proto_dot_posts__pb2.UnlikeRequest.SerializeToString,
             mt__proto_dot_posts__pb2.UnlikeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def BatchGetLiked(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/minithreads.posts.v1.PostsService/BatchGetLiked',
-            mt__proto_dot_posts__pb2.BatchGetLikedRequest.SerializeToString,
-            mt__proto_dot_posts__pb2.BatchGetLikedResponse.FromString,
             options,
             channel_credentials,
             insecure,

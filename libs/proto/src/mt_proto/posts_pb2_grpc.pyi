@@ -70,10 +70,6 @@ class PostsServiceStub:
     """user_id takes back a like. Idempotent.
     NOT_FOUND: post_not_found.
     """
-    BatchGetLiked: _grpc.UnaryUnaryMultiCallable[_posts_pb2.BatchGetLikedRequest, _posts_pb2.BatchGetLikedResponse]
-    """Which of post_ids user_id has liked (REST `liked_by_me`).
-    INVALID_ARGUMENT: too_many_ids (more than 1000).
-    """
 
 @_typing.type_check_only
 class PostsServiceAsyncStub(PostsServiceStub):
@@ -108,10 +104,6 @@ class PostsServiceAsyncStub(PostsServiceStub):
     Unlike: _aio.UnaryUnaryMultiCallable[_posts_pb2.UnlikeRequest, _posts_pb2.UnlikeResponse]  # type: ignore[assignment]
     """user_id takes back a like. Idempotent.
     NOT_FOUND: post_not_found.
-    """
-    BatchGetLiked: _aio.UnaryUnaryMultiCallable[_posts_pb2.BatchGetLikedRequest, _posts_pb2.BatchGetLikedResponse]  # type: ignore[assignment]
-    """Which of post_ids user_id has liked (REST `liked_by_me`).
-    INVALID_ARGUMENT: too_many_ids (more than 1000).
     """
 
 class PostsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -192,16 +184,6 @@ class PostsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_posts_pb2.UnlikeResponse, _abc.Awaitable[_posts_pb2.UnlikeResponse]]:
         """user_id takes back a like. Idempotent.
         NOT_FOUND: post_not_found.
-        """
-
-    @_abc_1.abstractmethod
-    def BatchGetLiked(
-        self,
-        request: _posts_pb2.BatchGetLikedRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_posts_pb2.BatchGetLikedResponse, _abc.Awaitable[_posts_pb2.BatchGetLikedResponse]]:
-        """Which of post_ids user_id has liked (REST `liked_by_me`).
-        INVALID_ARGUMENT: too_many_ids (more than 1000).
         """
 
 def add_PostsServiceServicer_to_server(servicer: PostsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -332,10 +332,3 @@ class Posts:
                 raise
             return False
         return True
-
-    async def liked(self, user_id: str, post_ids: Sequence[str]) -> list[str]:
-        check_batch(post_ids)
-        wanted = [p for p in dict.fromkeys(post_ids) if author_of(p)]
-        keys = {p: like_key(p, user_id) for p in wanted}
-        found = await self.kv.multi_get(keys.values())
-        return [p for p, k in keys.items() if found[k] is not None]

@@ -62,10 +62,3 @@ class PostsServicer(posts_pb2_grpc.PostsServiceServicer):
 
     async def Unlike(self, request: pb.UnlikeRequest, context: Any) -> pb.UnlikeResponse:
         return pb.UnlikeResponse(changed=await self.posts.unlike(request.user_id, request.post_id))
-
-    async def BatchGetLiked(
-        self, request: pb.BatchGetLikedRequest, context: Any
-    ) -> pb.BatchGetLikedResponse:
-        return pb.BatchGetLikedResponse(
-            liked_post_ids=await self.posts.liked(request.user_id, request.post_ids)
-        )
