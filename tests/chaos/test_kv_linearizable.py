@@ -23,7 +23,8 @@ import pytest
 from mt_chaos.history import History
 from mt_chaos.linearizability import check
 from mt_chaos.proxy import LinkProxy
-from mt_cli.kvcluster import KVCluster, free_port
+from mt_cli.kvcluster import KVCluster
+from mt_cli.ports import free_port
 from mt_kv_client import Consistency, Key, KVClient
 
 from tests.chaos.conftest import FULL, Tally

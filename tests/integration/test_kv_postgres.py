@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from mt_cli.kvcluster import KVCluster, free_port
+from mt_cli.kvcluster import KVCluster
+from mt_cli.ports import free_port
 from mt_kv_client import Consistency, Key, KVClient
 
 BINDIR = sorted(Path("/usr/lib/postgresql").glob("*/bin"))

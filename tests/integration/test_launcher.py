@@ -16,15 +16,10 @@ from pathlib import Path
 import pytest
 from mt_cli import launcher
 from mt_cli.manifest import load
+from mt_cli.ports import free_port
 from mt_cli.probes import port_open
 
 CLI = str(Path(sys.executable).parent / "minithreads")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _http(name: str, port: int, deps: list[str], extra: str = "") -> str:
@@ -44,7 +39,7 @@ stop_timeout_s = 2
 
 @pytest.fixture
 def toy(tmp_path: Path) -> tuple[Path, dict[str, int]]:
-    ports = {"db": _free_port(), "api": _free_port(), "web": _free_port()}
+    ports = {"db": free_port(), "api": free_port(), "web": free_port()}
     manifest = (
         _http("web", ports["web"], ["api"])
         + _http("api", ports["api"], ["db"])
@@ -98,7 +93,7 @@ async def test_up__fails_loudly_with_the_log_of_a_crashing_process(tmp_path: Pat
 [[process]]
 name = "crashy"
 role = "service"
-port = {_free_port()}
+port = {free_port()}
 command = ["{{python}}", "-c", "import sys; print('cannot open the frobnicator'); sys.exit(3)"]
 health = "tcp"
 """

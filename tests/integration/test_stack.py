@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from mt_cli.manifest import Manifest
+from mt_cli.ports import free_port
 
 from tests.conftest import minithreads
 
@@ -96,12 +96,6 @@ async def test_gateway_request__appears_in_zipkin() -> None:
     assert "gateway" in services
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 MODULES = {
     "users": "mt_users",
     "graph": "mt_graph",
@@ -114,11 +108,11 @@ MODULES = {
 
 @pytest.mark.parametrize("service", sorted(MODULES))
 def test_service__serves_health_and_stops_cleanly_on_sigterm(service: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MT_HOME": str(tmp_path),
-        "MT_KV_ADDR": f"127.0.0.1:{_free_port()}",  # a manager nobody runs: the replica still stops
+        "MT_KV_ADDR": f"127.0.0.1:{free_port()}",  # a manager nobody runs: the replica still stops
         "MT_GRPC_PORT": str(port),
         "OTEL_TRACES_EXPORTER": "none",
         "MT_LOG_JSON": "true",

@@ -44,8 +44,9 @@ from typing import Any
 from mt_core.service import tune_gc
 from mt_kv_client import Consistency, Durability, Key, KVClient
 
-from mt_cli.kvcluster import KVCluster, free_port
+from mt_cli.kvcluster import KVCluster
 from mt_cli.manifest import find_repo
+from mt_cli.ports import free_port
 
 KEYSPACE = "bench"
 WARMUP_S = 1.0

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from mt_core.rpc.client import call
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
+from mt_cli.ports import free_port
 from mt_cli.probes import probe
 
 
@@ -42,12 +42,6 @@ async def move_microshard(
         )
         # Refusals (a bad μshard or shard) as our error classes, not as an unreachable server.
         return await call(stub.MoveMicroshard(request, timeout=wait_s + 5))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
