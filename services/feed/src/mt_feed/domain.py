@@ -426,11 +426,9 @@ class Feed:
     async def _notify(self, user: str, deliveries: list[pb.Delivery]) -> None:
         for start in range(0, len(deliveries), NOTES_PER_WRITE):
             chunk = deliveries[start : start + NOTES_PER_WRITE]
+            dedups = {d.dedup_key: dedup_key(user, d.dedup_key) for d in chunk if d.dedup_key}
+            new = list({d.dedup_key or d.notification.id: d for d in chunk}.values())
             for _ in range(CONTENDED):
-                dedups = {d.dedup_key: dedup_key(user, d.dedup_key) for d in chunk if d.dedup_key}
-                held = await self.kv.multi_get(dedups.values()) if dedups else {}
-                new = [d for d in chunk if not d.dedup_key or held[dedups[d.dedup_key]] is None]
-                new = list({d.dedup_key or d.notification.id: d for d in new}.values())
                 if not new:
                     break
                 mutations: list[Mutation] = []
@@ -446,7 +444,10 @@ class Feed:
                 except FailedPrecondition as err:
                     if err.code != "condition_failed":
                         raise
-                    continue  # the same event, delivered concurrently: look again
+                    # Some were delivered before (a redelivered job): the others, again.
+                    held = await self.kv.multi_get(dedups.values())
+                    new = [d for d in new if not d.dedup_key or held[dedups[d.dedup_key]] is None]
+                    continue
                 break
 
     async def notifications(

@@ -160,23 +160,23 @@ class Graph:
 
     # ------------------------------------------------------------------ the followee's side
 
-    async def sync_followees(self, follower: str, followees: Sequence[str]) -> int:
+    async def sync_followees(self, follower: str, followees: Sequence[str]) -> None:
         """:meth:`sync_followers` of one follower on each of ``followees``' sides."""
-        changed = await asyncio.gather(*(self.sync_followers(f, [follower]) for f in followees))
-        return sum(changed)
+        await asyncio.gather(*(self.sync_followers(f, [follower]) for f in followees))
 
-    async def sync_followers(self, followee: str, followers: Sequence[str]) -> int:
+    async def sync_followers(self, followee: str, followers: Sequence[str]) -> dict[str, int]:
         """Make ``followee``'s mirror rows (``in:``, ``i:``, ``#followers``) of ``followers``
         equal their edges as they are now: one write in the followee's partition for all of
-        them, conditional on the mirror rows it read. Returns how many rows changed."""
+        them, conditional on the mirror rows it read. Returns the edges it mirrored: follower
+        -> follow time, for those that follow."""
         _check_ids(followee, *followers)
         unique = list(dict.fromkeys(followers))
-        changed = 0
+        edges: dict[str, int] = {}
         for start in range(0, len(unique), SYNC_CHUNK):
-            changed += await self._sync_chunk(followee, unique[start : start + SYNC_CHUNK])
-        return changed
+            edges.update(await self._sync_chunk(followee, unique[start : start + SYNC_CHUNK]))
+        return edges
 
-    async def _sync_chunk(self, followee: str, followers: list[str]) -> int:
+    async def _sync_chunk(self, followee: str, followers: list[str]) -> dict[str, int]:
         for _ in range(SYNC_ATTEMPTS):
             edges = [out_key(f, followee) for f in followers]
             mirrors = [in_key(followee, f) for f in followers]
@@ -187,15 +187,20 @@ class Graph:
                 [found[k] for k in edges],
                 [found[k] for k in mirrors],
             )
+            following = {
+                f: int(item.value)
+                for f, k in zip(followers, edges, strict=True)
+                if (item := found[k]) is not None
+            }
             if not mutations:
-                return 0
+                return following
             try:
                 await self.kv.write(mutations, checks)
             except FailedPrecondition as err:
                 if err.code != "condition_failed":
                     raise
                 continue  # a concurrent step of the same mirror: read again
-            return len(checks)
+            return following
         raise Unavailable("the followers' mirror is contended; try again", code="contended")
 
     # ------------------------------------------------------------------ reads

@@ -37,7 +37,7 @@ from mt_jobs import Job, JobProducer
 from mt_kv_client import KVClient
 from mt_posts.domain import Posts
 from mt_proto import feed_pb2 as fpb
-from mt_schema.graph import listed_user, out_key
+from mt_schema.graph import listed_user
 from mt_schema.posts import decode, record_key
 from mt_schema.users import legacy_key
 
@@ -182,15 +182,17 @@ class Handlers:
         by_followee: dict[str, list[str]] = defaultdict(list)
         for job in jobs:
             by_followee[job.payload["followee"]].append(job.payload["follower"])
-        await asyncio.gather(*(self.graph.sync_followers(e, f) for e, f in by_followee.items()))
-        edges = [out_key(j.payload["follower"], j.payload["followee"]) for j in jobs]
-        found = await self.kv.multi_get(edges)
+        mirrored = await asyncio.gather(
+            *(self.graph.sync_followers(e, f) for e, f in by_followee.items())
+        )
+        edges = dict(zip(by_followee, mirrored, strict=True))  # followee -> follower -> time
         notes: list[Note] = []
         work = []
-        for job, edge in zip(jobs, edges, strict=True):
-            p, held = job.payload, found[edge]
+        for job in jobs:
+            p = job.payload
             follower, followee = p["follower"], p["followee"]
-            if p["op"] == "follow" and held is not None and int(held.value) == p["at_us"]:
+            held = edges[followee].get(follower)
+            if p["op"] == "follow" and held == p["at_us"]:
                 work.append(self.feed.backfill(follower, followee))
                 notes.append((followee, "follow", follower, None, p["at_us"], f"follow:{follower}"))
             elif p["op"] == "unfollow" and held is None:
