@@ -128,6 +128,15 @@ def _pick_celebrity(environment: Environment, **_: Any) -> None:
     LEDGER.write("celebrity", rank=WORLD.celebrity_rank, handle=WORLD.celebrity_handle)
 
 
+def refused(status: int, reply: Any) -> bool:
+    """A refusal before any work (a 429, or a 503 ``overloaded``): a known outcome, nothing
+    done — unlike a timeout or another 5xx, which the check settles by repeating."""
+    if status == 429:
+        return True
+    code = reply.get("error", {}).get("code") if isinstance(reply, dict) else None
+    return status == 503 and code == "overloaded"
+
+
 COUNTS: dict[str, int] = {"requests": 0, "shed": 0, "rate_limited": 0, "errors": 0}
 
 
@@ -222,6 +231,8 @@ class Active(FastHttpUser):
             LEDGER.write("post", user=self.handle, id=reply["id"], key=key, reply_to=reply_to)
             WORLD.remember_post(reply["id"])
             return str(reply["id"])
+        if refused(status, reply):
+            LEDGER.write("refused", key=key)
         return None
 
     @task(4)
@@ -260,10 +271,13 @@ class Active(FastHttpUser):
 
     def _effect(self, kind: str, path: str, name: str, **what: str) -> None:
         """An idempotent PUT, ledgered as an intent first and as done once acknowledged."""
-        LEDGER.write(kind + "?", user=self.handle, token=self.token, path=path, **what)
-        status, _ = self.call("PUT", path, name)
+        key = uuid.uuid4().hex
+        LEDGER.write(kind + "?", user=self.handle, token=self.token, path=path, key=key, **what)
+        status, reply = self.call("PUT", path, name)
         if 200 <= status < 300:
             LEDGER.write(kind, user=self.handle, **what)
+        elif refused(status, reply):
+            LEDGER.write("refused", key=key)
 
     def join(self, pick: Callable[[], str | None]) -> bool:
         """Sign up like the app does: a taken account means another pick; a 503 or 429 means

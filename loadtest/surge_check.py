@@ -1,8 +1,9 @@
 """After a surge: settle what had an unknown outcome, then check that counts equal the truth.
 
-The ledger (written by the Locust users) holds every acknowledged effect and every request
-whose outcome is unknown (no response, or a 5xx). Unknown ones are settled first by repeating
-them — they are idempotent (likes and follows are PUTs; a post carries its Idempotency-Key, so
+The ledger (written by the Locust users) holds every request as an intent, then its
+acknowledgement or its refusal (a 429 or a 503 ``overloaded``: nothing done). The others have
+an unknown outcome (no response, or another 5xx) and are settled first by repeating them — they
+are idempotent (likes and follows are PUTs; a post carries its Idempotency-Key, so
 the retry returns the post the first attempt made, if it made one). Then, through the REST API:
 
 - every import the surge started is ``done``;
@@ -70,6 +71,7 @@ class Truth:
     likes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # post -> users
     follows: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     intents: list[dict[str, Any]] = field(default_factory=list)  # requests, answered or not
+    refused: set[str] = field(default_factory=set)  # keys of intents refused before any work
     posted_keys: set[str] = field(default_factory=set)  # Idempotency-Keys of acknowledged posts
     celebrity: str | None = None
     celebrity_rank: int | None = None
@@ -100,12 +102,19 @@ class Truth:
             self.celebrity_rank = e.get("rank")
         elif kind == "celebrity_joined":
             self.celebrity = e["user"]
+        elif kind == "refused":
+            self.refused.add(e["key"])
         elif kind.endswith("?"):
             self.intents.append(e)
 
     def unknown(self) -> list[dict[str, Any]]:
-        """Intents never acknowledged: a timeout, a 5xx, or a user stopped mid-request."""
-        return [e for e in self.intents if not self._acknowledged(e)]
+        """Intents never acknowledged nor refused: a timeout, a 5xx, or a user stopped
+        mid-request."""
+        return [
+            e
+            for e in self.intents
+            if not self._acknowledged(e) and e.get("key") not in self.refused
+        ]
 
     def _acknowledged(self, e: dict[str, Any]) -> bool:
         kind = e["kind"]

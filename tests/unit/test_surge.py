@@ -85,3 +85,18 @@ def test_truth__unanswered_intents_are_unknown_and_answered_ones_are_not(tmp_pat
     ]
     assert truth.likes == {"p1": {"a"}}
     assert truth.posts == {"p3": None}
+
+
+def test_truth__refused_intents_are_known_not_done(tmp_path: Path) -> None:
+    ledger = _ledger(
+        tmp_path,
+        {"kind": "post?", "user": "a", "token": "ta", "key": "k1", "body": {"text": "x"}},
+        {"kind": "refused", "key": "k1"},
+        {"kind": "like?", "user": "a", "token": "ta", "key": "k2", "post": "p1", "path": "/l"},
+        {"kind": "refused", "key": "k2"},
+        {"kind": "like?", "user": "a", "token": "ta", "key": "k3", "post": "p2", "path": "/l"},
+    )
+    truth = Truth.read(ledger)
+    assert [e["key"] for e in truth.unknown()] == ["k3"]
+    assert not truth.likes
+    assert not truth.posts
