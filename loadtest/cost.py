@@ -303,6 +303,8 @@ class Actions:
         self.plan = plan
         self.rng = random.Random(seed)
         self.tag = tag  # keeps signup handles apart between rounds
+        # Legacy accounts apart between runs too (a run on kept data finds earlier ones linked).
+        self.legacy_rng = random.Random(tag)
         self.secret = secret  # the stack's legacy identity provider's (its owners' credentials)
 
     def _user(self) -> int:
@@ -354,14 +356,18 @@ class Actions:
     async def signup_legacy(self, driver: Driver, i: int) -> Any:
         """A newcomer with a legacy account: its provider's assertion, then the account it
         links — no password, so no password hash (the launch's signups)."""
-        legacy_id = str(self.rng.randint(500_000, 1_000_000))
-        body = {"legacy_id": legacy_id, "credential": credential(self.secret, legacy_id)}
-        status, made = await driver.call("POST", "/v1/legacy/assertions", body=body)
-        if status != 201:
-            return status, made
-        return await driver.call(
-            "POST", "/v1/accounts", body={"legacy_assertion": made["assertion"]}
-        )
+        for _ in range(5):  # a legacy account an earlier run linked: another one
+            legacy_id = str(self.legacy_rng.randint(500_000, 1_000_000))
+            body = {"legacy_id": legacy_id, "credential": credential(self.secret, legacy_id)}
+            status, made = await driver.call("POST", "/v1/legacy/assertions", body=body)
+            if status != 201:
+                return status, made
+            status, made = await driver.call(
+                "POST", "/v1/accounts", body={"legacy_assertion": made["assertion"]}
+            )
+            if status != 409:
+                break
+        return status, made
 
 
 async def _has_provider() -> bool:
