@@ -32,6 +32,7 @@ import getpass
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
                 f"profile {profile.name!r} has no session; "
                 f"run `minithreads client --as {profile.name} login HANDLE`",
             )
-        return asyncio.run(_run(_client(args, profile), args, profile))
+        return asyncio.run(_until_interrupted(_run(_client(args, profile), args, profile)))
     except (ApiError, CliError) as err:
         print(f"error: {err.code}: {err.message}", file=sys.stderr)
         return 1
@@ -218,6 +219,26 @@ def run(args: argparse.Namespace, home: Path) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+async def _until_interrupted(work: Awaitable[int]) -> int:
+    """``work``'s result, or KeyboardInterrupt at Ctrl-C even if a library in the middle of a
+    request swallows the cancellation that asyncio's own handler would send (seen in CI)."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(interrupted.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    if task.done():
+        stop.cancel()
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task}, timeout=1.0)  # its cleanup; not waiting for one that went on
+    raise KeyboardInterrupt
 
 
 def _client(args: argparse.Namespace, profile: Profile) -> Client:
