@@ -38,7 +38,6 @@ from mt_legacy import LegacyGraph
 from openloop import assertion_body
 from surge_curve import Surge
 
-PASSWORD = "launch-day-password"  # noqa: S105 - the simulated users' password
 GRAPH = LegacyGraph()
 SURGE = Surge(
     duration_s=float(os.environ.get("SURGE_DURATION_S", "180")),
@@ -357,7 +356,8 @@ class Active(FastHttpUser):
         status, assertion, retry_after = self.assertion(legacy_id)
         if assertion is None:
             return status, retry_after
-        body = {"legacy_assertion": assertion, "password": PASSWORD}
+        # As Threads' newcomers came, with their Instagram login: no password, no hash.
+        body = {"legacy_assertion": assertion}
         status, reply, retry_after = self.call_with_headers(
             "POST", "/v1/accounts", "POST /v1/accounts", body
         )

@@ -175,7 +175,8 @@ class Actions:
             self.follow_up.append(Request("import", "POST", "/v1/me/imports", user.token, {}))
 
         def proven(reply: Any) -> None:
-            body = {"legacy_assertion": reply["assertion"], "password": PASSWORD}
+            # As Threads' newcomers came, with their Instagram login: no password, no hash.
+            body = {"legacy_assertion": reply["assertion"]}
             self.follow_up.append(
                 Request("signup", "POST", "/v1/accounts", None, body, on_ok=joined)
             )
