@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mt_cli import ports
 from mt_cli.manifest import Manifest, Process
 from mt_cli.probes import port_open, probe
 
@@ -123,9 +124,20 @@ async def _await_healthy(proc: Process, run: Running, say: Say) -> None:
     )
 
 
+def _fixed_ports(manifest: Manifest, names: set[str]) -> set[int]:
+    """The ports ``names`` listen on: their own, and any other an ``*_PORT`` setting names."""
+    found: set[int] = set()
+    for name in names:
+        proc = manifest.processes[name]
+        found.add(proc.port)
+        found.update(int(v) for k, v in proc.env.items() if k.endswith("_PORT") and v.isdigit())
+    return found
+
+
 async def up(manifest: Manifest, names: list[str] | None, say: Say) -> dict[str, Running]:
     """Start ``names`` (default: all) and their dependencies; return what is running."""
     wanted = manifest.closure(names) if names else set(manifest.processes)
+    ports.reserve(_fixed_ports(manifest, wanted))
     state = {n: r for n, r in read_state(manifest).items() if alive(r.pid)}
     write_state(manifest, state)
     for level in manifest.levels(wanted):

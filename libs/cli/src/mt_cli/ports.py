@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -34,3 +35,23 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {_LOWEST}..{top}")
+
+
+_RESERVED_FILE = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def reserve(ports: Iterable[int], reserved_file: Path = _RESERVED_FILE) -> bool:
+    """Keep ``ports`` (a stack's fixed ports, some inside the ephemeral range) from being
+    handed to outgoing connections, which would make the server's bind fail: Linux's reserved
+    ports, added to what is reserved already. Best effort: False where it cannot be written
+    (not root, not Linux)."""
+    ephemeral = range(_ephemeral_start(), 65_536)
+    wanted = sorted({p for p in ports if p in ephemeral})
+    if not wanted:
+        return True
+    try:
+        held = reserved_file.read_text().strip()
+        reserved_file.write_text(",".join([*([held] if held else []), *map(str, wanted)]))
+    except OSError:
+        return False
+    return True
