@@ -4,8 +4,8 @@ Each gateway publishes its admission state every few hundred milliseconds (a fie
 ``<host>:<pid>`` of the hash ``foreground``; a report older than ``STALE_MS`` is a gateway
 gone); the async platform reads the worst of them and slows its opportunistic work as the
 foreground nears saturation. ``pressure`` is 1.0 at the point where the gateway starts to
-refuse requests, above 1 while it refuses, below while admitted requests stay within their
-latency tolerance.
+refuse requests, above 1 while it refuses, below while admitted requests' queueing delay
+stays within its target.
 """
 
 from __future__ import annotations

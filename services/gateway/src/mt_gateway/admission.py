@@ -3,19 +3,21 @@
 Pure arithmetic on a clock the caller passes in (seconds, any origin), so it is tested on a
 logical clock; the aiohttp middleware in :mod:`mt_gateway.limits` does the timing and the I/O.
 
-The concurrency limit (:class:`AdaptiveLimit`) follows the latency of what it admits, in the
-family of TCP Vegas and Netflix's Gradient limits, with one change for a mix of routes whose
-costs differ twentyfold (a post read against a signup's password hash): each sample is
-*normalized* by its own route's unloaded latency (:class:`Baselines`: what the route takes
-when it finds the gate empty), so the window's statistic is "how many times slower than
-unloaded are requests now", whatever the mix — the median of the window, or the slowest
-route's moving geometric mean if that is worse (the latency
-objective is every kind's, and a route of one request in ten would hide behind a median). Past
-``tolerance`` the limit shrinks in proportion (Envoy's gradient); well within it, and only
-while the limit is actually in use, it grows by one per window; in between it holds (Vegas's
-band, so the limit does not saw up and down around the tolerance). A limit far above what is
-in use drifts down towards it, so that the next surge is not let in all at once. A request
-that fails as unavailable (a 5xx, a timeout) is a sign of overload in itself and halves it.
+The concurrency limit (:class:`AdaptiveLimit`) follows the queueing delay of what it admits,
+after Breakwater's delay target and DAGOR's queuing-time detection, for a mix of routes whose
+costs differ twentyfold: a request's delay is its latency beyond its own route's unloaded
+latency (:class:`Baselines`: what the route takes when it finds the gate empty), and the
+window's statistic is the median delay — or the slowest route's moving average of it, if
+that is worse (the latency objective is every kind's, and a route of one request in ten
+would hide behind a median). The target is an absolute share of the latency objective, not
+a multiple of the unloaded latency: on a box whose knee is two or three requests in flight,
+a ratio would read the CPU that other work takes as queueing and close the gate to one
+request. Past the target the limit shrinks in proportion (Envoy's gradient); below half of
+it, and only while the limit is actually in use, it grows by one per window; in between it
+holds (Vegas's band, so the limit does not saw up and down around the target). A limit far
+above what is in use drifts down towards it, so that the next surge is not let in all at
+once. A request that fails as unavailable (a 5xx, a timeout) is a sign of overload in itself
+and halves it.
 
 Who is refused (:class:`Shedder`): the limit is shared, but before a request meets it, the
 lower criticality classes are shed — a per-class refusal probability raised, lowest class
@@ -101,12 +103,16 @@ class LimitSettings:
     initial: int = 16
     minimum: int = 1
     maximum: int = 1_000
-    # Admitted requests may take up to this many times their unloaded latency (the window's
-    # ``percentile`` of the normalized samples) before the limit shrinks.
-    tolerance: float = 1.25
+    # The window's typical queueing delay the limit holds admitted requests to: a sixth of the
+    # 250 ms objective, as a queue's p99 runs several times its median.
+    delay_target_ms: float = 40.0
     percentile: float = 0.5
     window_min_s: float = 0.25
     window_min_samples: int = 8
+
+    @property
+    def delay_target_s(self) -> float:
+        return self.delay_target_ms / 1000
 
 
 class AdaptiveLimit:
@@ -116,11 +122,13 @@ class AdaptiveLimit:
         self.settings = s = settings or LimitSettings()
         self.limit = float(s.initial)
         self.baselines = Baselines()
-        self.last_ratio = 1.0  # the last window's statistic, for metrics and the async platform
+        self.last_delay_s = 0.0  # the last window's statistic, for the async platform
+        self.last_ratio = 1.0  # its median latency over the unloaded one, for metrics
         self.last_queued = False  # whether the last window's requests queued at the gate
         self.last_window_at: float | None = None
+        self._delays: list[float] = []
         self._ratios: list[float] = []
-        self._by_route: dict[str, float] = {}  # a moving average of each route's log ratio
+        self._by_route: dict[str, float] = {}  # a moving average of each route's delay
         self._in_window: set[str] = set()  # routes sampled in this window
         self._dropped = False
         self._max_in_flight = 0
@@ -147,21 +155,19 @@ class AdaptiveLimit:
         if dropped:
             self._dropped = True
         else:
-            ratio = self.baselines.ratio(route, latency_s)
+            base = self.baselines.base_s(route)
             self.baselines.observe(route, latency_s, now, alone=alone)
-            if ratio is not None:
-                self._ratios.append(ratio)
-                # A slow moving geometric mean: about the median for a route at its own speed,
-                # however long its tail, so the slowest of a handful is not merely the noisiest.
-                before = self._by_route.get(route, 0.0)
-                self._by_route[route] = (1 - ROUTE_EMA) * before + ROUTE_EMA * math.log(
-                    max(ratio, 1e-3)
-                )
+            if base is not None:
+                delay = max(0.0, latency_s - base)
+                self._delays.append(delay)
+                self._ratios.append(latency_s / max(base, 1e-4))
+                before = self._by_route.get(route, delay)
+                self._by_route[route] = (1 - ROUTE_EMA) * before + ROUTE_EMA * delay
                 self._in_window.add(route)
         self._max_in_flight = max(self._max_in_flight, in_flight)
         s = self.settings
         if now - self._window_started >= s.window_min_s and (
-            self._dropped or len(self._ratios) >= s.window_min_samples
+            self._dropped or len(self._delays) >= s.window_min_samples
         ):
             self._update()
             self._window_started = self.last_window_at = now
@@ -177,9 +183,14 @@ class AdaptiveLimit:
             self.limit = min(self.settings.maximum, self.limit + 1)
             self.last_window_at = self._window_started = now
 
-    def recent_ratio(self, now: float, stale_s: float = 2.0) -> float:
+    def recent_delay_s(self, now: float, stale_s: float = 2.0) -> float:
         """The last window's statistic, or 0 once no window has closed for ``stale_s``: an
         idle gateway has nothing queued."""
+        if self.last_window_at is None or now - self.last_window_at > stale_s:
+            return 0.0
+        return self.last_delay_s
+
+    def recent_ratio(self, now: float, stale_s: float = 2.0) -> float:
         if self.last_window_at is None or now - self.last_window_at > stale_s:
             return 0.0
         return self.last_ratio
@@ -188,16 +199,18 @@ class AdaptiveLimit:
         s = self.settings
         if self._dropped:
             self.limit = max(s.minimum, self.limit / 2)
-        elif self._ratios:
+        elif self._delays:
             # The window's median, or the slowest route's recent average if that is worse: a
             # route of one request in ten (a signup) must not queue unseen behind the median.
-            worst = math.exp(max(self._by_route[r] for r in self._in_window))
-            self.last_ratio = ratio = max(quantile(self._ratios, s.percentile), worst)
+            worst = max(self._by_route[r] for r in self._in_window)
+            self.last_delay_s = delay = max(quantile(self._delays, s.percentile), worst)
+            self.last_ratio = quantile(self._ratios, 0.5)
+            target = s.delay_target_s
             in_use = self._max_in_flight >= max(2, self.limit / 2)
             self.last_queued = in_use
-            if ratio > s.tolerance and in_use:
-                self.limit = max(s.minimum, self.limit * max(0.5, s.tolerance / ratio))
-            elif ratio > s.tolerance:
+            if delay > target and in_use:
+                self.limit = max(s.minimum, self.limit * max(0.5, target / delay))
+            elif delay > target:
                 # Slow, but nothing was queued at the gate (one request at a time, or far below
                 # the limit): the cause is elsewhere (background work, a slow dependency), and a
                 # lower limit would refuse requests without making any faster.
@@ -208,9 +221,10 @@ class AdaptiveLimit:
                 self.limit = max(
                     s.minimum, min(self.limit, max(2 * self._max_in_flight + 2, 0.9 * self.limit))
                 )
-            elif ratio < 1 + (s.tolerance - 1) / 2:  # well within: probe for more
+            elif delay < target / 2:  # well within: probe for more
                 self.limit = min(s.maximum, self.limit + 1)
-            # between half the tolerance and the tolerance: hold
+            # between half the target and the target: hold
+        self._delays = []
         self._ratios = []
         self._in_window = set()
         self._dropped = False
@@ -295,7 +309,7 @@ class Verdict:
 
 ADMIT = Verdict(True)
 ADMIT_ALONE = Verdict(True, alone=True)
-CRITICAL_TRUNK_MIN = 2  # a signup is not turned away because one other is in progress
+CRITICAL_TRUNK_MIN = 4  # a signup is not turned away because a few others are in progress
 
 
 def critical_ceiling(limit: int) -> int:
@@ -431,16 +445,15 @@ class Admission:
 
     def pressure(self, now: float) -> float:
         """The foreground's health for whoever yields to it (the async platform): 0 while
-        admitted requests take their unloaded time, 1 at the tolerance (where the limit starts
-        to shrink), and at least 1 plus the share refused while the gate is turning away a
+        admitted requests take their unloaded time, 1 at the delay target (where the limit
+        starts to shrink), and at least 1 plus the share refused while the gate is turning away a
         share of its requests (a burst cut short now and then is not saturation).
 
         Slowness with nothing queued at the gate (a lone client polling while the async
         platform's work shares the cores) stays below 1: the async platform slows down for it
-        but does not stop — deferring a celebrity's join because one request a second took
-        8 ms instead of 5 would defer it for as long as anyone at all is using the app."""
-        ratio = self.limit.recent_ratio(now)
-        p = max(0.0, ratio - 1.0) / max(1e-3, self.limit.settings.tolerance - 1.0) if ratio else 0.0
+        but does not stop — deferring a celebrity's join because a lone request a second waited
+        behind it would defer it for as long as anyone at all is using the app."""
+        p = self.limit.recent_delay_s(now) / self.limit.settings.delay_target_s
         if not self.limit.last_queued:
             p = min(p, UNQUEUED_PRESSURE_CAP)
         refused = self.refusals.fraction(now)

@@ -35,7 +35,7 @@ def gate_of(settings: Settings) -> Gate:
     limit = LimitSettings(
         initial=settings.admission_initial_limit,
         minimum=settings.admission_min_limit,
-        tolerance=settings.admission_tolerance,
+        delay_target_ms=settings.admission_delay_target_ms,
     )
     return Admission(AdaptiveLimit(limit))
 

@@ -20,9 +20,9 @@ class Settings(ServiceSettings):
     # requests in progress, whatever their class, kept to compare against.
     admission: Literal["adaptive", "fixed"] = "adaptive"
     max_in_flight: int = 256  # fixed admission only
-    # Admitted requests may take this many times their route's unloaded latency (the median
-    # of a window) before the adaptive limit shrinks: 25% of queueing, Envoy's default buffer.
-    admission_tolerance: float = 1.25
+    # Admitted requests' typical queueing delay (beyond their route's unloaded latency) past
+    # which the adaptive limit shrinks: a sixth of the 250 ms latency objective.
+    admission_delay_target_ms: float = 40.0
     admission_initial_limit: int = 16
     admission_min_limit: int = 1
     admission_publish_ms: int = 250  # the gate's state to metrics and the async platform
