@@ -451,10 +451,29 @@ def transition(
     }
 
 
+SEQUENCE_X = (0.5, 2.0, 1.0, 4.0)  # the offered multiples of C, in the order they are run
+
+
+async def stock_newcomers(runner: Runner, c: float, rng: random.Random) -> None:
+    """Enough unclaimed legacy accounts for a sequence's signups (every one offered, with a
+    margin for Poisson's excess): a run whose newcomers ran out would offer no critical work."""
+    pop = runner.gen.actions.pop
+    offered = c * ol.DAY1_MIX["signup"] * sum(SEQUENCE_X) * runner.plan.step_s
+    wanted = BACKLOG_IMPORTS + 1.3 * offered
+    missing = int(wanted) - len(pop.free_legacy)
+    if missing > 0:
+        say(f"picking {missing} more unclaimed legacy accounts for the newcomers...")
+        async with aiohttp.ClientSession() as http:
+            picked = await ol.free_legacy_accounts(http, BASE, missing, rng)
+        held = set(pop.free_legacy)
+        pop.free_legacy += [p for p in picked if p not in held]
+
+
 async def sequence(
-    runner: Runner, mode: str, c: float, celebrity: int
+    runner: Runner, mode: str, c: float, celebrity: int, rng: random.Random
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     plan = runner.plan
+    await stock_newcomers(runner, c, rng)
     restart_gateway(mode)
     # Opportunistic work waiting, so that its unloaded rate can be seen: imports of newcomers
     # signed up meanwhile (held until the idle window).
@@ -591,7 +610,7 @@ async def main() -> int:
             report["transitions"] = {}
             for mode, celebrity in zip(plan.modes, celebrities, strict=False):
                 dead_before = monitor.dead(OPPORTUNISTIC)
-                steps, shift = await sequence(runner, mode, c, celebrity)
+                steps, shift = await sequence(runner, mode, c, celebrity, rng)
                 report[mode] = steps
                 shift["drained_after_s"] = await drain(monitor, plan.drain_timeout_s)
                 shift["dead_lettered"] = monitor.dead(OPPORTUNISTIC) - dead_before
