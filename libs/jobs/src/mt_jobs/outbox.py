@@ -3,7 +3,7 @@ announces it committed — even if the process dies in between.
 
     staged = outbox.stage(where, [Job("fanout", {...})])     # job rows beside the state
     await kv.write([...state mutations..., *staged.puts], checks)  # one atomic write
-    await outbox.settle(staged)                                # to Kafka; rows forgotten later
+    outbox.settle_soon(staged)            # to Kafka, after the answer; rows forgotten later
 
 ``stage`` makes each job a row in the partition of ``where`` (the partition the caller's write
 changes), keyed under ``OUTBOX_KEY_PREFIX``: the job is written in the same atomic write as the
@@ -12,8 +12,10 @@ intention, and its handler need not look whether the change happened. The KV lis
 row in its shard's outbox index (same log entry), which is how the relay finds them.
 
 ``settle`` publishes the jobs and hands their rows to a deleter that removes them in the
-background, batched. While an Outbox is open, its relay pages every shard's outbox index every
-``relay_interval_ms`` and publishes (then deletes) this owner's rows older than
+background, batched; ``settle_soon`` does the same in a task of its own, so that the request
+that staged them does not wait for the broker's ack (the rows are committed: should the task
+not get there, the relay does). While an Outbox is open, its relay pages every shard's outbox
+index every ``relay_interval_ms`` and publishes (then deletes) this owner's rows older than
 ``stale_after_ms``: the jobs of a process that died between its write and its publish, or that
 could not reach the broker.
 
@@ -97,6 +99,7 @@ class Outbox:
         self._forgotten: list[Key] = []
         self._forgetting = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._settling: set[asyncio.Task[bool]] = set()
 
     async def __aenter__(self) -> Outbox:
         self._tasks = [
@@ -106,7 +109,9 @@ class Outbox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
+        if self._settling:  # a graceful stop publishes what it can; the relay, the rest
+            await asyncio.wait(set(self._settling), timeout=2.0)
+        for task in [*self._tasks, *self._settling]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -144,6 +149,16 @@ class Outbox:
             log.warning("publish deferred to the outbox relay", extra={"reason": repr(err)})
             return False
         return True
+
+    def settle_soon(self, staged: Staged) -> None:
+        """:meth:`settle` in the background: the caller answers without waiting for the
+        broker's ack (the jobs' rows committed with its write, so they are published either
+        way — by this task, or by the relay)."""
+        if not staged.jobs:
+            return
+        task = asyncio.create_task(self.settle(staged), name=f"outbox-settle-{self._owner}")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def emit(self, where: Key, jobs: Sequence[Job]) -> None:
         """Jobs that announce no write of their own: written as rows (durable), then

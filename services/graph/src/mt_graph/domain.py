@@ -80,7 +80,7 @@ class Graph:
             if err.code != "condition_failed":
                 raise
             return False  # already following: that follow's job does (or did) the rest
-        await self.outbox.settle(staged)
+        self.outbox.settle_soon(staged)
         return True
 
     async def unfollow(self, follower: str, followee: str) -> bool:
@@ -103,7 +103,7 @@ class Graph:
             if err.code != "condition_failed":
                 raise
             return False  # a concurrent unfollow (or re-follow) won; its job does the rest
-        await self.outbox.settle(staged)
+        self.outbox.settle_soon(staged)
         return True
 
     # ------------------------------------------------------------------ bulk (imports, joins)

@@ -184,7 +184,7 @@ class Legacy:
             if err.code != "condition_failed":
                 raise
             return await self.start_import(user_id, legacy_id)  # a concurrent start won
-        await self.outbox.settle(staged)
+        self.outbox.settle_soon(staged)
         return _to_pb(record)
 
     async def get_import(self, user_id: str, import_id: str) -> pb.Import:

@@ -160,7 +160,7 @@ class Posts:
             return await self._made_before(author, idempotency_key_, asked)
         if reply_to is not None:
             await self.link_reply(record)
-        await self.outbox.settle(staged)
+        self.outbox.settle_soon(staged)
         return (await views.posts_by_id(self.kv, [post_id], author, {post_id: record}))[post_id]
 
     async def _made_before(self, author: str, key: str, asked: str) -> pb.Post:
@@ -202,7 +202,7 @@ class Posts:
             if not _conflict(err):
                 raise
             return False
-        await self.outbox.settle(staged)
+        self.outbox.settle_soon(staged)
         return True
 
     async def _maybe_record(self, post_id: str) -> Record | None:
@@ -247,7 +247,7 @@ class Posts:
             return  # deleted by a concurrent request
         if record.get("reply_to"):
             await self.unlink_reply(record)
-        await self.outbox.settle(staged)
+        self.outbox.settle_soon(staged)
 
     async def unlink_reply(self, record: Record) -> None:
         """Take a deleted reply off its parent's list (and count), if it is still there."""
@@ -311,7 +311,7 @@ class Posts:
                 raise
             await self._record(post_id)  # the post is gone: 404; else already liked
             return False
-        await self.outbox.settle(staged)
+        self.outbox.settle_soon(staged)
         return True
 
     async def unlike(self, user_id: str, post_id: str) -> bool:

@@ -198,11 +198,9 @@ class Users:
             await self.kv.delete(user_key(user_id))  # unreachable: nothing names it
             raise _claim_error(handle, proof, outcomes)
         self._handles.remember(handle, user_id)
-        token, _ = await asyncio.gather(
-            self._open_session(user_id),
-            self.outbox.settle(staged) if staged is not None else asyncio.sleep(0),
-        )
-        return to_pb(record), token
+        if staged is not None:
+            self.outbox.settle_soon(staged)
+        return to_pb(record), await self._open_session(user_id)
 
     def _proof(self, legacy_id: str | None, assertion: str | None) -> Verified | None:
         """The legacy account the caller proved to own; a legacy id alone proves nothing."""
