@@ -11,9 +11,12 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
+
+from prometheus_client import Histogram
 
 from mt_core import metrics
 from mt_core.logging import setup_logging
@@ -48,6 +51,29 @@ def tune_gc(gen0_threshold: int) -> None:
     Instagram tunes its Python servers the same way."""
     gc.freeze()
     gc.set_threshold(gen0_threshold, 50, 100)
+    gc.callbacks.append(_time_collections())
+
+
+GC_PAUSE = Histogram(
+    "python_gc_pause_seconds",
+    "How long the cyclic garbage collector stopped the process, by generation collected",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+
+
+def _time_collections() -> Callable[[str, dict[str, int]], None]:
+    """A ``gc.callbacks`` hook timing each collection (a pause of every request in progress)."""
+    started = [0.0]
+    pauses = [GC_PAUSE.labels(str(generation)) for generation in range(3)]
+
+    def hook(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses[info["generation"]].observe(time.perf_counter() - started[0])
+
+    return hook
 
 
 def main(settings_cls: type[S], app: AppFactory[S]) -> None:
