@@ -156,7 +156,8 @@ class Users:
         if proof is None or password:
             _check_password(password)
         name = _clean_display_name(display_name) if display_name is not None else handle
-        await self._check_free(handle, proof)
+        if password:  # a hash is not paid for in vain (a signup with an assertion pays none)
+            await self._check_free(handle, proof)
         user_id = new_id()
         record: dict[str, Any] = {
             "id": user_id,
@@ -167,8 +168,8 @@ class Users:
             "legacy_id": proof.legacy_id if proof else None,
             "password": await self.hasher.hash(password) if password else None,
         }
-        # Three rounds of writes (a signup holds a new user at the door): the record, then both
-        # claims together, then the session and the join's publication.
+        # Two rounds of writes (a signup holds a new user at the door): the record, then both
+        # claims and the session together (a session of a user nothing names opens nothing).
         await self.kv.put(user_key(user_id), json.dumps(record).encode())
         claims = [_Claim(handle_key(handle))]
         staged = None
@@ -186,21 +187,26 @@ class Users:
             staged = self.outbox.stage(legacy_key(proof.legacy_id), [job])
             spent = self._spend(proof)
             claims.append(_Claim(legacy_key(proof.legacy_id), [*staged.puts, spent], [spent.key]))
-        outcomes = await asyncio.gather(*(self._claim(c, user_id) for c in claims))
+        token = secrets.token_urlsafe(32)  # 256 random bits
+        outcomes, _ = await asyncio.gather(
+            asyncio.gather(*(self._claim(c, user_id) for c in claims)),
+            self._put_session(token, user_id),
+        )
         if any(o != "won" for o in outcomes):
             await asyncio.gather(
                 *(
                     self._release(c.key, user_id, [m.key for m in c.extra])
                     for c, o in zip(claims, outcomes, strict=True)
                     if o == "won"
-                )
+                ),
+                self.kv.delete(session_key(token)),
             )
             await self.kv.delete(user_key(user_id))  # unreachable: nothing names it
             raise _claim_error(handle, proof, outcomes)
         self._handles.remember(handle, user_id)
         if staged is not None:
             self.outbox.settle_soon(staged)
-        return to_pb(record), await self._open_session(user_id)
+        return to_pb(record), token
 
     def _proof(self, legacy_id: str | None, assertion: str | None) -> Verified | None:
         """The legacy account the caller proved to own; a legacy id alone proves nothing."""
@@ -358,10 +364,13 @@ class Users:
 
     async def _open_session(self, user_id: str) -> str:
         token = secrets.token_urlsafe(32)  # 256 random bits
+        await self._put_session(token, user_id)
+        return token
+
+    async def _put_session(self, token: str, user_id: str) -> None:
         await self.kv.put(
             session_key(token), user_id.encode(), ttl_ms=self.settings.session_ttl_s * 1000
         )
-        return token
 
     async def login(self, handle: str, password: str) -> tuple[pb.User, str]:
         bad = Unauthenticated("wrong handle or password", code="bad_credentials")
