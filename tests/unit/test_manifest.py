@@ -74,3 +74,9 @@ def test_load__expands_placeholders(tmp_path: Path) -> None:
     command = manifest.processes["a"].command
     assert command[1] == f"{tmp_path}/x"
     assert "{" not in command[0]
+
+
+def test_manifest__the_edge_is_scheduled_before_what_it_protects() -> None:
+    processes = load(REPO).processes
+    assert processes["gateway"].nice < 0
+    assert all(p.nice == 0 for name, p in processes.items() if name != "gateway")

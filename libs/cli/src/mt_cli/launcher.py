@@ -98,7 +98,18 @@ def _spawn(manifest: Manifest, proc: Process) -> Running:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: down stops it and its children
         )
+    if proc.nice:
+        _prioritise(child.pid, proc.nice)
     return Running(proc.name, child.pid, proc.port, proc.role, str(log), time.time())
+
+
+def _prioritise(pid: int, nice: int) -> None:
+    """Best effort (raising a priority needs root): the process's own nice, and its session's
+    scheduling group's, which is what the kernel weighs against the other sessions."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
 
 
 def tail(path: str | Path, lines: int = 25) -> str:

@@ -28,6 +28,9 @@ class Process:
     brings: tuple[str, ...] = ()
     start_timeout_s: float = 30.0
     stop_timeout_s: float = 10.0
+    # Its CPU priority (nice, -20..19) where processes share a box: the edge refuses overload
+    # only as fast as it is scheduled, so it goes before what it protects.
+    nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def load(repo: Path | None = None, home: Path | None = None) -> Manifest:
             brings=tuple(entry.get("brings", ())),
             start_timeout_s=float(entry.get("start_timeout_s", 30)),
             stop_timeout_s=float(entry.get("stop_timeout_s", 10)),
+            nice=int(entry.get("nice", 0)),
         )
         if proc.name in processes:
             raise ManifestError(f"duplicate process {proc.name!r}")
