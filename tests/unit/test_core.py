@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 
 import pytest
 from mt_core.logging import setup_logging
@@ -179,3 +180,31 @@ def test_grpc_server_filter__skips_probes_heartbeats_and_calls_without_a_trace()
     assert not service(call("/mt.kv.ShardManager/Heartbeat", ("traceparent", "00-...")))
     assert not infra(call("/mt.kv.KV/BatchWrite"))  # no caller's trace: no span machinery
     assert infra(call("/mt.kv.KV/BatchWrite", ("traceparent", "00-...")))
+
+
+async def test_loop_watch__a_stalled_loop_is_measured_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mt_core.service import LOOP_LAG, watching_loop
+
+    def stalls_past(seconds: float) -> float:
+        return sum(
+            s.value
+            for m in LOOP_LAG.collect()
+            for s in m.samples
+            if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"
+        ) - sum(
+            s.value
+            for m in LOOP_LAG.collect()
+            for s in m.samples
+            if s.name.endswith("_bucket") and s.labels["le"] == str(seconds)
+        )
+
+    before = stalls_past(0.1)
+    with caplog.at_level(logging.WARNING, logger="mt_core.service"):
+        async with watching_loop(0.1):
+            await asyncio.sleep(0.06)  # the timer is armed
+            time.sleep(0.25)  # noqa: ASYNC251 - the stall under test
+            await asyncio.sleep(0.06)
+    assert stalls_past(0.1) == before + 1
+    assert [r.msg for r in caplog.records] == ["event loop stalled"]

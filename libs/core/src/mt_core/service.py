@@ -8,11 +8,12 @@ in-flight work drains and spans are flushed before the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -36,12 +37,47 @@ async def run(settings: S, app: AppFactory[S]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics.serve(settings.host, settings.metrics_port)
-    async with app(settings):
+    async with app(settings), watching_loop(settings.loop_stall_log_ms / 1000):
         tune_gc(settings.gc_gen0_threshold)
         log.info("ready", extra={"grpc_port": settings.grpc_port})
         await stop.wait()
         log.info("stopping")
     log.info("stopped")
+
+
+LOOP_LAG = Histogram(
+    "event_loop_lag_seconds",
+    "How late a 50 ms timer fired: how long anything ready waited for the event loop",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+LOOP_TICK_S = 0.05
+
+
+@contextlib.asynccontextmanager
+async def watching_loop(stall_log_s: float) -> AsyncIterator[None]:
+    """The event loop's lag, measured by a timer, for as long as the process serves: a stall
+    of the whole process (a blocking call, a long collection, being descheduled) is a tail
+    latency of every request in it, and a stall past ``stall_log_s`` is logged with its time,
+    to be matched against the load's."""
+    task = asyncio.create_task(_watch_loop(stall_log_s), name="loop-lag")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _watch_loop(stall_log_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    observe = LOOP_LAG.observe
+    while True:
+        due = loop.time() + LOOP_TICK_S
+        await asyncio.sleep(LOOP_TICK_S)
+        lag = max(0.0, loop.time() - due)
+        observe(lag)
+        if lag >= stall_log_s:
+            log.warning("event loop stalled", extra={"stall_ms": round(lag * 1000, 1)})
 
 
 def tune_gc(gen0_threshold: int) -> None:

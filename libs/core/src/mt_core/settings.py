@@ -27,6 +27,7 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_ms: int = 5_000
     default_rpc_timeout_ms: int = 5_000
     gc_gen0_threshold: int = 50_000  # allocations between young collections (CPython: 700)
+    loop_stall_log_ms: float = 100.0  # an event-loop stall this long is logged
     # The event loop: asyncio's own, or uvloop (libuv) where a service declares the dependency
     # and measured it worth having (the KV: see mt_kv.settings).
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
