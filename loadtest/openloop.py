@@ -15,6 +15,7 @@ by a population of users seeded through the API before the load (:func:`seed`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import math
@@ -54,6 +55,7 @@ def assertion_body(legacy_id: str) -> dict[str, str]:
 
 FIRST_NEWCOMER_RANK = 1_000  # legacy accounts below this rank are the celebrities
 REQUEST_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 5.0
 # Of every arrival of the day-1 mix; a signup's import is its own request on top.
 DAY1_MIX: dict[str, float] = {
     "signup": 0.10,
@@ -305,6 +307,20 @@ class StepRun:
     ended_at: float
 
 
+def pooled(first: StepRun, second: StepRun) -> StepRun:
+    """Two runs of the same rate as one: their samples together, over their summed time."""
+    return StepRun(
+        first.rate_per_s,
+        first.duration_s + second.duration_s,
+        [*first.samples, *second.samples],
+        first.generator_cpu_s + second.generator_cpu_s,
+        [*first.loop_lag_ms, *second.loop_lag_ms],
+        first.skipped + second.skipped,
+        first.started_at,
+        second.ended_at,
+    )
+
+
 class Generator:
     """One aiohttp session sending each arrival at its time, however many are outstanding."""
 
@@ -323,7 +339,10 @@ class Generator:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._http is not None:
-            await self._http.close()
+            # Bounded: a connection the stack never closes must not hold up the report.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self._http.close()
 
     async def step(
         self,
