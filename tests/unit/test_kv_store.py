@@ -97,6 +97,32 @@ async def test_store__a_log_kept_beside_the_items_moves_to_its_own_file(tmp_path
         await again.close()
 
 
+async def test_store__the_log_wal_is_copied_by_checkpoints_not_by_commits(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/kv.sqlite"
+    store = Store(url)
+    await store.open()
+    log_file = tmp_path / "log.sqlite"
+    try:
+        payload = b"x" * 4_000  # ~a page per entry: 1,500 of them pass SQLite's 1,000 pages
+        for seq in range(1, 1_501):
+            await store.commit(Batch(log_appends=[LogRow(1, seq, 1, payload)]))
+        written_by_commits = log_file.stat().st_size
+        assert written_by_commits < 1_000 * 4_096  # no commit copied the WAL into the file
+        await store.checkpoint([Segment(1, 1, False, {})], [Position(1, 1, 1)])
+        assert log_file.stat().st_size > 1_500 * 4_000  # the checkpoint did
+    finally:
+        await store.close()
+    reopened = Store(url)
+    await reopened.open()
+    try:
+        loaded = await reopened.load()
+    finally:
+        await reopened.close()
+    assert [r.seq for r in loaded.log] == list(range(1, 1_501))
+
+
 async def test_store__after_a_failed_transaction_every_write_fails(tmp_path: Path) -> None:
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/kv.sqlite")
     await store.open()

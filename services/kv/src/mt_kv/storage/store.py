@@ -26,6 +26,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import logging
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mt_kv.data import Entry, KeyT, decode_effects, encode_changes
 from mt_kv.storage.schema import items, log, segments, shards
+
+_logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest migration (tests/unit check it is the migrations' head). A store already at it is
@@ -147,6 +151,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cursor.close()
 
 
+def _no_auto_checkpoint(dbapi_conn: Any, _: Any) -> None:
+    # The log's writer never copies its WAL into the database itself: that copy and its fsync
+    # ran inside whichever commit crossed 1,000 pages, on the event loop, at the same moment in
+    # every replica (they log the same bytes). The checkpoint thread does it (PASSIVE).
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
+
+
 def log_url_for(url: str) -> str:
     """The log's database for items at ``url``: a ``log.sqlite`` beside a SQLite file (one
     writer per file), else the same database."""
@@ -162,9 +175,11 @@ class _Database:
     """One database: an async engine (migrations, loading, and PostgreSQL's writes) and, for
     SQLite, a synchronous engine that writes either on the event loop or on a thread."""
 
-    def __init__(self, url: str, *, on_thread: bool) -> None:
+    def __init__(self, url: str, *, on_thread: bool, wal_elsewhere: bool = False) -> None:
         self.url = url
         self._on_thread = on_thread
+        self._wal_elsewhere = wal_elsewhere  # its WAL is checkpointed by :meth:`checkpoint_wal`
+        self._wal_conn: sqlite3.Connection | None = None
         self._engine: AsyncEngine | None = None
         self._sync_engine: Engine | None = None
         self._conn: Connection | None = None  # SQLite: held open, on the thread that writes
@@ -189,6 +204,8 @@ class _Database:
             sync_url = make_url(self.url).set(drivername="sqlite")
             self._sync_engine = sqlalchemy.create_engine(sync_url, pool_size=1, max_overflow=0)
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            if self._wal_elsewhere:
+                event.listen(self._sync_engine, "connect", _no_auto_checkpoint)
             if self._on_thread:
                 self._thread = concurrent.futures.ThreadPoolExecutor(1, "kv-store")
         async with self._engine.begin() as conn:
@@ -224,6 +241,13 @@ class _Database:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._thread, self._transaction_sync, work, context)
 
+    async def run_on_thread(self, work: Callable[[], None]) -> None:
+        """``work`` on this database's writing thread (here and now if it has none)."""
+        if self._thread is None:
+            work()
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
     def transaction_now(
         self, work: Callable[[Connection], None], context: otel_context.Context | None
     ) -> None:
@@ -248,6 +272,23 @@ class _Database:
             self._conn.close()
             self._conn = None
 
+    def checkpoint_wal(self) -> None:
+        """Copy the WAL's committed pages into the database (SQLite's PASSIVE checkpoint: it
+        waits for no writer, and the writer starts the WAL over once all of it is copied).
+        Blocking: call it from a thread that may wait on the disk, always the same one."""
+        if not self._wal_elsewhere or self._sync_engine is None:
+            return
+        if self._wal_conn is None:
+            database = make_url(self.url).database
+            assert database, "a SQLite database in a file"
+            self._wal_conn = sqlite3.connect(database)
+        self._wal_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def close_wal_conn(self) -> None:
+        if self._wal_conn is not None:
+            self._wal_conn.close()
+            self._wal_conn = None
+
 
 class Store:
     """The durable store of one replica: ``open``, ``load`` once, then write."""
@@ -255,7 +296,11 @@ class Store:
     def __init__(self, url: str, log_url: str = "") -> None:
         log_url = log_url or log_url_for(url)
         self._items = _Database(url, on_thread=True)
-        self._log = self._items if log_url == url else _Database(log_url, on_thread=False)
+        self._log = (
+            self._items
+            if log_url == url
+            else _Database(log_url, on_thread=False, wal_elsewhere=True)
+        )
         self._queue: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
         self._write_scheduled = False
@@ -274,6 +319,8 @@ class Store:
         await self._move_item_rows_into_segments()
 
     async def close(self) -> None:
+        if self._log is not self._items:
+            await self._items.run_on_thread(self._log.close_wal_conn)
         await self._items.close()
         if self._log is not self._items:
             await self._log.close()
@@ -442,6 +489,12 @@ class Store:
         await self._items_transaction(
             functools.partial(_write_segments, written=written, positions=positions)
         )
+        if self._log is not self._items:
+            try:
+                await self._items.run_on_thread(self._log.checkpoint_wal)
+            except sqlite3.Error:
+                # Nothing is lost (the WAL holds it): the next checkpoint copies it.
+                _logger.warning("the log's WAL checkpoint failed", exc_info=True)
 
     async def replace_shard(
         self, shard: int, items: Mapping[KeyT, Entry | None], position: Position
