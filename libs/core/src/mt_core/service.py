@@ -68,16 +68,33 @@ async def watching_loop(stall_log_s: float) -> AsyncIterator[None]:
             await task
 
 
+def cpu_wait_s() -> float | None:
+    """How long this process's main thread has waited for a CPU, runnable (Linux's
+    schedstat run_delay); None where the kernel does not tell."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 async def _watch_loop(stall_log_s: float) -> None:
     loop = asyncio.get_running_loop()
     observe = LOOP_LAG.observe
+    waited = cpu_wait_s()
     while True:
         due = loop.time() + LOOP_TICK_S
         await asyncio.sleep(LOOP_TICK_S)
         lag = max(0.0, loop.time() - due)
         observe(lag)
+        before, waited = waited, cpu_wait_s()
         if lag >= stall_log_s:
-            log.warning("event loop stalled", extra={"stall_ms": round(lag * 1000, 1)})
+            # A stall is either work on the loop (a blocking call, a collection) or a CPU the
+            # scheduler gave to others: the time spent runnable tells them apart.
+            extra: dict[str, float] = {"stall_ms": round(lag * 1000, 1)}
+            if before is not None and waited is not None:
+                extra["waiting_for_cpu_ms"] = round((waited - before) * 1000, 1)
+            log.warning("event loop stalled", extra=extra)
 
 
 def tune_gc(gen0_threshold: int) -> None:
