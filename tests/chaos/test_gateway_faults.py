@@ -44,10 +44,16 @@ async def test_redis_down__api_degrades_and_recovers_without_losing_writes(
             liked |= like.status == 204
             await asyncio.sleep(0.1)
         login = await api.call(
-            "POST", "/v1/sessions", {"handle": author["handle"], "password": PASSWORD}
+            "POST",
+            "/v1/sessions",
+            {"handle": author["handle"], "password": PASSWORD},
+            patience_s=0,
         )
-        # Login limits need Redis (brute-force protection fails closed).
+        # Login limits need Redis (brute-force protection fails closed): a refusal, nothing
+        # done, which any client may send again after its Retry-After.
         assert login.status == 503
+        assert login.code == "overloaded"
+        assert float(login.headers["Retry-After"]) >= 1
         assert statuses <= {201, 204, 503}, statuses
     finally:
         await asyncio.to_thread(restart, "redis")

@@ -22,7 +22,7 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_urldispatcher import AbstractRoute
 from mt_core import criticality
 from mt_core.criticality import Criticality
-from mt_core.errors import RateLimited, Unavailable
+from mt_core.errors import Overloaded, RateLimited
 from mt_core.foreground import ForegroundHealth, publish
 from mt_core.telemetry import event, untraced
 from prometheus_client import Counter, Gauge
@@ -33,6 +33,7 @@ from mt_gateway.admission import GateState, Verdict
 
 log = logging.getLogger(__name__)
 WINDOW_S = 60
+REDIS_DOWN_RETRY_S = 2.0  # a security limit that cannot count refuses: back soon
 
 LIMITED = Counter("gateway_rate_limited_total", "Requests refused by a rate limit", ["scope"])
 REFUSED = Counter(
@@ -80,7 +81,12 @@ class RateLimiter:
         except RedisError:
             if fail_open:
                 return
-            raise Unavailable("try again shortly", code="unavailable") from None
+            # Turned away before any work, as admission turns requests away: any client may
+            # send it again after Retry-After (a login or an assertion is not idempotent).
+            raise Overloaded(
+                "attempts cannot be counted right now; try again shortly",
+                retry_after_s=REDIS_DOWN_RETRY_S,
+            ) from None
         for i, (scope, _, per_min) in enumerate(limits):
             count, _, before = replies[3 * i : 3 * i + 3]
             # Sliding window: the previous window's count, weighted by how much of it still
