@@ -53,6 +53,7 @@ async def _phase(duration_s: float, concurrency: int) -> dict[str, Any]:
             )
             pids = [p.pid for p in cluster.procs.values()] + [os.getpid()]
             before = sum(map(_cpu_s, pids))
+            driver_before = _cpu_s(os.getpid())
             phase = await drive(
                 target.put_op,
                 concurrency=concurrency,
@@ -61,11 +62,13 @@ async def _phase(duration_s: float, concurrency: int) -> dict[str, Any]:
                 value_bytes=100,
             )
             cpu_s = sum(map(_cpu_s, pids)) - before
+            driver_s = _cpu_s(os.getpid()) - driver_before
         puts = len(phase.latencies)
         return {
             "puts_s": phase.ops_s,
             "p99_ms": phase.p99_ms,
             "cpu_us_per_put": cpu_s / max(puts, 1) * 1e6,
+            "driver_us_per_put": driver_s / max(puts, 1) * 1e6,
             "errors": phase.errors,
         }
     finally:
@@ -138,6 +141,7 @@ def main() -> int:
                 print(
                     f"kv_ab: round {round_}/{args.rounds} {name}: {row['puts_s']:,.0f} puts/s,"
                     f" p99 {row['p99_ms']:.1f} ms, {row['cpu_us_per_put']:.0f} µs CPU/put"
+                    f" ({row['driver_us_per_put']:.0f} in the driver)"
                     f" ({time.monotonic() - started:.0f}s)",
                     file=sys.stderr,
                 )
