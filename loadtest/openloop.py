@@ -133,6 +133,7 @@ class Sample:
     latency_ms: float  # from due_s to the complete answer
     result: Result
     status: int
+    code: str = ""  # an error answer's code, from its body
 
 
 def zipf_index(n: int, rng: random.Random) -> int:
@@ -238,12 +239,19 @@ async def send(http: aiohttp.ClientSession, base: str, request: Request) -> tupl
     except (aiohttp.ClientError, TimeoutError):
         return 0, None, ""
     data: Any = None
-    if raw and 200 <= status < 300:
+    if raw:  # an error's body too: its code says which error it was
         try:
             data = json.loads(raw)
         except ValueError:
             data = None
     return status, data, retry_after
+
+
+def error_code(data: Any) -> str:
+    """The ``error.code`` of an error answer's body, or "" if it has none."""
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
 
 
 class LoopLag:
@@ -396,7 +404,8 @@ class Generator:
         status, data, retry_after = await send(self._http, self.base, request)
         latency_ms = (asyncio.get_running_loop().time() - due) * 1000
         result = classify(status, retry_after)
-        samples.append(Sample(request.kind, due, latency_ms, result, status))
+        code = error_code(data) if result == "error" else ""
+        samples.append(Sample(request.kind, due, latency_ms, result, status, code))
         if result == "ok" and request.on_ok is not None and data is not None:
             request.on_ok(data)
 
@@ -418,7 +427,8 @@ def summarize(
         offered_by_class[cls] += 1
         if s.result == "shed":
             shed_by_class[cls] += 1
-    statuses = Counter(str(s.status) for s in run.samples if s.result == "error")
+    errors = [s for s in run.samples if s.result == "error"]
+    statuses = Counter(str(s.status) for s in errors)
     return {
         "offered_x": offered_x,
         "offered_per_s": round(len(run.samples) / run.duration_s, 2),
@@ -441,6 +451,7 @@ def summarize(
         "rate_limited_rate": round(results["limited"] / n, 4),
         "error_rate": round(results["error"] / n, 4),
         "errors_by_status": dict(statuses),
+        "errors_by_kind": dict(Counter(f"{s.kind} {s.status} {s.code}".strip() for s in errors)),
         "generator": {
             "cpu_s": round(run.generator_cpu_s, 2),
             "loop_lag_p99_ms": round(percentile(run.loop_lag_ms, 0.99), 2),
@@ -490,7 +501,9 @@ async def free_legacy_accounts(
     """``n`` legacy accounts whose default handle nobody has taken (checked through the API)."""
     found: list[int] = []
     while len(found) < n:
+        # Never one picked before: the same account offered twice is a 409 legacy_taken.
         picks = {rng.randint(FIRST_NEWCOMER_RANK, GRAPH.size) for _ in range(n - len(found))}
+        picks.difference_update(found)
         checks = await _bounded(
             16,
             [
