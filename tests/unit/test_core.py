@@ -209,5 +209,36 @@ async def test_loop_watch__a_stalled_loop_is_measured_and_logged(
     assert stalls_past(0.1) == before + 1
     [record] = caplog.records
     assert record.msg == "event loop stalled"
-    # Blocked, not waiting for a CPU: the kernel's count of runnable time says which.
-    assert getattr(record, "waiting_for_cpu_ms") < getattr(record, "stall_ms") / 2  # noqa: B009
+    # Asleep, neither working nor waiting for a CPU: the kernel's counts say which.
+    stall_ms = getattr(record, "stall_ms")  # noqa: B009
+    assert getattr(record, "waiting_for_cpu_ms") < stall_ms / 2  # noqa: B009
+    assert getattr(record, "on_cpu_ms") < stall_ms / 2  # noqa: B009
+    assert getattr(record, "gc_ms") == 0  # noqa: B009
+
+
+async def test_loop_watch__a_busy_stall_is_told_from_a_sleeping_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gc
+
+    from mt_core.service import LOOP_TICK_S, _time_collections, watching_loop
+
+    hook = _time_collections()
+    gc.callbacks.append(hook)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mt_core.service"):
+            async with watching_loop(0.1):
+                await asyncio.sleep(0.06)
+                until = time.perf_counter() + 0.25
+                while time.perf_counter() < until:  # work on the loop, a collection among it
+                    gc.collect()
+                await asyncio.sleep(0.06)
+    finally:
+        gc.callbacks.remove(hook)
+    [record] = caplog.records
+    stall_ms = getattr(record, "stall_ms")  # noqa: B009
+    # Busy: on a CPU, or runnable and waiting for one on a crowded box; never asleep.
+    busy_ms = getattr(record, "on_cpu_ms") + getattr(record, "waiting_for_cpu_ms")  # noqa: B009
+    assert busy_ms > stall_ms / 2
+    # Counted over the timer's whole interval: its tick and the stall.
+    assert 0 < getattr(record, "gc_ms") <= stall_ms + LOOP_TICK_S * 1000 + 1  # noqa: B009

@@ -68,33 +68,45 @@ async def watching_loop(stall_log_s: float) -> AsyncIterator[None]:
             await task
 
 
-def cpu_wait_s() -> float | None:
-    """How long this process's main thread has waited for a CPU, runnable (Linux's
-    schedstat run_delay); None where the kernel does not tell."""
+def thread_times_s() -> tuple[float, float] | None:
+    """This thread's time on a CPU and time runnable but waiting for one (Linux's schedstat);
+    None where the kernel does not tell."""
     try:
         with open("/proc/thread-self/schedstat", "rb") as stats:
-            return int(stats.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
+            on_cpu, waiting = stats.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
         return None
+
+
+_gc_s = [0.0]  # time spent in collections since start (the hook of tune_gc adds to it)
 
 
 async def _watch_loop(stall_log_s: float) -> None:
     loop = asyncio.get_running_loop()
     observe = LOOP_LAG.observe
-    waited = cpu_wait_s()
+    times, gc_s = thread_times_s(), _gc_s[0]
     while True:
         due = loop.time() + LOOP_TICK_S
         await asyncio.sleep(LOOP_TICK_S)
         lag = max(0.0, loop.time() - due)
         observe(lag)
-        before, waited = waited, cpu_wait_s()
+        before, times = times, thread_times_s()
+        gc_before, gc_s = gc_s, _gc_s[0]
         if lag >= stall_log_s:
-            # A stall is either work on the loop (a blocking call, a collection) or a CPU the
-            # scheduler gave to others: the time spent runnable tells them apart.
-            extra: dict[str, float] = {"stall_ms": round(lag * 1000, 1)}
-            if before is not None and waited is not None:
-                extra["waiting_for_cpu_ms"] = round((waited - before) * 1000, 1)
-            log.warning("event loop stalled", extra=extra)
+            log.warning("event loop stalled", extra=_stall(lag, before, times, gc_s - gc_before))
+
+
+def _stall(
+    lag_s: float, before: tuple[float, float] | None, after: tuple[float, float] | None, gc_s: float
+) -> dict[str, float]:
+    """A stall's parts: work on the loop (of which collections), time runnable but without a
+    CPU (others had it), and the rest, asleep (a blocking call, a wait for the GIL or the disk)."""
+    extra = {"stall_ms": round(lag_s * 1000, 1), "gc_ms": round(gc_s * 1000, 1)}
+    if before is not None and after is not None:
+        extra["on_cpu_ms"] = round((after[0] - before[0]) * 1000, 1)
+        extra["waiting_for_cpu_ms"] = round((after[1] - before[1]) * 1000, 1)
+    return extra
 
 
 def tune_gc(gen0_threshold: int) -> None:
@@ -124,7 +136,9 @@ def _time_collections() -> Callable[[str, dict[str, int]], None]:
         if phase == "start":
             started[0] = time.perf_counter()
         else:
-            pauses[info["generation"]].observe(time.perf_counter() - started[0])
+            pause = time.perf_counter() - started[0]
+            pauses[info["generation"]].observe(pause)
+            _gc_s[0] += pause
 
     return hook
 
