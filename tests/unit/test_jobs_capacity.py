@@ -25,29 +25,37 @@ def run(
     used: float | None = None,
     tick_s: float = 0.25,
 ) -> float:
-    """Feed ``pressure`` every ``tick_s`` for ``seconds``; the kind uses all it is allowed
-    (or ``used``). Returns the clock after."""
+    """Feed ``pressure`` every ``tick_s`` for ``seconds``; the kind would do all it is
+    allowed (or ``used`` units a second: the rate binds while it is no more than that).
+    Returns the clock after."""
     now = start
     while now < start + seconds - 1e-9:
         now += tick_s
-        control.on_pressure(pressure, control.rate if used is None else used, now)
-        control.on_tick(control.rate if used is None else used, now)
+        done = control.rate if used is None else min(used, control.rate)
+        binding = used is None or control.rate <= used
+        control.on_pressure(pressure, done, now, binding=binding)
+        control.on_tick(done, now, binding=binding)
     return now
+
+
+def per_second(**settings: float) -> RateSettings:
+    """Settings that grow once a second (the tests count in seconds)."""
+    return RateSettings(**{"start_rate": 10, "growth_interval_s": 1.0, **settings})
 
 
 def test_opportunistic__deferred_at_once_when_the_foreground_saturates() -> None:
     control = RateController(OPP, RateSettings(start_rate=10))
     now = run(control, 0.0, 20, 0.0)
     assert control.rate > 100
-    control.on_pressure(1.2, control.rate, now + 0.25)
+    control.on_pressure(1.2, control.rate, now + 0.25, binding=True)
     assert control.deferred
     assert control.rate == 0
 
 
 def test_opportunistic__slow_start_after_the_surge_back_to_half_then_linear() -> None:
-    control = RateController(OPP, RateSettings(start_rate=10))
-    now = run(control, 0.0, 20, 0.0, used=200.0)  # the kind does 200/s when let
-    assert control.rate == 640  # grew while used, stopped once twice the use
+    control = RateController(OPP, per_second())
+    now = run(control, 0.0, 20, 0.0, used=300.0)  # the kind does 300/s when let
+    assert control.rate == 320  # grew while it held the kind back, not once past its use
     now = run(control, 2.0, 30, now, used=200.0)  # deferred through the surge
     assert control.rate == 0
     rates = []
@@ -57,8 +65,8 @@ def test_opportunistic__slow_start_after_the_surge_back_to_half_then_linear() ->
     assert rates[0] == pytest.approx(10)  # the slow start begins at the start rate
     # Doubling every second up to half of what it was doing, then +10% a second.
     assert rates[1:5] == pytest.approx([20, 40, 80, 160])
-    assert rates[5] == pytest.approx(200)
-    assert rates[6] == pytest.approx(220)
+    assert rates[5] == pytest.approx(176)  # past half of the 320 it had: +10%
+    assert rates[6] == pytest.approx(193.6)
 
 
 def test_opportunistic__halves_between_the_target_and_saturation_once_per_interval() -> None:
@@ -72,9 +80,30 @@ def test_opportunistic__halves_between_the_target_and_saturation_once_per_interv
 
 
 def test_opportunistic__an_allowance_unused_does_not_grow() -> None:
-    control = RateController(OPP, RateSettings(start_rate=10))
+    control = RateController(OPP, per_second())
     run(control, 0.0, 60, 0.0, used=12.0)
-    assert control.rate <= 2 * 12 * 2  # never past a doubling of what it used
+    assert control.rate == 20  # one doubling past what it used, then no promise more
+
+
+def test_opportunistic__grows_once_per_round_of_the_feedback_loop() -> None:
+    control = RateController(OPP, RateSettings(start_rate=100))  # the default interval
+    run(control, 0.0, 0.25, 0.0)
+    assert control.rate == 100
+    run(control, 0.0, 2.0, 0.25)
+    assert control.rate == 1600  # doubled every half second
+
+
+def test_opportunistic__a_rate_that_held_nothing_back_in_the_interval_does_not_grow() -> None:
+    control = RateController(OPP, per_second())
+    run(control, 0.0, 0.25, 0.0)
+    for second in range(1, 4):  # a batch waited in the first reading of each second only
+        for quarter in range(4):
+            now = second + quarter * 0.25
+            control.on_pressure(0.0, control.rate, now, binding=quarter == 0)
+    assert control.rate == 80  # each second's one wait counts: it grew
+    for now in (4.25, 4.5, 4.75, 5.0, 5.25):
+        control.on_pressure(0.0, control.rate, now, binding=False)
+    assert control.rate == 80
 
 
 def test_opportunistic__starts_at_one_job_a_second_whatever_the_job_size() -> None:

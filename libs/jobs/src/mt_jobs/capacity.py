@@ -12,8 +12,9 @@ handler reports doing: follows applied, for imports and joins; jobs, by default)
   refusing requests) at or past 1 defers an opportunistic kind — rate 0, its topics left
   unread, the work waiting in Kafka — and between ``target_pressure`` and 1 halves its rate
   every ``decrease_interval_s``; below the target the rate comes back with TCP's slow start
-  (doubling per second from one job's worth a second up to half the rate it last had, then
-  +10% per second), never growing while the kind uses less than half of it;
+  (doubling every ``growth_interval_s`` from one job's worth a second up to half the rate it
+  last had, then +10% per interval), growing only while the rate is what holds the kind back
+  (a batch waited for it since the last growth);
 * back-pressure from downstream (a service answering ``overloaded``: saturated itself, or
   its KV commits past their target) halves the rate of any kind, at most once per interval;
   a reserved kind whose rate is no longer binding is unlimited again.
@@ -54,7 +55,9 @@ class RateSettings:
     # queueing the foreground tolerates.
     target_pressure: float = 0.5
     decrease_interval_s: float = 1.0  # at most one multiplicative cut per interval
-    growth_interval_s: float = 1.0
+    # One growth per round of the feedback loop: the gateways publish their pressure every
+    # 250 ms and the workers read it as often, so a growth is felt within about half a second.
+    growth_interval_s: float = 0.5
 
 
 class RateController:
@@ -72,6 +75,7 @@ class RateController:
         self.job_units = 1.0  # units one job does (learned): slow start begins at one job/s
         self._last_cut: float | None = None
         self._last_growth: float | None = None
+        self._bound = False  # the rate held a batch back since the last growth
 
     @property
     def opportunistic(self) -> bool:
@@ -85,31 +89,34 @@ class RateController:
     def start_rate(self) -> float:
         return max(self.s.start_rate, self.job_units)
 
-    def on_pressure(self, pressure: float, used_rate: float, now: float) -> None:
-        """The foreground's pressure, read every few hundred ms (opportunistic kinds only)."""
+    def on_pressure(self, pressure: float, used_rate: float, now: float, *, binding: bool) -> None:
+        """The foreground's pressure, read every few hundred ms (opportunistic kinds only);
+        ``binding``: the rate made a batch wait since the last reading."""
         if not self.opportunistic:
             return
+        self._bound |= binding
         if self.paused or pressure >= 1.0:
             if self.rate > 0:
                 self.ssthresh = max(self.start_rate, min(self.rate, 2 * used_rate) / 2)
             self.rate = 0.0
-            self._last_growth = now
+            self._last_growth, self._bound = now, False
             return
         if pressure >= self.s.target_pressure:
             self._cut(used_rate, now)
-            self._last_growth = now
+            self._last_growth, self._bound = now, False
             return
-        self._grow(used_rate, now)
+        self._grow(now)
 
     def on_backpressure(self, used_rate: float, now: float) -> None:
         """A downstream answered "overloaded": halve (once per interval), whatever the class."""
         self._cut(used_rate, now)
 
-    def on_tick(self, used_rate: float, now: float) -> None:
+    def on_tick(self, used_rate: float, now: float, *, binding: bool) -> None:
         """Between back-pressure events, a reserved kind recovers (opportunistic kinds grow in
         :meth:`on_pressure`, which knows the foreground's state)."""
         if not self.opportunistic:
-            self._grow(used_rate, now)
+            self._bound |= binding
+            self._grow(now)
 
     def _cut(self, used_rate: float, now: float) -> None:
         if self.rate <= 0:
@@ -122,7 +129,7 @@ class RateController:
         self.rate = max(self.start_rate, current / 2)
         self.ssthresh = self.rate
 
-    def _grow(self, used_rate: float, now: float) -> None:
+    def _grow(self, now: float) -> None:
         if self.rate >= self.s.max_rate:
             return
         if self._last_growth is None:
@@ -135,7 +142,8 @@ class RateController:
         if elapsed < self.s.growth_interval_s:
             return
         self._last_growth = now
-        if used_rate < self.rate / 2:
+        bound, self._bound = self._bound, False
+        if not bound:
             # The allowance is not what holds the kind back: growing it would be a promise
             # made on no evidence. A reserved kind goes back to unlimited.
             if not self.opportunistic:

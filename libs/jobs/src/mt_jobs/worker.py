@@ -202,7 +202,8 @@ class _KindRunner:
         self._bucket = TokenBucket(started)
         self._used = UsedRate(started)
         self._share = 1  # processes of this kind: each takes its share of the rate
-        self._units_per_job = 1.0  # moving average: a batch is charged this much as it starts
+        self._units_per_job = 0.0  # moving average: a batch is charged this much as it starts
+        self._held_back = False  # the rate made a batch wait since the last observation
         self._units = 0
         self._overdue = 0
         self._rate_changed = asyncio.Event()
@@ -275,8 +276,9 @@ class _KindRunner:
         self._control.paused = self.config.kind in conditions.paused
         used = self._used.update(now) * self._share  # the kind's, not this process's
         before = self._control.rate
-        self._control.on_pressure(conditions.pressure, used, now)
-        self._control.on_tick(used, now)
+        binding, self._held_back = self._held_back, False
+        self._control.on_pressure(conditions.pressure, used, now, binding=binding)
+        self._control.on_tick(used, now, binding=binding)
         if self._control.rate != before:
             self._rate_changed.set()
 
@@ -287,6 +289,7 @@ class _KindRunner:
             wait = self._bucket.wait_s(self._allowed_rate(), loop.time())
             if wait == 0:
                 return
+            self._held_back = True
             self._rate_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._rate_changed.wait(), min(wait or 1.0, 1.0))
@@ -297,7 +300,9 @@ class _KindRunner:
         self._used.add(units)
         self._units += round(units)
         if jobs:
-            self._units_per_job = 0.8 * self._units_per_job + 0.2 * (units / jobs)
+            size = units / jobs  # the first batch says it; a moving average follows it after
+            known = self._units_per_job
+            self._units_per_job = 0.8 * known + 0.2 * size if known else size
             self._control.job_units = self._units_per_job
 
     async def is_drained(self) -> bool:
@@ -483,7 +488,7 @@ class _KindRunner:
             except BaseException:
                 self._gate.release()
                 raise
-            estimated = len(items) * self._units_per_job
+            estimated = len(items) * (self._units_per_job or 1.0)
             self._bucket.charge(estimated)
             self._start_batch(items, estimated)
 
