@@ -15,10 +15,13 @@
    the opportunistic jobs paused and the old fixed admission (nothing refused below it: C is
    what the box serves, not what a limiter lets through). A probe that fails on its tail
    alone is confirmed on three times the samples: one process's stall fails a 20 s probe.
-4. For each admission (``fixed``: the old bound; ``adaptive``: the new one), the same
+4. For each admission (``adaptive``: the new one; then ``fixed``: the old bound), the same
    sequence, open loop, with the async platform running: idle (the opportunistic jobs'
    unloaded rate), 0.5C, then 2C at once (a celebrity joins 5 s in), idle 30 s (the
-   opportunistic rate coming back), 1C, 4C, then the deferred backlog drained.
+   opportunistic rate coming back), 1C, 4C, then the deferred backlog drained. The adaptive
+   sequence goes first, on the data set C was measured on: each sequence grows it by what it
+   admits, and the fixed one admits two or three times as much (after it, the same box served
+   0.5C only with its gate shut to a few requests in flight).
 5. ``loadtest/reports/<UTC ts>/capacity.json`` (``{"capacity_per_s", "adaptive": [STEP...],
    "fixed": [STEP...], ...}``, STEP as in ``openloop.summarize`` plus the jobs' rates) and
    ``capacity.png``.
@@ -78,7 +81,7 @@ class Plan:
     given_c: float | None = (
         float(os.environ["CAPACITY_C"]) if os.environ.get("CAPACITY_C") else None
     )
-    modes: tuple[str, ...] = tuple(os.environ.get("CAPACITY_MODES", "fixed,adaptive").split(","))
+    modes: tuple[str, ...] = tuple(os.environ.get("CAPACITY_MODES", "adaptive,fixed").split(","))
     fans: int = int(os.environ.get("CAPACITY_FANS", "60"))  # per celebrity
     drain_timeout_s: float = float(os.environ.get("CAPACITY_DRAIN_TIMEOUT_S", "900"))
     seed: int = int(os.environ.get("CAPACITY_SEED", str(random.randrange(1 << 30))))

@@ -33,6 +33,9 @@ class Tally:
     duplicated: int = 0
     linearizable: bool | None = None
     failover_ms: list[int] = field(default_factory=list)
+    # How long derived counts took to equal their lists once the lists were complete (they
+    # may lag, as the async platform applies them; they must converge).
+    convergence_s: list[float] = field(default_factory=list)
 
     def add_verdict(self, linearizable: bool) -> None:
         self.linearizable = (
@@ -46,6 +49,12 @@ class Tally:
             f"acked={self.acked} lost={self.lost} duplicated={self.duplicated} "
             f"linearizable={lin}"
         )
+
+    def convergence_line(self) -> str:
+        if not self.convergence_s:
+            return ""
+        waits = ", ".join(f"{s:.1f}" for s in self.convergence_s)
+        return f"chaos: counts converged after (s): {waits}"
 
     def failover_line(self) -> str:
         if not self.failover_ms:
@@ -74,12 +83,15 @@ def tally() -> Tally:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if TALLY.runs:
         terminalreporter.write_line(TALLY.failover_line() or "chaos: no failovers measured")
+        if TALLY.convergence_s:
+            terminalreporter.write_line(TALLY.convergence_line())
         terminalreporter.write_line(f"chaos: pauses={TALLY.pauses}")
         terminalreporter.write_line(TALLY.line())
     summary = os.environ.get("MT_CHAOS_SUMMARY")
     if summary:  # `make chaos` prints it after pytest's own last line
         with open(summary, "w") as f:
-            f.write("\n".join(filter(None, [TALLY.failover_line(), TALLY.line()])) + "\n")
+            lines = [TALLY.failover_line(), TALLY.convergence_line(), TALLY.line()]
+            f.write("\n".join(filter(None, lines)) + "\n")
 
 
 @pytest.fixture

@@ -39,8 +39,9 @@ def run(
 
 
 def per_second(**settings: float) -> RateSettings:
-    """Settings that grow once a second (the tests count in seconds)."""
-    return RateSettings(**{"start_rate": 10, "growth_interval_s": 1.0, **settings})
+    """Settings that grow once a second, idle or not (the tests count in seconds)."""
+    defaults = {"start_rate": 10, "growth_interval_s": 1.0, "idle_growth_interval_s": 1.0}
+    return RateSettings(**{**defaults, **settings})
 
 
 def test_opportunistic__deferred_at_once_when_the_foreground_saturates() -> None:
@@ -85,12 +86,19 @@ def test_opportunistic__an_allowance_unused_does_not_grow() -> None:
     assert control.rate == 20  # one doubling past what it used, then no promise more
 
 
-def test_opportunistic__grows_once_per_round_of_the_feedback_loop() -> None:
-    control = RateController(OPP, RateSettings(start_rate=100))  # the default interval
-    run(control, 0.0, 0.25, 0.0)
+def test_opportunistic__doubles_every_second_beside_a_busy_foreground() -> None:
+    control = RateController(OPP, RateSettings(start_rate=100))
+    run(control, 0.3, 0.25, 0.0)
     assert control.rate == 100
+    run(control, 0.3, 4.0, 0.25)
+    assert control.rate == 1600
+
+
+def test_opportunistic__doubles_every_half_second_while_the_foreground_is_idle() -> None:
+    control = RateController(OPP, RateSettings(start_rate=100))
+    run(control, 0.0, 0.25, 0.0)
     run(control, 0.0, 2.0, 0.25)
-    assert control.rate == 1600  # doubled every half second
+    assert control.rate == 1600
 
 
 def test_opportunistic__a_rate_that_held_nothing_back_in_the_interval_does_not_grow() -> None:

@@ -12,9 +12,10 @@ handler reports doing: follows applied, for imports and joins; jobs, by default)
   refusing requests) at or past 1 defers an opportunistic kind — rate 0, its topics left
   unread, the work waiting in Kafka — and between ``target_pressure`` and 1 halves its rate
   every ``decrease_interval_s``; below the target the rate comes back with TCP's slow start
-  (doubling every ``growth_interval_s`` from one job's worth a second up to half the rate it
-  last had, then +10% per interval), growing only while the rate is what holds the kind back
-  (a batch waited for it since the last growth);
+  (doubling every ``growth_interval_s`` — twice as often while the foreground is idle — from
+  one job's worth a second up to half the rate it last had, then +10% per interval), growing
+  only while the rate is what holds the kind back (a batch waited for it since the last
+  growth);
 * back-pressure from downstream (a service answering ``overloaded``: saturated itself, or
   its KV commits past their target) halves the rate of any kind, at most once per interval;
   a reserved kind whose rate is no longer binding is unlimited again.
@@ -55,9 +56,11 @@ class RateSettings:
     # queueing the foreground tolerates.
     target_pressure: float = 0.5
     decrease_interval_s: float = 1.0  # at most one multiplicative cut per interval
-    # One growth per round of the feedback loop: the gateways publish their pressure every
-    # 250 ms and the workers read it as often, so a growth is felt within about half a second.
-    growth_interval_s: float = 0.5
+    growth_interval_s: float = 1.0
+    # With nobody to yield to (pressure under a tenth of the target: nothing queued at the
+    # gate), one growth per round of the feedback loop (published and read every 250 ms).
+    idle_pressure: float = 0.05
+    idle_growth_interval_s: float = 0.5
 
 
 class RateController:
@@ -105,7 +108,8 @@ class RateController:
             self._cut(used_rate, now)
             self._last_growth, self._bound = now, False
             return
-        self._grow(now)
+        idle = pressure < self.s.idle_pressure
+        self._grow(now, self.s.idle_growth_interval_s if idle else self.s.growth_interval_s)
 
     def on_backpressure(self, used_rate: float, now: float) -> None:
         """A downstream answered "overloaded": halve (once per interval), whatever the class."""
@@ -116,7 +120,7 @@ class RateController:
         :meth:`on_pressure`, which knows the foreground's state)."""
         if not self.opportunistic:
             self._bound |= binding
-            self._grow(now)
+            self._grow(now, self.s.growth_interval_s)
 
     def _cut(self, used_rate: float, now: float) -> None:
         if self.rate <= 0:
@@ -129,7 +133,7 @@ class RateController:
         self.rate = max(self.start_rate, current / 2)
         self.ssthresh = self.rate
 
-    def _grow(self, now: float) -> None:
+    def _grow(self, now: float, interval_s: float) -> None:
         if self.rate >= self.s.max_rate:
             return
         if self._last_growth is None:
@@ -139,7 +143,7 @@ class RateController:
             self._last_growth = now
             return
         elapsed = now - self._last_growth
-        if elapsed < self.s.growth_interval_s:
+        if elapsed < interval_s:
             return
         self._last_growth = now
         bound, self._bound = self._bound, False
