@@ -59,7 +59,6 @@ class RateSettings:
     growth_interval_s: float = 1.0
     # With nobody to yield to (pressure under a tenth of the target: nothing queued at the
     # gate), one growth per round of the feedback loop (published and read every 250 ms).
-    idle_pressure: float = 0.05
     idle_growth_interval_s: float = 0.5
 
 
@@ -72,7 +71,6 @@ class RateController:
         # Opportunistic kinds wait for the first word of the foreground's state and then begin
         # cautiously (slow start); reserved ones are not held back.
         self.rate = 0.0 if self.opportunistic else self.s.max_rate
-        self.job_units = 1.0
         self.ssthresh = self.s.max_rate
         self.paused = False  # by an operator (`minithreads jobs pause KIND`)
         self.job_units = 1.0  # units one job does (learned): slow start begins at one job/s
@@ -108,7 +106,7 @@ class RateController:
             self._cut(used_rate, now)
             self._last_growth, self._bound = now, False
             return
-        idle = pressure < self.s.idle_pressure
+        idle = pressure < self.s.target_pressure / 10
         self._grow(now, self.s.idle_growth_interval_s if idle else self.s.growth_interval_s)
 
     def on_backpressure(self, used_rate: float, now: float) -> None:
