@@ -15,6 +15,7 @@ from mt_kv.storage.store import (
     SCHEMA_HEAD,
     Batch,
     EpochRow,
+    Loaded,
     LogRow,
     Position,
     Segment,
@@ -24,6 +25,16 @@ from mt_kv.storage.store import (
     _statements,
 )
 from sqlalchemy import select
+
+
+async def reopened(url: str, log_url: str = "") -> Loaded:
+    """What a store at ``url`` loads when it is opened again."""
+    store = Store(url, log_url=log_url)
+    await store.open()
+    try:
+        return await store.load()
+    finally:
+        await store.close()
 
 
 def test_statements__each_style_numbers_or_marks_every_parameter() -> None:
@@ -60,12 +71,7 @@ async def test_store__log_and_items_in_files_of_their_own_load_back_together(
     finally:
         await store.close()
     assert (tmp_path / "log.sqlite").exists()
-    store = Store(url)
-    await store.open()
-    try:
-        loaded = await store.load()
-    finally:
-        await store.close()
+    loaded = await reopened(url)
     assert loaded.metas == {3: ShardMeta(3, 1, "kv-2", 2, 1)}
     assert loaded.items == {3: {("t", b"p", b"k"): (b"v", 1, 0), ("t", b"p", b"new"): (b"n", 2, 0)}}
     assert [row.seq for row in loaded.log] == [1, 2]
@@ -81,20 +87,10 @@ async def test_store__a_log_kept_beside_the_items_moves_to_its_own_file(tmp_path
         )
     finally:
         await old.close()
-    store = Store(url)
-    await store.open()
-    try:
-        loaded = await store.load()
-    finally:
-        await store.close()
+    loaded = await reopened(url)
     assert [(row.seq, row.payload) for row in loaded.log] == [(7, b"x")]
     assert loaded.metas[0].epoch == 2
-    again = Store(url, log_url=url)  # the items' file no longer holds it
-    await again.open()
-    try:
-        assert (await again.load()).log == []
-    finally:
-        await again.close()
+    assert (await reopened(url, log_url=url)).log == []  # the items' file no longer holds it
 
 
 async def test_store__the_log_wal_is_copied_by_checkpoints_not_by_commits(
@@ -114,13 +110,7 @@ async def test_store__the_log_wal_is_copied_by_checkpoints_not_by_commits(
         assert log_file.stat().st_size > 1_500 * 4_000  # the checkpoint did
     finally:
         await store.close()
-    reopened = Store(url)
-    await reopened.open()
-    try:
-        loaded = await reopened.load()
-    finally:
-        await reopened.close()
-    assert [r.seq for r in loaded.log] == list(range(1, 1_501))
+    assert [r.seq for r in (await reopened(url)).log] == list(range(1, 1_501))
 
 
 async def test_store__after_a_failed_transaction_every_write_fails(tmp_path: Path) -> None:
