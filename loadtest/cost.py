@@ -10,15 +10,17 @@ same action on the base revision measured in the same run. Each side is a whole 
 own revision (the base from a git worktree with its own virtualenv) with its own data under
 ``.local/cost/``; the sides take turns, a round each, on the same ports.
 
-The data (seeded once per side through the REST API, then kept): ``--users`` accounts ranked by
+The data (seeded once per side through the REST API, then kept with the likes and follows each
+run made, so that the next makes new ones): ``--users`` accounts ranked by
 popularity, half of them active (they have read their feed), ``--posters`` posters at the top
 of the ranking with ``--followers`` followers each (half of them active) and a few posts each.
 Who acts and on whom is picked Zipf-like over the ranking, from a fixed seed, so both sides do
 the same things. Seeding hashes passwords cheaply (a setting of the users service) and restarts
 the users service with the real cost before anything is measured.
 
-A phase is one kind of action, ``--concurrency`` at a time (closed loop: this measures CPU, not
-latency). It ends only once the async work it caused (fan-out, backfills, notifications) has
+Each round starts its stack afresh and warms it first (a tenth of every phase, not measured:
+the broker's JVM compiles its hot paths in its first minute of work). A phase is one kind of
+action, ``--concurrency`` at a time (closed loop: this measures CPU, not latency). It ends only once the async work it caused (fan-out, backfills, notifications) has
 drained; its cost is the CPU time of every process of the stack over the phase (``/proc``),
 minus what each burns idle (the lower of 15 s before the phases and 15 s after), divided by
 the actions. Admission is the fixed bound, so that nothing is refused and every request is an
@@ -198,6 +200,7 @@ class World:
             "active": self.active,
             "posts": self.posts,
             "follows": sorted(self.follows),
+            "likes": sorted(self.likes),
         }
 
     @staticmethod
@@ -208,6 +211,7 @@ class World:
             doc["active"],
             doc["posts"],
             {(a, b) for a, b in doc["follows"]},
+            {(a, b) for a, b in doc.get("likes", ())},
         )
 
 
@@ -379,51 +383,65 @@ async def _has_provider() -> bool:
     return "/v1/legacy/assertions" in document.get("paths", {})
 
 
-async def backlog() -> int:
-    """Jobs not yet done: records of every job topic past its consumer group's committed
-    offset (from the broker: a worker still joining its group reports no lag of its own), and
-    what the workers hold (fetched, running)."""
-    kinds = await collect(REDIS_URL)
-    held = sum(int(k["in_flight"] + k["queued"]) for k in kinds.values())
-    return held + await _uncommitted()
+class Backlog:
+    """The async platform's backlog, read through one consumer and one admin client kept for a
+    stack's lifetime: a phase ends with a few checks a second apart, and a check that connected
+    afresh (metadata, a group coordinator lookup per kind) cost the broker more CPU than a
+    phase of 600 reads did, which a phase counted as its own."""
 
+    def __init__(self) -> None:
+        self._stack = AsyncExitStack()
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
 
-async def _uncommitted() -> int:
-    async with AsyncExitStack() as stack:
-        consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-        await admin.start()
-        stack.push_async_callback(admin.close)
-        topics = [t for t in await consumer.topics() if t.startswith("jobs.")]
+    async def __aenter__(self) -> Backlog:
+        await self._consumer.start()
+        self._stack.push_async_callback(self._consumer.stop)
+        await self._admin.start()
+        self._stack.push_async_callback(self._admin.close)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def jobs(self) -> int:
+        """Jobs not yet done: records of every job topic past its consumer group's committed
+        offset (from the broker: a worker still joining its group reports no lag of its own),
+        and what the workers hold (fetched, running)."""
+        kinds = await collect(REDIS_URL)
+        held = sum(int(k["in_flight"] + k["queued"]) for k in kinds.values())
+        return held + await self._uncommitted()
+
+    async def _uncommitted(self) -> int:
+        topics = [t for t in await self._consumer.topics() if t.startswith("jobs.")]
         work = [t for t in topics if not t.endswith(".dead")]
-        parts = [TopicPartition(t, p) for t in work for p in consumer.partitions_for_topic(t) or ()]
+        parts = [
+            TopicPartition(t, p) for t in work for p in self._consumer.partitions_for_topic(t) or ()
+        ]
         if not parts:
             return 0
-        ends = await consumer.end_offsets(parts)
-        starts = await consumer.beginning_offsets(parts)
+        ends = await self._consumer.end_offsets(parts)
+        starts = await self._consumer.beginning_offsets(parts)
         left = 0
         for kind in {t.split(".")[1] for t in work}:
-            committed = await admin.list_consumer_group_offsets(f"mt-workers.{kind}")
+            committed = await self._admin.list_consumer_group_offsets(f"mt-workers.{kind}")
             for tp in parts:
                 if tp.topic.split(".")[1] == kind:
                     done = committed[tp].offset if tp in committed else -1
                     left += max(0, ends[tp] - max(done, starts[tp]))
         return left
 
-
-async def drained(timeout_s: float = 180.0) -> float:
-    """Seconds until the async platform has nothing left (three empty samples in a row, a
-    second apart: the workers commit their offsets every 0.2 s)."""
-    started = time.monotonic()
-    empty = 0
-    while empty < 3:
-        if time.monotonic() - started > timeout_s:
-            raise SystemExit(f"cost: the async backlog did not drain in {timeout_s:.0f} s")
-        empty = empty + 1 if await backlog() == 0 else 0
-        await asyncio.sleep(1.0)
-    return time.monotonic() - started
+    async def drained(self, timeout_s: float = 180.0) -> float:
+        """Seconds until the async platform has nothing left (three empty samples in a row, a
+        second apart: the workers commit their offsets every 0.2 s)."""
+        started = time.monotonic()
+        empty = 0
+        while empty < 3:
+            if time.monotonic() - started > timeout_s:
+                raise SystemExit(f"cost: the async backlog did not drain in {timeout_s:.0f} s")
+            empty = empty + 1 if await self.jobs() == 0 else 0
+            await asyncio.sleep(1.0)
+        return time.monotonic() - started
 
 
 @dataclass
@@ -447,23 +465,43 @@ class Phase:
         return round(sum(self.per_action_ms.values()), 2)
 
 
-async def idle_burn(pids: dict[str, int], seconds: float) -> dict[str, float]:
+async def idle_burn(pids: dict[str, int], seconds: float, backlog: Backlog) -> dict[str, float]:
     """ms of CPU per second each process spends with nothing to do."""
-    await drained()
+    await backlog.drained()
     await asyncio.sleep(2.0)  # what the last answers set going (a checkpoint, spans) settles
     before = stackcpu.snapshot(pids)
     await asyncio.sleep(seconds)
     return stackcpu.snapshot(pids).minus(before)
 
 
+async def warm_up(
+    driver: Driver, actions: Actions, counts: dict[str, int], backlog: Backlog
+) -> None:
+    """A tenth of each phase, not measured: the stack was just started, and the broker's JVM
+    compiles its hot paths during its first minute of work (uncounted, a phase's Kafka CPU
+    followed whichever phase first made jobs: 5-10 ms per post after phases that made none)."""
+    errors_before = len(driver.errors)
+    for action, count in counts.items():
+        build: Callable[[Driver, int], Any] = getattr(actions, action)
+        await driver.each([build(driver, count + i) for i in range(max(5, count // 10))])
+    await backlog.drained()
+    if len(driver.errors) > errors_before:
+        say(f"cost: warming up: {len(driver.errors) - errors_before} failed: {driver.errors[-3:]}")
+
+
 async def phase(
-    driver: Driver, actions: Actions, action: str, count: int, pids: dict[str, int]
+    driver: Driver,
+    actions: Actions,
+    action: str,
+    count: int,
+    pids: dict[str, int],
+    backlog: Backlog,
 ) -> Phase:
     build: Callable[[Driver, int], Any] = getattr(actions, action)
     errors_before = len(driver.errors)
     before = stackcpu.snapshot(pids)
     await driver.each([build(driver, i) for i in range(count)])
-    await drained()
+    await backlog.drained()
     after = stackcpu.snapshot(pids)
     failed = len(driver.errors) - errors_before
     if failed > count // 100:
@@ -507,14 +545,21 @@ async def prepare(side: Side, run: Run, reuse: bool) -> World:
         side.minithreads("up", "--no-install", extra=CHEAP_HASH_ENV)
         async with await _session() as http:
             world = await seed(Driver(http, run.concurrency), run.plan)
-        await drained(600)
-        side.seed_file.write_text(json.dumps({"plan": plan_doc, "world": world.as_json()}))
+        async with Backlog() as backlog:
+            await backlog.drained(600)
+        _save(side, run, world)
         side.minithreads("down", "users")
     else:
         world = World.from_json(json.loads(side.seed_file.read_text())["world"])
         say(f"{side.name}: its stack ({side.revision}), seeded earlier...")
     side.minithreads("up", "--no-install")  # users with Argon2id's real cost
     return world
+
+
+def _save(side: Side, run: Run, world: World) -> None:
+    """What the side's data holds, for a later run on it: with the likes and follows made, so
+    that run makes new ones (a repeated like or follow is a no-op, far cheaper than one)."""
+    side.seed_file.write_text(json.dumps({"plan": run.plan.as_json(), "world": world.as_json()}))
 
 
 def _wipe(side: Side) -> None:
@@ -588,48 +633,54 @@ async def round_on(side: Side, run: Run, number: int, reuse: bool) -> None:
     else:
         side.minithreads("up", "--no-install")
     try:
-        pids = side.pids()
-        idle_before = await idle_burn(pids, run.idle_s)
-        actions = Actions(
-            world,
-            run.plan,
-            run.plan.seed * 1000 + number,
-            f"{side.name[0]}{number}{run.tag}",
-            ensure_secret(side.home),
-        )
-        provider = await _has_provider()
-        phases = []
-        async with await _session() as http:
-            driver = Driver(http, run.concurrency)
-            for action in ACTIONS:
-                if action in NEEDS_PROVIDER and not provider:
-                    continue
-                profiler = None
-                if action in run.profile:
-                    profiler = Profiler(run.folder / f"profile-{side.name}", pids)
-                    profiler.start(action)
-                try:
-                    done = await phase(driver, actions, action, run.counts[action], pids)
-                finally:
-                    if profiler is not None:
-                        profiler.stop()
-                phases.append(done)
-                say(f"{side.name} round {number}: {action:<8} {done.count} in {done.wall_s:.1f} s")
-        idle_after = await idle_burn(pids, run.idle_s)
-        # The lower of the two, per process: extra work in either (a JVM's collection after a
-        # busy phase, a checkpoint) was caused by the actions and is theirs.
-        idle = {n: min(idle_before.get(n, 0.0), idle_after.get(n, 0.0)) for n in idle_after}
-        run.idle.setdefault(side.name, []).append(idle)
-        say(
-            f"{side.name} round {number}: idle burn {sum(idle_before.values()):.0f} ms/s before, "
-            f"{sum(idle_after.values()):.0f} after"
-        )
-        for done in phases:
-            done.idle_ms_per_s = idle
-            say(f"{side.name} round {number}: {done.action:<8} {done.total_ms:7.2f} ms/action")
-        run.results.setdefault(side.name, []).extend(phases)
+        async with Backlog() as backlog:
+            await _measure(side, run, number, world, backlog)
     finally:
+        _save(side, run, world)
         side.minithreads("down")
+
+
+async def _measure(side: Side, run: Run, number: int, world: World, backlog: Backlog) -> None:
+    """One round's phases on a warmed stack, between two measures of its idle burn."""
+    pids = side.pids()
+    actions = Actions(
+        world,
+        run.plan,
+        run.plan.seed * 1000 + number,
+        f"{side.name[0]}{number}{run.tag}",
+        ensure_secret(side.home),
+    )
+    kinds = [a for a in ACTIONS if a not in NEEDS_PROVIDER or await _has_provider()]
+    phases = []
+    async with await _session() as http:
+        driver = Driver(http, run.concurrency)
+        await warm_up(driver, actions, {a: run.counts[a] for a in kinds}, backlog)
+        idle_before = await idle_burn(pids, run.idle_s, backlog)
+        for action in kinds:
+            profiler = None
+            if action in run.profile:
+                profiler = Profiler(run.folder / f"profile-{side.name}", pids)
+                profiler.start(action)
+            try:
+                done = await phase(driver, actions, action, run.counts[action], pids, backlog)
+            finally:
+                if profiler is not None:
+                    profiler.stop()
+            phases.append(done)
+            say(f"{side.name} round {number}: {action:<8} {done.count} in {done.wall_s:.1f} s")
+    idle_after = await idle_burn(pids, run.idle_s, backlog)
+    # The lower of the two, per process: extra work in either (a JVM's collection after a
+    # busy phase, a checkpoint) was caused by the actions and is theirs.
+    idle = {n: min(idle_before.get(n, 0.0), idle_after.get(n, 0.0)) for n in idle_after}
+    run.idle.setdefault(side.name, []).append(idle)
+    say(
+        f"{side.name} round {number}: idle burn {sum(idle_before.values()):.0f} ms/s before, "
+        f"{sum(idle_after.values()):.0f} after"
+    )
+    for done in phases:
+        done.idle_ms_per_s = idle
+        say(f"{side.name} round {number}: {done.action:<8} {done.total_ms:7.2f} ms/action")
+    run.results.setdefault(side.name, []).extend(phases)
 
 
 # ---------------------------------------------------------------------- the report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import cost
@@ -40,3 +41,10 @@ class _Recorder(cost.Driver):
 
     def call(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
         return None
+
+
+def test_world__keeps_its_likes_and_follows_for_the_next_run_on_the_same_data() -> None:
+    world = cost.World(["u0", "u1"], ["t0", "t1"], [0], ["p1"], {(0, 1)}, {(1, "p1")})
+    again = cost.World.from_json(json.loads(json.dumps(world.as_json())))
+    assert again.likes == {(1, "p1")}
+    assert again.follows == {(0, 1)}
