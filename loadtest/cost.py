@@ -385,9 +385,8 @@ async def _has_provider() -> bool:
 
 class Backlog:
     """The async platform's backlog, read through one consumer and one admin client kept for a
-    stack's lifetime: a phase ends with a few checks a second apart, and a check that connected
-    afresh (metadata, a group coordinator lookup per kind) cost the broker more CPU than a
-    phase of 600 reads did, which a phase counted as its own."""
+    round: a phase ends with a few checks a second apart, and the broker's CPU for them counts
+    as the phase's (a check that connected afresh also paid for connections and metadata)."""
 
     def __init__(self) -> None:
         self._stack = AsyncExitStack()
