@@ -11,22 +11,22 @@ own revision (the base from a git worktree with its own virtualenv) with its own
 ``.local/cost/``; the sides take turns, a round each, on the same ports.
 
 The data (seeded once per side through the REST API, then kept with the likes and follows each
-run made, so that the next makes new ones): ``--users`` accounts ranked by
-popularity, half of them active (they have read their feed), ``--posters`` posters at the top
-of the ranking with ``--followers`` followers each (half of them active) and a few posts each.
-Who acts and on whom is picked Zipf-like over the ranking, from a fixed seed, so both sides do
-the same things. Seeding hashes passwords cheaply (a setting of the users service) and restarts
-the users service with the real cost before anything is measured.
+run made, so that the next makes new ones): ``--users`` accounts ranked by popularity, half of
+them active (they have read their feed), ``--posters`` posters at the top of the ranking with
+``--followers`` followers each (half of them active) and a few posts each. Who acts and on whom
+is picked Zipf-like over the ranking, from a fixed seed, so both sides do the same things.
+Seeding hashes passwords cheaply (a setting of the users service) and restarts the users service
+with the real cost before anything is measured.
 
-Each round starts its stack afresh and warms it first (a tenth of every phase, not measured:
-the broker's JVM compiles its hot paths in its first minute of work). A phase is one kind of
-action, ``--concurrency`` at a time (closed loop: this measures CPU, not latency). It ends only once the async work it caused (fan-out, backfills, notifications) has
-drained; its cost is the CPU time of every process of the stack over the phase (``/proc``),
-minus what each burns idle (the lower of 15 s before the phases and 15 s after), divided by
-the actions. Admission is the fixed bound, so that nothing is refused and every request is an
-action. ``--profile post,like`` runs those phases under py-spy (``profile_top.py`` reads what
-it writes). Progress on stderr; Ctrl-C stops the stack it started. The report:
-``loadtest/reports/<UTC ts>/cost.json``.
+Each round starts its stack afresh and warms it first (a tenth of every phase, not measured: the
+broker's JVM compiles its hot paths in its first minute of work). A phase is one kind of action,
+``--concurrency`` at a time (closed loop: this measures CPU, not latency). It ends only once the
+async work it caused (fan-out, backfills, notifications) has drained; its cost is the CPU time
+of every process of the stack over the phase (``/proc``), minus what each burns idle (the lower
+of 15 s before the phases and 15 s after), divided by the actions. Admission is the fixed bound,
+so that nothing is refused and every request is an action. ``--profile post,like`` runs those
+phases under py-spy (``profile_top.py`` reads what it writes). Progress on stderr; Ctrl-C stops
+the stack it started. The report: ``loadtest/reports/<UTC ts>/cost.json``.
 """
 
 from __future__ import annotations
