@@ -34,7 +34,7 @@ def run(
         done = control.rate if used is None else min(used, control.rate)
         binding = used is None or control.rate <= used
         control.on_pressure(pressure, done, now, binding=binding)
-        control.on_tick(done, now, binding=binding)
+        control.on_tick(now, binding=binding)
     return now
 
 

@@ -113,7 +113,7 @@ class RateController:
         """A downstream answered "overloaded": halve (once per interval), whatever the class."""
         self._cut(used_rate, now)
 
-    def on_tick(self, used_rate: float, now: float, *, binding: bool) -> None:
+    def on_tick(self, now: float, *, binding: bool) -> None:
         """Between back-pressure events, a reserved kind recovers (opportunistic kinds grow in
         :meth:`on_pressure`, which knows the foreground's state)."""
         if not self.opportunistic:

@@ -278,7 +278,7 @@ class _KindRunner:
         before = self._control.rate
         binding, self._held_back = self._held_back, False
         self._control.on_pressure(conditions.pressure, used, now, binding=binding)
-        self._control.on_tick(used, now, binding=binding)
+        self._control.on_tick(now, binding=binding)
         if self._control.rate != before:
             self._rate_changed.set()
 
