@@ -14,7 +14,7 @@ import pytest
 from mt_cli.kvcluster import KVCluster, move_microshard
 from mt_core.errors import MinithreadsError, Unavailable
 from mt_kv_client import Key, KVClient
-from mt_kv_client.routing import microshard
+from mt_kv_contract.keys import microshard
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mt_kv.data import Change, ShardData, decode_effects, moved_key, moved_value
 from mt_kv.replica.moves import microshard_items
 from mt_kv.replica.shard import LogRec, Shard
-from mt_kv_client.routing import microshard
+from mt_kv_contract.keys import microshard
 from mt_proto import kv_pb2 as pb
 
 

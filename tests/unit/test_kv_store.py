@@ -190,7 +190,7 @@ def test_schema_head__is_the_newest_migration() -> None:
 
 def test_outbox_index__a_job_row_is_listed_with_its_change_and_nothing_else_is() -> None:
     from mt_kv.data import META_KEYSPACE, outbox_index_key, outbox_row_of, with_outbox_index
-    from mt_kv_client.routing import OUTBOX_KEY_PREFIX
+    from mt_kv_contract.keys import OUTBOX_KEY_PREFIX
 
     row = ("posts", b"u:1", OUTBOX_KEY_PREFIX + b"job")
     state = ("posts", b"u:1", b"p:1")

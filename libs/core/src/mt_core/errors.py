@@ -7,7 +7,7 @@ mappings live in one table each: gRPC in :mod:`mt_core.rpc.status`, HTTP in the 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 
 class MinithreadsError(Exception):
@@ -114,3 +114,14 @@ ERROR_CLASSES: dict[str, type[MinithreadsError]] = {
         Internal,
     )
 }
+
+E = TypeVar("E", bound=type[MinithreadsError])
+
+
+def known(cls: E) -> E:
+    """Register an error class defined elsewhere (the KV's contract), so that it crosses gRPC
+    as itself: a server names its class, and the client rebuilds it by that name."""
+    held = ERROR_CLASSES.setdefault(cls.__name__, cls)
+    if held is not cls:
+        raise TypeError(f"two error classes named {cls.__name__}")
+    return cls

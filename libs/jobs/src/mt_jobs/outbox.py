@@ -40,9 +40,9 @@ from typing import Any
 
 from mt_core.errors import MinithreadsError
 from mt_core.messaging import inject_headers
-from mt_kv_client import Key, KVClient
+from mt_kv_client import KV, Key
 from mt_kv_client.client import Put
-from mt_kv_client.routing import OUTBOX_KEY_PREFIX
+from mt_kv_contract.keys import OUTBOX_KEY_PREFIX
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
@@ -81,7 +81,7 @@ class Outbox:
 
     def __init__(
         self,
-        kv: KVClient,
+        kv: KV,
         producer: JobProducer,
         owner: str,
         *,

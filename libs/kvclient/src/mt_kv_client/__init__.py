@@ -1,6 +1,18 @@
 """The async client of the minithreads KV service (see :mod:`mt_kv_client.client`)."""
 
-from mt_kv_client.client import Consistency, Durability, KVClient, Session
-from mt_kv_client.routing import Key
+from mt_kv_contract.errors import ConditionFailed, Indeterminate
+from mt_kv_contract.keys import Key
 
-__all__ = ["Consistency", "Durability", "KVClient", "Key", "Session"]
+from mt_kv_client.client import Consistency, Durability, KVClient, Session
+from mt_kv_client.protocol import KV
+
+__all__ = [
+    "KV",
+    "ConditionFailed",
+    "Consistency",
+    "Durability",
+    "Indeterminate",
+    "KVClient",
+    "Key",
+    "Session",
+]

@@ -1,11 +1,13 @@
 """The async KV client: routes by the shard manager's table, batches per shard, retries only
 where that is safe, and keeps version tokens per session for read-your-writes.
 
-Retry rules: a request a replica *refused* (not primary, stale epoch, lease wait, behind) did
-nothing, so it is retried after refreshing the routing table. A write whose outcome is unknown
-(the primary died after sequencing it, or the connection broke mid-call) is never repeated —
-see "Repeats" below — but raised as ``Unavailable(code="indeterminate")``, after a routing
-refresh so that the caller's next write finds the new primary. Reads are retried freely.
+Retry rules (decided in one place, :func:`_next_step`): a request a replica *refused*
+(:class:`~mt_kv_contract.errors.Refused`: not primary, stale epoch, behind...) did nothing, so it
+is sent again after refreshing the routing table; one refused as ``Moved`` is routed again. A
+write whose outcome is unknown (the primary died after sequencing it, or the connection broke
+mid-call) is never repeated — see "Repeats" below — but raised as
+:class:`~mt_kv_contract.errors.Indeterminate`, after a routing refresh so that the caller's next
+write finds the new primary. Reads are retried freely.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import grpc
 from mt_core.errors import (
     ERROR_CLASSES,
     DeadlineExceeded,
-    FailedPrecondition,
     Internal,
     InvalidArgument,
     MinithreadsError,
@@ -35,32 +36,55 @@ from mt_core.rpc import deadline
 from mt_core.rpc.client import RECONNECT_OPTIONS, untraced_channel
 from mt_core.rpc.status import error_from_rpc
 from mt_core.telemetry import event, outbound
+from mt_kv_contract.errors import (
+    ConditionFailed,
+    Indeterminate,
+    KVUnavailable,
+    Moved,
+    NotPrimary,
+    Refused,
+)
+from mt_kv_contract.keys import MAX_BATCH, Key, microshard, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
-from mt_kv_client.routing import MAX_BATCH, Key, microshard, validate_value
-
 T = TypeVar("T")
 
-# Codes of refusals: nothing was done, so trying again (after a routing refresh) is safe.
 log = logging.getLogger(__name__)
 
 # Repeats: no write is repeated after an unknown outcome (a timeout, a primary lost
 # mid-write), not even a plain put: if the first attempt did happen, the repeat lands a second
 # time — possibly after another client's later write, bringing the old value back. The chaos
 # suite's checker caught exactly that (a value seen, overwritten, then seen again when the
-# retry landed). Refusals (below) are retried: nothing was done. Reads are retried freely.
-_REFUSED = {
-    "not_primary",
-    "stale_epoch",
-    "behind",
-    "too_stale",
-    "lease_wait",
-    "no_quorum",
-    "unknown_shard",
-    "moved",  # the key's μshard went to another shard (live resharding): route it again
-}
-MOVED = "moved"  # of those, the one the caller must route again on (see _rerouting)
+# retry landed). Refusals are retried: nothing was done. Reads are retried freely.
+
+
+class Step(enum.Enum):
+    """What the client does after a failed attempt (:func:`_next_step`)."""
+
+    AGAIN = "again"  # send it again, on a fresh routing table
+    ROUTE_AGAIN = "route_again"  # its μshard moved: route its keys afresh (see _rerouting)
+    UNKNOWN = "unknown"  # a write that may have happened: the caller gets Indeterminate
+    ANSWER = "answer"  # the error is the answer (a lost condition, a bad request...)
+
+
+def _next_step(error: MinithreadsError, *, idempotent: bool) -> Step:
+    """THE retry rule: what to do after ``error``, for a call that is (or is not) safe to
+    repeat when its outcome is unknown."""
+    if isinstance(error, Moved):
+        return Step.ROUTE_AGAIN
+    if isinstance(error, Refused):
+        return Step.AGAIN
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        return Step.AGAIN if idempotent else Step.UNKNOWN
+    return Step.ANSWER
+
+
+def _given_up(error: MinithreadsError) -> MinithreadsError:
+    """What the caller gets when the retry budget runs out on ``error``."""
+    return KVUnavailable(error.message) if isinstance(error, Refused) else error
+
+
 _KV = "/minithreads.kv.v1.KV/"
 _GET, _SCAN, _WRITE = _KV + "Get", _KV + "Scan", _KV + "Write"
 _BATCH_GET, _BATCH_WRITE = _KV + "BatchGet", _KV + "BatchWrite"
@@ -212,6 +236,20 @@ def _one_partition(mutations: Sequence[Mutation]) -> Key:
 def _item(key: Key, item: pb.Item) -> Item | None:
     """A read's answer for ``key`` (the one asked for: not rebuilt from the reply)."""
     return Item(key, item.value, item.version, item.expires_at_ms) if item.found else None
+
+
+def _outcome_error(outcome: pb.WriteResult | None) -> MinithreadsError:
+    """A BatchWrite part's error (None: the call itself failed, its outcome unknown)."""
+    if outcome is None:
+        return Unavailable("the batch call failed")
+    cls = ERROR_CLASSES.get(outcome.error.kind, Internal)
+    return cls(outcome.error.message, code=outcome.error.code)
+
+
+def _unknown(error: MinithreadsError) -> Indeterminate:
+    if isinstance(error, Indeterminate):
+        return error
+    return Indeterminate(f"outcome unknown: {error.message}")
 
 
 class _Backoff:
@@ -437,17 +475,14 @@ class KVClient:
         (a failover or a rebalance in progress) within the retry budget."""
         backoff: _Backoff | None = None  # made on the first miss only: this is the hot path
         while True:
-            error: Unavailable
             try:
                 await self._ensure_table()
                 shard = self.shard_of(key)
                 return shard, self._addr(replica_of(shard), shard)
-            except FailedPrecondition as err:
-                error = Unavailable(err.message, code="no_primary")
-            except Unavailable as err:
+            except Unavailable as err:  # no primary now, or the manager did not answer
                 error = err
             backoff = backoff or _Backoff(self._budget_s)
-            await backoff.pause(error)
+            await backoff.pause(_given_up(error))
             await self._try_refresh()
 
     async def _try_refresh(self) -> None:
@@ -463,7 +498,7 @@ class KVClient:
     def _addr(self, replica: str, shard: int) -> str:
         addr = self._info(shard).addrs.get(replica)
         if not addr:
-            raise FailedPrecondition(f"shard {shard} has no primary now", code="not_primary")
+            raise NotPrimary(f"shard {shard} has no primary now")
         return addr
 
     def _stub_at(self, addr: str) -> kv_pb2_grpc.KVAsyncStub:
@@ -476,8 +511,8 @@ class KVClient:
         return pb.Route(shard=shard, epoch=self._info(shard).epoch)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
-        """Run ``attempt`` until it succeeds, retrying refusals always and calls of unknown
-        outcome only if ``idempotent``, within the retry budget."""
+        """Run ``attempt`` until it succeeds, as :func:`_next_step` says, within the retry
+        budget."""
         backoff = _Backoff(self._budget_s)
         while True:
             try:
@@ -486,22 +521,15 @@ class KVClient:
                 error: MinithreadsError = error_from_rpc(err)
             except MinithreadsError as err:
                 error = err
-            if error.code == MOVED:  # the caller routes again (_rerouting), on a fresh table
-                await self._try_refresh()
+            step = _next_step(error, idempotent=idempotent)
+            if step is Step.ANSWER:
                 raise error
-            if error.code in _REFUSED:
-                pass  # the replica did nothing: always safe to try again
-            elif isinstance(error, Unavailable | DeadlineExceeded):
-                if not idempotent:  # it may have happened: the caller must decide
-                    await self._try_refresh()  # the next call goes to the new primary
-                    raise Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
-            else:
-                raise error
+            if step is not Step.AGAIN:
+                await self._try_refresh()  # the next call goes to the new primary, or shard
+                # Moved: the caller routes again (_rerouting); else it may have happened.
+                raise error if step is Step.ROUTE_AGAIN else _unknown(error)
             event("kv.retry", code=error.code, delay_s=backoff.delay_s)
-            if error.code in _REFUSED:  # still refused at the end: transient to the caller
-                await backoff.pause(Unavailable(error.message, code="kv_unavailable"))
-            else:
-                await backoff.pause(error)
+            await backoff.pause(_given_up(error))
             await self._try_refresh()
 
     async def _rerouting(self, routed: Callable[[], Awaitable[T]]) -> T:
@@ -512,12 +540,10 @@ class KVClient:
         while True:
             try:
                 return await routed()
-            except FailedPrecondition as err:
-                if err.code != MOVED:
-                    raise
-                event("kv.retry", code=MOVED)
+            except Moved as err:
+                event("kv.retry", code=err.code)
                 backoff = backoff or _Backoff(self._budget_s)
-                await backoff.pause(Unavailable(err.message, code="kv_unavailable"))
+                await backoff.pause(_given_up(err))
 
     # ---------------------------------------------------------------- reads
 
@@ -625,7 +651,7 @@ class KVClient:
                 if addr is None:
                     addr = addrs[shard] = self._addr(replica_of(shard), shard)
                 routes.append((shard, addr))
-        except (FailedPrecondition, Unavailable):
+        except Unavailable:  # no primary now (NotPrimary), or no routing table
             return None
         return routes
 
@@ -777,6 +803,8 @@ class KVClient:
         """Apply ``mutations`` atomically if every check holds — within ONE shard (an OCC
         transaction when the checks carry versions read earlier). Concurrent writes bound for
         the same primary share one BatchWrite, each still a write of its own."""
+        if not mutations:
+            raise InvalidArgument("a write needs at least one mutation", code="empty_write")
         keys = [m.key for m in mutations] + [c.key for c in checks]
         for key in keys:
             key.validate()
@@ -932,14 +960,13 @@ class KVClient:
         if outcome is not None and outcome.HasField("ok"):
             self.session.observe(outcome.ok.version)
             return outcome.ok
-        if outcome is None:
-            await self._try_refresh()
-            return Unavailable("outcome unknown: the batch call failed", code="indeterminate")
-        error = ERROR_CLASSES.get(outcome.error.kind, Internal)(
-            outcome.error.message, code=outcome.error.code
-        )
-        if error.code not in _REFUSED:
+        error = _outcome_error(outcome)
+        step = _next_step(error, idempotent=False)
+        if step is Step.ANSWER:
             return error
+        if step is Step.UNKNOWN:
+            await self._try_refresh()  # the next call goes to the new primary
+            return _unknown(error)
         try:
             return await self._write_at(call.shard, call.mutations, durability, call.checks)
         except MinithreadsError as err:
@@ -956,16 +983,13 @@ class KVClient:
         if outcome is not None and outcome.HasField("ok"):
             self.session.observe(outcome.ok.version)
             return list(outcome.ok.results)
-        if outcome is not None:
-            cls = ERROR_CLASSES.get(outcome.error.kind, Internal)
-            error: MinithreadsError = cls(outcome.error.message, code=outcome.error.code)
-        else:
-            error = Unavailable("the batch call failed", code="indeterminate")
-        if error.code not in _REFUSED:  # it may have happened: see Repeats
-            if isinstance(error, Unavailable):
-                await self._try_refresh()  # the next call goes to the new primary
-                return Unavailable(f"outcome unknown: {error.message}", code="indeterminate")
+        error = _outcome_error(outcome)
+        step = _next_step(error, idempotent=False)
+        if step is Step.ANSWER:
             return error
+        if step is Step.UNKNOWN:  # it may have happened: see Repeats
+            await self._try_refresh()  # the next call goes to the new primary
+            return _unknown(error)
         return await self._write_apart(mutations, durability, _Backoff(self._budget_s))
 
     async def _write_apart(
@@ -986,16 +1010,13 @@ class KVClient:
             settled: Sequence[pb.Item | BaseException]
             try:
                 settled = list((await self._write_at(shard, ours, durability)).results)
-            except FailedPrecondition as err:
-                if err.code != MOVED:
-                    settled = [err] * len(ours)
+            except Moved as err:
+                try:
+                    await backoff.pause(_given_up(err))
+                except MinithreadsError as spent:
+                    settled = [spent] * len(ours)
                 else:
-                    try:
-                        await backoff.pause(Unavailable(err.message, code="kv_unavailable"))
-                    except Unavailable as spent:
-                        settled = [spent] * len(ours)
-                    else:
-                        settled = await self._write_apart(ours, durability, backoff)
+                    settled = await self._write_apart(ours, durability, backoff)
             except MinithreadsError as err:
                 settled = [err] * len(ours)
             for i, result in zip(indexes, settled, strict=True):
@@ -1013,7 +1034,7 @@ class KVClient:
         checks: Sequence[Check] = (),
     ) -> pb.WriteResponse:
         """One write to ``shard``'s primary, refusals retried (an unknown outcome is not: see
-        Repeats); "moved" is raised (see _retrying) for the caller to route again."""
+        Repeats); ``Moved`` is raised (see _retrying) for the caller to route again."""
         pb_mutations = [_pb_mutation(m) for m in mutations]
         pb_checks = [_pb_condition(c) for c in checks]
 
@@ -1039,7 +1060,7 @@ class KVClient:
         return (await self._one(Put(key, value, ttl_ms), durability)).version
 
     async def put_if_absent(self, key: Key, value: bytes) -> int:
-        """Store only if the key does not exist; raises FailedPrecondition otherwise."""
+        """Store only if the key does not exist; raises ConditionFailed otherwise."""
         reply = await self.write([Put(key, value)], [Check.absent(key)])
         return reply.results[0].version
 
@@ -1056,9 +1077,7 @@ class KVClient:
         for attempt in range(20):
             try:
                 reply = await self.write([Put(key, value, ttl_ms), *extra], [Check.absent(key)])
-            except FailedPrecondition as err:
-                if err.code != "condition_failed":
-                    raise
+            except ConditionFailed:
                 held = await self.get(key)
                 if held is not None:
                     return False, held

@@ -8,7 +8,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from mt_kv_client import Key, KVClient
+from mt_kv_client import KV, Key
 from mt_proto import common_pb2 as cpb
 from mt_proto import users_pb2 as pb
 
@@ -69,7 +69,7 @@ def summary(record: dict[str, Any]) -> cpb.UserSummary:
     )
 
 
-async def session_user(kv: KVClient, token: str) -> str | None:
+async def session_user(kv: KV, token: str) -> str | None:
     """The user a bearer token is a session of; None for no live session (one read: the
     gateway asks the KV itself)."""
     if not token or len(token) > 256:
@@ -84,7 +84,7 @@ class Handles:
     its handle back, and its record goes with it, so a caller that finds no record for a
     remembered id calls :meth:`forget` and asks again."""
 
-    def __init__(self, kv: KVClient, size: int = 100_000) -> None:
+    def __init__(self, kv: KV, size: int = 100_000) -> None:
         self._kv = kv
         self._size = size
         self._ids: OrderedDict[str, str] = OrderedDict()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mt_kv_client import Key, KVClient
+from mt_kv_client import KV, Key
 from mt_kv_client.client import Item
 from mt_proto import common_pb2 as cpb
 from mt_proto import posts_pb2 as ppb
@@ -43,7 +43,7 @@ def _user_view(record: Record, found: Mapping[Key, Item | None]) -> upb.User:
 
 
 async def users_by_id(
-    kv: KVClient, user_ids: Sequence[str], records: Mapping[str, Record] | None = None
+    kv: KV, user_ids: Sequence[str], records: Mapping[str, Record] | None = None
 ) -> dict[str, upb.User]:
     """The users (with counts) among ``user_ids`` that exist; ``records`` already read."""
     records = records or {}
@@ -95,7 +95,7 @@ def post_view(
 
 
 async def posts_by_id(
-    kv: KVClient,
+    kv: KV,
     post_ids: Sequence[str],
     viewer: str = "",
     records: Mapping[str, Record] | None = None,
@@ -122,7 +122,7 @@ async def posts_by_id(
     return out
 
 
-async def by_handle(kv: KVClient, handles: users.Handles, handle: str) -> upb.User | None:
+async def by_handle(kv: KV, handles: users.Handles, handle: str) -> upb.User | None:
     """The user a handle names, with counts; None for no such user. Usually one round trip
     (the handle's id remembered)."""
     for _ in range(2):
@@ -136,7 +136,7 @@ async def by_handle(kv: KVClient, handles: users.Handles, handle: str) -> upb.Us
     return None
 
 
-async def timeline(kv: KVClient, author: str, limit: int, before_id: str = "") -> list[Record]:
+async def timeline(kv: KV, author: str, limit: int, before_id: str = "") -> list[Record]:
     """The author's newest post records (older than ``before_id``), newest first."""
     cursor = f"p:{before_id}".encode().hex() if before_id else ""
     items, _ = await kv.scan(
@@ -145,7 +145,7 @@ async def timeline(kv: KVClient, author: str, limit: int, before_id: str = "") -
     return [posts.decode(i.value) for i in items]
 
 
-async def followees(kv: KVClient, user_id: str) -> list[str]:
+async def followees(kv: KV, user_id: str) -> list[str]:
     """Everyone ``user_id`` follows, in the order they were followed."""
     found: list[str] = []
     async for rows in kv.scan_pages(graph.KS, user_id.encode(), b"o:"):

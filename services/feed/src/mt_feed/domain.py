@@ -30,10 +30,10 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mt_core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mt_core.errors import InvalidArgument, Unavailable
 from mt_core.ids import now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
-from mt_kv_client import Key, KVClient
+from mt_kv_client import KV, ConditionFailed, Key
 from mt_kv_client.client import Check, Delete, Increment, Mutation, Put
 from mt_proto import feed_pb2 as pb
 from mt_proto import posts_pb2 as ppb
@@ -73,7 +73,7 @@ def _check_user(user_id: str) -> None:
 
 
 class Feed:
-    def __init__(self, settings: Settings, kv: KVClient) -> None:
+    def __init__(self, settings: Settings, kv: KV) -> None:
         self.settings = settings
         self.kv = kv
 
@@ -121,9 +121,7 @@ class Feed:
             ]
             try:
                 await self.kv.write(mutations, [check])
-            except FailedPrecondition as err:
-                if err.code != "condition_failed":
-                    raise
+            except ConditionFailed:
                 continue
             return new
         raise Unavailable("the reader's meta is contended; try again", code="contended")
@@ -257,9 +255,7 @@ class Feed:
                 mutations.append(Increment(inbox_size(user), len(new)))
                 try:
                     reply = await self.kv.write(mutations, [Check.absent(k) for k, _ in new])
-                except FailedPrecondition as err:
-                    if err.code != "condition_failed":
-                        raise
+                except ConditionFailed:
                     continue  # a delivery raced us: look again
                 size = int(reply.results[-1].value)
                 break
@@ -276,9 +272,7 @@ class Feed:
             mutations.append(Increment(inbox_size(user), -len(held)))
             try:
                 await self.kv.write(mutations, [Check.present(k) for k in held])
-            except FailedPrecondition as err:
-                if err.code != "condition_failed":
-                    raise
+            except ConditionFailed:
                 continue
             return
 
@@ -441,9 +435,7 @@ class Feed:
                         checks.append(Check.absent(dedups[d.dedup_key]))
                 try:
                     await self.kv.write(mutations, checks)
-                except FailedPrecondition as err:
-                    if err.code != "condition_failed":
-                        raise
+                except ConditionFailed:
                     # Some were delivered before (a redelivered job): the others, again.
                     held = await self.kv.multi_get(dedups.values())
                     new = [d for d in new if not d.dedup_key or held[dedups[d.dedup_key]] is None]

@@ -18,7 +18,7 @@ from mt_core.criticality import Criticality
 from mt_core.errors import InvalidArgument, TooLarge, Unauthenticated
 from mt_core.rpc.services import Services
 from mt_core.telemetry import annotate
-from mt_kv_client import KVClient
+from mt_kv_client import KV
 from mt_schema.users import Handles, session_user
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
@@ -38,7 +38,7 @@ class Ctx:
     b: Services
     settings: Settings
     redis: Redis
-    kv: KVClient
+    kv: KV
     handles: Handles
     viewer: str | None = None
     token: str | None = None
@@ -149,7 +149,7 @@ class Clients:
 
     b: Services
     redis: Redis
-    kv: KVClient
+    kv: KV
     limiter: RateLimiter
     handles: Handles  # handle -> user id, remembered (they do not change)
 

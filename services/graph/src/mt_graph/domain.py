@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 
-from mt_core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mt_core.errors import InvalidArgument, Unavailable
 from mt_core.ids import now_us
 from mt_core.paging import check_batch, limit_of
 from mt_jobs import Job, Outbox
-from mt_kv_client import KVClient
+from mt_kv_client import KV, ConditionFailed
 from mt_kv_client.client import Check, Delete, Increment, Item, Mutation, Put
 from mt_proto import graph_pb2 as pb
 from mt_proto import users_pb2 as upb
@@ -58,7 +58,7 @@ def follow_mutations(follower: str, followee: str, at_us: int) -> list[Mutation]
 
 
 class Graph:
-    def __init__(self, kv: KVClient, outbox: Outbox) -> None:
+    def __init__(self, kv: KV, outbox: Outbox) -> None:
         self.kv = kv
         self.outbox = outbox
 
@@ -76,9 +76,7 @@ class Graph:
         ]
         try:
             await self.kv.write(mutations, [Check.absent(edge)])
-        except FailedPrecondition as err:
-            if err.code != "condition_failed":
-                raise
+        except ConditionFailed:
             return False  # already following: that follow's job does (or did) the rest
         self.outbox.settle_soon(staged)
         return True
@@ -99,9 +97,7 @@ class Graph:
         ]
         try:
             await self.kv.write(mutations, [Check(edge, held.version)])
-        except FailedPrecondition as err:
-            if err.code != "condition_failed":
-                raise
+        except ConditionFailed:
             return False  # a concurrent unfollow (or re-follow) won; its job does the rest
         self.outbox.settle_soon(staged)
         return True
@@ -127,9 +123,7 @@ class Graph:
             mutations.append(Increment(following_count(follower), len(new)))
             try:
                 await self.kv.write(mutations, [Check.absent(out_key(follower, f)) for f in new])
-            except FailedPrecondition as err:
-                if err.code != "condition_failed":
-                    raise
+            except ConditionFailed:
                 continue  # a follow of one of them raced us: read again
             return len(new)
         raise Unavailable("the follows are contended; try again", code="contended")
@@ -149,9 +143,7 @@ class Graph:
             ]
             try:
                 await self.kv.write(mutations, [Check.absent(out_key(follower, followee))])
-            except FailedPrecondition as err:
-                if err.code != "condition_failed":
-                    raise
+            except ConditionFailed:
                 return False  # already following (this batch, repeated): counted then
             return True
 
@@ -196,9 +188,7 @@ class Graph:
                 return following
             try:
                 await self.kv.write(mutations, checks)
-            except FailedPrecondition as err:
-                if err.code != "condition_failed":
-                    raise
+            except ConditionFailed:
                 continue  # a concurrent step of the same mirror: read again
             return following
         raise Unavailable("the followers' mirror is contended; try again", code="contended")

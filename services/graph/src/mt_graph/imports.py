@@ -17,17 +17,18 @@ go last, so a repeated batch finds them and finishes what it began.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mt_core.errors import FailedPrecondition, NotFound, Unauthenticated
+from mt_core.errors import NotFound, Unauthenticated
 from mt_core.ids import new_id, now_us
 from mt_core.paging import decode_cursor, encode_cursor, limit_of
 from mt_jobs import Job, Outbox, opportunistic_deadline_ms
-from mt_kv_client import Key, KVClient
+from mt_kv_client import KV, ConditionFailed, Key
 from mt_kv_client.client import Check, Delete, Mutation, Put
 from mt_legacy import LegacyGraph
 from mt_legacy.identity import AUDIENCE, Provider
@@ -84,7 +85,7 @@ class Legacy:
     def __init__(
         self,
         settings: Settings,
-        kv: KVClient,
+        kv: KV,
         graph: Graph,
         legacy: LegacyGraph,
         outbox: Outbox,
@@ -180,9 +181,7 @@ class Legacy:
         ]
         try:
             await self.kv.write(mutations, checks)
-        except FailedPrecondition as err:
-            if err.code != "condition_failed":
-                raise
+        except ConditionFailed:
             return await self.start_import(user_id, legacy_id)  # a concurrent start won
         self.outbox.settle_soon(staged)
         return _to_pb(record)
@@ -232,13 +231,10 @@ class Legacy:
     async def _forget_active(self, user_id: str, import_id: str) -> None:
         held = await self.kv.get(_active_key(user_id))
         if held is not None and held.value == import_id.encode():
-            try:
+            with contextlib.suppress(ConditionFailed):  # another import is active now
                 await self.kv.write(
                     [Delete(_active_key(user_id))], [Check(_active_key(user_id), held.version)]
                 )
-            except FailedPrecondition as err:
-                if err.code != "condition_failed":
-                    raise
 
     # ------------------------------------------------------------------ joins
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Final
 
 import msgpack
-from mt_kv_client.routing import OUTBOX_KEY_PREFIX
+from mt_kv_contract.keys import OUTBOX_KEY_PREFIX
 from mt_proto import kv_pb2 as pb
 from sortedcontainers import SortedList
 

@@ -16,6 +16,7 @@ Posts are answered as a viewer sees them (:mod:`mt_schema.views`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from mt_core.errors import (
 from mt_core.ids import now_us
 from mt_core.paging import check_batch, limit_of
 from mt_jobs import Job, Outbox
-from mt_kv_client import KVClient
+from mt_kv_client import KV, ConditionFailed
 from mt_kv_client.client import Check, Delete, Increment, Item, Mutation, Put
 from mt_proto import posts_pb2 as pb
 from mt_schema import views
@@ -90,10 +91,6 @@ def _author(post_id: str) -> str:
     return author
 
 
-def _conflict(err: FailedPrecondition) -> bool:
-    return err.code == "condition_failed"
-
-
 def _fingerprint(text: str, reply_to: str | None) -> str:
     """What an Idempotency-Key was first used with: the same key with another request is
     refused, not answered with the first one's post."""
@@ -101,7 +98,7 @@ def _fingerprint(text: str, reply_to: str | None) -> str:
 
 
 class Posts:
-    def __init__(self, settings: Settings, kv: KVClient, outbox: Outbox) -> None:
+    def __init__(self, settings: Settings, kv: KV, outbox: Outbox) -> None:
         self.settings = settings
         self.kv = kv
         self.outbox = outbox
@@ -154,8 +151,8 @@ class Posts:
             checks.append(Check.absent(claim))
         try:
             await self.kv.write(mutations, checks)
-        except FailedPrecondition as err:
-            if not _conflict(err) or idempotency_key_ is None:
+        except ConditionFailed:
+            if idempotency_key_ is None:
                 raise
             return await self._made_before(author, idempotency_key_, asked)
         if reply_to is not None:
@@ -198,9 +195,7 @@ class Posts:
                 [Put(row, b""), Increment(replies_count(parent), 1), *staged.puts],
                 [Check.absent(row)],
             )
-        except FailedPrecondition as err:
-            if not _conflict(err):
-                raise
+        except ConditionFailed:
             return False
         self.outbox.settle_soon(staged)
         return True
@@ -241,9 +236,7 @@ class Posts:
                 [Delete(record_key(post_id)), Increment(posts_count(author), -1), *staged.puts],
                 [Check(record_key(post_id), held.version)],
             )
-        except FailedPrecondition as err:
-            if not _conflict(err):
-                raise
+        except ConditionFailed:
             return  # deleted by a concurrent request
         if record.get("reply_to"):
             await self.unlink_reply(record)
@@ -252,14 +245,11 @@ class Posts:
     async def unlink_reply(self, record: Record) -> None:
         """Take a deleted reply off its parent's list (and count), if it is still there."""
         row = reply_row(record["reply_to"], record["id"])
-        try:
+        with contextlib.suppress(ConditionFailed):  # already taken off
             await self.kv.write(
                 [Delete(row), Increment(replies_count(record["reply_to"]), -1)],
                 [Check.present(row)],
             )
-        except FailedPrecondition as err:
-            if not _conflict(err):
-                raise
 
     # ------------------------------------------------------------------ lists
 
@@ -306,9 +296,7 @@ class Posts:
                 [Put(key, str(at).encode()), Increment(likes_count(post_id), 1), *staged.puts],
                 [Check.absent(key), Check.present(record_key(post_id))],
             )
-        except FailedPrecondition as err:
-            if not _conflict(err):
-                raise
+        except ConditionFailed:
             await self._record(post_id)  # the post is gone: 404; else already liked
             return False
         self.outbox.settle_soon(staged)
@@ -327,8 +315,6 @@ class Posts:
             await self.kv.write(
                 [Delete(key), Increment(likes_count(post_id), -1)], [Check(key, held.version)]
             )
-        except FailedPrecondition as err:
-            if not _conflict(err):
-                raise
+        except ConditionFailed:
             return False
         return True

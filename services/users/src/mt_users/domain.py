@@ -36,7 +36,7 @@ from mt_core.errors import (
 from mt_core.ids import new_id, now_us
 from mt_core.paging import check_batch, limit_of
 from mt_jobs import Job, Outbox, opportunistic_deadline_ms
-from mt_kv_client import Key, KVClient
+from mt_kv_client import KV, ConditionFailed, Key
 from mt_kv_client.client import Check, Delete, Mutation, Put
 from mt_legacy import LegacyGraph
 from mt_legacy.identity import LEEWAY_S, Verified, Verifier
@@ -121,7 +121,7 @@ class Users:
     def __init__(
         self,
         settings: Settings,
-        kv: KVClient,
+        kv: KV,
         legacy: LegacyGraph,
         outbox: Outbox,
         hasher: passwords.Hasher,
@@ -252,9 +252,7 @@ class Users:
         for attempt in range(20):
             try:
                 await self.kv.write([Put(claim.key, user_id.encode()), *claim.extra], checks)
-            except FailedPrecondition as err:
-                if err.code != "condition_failed":
-                    raise
+            except ConditionFailed:
                 found = await self.kv.multi_get([claim.key, *claim.unused])
                 if any(found[k] is not None for k in claim.unused):
                     return "spent"
@@ -271,7 +269,7 @@ class Users:
         unchanged): never free someone else's claim."""
         held = await self.kv.get(key)
         if held is not None and held.value == user_id.encode():
-            with contextlib.suppress(FailedPrecondition):
+            with contextlib.suppress(ConditionFailed):
                 await self.kv.write(
                     [Delete(key), *(Delete(r) for r in rows)], [Check(key, held.version)]
                 )
@@ -340,7 +338,7 @@ class Users:
                     [Put(user_key(user_id), json.dumps(record).encode())],
                     [Check(user_key(user_id), item.version)],
                 )
-            except FailedPrecondition:
+            except ConditionFailed:
                 continue
             return await self._with_counts(record)
         raise FailedPrecondition("profile changed concurrently; try again", code="conflict")
@@ -397,9 +395,7 @@ class Users:
         spent = self._spend(proof)
         try:
             await self.kv.write([spent], [Check.absent(spent.key)])
-        except FailedPrecondition as err:
-            if err.code != "condition_failed":
-                raise
+        except ConditionFailed:
             raise _replayed() from None
         record = await self._record(link.value.decode())
         return await self._with_counts(record), await self._open_session(record["id"])

@@ -34,7 +34,7 @@ from mt_feed.domain import Feed
 from mt_graph.domain import Graph
 from mt_graph.imports import Legacy
 from mt_jobs import Job, JobProducer
-from mt_kv_client import KVClient
+from mt_kv_client import KV
 from mt_posts.domain import Posts
 from mt_proto import feed_pb2 as fpb
 from mt_schema.graph import listed_user
@@ -97,7 +97,7 @@ class Handlers:
     def __init__(
         self,
         settings: Settings,
-        kv: KVClient,
+        kv: KV,
         producer: JobProducer,
         graph: Graph,
         legacy: Legacy,

@@ -27,9 +27,20 @@ from typing import Any
 
 import grpc
 import msgpack
-from mt_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mt_core.errors import FailedPrecondition, InvalidArgument
 from mt_core.rpc.client import untraced_channel
-from mt_kv_client.routing import MAX_BATCH, Key, microshard, validate_value
+from mt_kv_contract.errors import (
+    Behind,
+    ConditionFailed,
+    Indeterminate,
+    Moved,
+    NoQuorum,
+    NotPrimary,
+    StaleEpoch,
+    TooStale,
+    UnknownShard,
+)
+from mt_kv_contract.keys import MAX_BATCH, Key, microshard, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 from opentelemetry import propagate, trace
@@ -355,23 +366,16 @@ class Replica:
             if not waiter.future.done():
                 # Sequenced but not known to be committed: it may still commit under the next
                 # primary, so the caller must treat the outcome as unknown.
-                waiter.future.set_exception(
-                    Unavailable(f"outcome unknown: {why}", code="indeterminate")
-                )
+                waiter.future.set_exception(Indeterminate(f"outcome unknown: {why}"))
 
     # ------------------------------------------------------------------ client API
 
     def _primary_shard(self, route: pb.Route) -> Shard:
         shard = self.shards.get(route.shard)
         if shard is None or shard.role is not Role.PRIMARY:
-            raise FailedPrecondition(
-                f"{self.id} is not the primary of shard {route.shard}", code="not_primary"
-            )
+            raise NotPrimary(f"{self.id} is not the primary of shard {route.shard}")
         if route.epoch and route.epoch != shard.epoch:
-            raise FailedPrecondition(
-                f"shard {route.shard} is at epoch {shard.epoch}, not {route.epoch}",
-                code="stale_epoch",
-            )
+            raise StaleEpoch(f"shard {route.shard} is at epoch {shard.epoch}, not {route.epoch}")
         return shard
 
     async def write(self, req: pb.WriteRequest) -> pb.WriteResponse:
@@ -434,10 +438,9 @@ class Replica:
         if held is None:
             raise InvalidArgument("condition kind is required", code="invalid_condition")
         if not held:
-            raise FailedPrecondition(
+            raise ConditionFailed(
                 f"condition {pb.Condition.Kind.Name(cond.kind)} failed on "
-                f"{cond.key.keyspace}/{cond.key.partition!r}/{cond.key.key!r}",
-                code="condition_failed",
+                f"{cond.key.keyspace}/{cond.key.partition!r}/{cond.key.key!r}"
             )
 
     @staticmethod
@@ -451,10 +454,7 @@ class Replica:
         u = microshard(key[0], key[1], count)
         gone = shard.view(moved_key(u), 0) is not None if sequencing else u in shard.data.moved
         if gone:
-            raise FailedPrecondition(
-                f"μshard {u} has moved from shard {shard.id}; refresh the routing table",
-                code="moved",
-            )
+            raise Moved(f"μshard {u} has moved from shard {shard.id}; refresh the routing table")
 
     def _validate_key(self, key: pb.Key) -> None:
         Key(key.keyspace, key.partition, key.key).validate()
@@ -535,7 +535,7 @@ class Replica:
         """The shard if this replica may serve ``read`` now, waiting briefly where useful."""
         shard = self.shards.get(shard_id)
         if shard is None:
-            raise NotFound(f"shard {shard_id} is unknown here", code="unknown_shard")
+            raise UnknownShard(f"shard {shard_id} is unknown here")
         consistency = read.consistency or pb.STRONG
         if consistency == pb.STRONG:
             shard = self._primary_shard(pb.Route(shard=shard_id, epoch=route_epoch))
@@ -545,10 +545,9 @@ class Replica:
             token = read.min_version
             if shard.applied_seq < token.seq:
                 if shard.role is not Role.PRIMARY or token.seq > shard.last_seq:
-                    raise FailedPrecondition(
+                    raise Behind(
                         f"{self.id} has applied shard {shard_id} to {shard.applied_seq}, "
-                        f"not {token.seq}",
-                        code="behind",
+                        f"not {token.seq}"
                     )
                 await self._await_applied(shard, token.seq)
             if consistency == pb.READ_YOUR_WRITES:
@@ -559,7 +558,7 @@ class Replica:
         bound_s = (read.max_staleness_ms or self.settings.max_staleness_ms) / 1000
         if time.monotonic() - shard.fresh_at <= bound_s:
             return shard
-        raise FailedPrecondition(f"{self.id} is too stale for shard {shard_id}", code="too_stale")
+        raise TooStale(f"{self.id} is too stale for shard {shard_id}")
 
     async def _await_applied(self, shard: Shard, seq: int) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -574,7 +573,7 @@ class Replica:
             await asyncio.sleep(shard.serving_after - now)
         for _ in range(3):
             if shard.role is not Role.PRIMARY:
-                raise FailedPrecondition(f"{self.id} lost shard {shard.id}", code="not_primary")
+                raise NotPrimary(f"{self.id} lost shard {shard.id}")
             if time.monotonic() < shard.lease_until:
                 if shard.applied_seq < shard.epoch_start_seq:
                     await self._await_applied(shard, shard.epoch_start_seq)
@@ -583,7 +582,7 @@ class Replica:
             self._heartbeat_due = True
             self._schedule_flush()
             await self._next_answer()
-        raise Unavailable(f"shard {shard.id} has no quorum", code="no_quorum")
+        raise NoQuorum(f"shard {shard.id} has no quorum")
 
     async def _next_answer(self) -> None:
         answered = self._answered
@@ -1080,7 +1079,7 @@ class Replica:
     async def snapshot(self, req: pb.SnapshotRequest) -> AsyncIterator[pb.SnapshotChunk]:
         shard = self.shards.get(req.shard)
         if shard is None or shard.role is not Role.PRIMARY:
-            raise FailedPrecondition("not the primary", code="not_primary")
+            raise NotPrimary("not the primary")
         seq, seq_epoch = shard.applied_seq, shard.applied_epoch
         entries = list(shard.data.items.items())  # a copy: the primary keeps writing meanwhile
         for start in range(0, max(1, len(entries)), SNAPSHOT_CHUNK):

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from mt_core.errors import FailedPrecondition, InvalidArgument
-from mt_kv_client.routing import microshard, validate_value
+from mt_kv_contract.keys import microshard, validate_value
 from mt_proto import kv_pb2 as pb
 
 from mt_kv.data import (

@@ -1,4 +1,5 @@
-"""Where a key lives: keyspace + partition -> μshard (a hash) -> shard (the routing table).
+"""Where a key lives: keyspace + partition -> μshard (a hash) -> shard (the routing table),
+and how big keys, values and batches may be.
 
 The client and the replicas both use :func:`microshard`, so the function is part of the
 contract: changing it moves every key. One partition's rows hash together, which is what makes

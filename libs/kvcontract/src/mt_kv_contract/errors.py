@@ -1,0 +1,85 @@
+"""What a KV replica answers when it did not do what was asked, as types the client acts on.
+
+A :class:`Refused` request did nothing: sending it again is safe, writes included, once the
+routing table is fresh (its subclasses say why). An :class:`Indeterminate` write may or may not
+have happened. A lost condition is :class:`ConditionFailed` — an answer, never retried by the
+client. Every class is registered with :mod:`mt_core.errors`, so it crosses gRPC as itself.
+"""
+
+from __future__ import annotations
+
+from mt_core.errors import FailedPrecondition, Unavailable, known
+
+
+@known
+class Refused(Unavailable):
+    """The replica did nothing with the request: sending it again is always safe."""
+
+    default_code = "refused"
+
+
+@known
+class NotPrimary(Refused):
+    default_code = "not_primary"
+
+
+@known
+class StaleEpoch(Refused):
+    """The request was routed with an epoch the shard has left (a failover happened)."""
+
+    default_code = "stale_epoch"
+
+
+@known
+class UnknownShard(Refused):
+    default_code = "unknown_shard"
+
+
+@known
+class Behind(Refused):
+    """This replica has not applied the version the read must see; another may have."""
+
+    default_code = "behind"
+
+
+@known
+class TooStale(Refused):
+    """This replica heard from its primary longer ago than the read's staleness bound."""
+
+    default_code = "too_stale"
+
+
+@known
+class NoQuorum(Refused):
+    """The primary could not confirm its lease with a majority: it served nothing."""
+
+    default_code = "no_quorum"
+
+
+@known
+class Moved(Refused):
+    """The key's μshard went to another shard (live resharding): route the key again."""
+
+    default_code = "moved"
+
+
+@known
+class Indeterminate(Unavailable):
+    """A write whose outcome is unknown: its primary lost its role, or the call broke, after
+    the write may have been sequenced. It may yet commit."""
+
+    default_code = "indeterminate"
+
+
+@known
+class KVUnavailable(Unavailable):
+    """Refused until the client's retry budget ran out: nothing was done."""
+
+    default_code = "kv_unavailable"
+
+
+@known
+class ConditionFailed(FailedPrecondition):
+    """A check of a conditional write did not hold: nothing was written."""
+
+    default_code = "condition_failed"
