@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from mt_kv.data import Change, ShardData, decode_effects, moved_key, moved_value
 from mt_kv.replica.moves import microshard_items
-from mt_kv.replica.shard import LogRec, Shard
+from mt_kv.replica.shard import Shard
+from mt_kv.rules.log import LogRec
 from mt_kv_contract.keys import microshard
 from mt_proto import kv_pb2 as pb
 
@@ -48,7 +49,7 @@ def test_log__truncate_drops_an_uncommitted_suffix() -> None:
 
 def test_log__reset_positions_an_empty_log_after_a_snapshot() -> None:
     shard = Shard(0)
-    shard.reset(100, 4)
+    shard.restart_log(100, 4)
     assert (shard.last_seq, shard.last_epoch, shard.epoch_at(100)) == (100, 4, 4)
     shard.append(entry(101, 5))
     assert shard.last_seq == 101

@@ -66,14 +66,17 @@ from mt_kv.data import (
 )
 from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
-from mt_kv.replica.shard import EPOCH, PAYLOAD, SEQ, LogRec, Progress, Role, Shard, Waiter
+from mt_kv.replica.shard import Shard, Waiter
+from mt_kv.rules.follow import Admission
+from mt_kv.rules.log import EPOCH, PAYLOAD, SEQ, LogRec
+from mt_kv.rules.progress import Progress
+from mt_kv.rules.shard import Role
 from mt_kv.settings import ReplicaSettings
 from mt_kv.storage.store import Batch, EpochRow, LogRow, Position, Store
 
 log = logging.getLogger(__name__)
 
 S = pb.ShardAppendResult
-LEASE_SAFETY = 0.9  # serve strong reads for at most 90% of the lease: clock-rate slack
 SNAPSHOT_CHUNK = 1_000
 
 
@@ -115,14 +118,6 @@ class _Note:
 def _traced_in(shard: Shard, entries: Sequence[LogRec]) -> list[SpanContext]:
     """The traced writes among ``entries`` (their span contexts)."""
     return [shard.traced[e[SEQ]] for e in entries if e[SEQ] in shard.traced]
-
-
-def _rewind(progress: Progress, next_seq: int) -> None:
-    """Send from ``next_seq`` again, one request at a time until the follower agrees;
-    answers to what was sent before are stale from now on."""
-    progress.gen += 1
-    progress.next_seq = next_seq
-    progress.probing, progress.probe_out = True, False
 
 
 COMMIT_SECONDS = Histogram(
@@ -187,7 +182,7 @@ class Replica:
             shard.epoch, shard.primary = meta.epoch, meta.primary
             shard.applied_seq, shard.applied_epoch = meta.applied_seq, meta.applied_epoch
             shard.checkpoint_seq, shard.checkpoint_epoch = meta.applied_seq, meta.applied_epoch
-            shard.reset(meta.applied_seq, meta.applied_epoch)
+            shard.restart_log(meta.applied_seq, meta.applied_epoch)
             shard.commit_seq = meta.applied_seq
         for shard_id, held in loaded.items.items():
             self.shard(shard_id).data.replace(held.items())
@@ -227,7 +222,7 @@ class Replica:
 
     def shard(self, shard_id: int) -> Shard:
         if shard_id not in self.shards:
-            self.shards[shard_id] = Shard(shard_id)
+            self.shards[shard_id] = Shard(shard_id, me=self.id)
         return self.shards[shard_id]
 
     def _stub(self, replica_id: str) -> kv_pb2_grpc.ReplicationAsyncStub:
@@ -299,19 +294,15 @@ class Replica:
             shard.replicas = tuple(info.replicas)
             if info.epoch < shard.epoch:
                 continue
-            if info.epoch > shard.epoch:
-                if shard.role is Role.PRIMARY:
-                    self._step_down(shard, f"epoch {info.epoch} was assigned")
-                shard.epoch, shard.primary, shard.role = info.epoch, "", Role.FOLLOWER
-                self._meta(shard)
+            if info.epoch > shard.epoch:  # fenced: no primary until the manager names one
+                self._become(shard, Role.FOLLOWER, info.epoch, "", "a new epoch was assigned")
             if not info.primary:
                 continue
             if info.primary == self.id:
                 if shard.role is not Role.PRIMARY and shard.primary == "":
                     self._promote(shard, info.epoch)
             elif shard.primary != info.primary:
-                shard.primary, shard.role = info.primary, Role.FOLLOWER
-                self._meta(shard)
+                self._become(shard, Role.FOLLOWER, shard.epoch, info.primary, "another leads")
         self.addrs.update(self._peer_overrides)  # how we reach peers, where that differs
         self.repl_addrs.update(repl_addrs or {})
         self.repl_addrs.update(self._peer_repl_overrides)
@@ -322,23 +313,26 @@ class Replica:
         with TRACER.start_as_current_span("kv.promote") as span:  # a failover: rare, worth a trace
             span.set_attributes({"mt.shard": shard.id, "mt.epoch": epoch, "mt.replica": self.id})
             span.add_event("failover")  # this replica takes the shard over in a new epoch
-            self._promote_now(shard, epoch)
+            self._become(shard, Role.PRIMARY, epoch, self.id, "elected")
 
-    def _promote_now(self, shard: Shard, epoch: int) -> None:
-        now = time.monotonic()
-        shard.epoch, shard.primary, shard.role = epoch, self.id, Role.PRIMARY
-        promised = (
-            shard.last_ack_at + self.lease_s if shard.last_ack_primary not in ("", self.id) else 0.0
-        )
-        shard.serving_after = max(now, promised)
-        shard.lease_until = 0.0
-        shard.progress = {
-            r: Progress(next_seq=shard.last_seq + 1) for r in shard.replicas if r != self.id
-        }
+    def _become(self, shard: Shard, role: Role, epoch: int, primary: str, why: str) -> None:
+        """EVERY change of a shard's role, epoch or primary (:meth:`ShardCore.reset`), and what
+        it asks of us: writers waiting on entries we sequenced learn their outcome is unknown;
+        a new primary starts its epoch with an entry of its own."""
+        reset = shard.reset(role, epoch, primary, time.monotonic(), self.lease_s)
+        if reset.stepped_down:
+            log.info("stepping down", extra={"shard": shard.id, "epoch": epoch, "why": why})
+            shard.pending = {}
+            shard.changes = {}  # entries we sequenced may yet be replaced: decode what commits
+            self._fail_waiters(shard, why)
+        if reset.moved:
+            self._meta(shard)
+        if role is Role.PRIMARY:
+            self._lead(shard)
+
+    def _lead(self, shard: Shard) -> None:
         for follower in shard.progress:
             self._link(follower)
-        shard.commit_seq = shard.applied_seq
-        shard.local_durable_seq = shard.last_seq
         shard.pending = {}
         for seq in range(shard.applied_seq + 1, shard.last_seq + 1):
             entry = shard.entry(seq)
@@ -347,18 +341,9 @@ class Replica:
         # An entry of the new epoch lets the inherited tail commit (Raft §5.4.2); strong reads
         # wait until it is applied, so they see every write the previous primaries committed.
         shard.epoch_start_seq = self._sequence(shard, [])
-        self._meta(shard)
-        log.info("primary", extra={"shard": shard.id, "epoch": epoch, "last_seq": shard.last_seq})
-
-    def _step_down(self, shard: Shard, why: str) -> None:
-        log.info("stepping down", extra={"shard": shard.id, "epoch": shard.epoch, "why": why})
-        shard.role = Role.FOLLOWER
-        shard.lease_until = 0.0
-        shard.pending = {}
-        shard.unpersisted = []
-        shard.changes = {}  # entries we sequenced may yet be replaced: decode what commits
-        shard.progress = {}
-        self._fail_waiters(shard, why)
+        log.info(
+            "primary", extra={"shard": shard.id, "epoch": shard.epoch, "last_seq": shard.last_seq}
+        )
 
     def _fail_waiters(self, shard: Shard, why: str) -> None:
         while shard.waiters:
@@ -503,10 +488,7 @@ class Replica:
         """Append ``changes`` (every change a primary makes comes through here) as the next
         entry; followers apply the entry's changes as they are, index included."""
         changes = with_outbox_index(changes)
-        seq = shard.last_seq + 1
-        entry = (seq, shard.epoch, encode_changes(changes))
-        shard.append(entry)
-        shard.unpersisted.append(entry)
+        seq = shard.propose(encode_changes(changes))[SEQ]
         shard.changes[seq] = changes
         context = trace.get_current_span().get_span_context()
         if context.trace_flags.sampled:
@@ -720,7 +702,7 @@ class Replica:
                 span.set_status(StatusCode.ERROR, repr(err))
             for shard in self.shards.values():
                 if shard.role is Role.PRIMARY:
-                    self._step_down(shard, "persist failed")
+                    self._become(shard, Role.FOLLOWER, shard.epoch, shard.primary, "persist failed")
             return
         finally:
             if span is not None:
@@ -728,7 +710,7 @@ class Replica:
             self._persisting = False
         for shard_id, seq in persisted.items():
             shard = self.shards[shard_id]
-            shard.local_durable_seq = max(shard.local_durable_seq, seq)
+            shard.persisted(seq)
             if shard.role is Role.PRIMARY:
                 self._advance_commit(shard)
         self._persist()
@@ -768,18 +750,16 @@ class Replica:
             progress = shard.progress.get(link.follower)
             if progress is None or shard.role is not Role.PRIMARY:
                 continue
-            if progress.probing and (progress.probe_out or now < progress.hold_until):
+            if not progress.may_send(now):
                 continue
             msg, sent = self._append_for(shard, progress)
             if not (sent or msg.snapshot_required or progress.probing or heartbeat):
                 continue
             request.shards.append(msg)
             parts.append(_Part(shard, shard.epoch, progress.gen, msg.prev_seq))
-            progress.probe_out = progress.probing
-            if sent:
-                progress.next_seq = sent[-1][SEQ] + 1
-                if shard.traced:
-                    traced += _traced_in(shard, sent)
+            progress.sent(sent[-1][SEQ] if sent else None)
+            if sent and shard.traced:
+                traced += _traced_in(shard, sent)
         if not parts:
             return
         span = _open_span(traced, "kv.replicate", SpanKind.CLIENT, follower=link.follower)
@@ -788,24 +768,8 @@ class Replica:
         link.send(request, _Note(parts, span))
 
     def _append_for(self, shard: Shard, progress: Progress) -> tuple[pb.ShardAppend, list[LogRec]]:
-        """The follower's part of an Append for this shard, and the entries it carries."""
-        nxt = min(progress.next_seq, shard.last_seq + 1)
-        prev = nxt - 1
-        prev_epoch = shard.epoch_at(prev) if prev >= shard.tail_start - 1 else None
-        msg = pb.ShardAppend(shard=shard.id, epoch=shard.epoch, commit_seq=shard.commit_seq)
-        if prev_epoch is None:
-            # What the follower needs is no longer in our log: it must copy a snapshot.
-            # prev_seq tells it our log's floor, so a follower already past it just says where
-            # it is instead of copying again.
-            msg.snapshot_required = True
-            msg.prev_seq = shard.tail_start - 1
-            return msg, []
-        msg.prev_seq, msg.prev_epoch = prev, prev_epoch
-        upto = min(shard.last_seq, prev + self.settings.max_entries_per_append)
-        sent: list[LogRec] = []
-        if upto > prev:
-            start = prev + 1 - shard.tail_start
-            sent = shard.tail[start : start + (upto - prev)]
+        msg, sent = shard.append_for(progress, self.settings.max_entries_per_append)
+        if sent:
             msg.entries = msgpack.packb(sent)
         return msg, sent
 
@@ -825,8 +789,7 @@ class Replica:
         for shard in self.shards.values():
             progress = shard.progress.get(link.follower)
             if progress is not None and shard.role is Role.PRIMARY:
-                known = progress.match_seq + 1 if progress.match_seq else shard.last_seq + 1
-                _rewind(progress, known)
+                progress.link_lost(shard.last_seq)
         self._signal_answered()
 
     def on_answer(self, link: PeerLink, sent: Sent, answer: pb.AppendResponse) -> None:
@@ -851,55 +814,22 @@ class Replica:
     def _on_result(
         self, shard: Shard, progress: Progress, part: _Part, result: S, sent_at: float
     ) -> None:
-        if result.status == S.OK:
-            progress.match_seq = max(progress.match_seq, result.durable_seq)
-            progress.acked_at = max(progress.acked_at, sent_at)
-            progress.last_hint = -1
-            if part.gen == progress.gen:
-                progress.probing = progress.probe_out = False
-            self._renew_lease(shard)
-        elif result.status == S.STALE_EPOCH:
-            if result.epoch > shard.epoch:
-                self._step_down(shard, f"{shard.id}: a follower is at epoch {result.epoch}")
-        elif part.gen == progress.gen:  # a refusal of the current stream: start over from...
-            if result.status == S.MISMATCH:  # ... where the follower says its log matches
-                progress.match_seq = min(progress.match_seq, result.durable_seq)
-                stuck = result.durable_seq == progress.last_hint  # e.g. copying a snapshot
-                progress.last_hint = result.durable_seq
-                _rewind(progress, result.durable_seq + 1)
-            else:  # LEASE_WAIT: ... the same place, once it stops honouring the old primary
-                stuck = True
-                _rewind(progress, part.prev_seq + 1)
-            if stuck:  # asking again at once would just spin: wait for the next tick
-                progress.hold_until = time.monotonic() + self.settings.append_interval_ms / 1000
-
-    def _renew_lease(self, shard: Shard) -> None:
-        acks = sorted((p.acked_at for p in shard.progress.values()), reverse=True)
-        needed = len(shard.replicas) // 2  # followers needed beside ourselves
-        if needed and len(acks) >= needed:
-            shard.lease_until = max(
-                shard.lease_until, acks[needed - 1] + self.lease_s * LEASE_SAFETY
-            )
+        later = shard.on_result(
+            progress,
+            result,
+            gen=part.gen,
+            prev_seq=part.prev_seq,
+            sent_at=sent_at,
+            now=time.monotonic(),
+            lease_s=self.lease_s,
+            hold_s=self.settings.append_interval_ms / 1000,  # a probe that would spin: next tick
+        )
+        if later:
+            why = f"a follower is at epoch {result.epoch}"
+            self._become(shard, Role.FOLLOWER, shard.epoch, shard.primary, why)
 
     def _advance_commit(self, shard: Shard) -> None:
-        acks = sorted(
-            [
-                shard.local_durable_seq,
-                *(
-                    shard.progress[r].match_seq if r in shard.progress else 0
-                    for r in shard.replicas
-                    if r != self.id
-                ),
-            ],
-            reverse=True,
-        )
-        majority = len(shard.replicas) // 2 + 1
-        if len(acks) < majority:
-            return
-        candidate = acks[majority - 1]
-        # Only an entry of our own epoch commits by counting (Raft §5.4.2).
-        if candidate > shard.commit_seq and shard.epoch_at(candidate) == shard.epoch:
-            shard.commit_seq = candidate
+        shard.advance_commit()
         self._apply_committed(shard)
 
     def _apply_committed(self, shard: Shard) -> None:
@@ -978,7 +908,7 @@ class Replica:
             for sa, result in zip(req.shards, results, strict=True):
                 if result.status == S.OK:
                     shard = self.shards[sa.shard]
-                    shard.last_ack_at, shard.last_ack_primary = acked, req.primary
+                    shard.acknowledged(req.primary, acked)
                     if shard.applied_seq >= sa.commit_seq:
                         shard.fresh_at = now
             answers.append(pb.AppendResponse(shards=results))
@@ -996,21 +926,13 @@ class Replica:
                 shard=shard.id, status=status, durable_seq=durable, epoch=shard.epoch
             ), 0
 
-        if sa.epoch < shard.epoch:
+        admission = shard.admission(primary, sa.epoch, now, self.lease_s)
+        if admission is Admission.STALE_EPOCH:
             return result(S.STALE_EPOCH)
-        if sa.epoch > shard.epoch or shard.primary != primary:
-            if (
-                shard.last_ack_primary not in ("", primary)
-                and now < shard.last_ack_at + self.lease_s
-            ):
-                return result(S.LEASE_WAIT)
-            if shard.role is Role.PRIMARY:
-                self._step_down(shard, f"{primary} leads epoch {sa.epoch}")
-            shard.epoch, shard.primary, shard.role = sa.epoch, primary, Role.FOLLOWER
-            self._meta(shard)
-        if shard.role is Role.PRIMARY:
-            return result(S.STALE_EPOCH)
-        shard.role = Role.FOLLOWER
+        if admission is Admission.LEASE_WAIT:
+            return result(S.LEASE_WAIT)
+        if shard.role is not Role.FOLLOWER or admission is Admission.ADOPT:
+            self._become(shard, Role.FOLLOWER, sa.epoch, primary, f"{primary} leads")
         if shard.snapshotting:
             return result(S.MISMATCH, shard.applied_seq)
         if sa.snapshot_required:
@@ -1019,29 +941,18 @@ class Replica:
             shard.snapshotting = True
             self._tasks.append(asyncio.create_task(self._pull_snapshot(shard, primary, sa.epoch)))
             return result(S.MISMATCH, shard.applied_seq)
-        if sa.prev_seq > shard.last_seq:
-            return result(
-                S.MISMATCH,
-                shard.last_seq if shard.epoch_at(shard.last_seq) is not None else shard.applied_seq,
-            )
-        if shard.epoch_at(sa.prev_seq) != sa.prev_epoch:
-            return result(S.MISMATCH, shard.applied_seq)
         entries: tuple[LogRec, ...] = (
             msgpack.unpackb(sa.entries, use_list=False) if sa.entries else ()
         )
-        for entry in entries:
-            seq = entry[SEQ]
-            if seq <= shard.last_seq:
-                if shard.epoch_at(seq) == entry[EPOCH]:
-                    continue
-                shard.truncate_after(seq - 1)
-                shard.changes.clear()  # ours no more (we were its primary, in another epoch)
-                batch.log_truncate_after[shard.id] = seq - 1
-            shard.append(entry)
-            batch.log_appends.append(LogRow(shard.id, *entry))
-        matched = sa.prev_seq + len(entries)
-        status, _ = result(S.OK, matched)
-        return status, min(sa.commit_seq, matched)
+        fitted = shard.fit(sa, entries)
+        if not fitted.ok:
+            return result(S.MISMATCH, fitted.durable_hint)
+        if fitted.truncate_after is not None:
+            shard.changes.clear()  # ours no more (we were its primary, in another epoch)
+            batch.log_truncate_after[shard.id] = fitted.truncate_after
+        batch.log_appends += [LogRow(shard.id, *entry) for entry in fitted.append]
+        status, _ = result(S.OK, fitted.durable_hint)
+        return status, min(sa.commit_seq, fitted.durable_hint)
 
     async def _pull_snapshot(self, shard: Shard, primary: str, epoch: int) -> None:
         try:
@@ -1055,7 +966,7 @@ class Replica:
                     entries.append((key, (item.value, item.version, item.expires_at_ms)))
             await self._checkpointer.wait_idle()  # none may write this shard's old items now
             shard.data.replace(entries)
-            shard.reset(seq, seq_epoch)
+            shard.restart_log(seq, seq_epoch)
             shard.applied_seq, shard.applied_epoch, shard.commit_seq = seq, seq_epoch, seq
             shard.dirty = {}  # the snapshot replaces the shard's items whole
             # The old log goes first: a crash before the items are replaced leaves the old

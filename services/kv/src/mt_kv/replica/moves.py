@@ -31,7 +31,8 @@ from mt_kv.data import (
     moved_value,
 )
 from mt_kv.replica.core import Replica, now_ms, to_item
-from mt_kv.replica.shard import PAYLOAD, Shard
+from mt_kv.replica.shard import Shard
+from mt_kv.rules.log import PAYLOAD
 
 CHUNK = 1_000  # keys per exported chunk, per log entry of a purge
 CHUNK_BYTES = 4 << 20  # an exported chunk stops growing past this (values go up to 1 MiB)

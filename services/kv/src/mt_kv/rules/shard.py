@@ -1,0 +1,259 @@
+"""One shard's replication state and its rules: role and epoch (changed only through
+:meth:`ShardCore.reset`), the log tail, the commit point and, as primary, each follower's
+progress and the lease; as follower, the lease it promised. Times are arguments: no clock here.
+
+The replica (``mt_kv.replica``) holds one per shard (its ``Shard`` adds the data and the
+writers waiting) and does the I/O these decisions call for.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from mt_proto import kv_pb2 as pb
+
+from mt_kv.rules import quorum
+from mt_kv.rules.follow import Admission, Fit, admit, fit
+from mt_kv.rules.log import EPOCH, SEQ, LogRec
+from mt_kv.rules.progress import Progress
+
+S = pb.ShardAppendResult
+
+
+class Role(enum.Enum):
+    NONE = "none"  # just started, or fenced without a primary
+    PRIMARY = "primary"
+    FOLLOWER = "follower"
+
+
+class Reset(NamedTuple):
+    """What a :meth:`ShardCore.reset` asks of the replica."""
+
+    stepped_down: bool  # writers waiting on our entries: their outcome is now unknown
+    moved: bool  # the epoch or primary changed: persist it
+
+
+@dataclass(eq=False)
+class ShardCore:
+    id: int
+    me: str = ""  # this replica's id
+    epoch: int = 0
+    primary: str = ""
+    replicas: tuple[str, ...] = ()  # the voters, ourselves among them
+    role: Role = Role.NONE
+    applied_seq: int = 0
+    applied_epoch: int = 0
+    # The log tail kept in memory (also in the store): entries tail_start .. last.
+    tail: list[LogRec] = field(default_factory=list)
+    tail_start: int = 1
+    base_epoch: int | None = 0  # epoch of the entry just before the tail (None: unknown)
+    commit_seq: int = 0
+    # ---- as primary
+    unpersisted: list[LogRec] = field(default_factory=list)  # sequenced, not yet to the store
+    local_durable_seq: int = 0
+    progress: dict[str, Progress] = field(default_factory=dict)  # follower -> its progress
+    lease_until: float = 0.0
+    serving_after: float = 0.0
+    epoch_start_seq: int = 0  # our first entry as primary of this epoch
+    # ---- as follower
+    last_ack_at: float = 0.0  # when we last acknowledged a primary (our lease promise)
+    last_ack_primary: str = ""
+    fresh_at: float = 0.0  # when we were last caught up with the primary's commit point
+    snapshotting: bool = False
+
+    # ------------------------------------------------------------------ the log
+
+    @property
+    def last_seq(self) -> int:
+        return self.tail[-1][SEQ] if self.tail else self.tail_start - 1
+
+    @property
+    def last_epoch(self) -> int:
+        if self.tail:
+            return self.tail[-1][EPOCH]
+        return self.base_epoch or 0
+
+    def entry(self, seq: int) -> LogRec | None:
+        index = seq - self.tail_start
+        return self.tail[index] if 0 <= index < len(self.tail) else None
+
+    def epoch_at(self, seq: int) -> int | None:
+        """The epoch of the entry at ``seq`` if known (0 for the empty prefix)."""
+        if seq == 0 and self.tail_start == 1:
+            return 0
+        found = self.entry(seq)
+        if found is not None:
+            return found[EPOCH]
+        if seq == self.tail_start - 1:
+            return self.base_epoch
+        if seq == self.applied_seq:
+            return self.applied_epoch
+        return None
+
+    def append(self, entry: LogRec) -> None:
+        assert entry[SEQ] == self.last_seq + 1, (entry[SEQ], self.last_seq)
+        self.tail.append(entry)
+
+    def restart_log(self, seq: int, epoch: int) -> None:
+        """An empty log positioned after ``seq`` (a snapshot install)."""
+        self.tail, self.tail_start, self.base_epoch = [], seq + 1, epoch
+
+    def truncate_after(self, seq: int) -> None:
+        """Drop log entries after ``seq`` (never committed ones)."""
+        assert seq >= self.applied_seq, (seq, self.applied_seq)
+        del self.tail[max(0, seq - self.tail_start + 1) :]
+
+    def trim(self, keep_entries: int) -> int:
+        """Forget the oldest applied entries beyond ``keep_entries``; returns the new floor."""
+        excess = min(len(self.tail) - keep_entries, self.applied_seq - self.tail_start + 1)
+        if excess > 0:
+            self.base_epoch = self.tail[excess - 1][EPOCH]
+            del self.tail[:excess]
+            self.tail_start += excess
+        return self.tail_start - 1
+
+    # ------------------------------------------------------------------ roles
+
+    def reset(self, role: Role, epoch: int, primary: str, now: float, lease_s: float) -> Reset:
+        """EVERY change of role, epoch or primary. Leaving the primary's role drops what only
+        a primary keeps; taking it starts at the log's end, each follower probed from there,
+        serving strong reads only once the lease a follower promised the previous primary
+        has run out (the first entry of the epoch, the replica's to sequence, comes next)."""
+        stepped_down = self.role is Role.PRIMARY and (role, epoch) != (Role.PRIMARY, self.epoch)
+        if stepped_down:
+            self.lease_until = 0.0
+            self.unpersisted = []
+            self.progress = {}
+        moved = (epoch, primary) != (self.epoch, self.primary)
+        self.epoch, self.primary, self.role = epoch, primary, role
+        if role is Role.PRIMARY:
+            promised = self.last_ack_primary not in ("", self.me)
+            self.serving_after = max(now, self.last_ack_at + lease_s if promised else 0.0)
+            self.lease_until = 0.0
+            first = self.last_seq + 1
+            self.progress = {r: Progress(next_seq=first) for r in self.replicas if r != self.me}
+            self.commit_seq = self.applied_seq
+            self.local_durable_seq = self.last_seq
+        return Reset(stepped_down, moved)
+
+    # ------------------------------------------------------------------ as primary
+
+    def propose(self, payload: bytes) -> LogRec:
+        """Our next entry (the replica sequences only as primary)."""
+        entry = (self.last_seq + 1, self.epoch, payload)
+        self.append(entry)
+        self.unpersisted.append(entry)
+        return entry
+
+    def persisted(self, seq: int) -> None:
+        """Our store holds our log up to ``seq``."""
+        self.local_durable_seq = max(self.local_durable_seq, seq)
+
+    def advance_commit(self) -> int:
+        """The commit point after what the voters hold (see :func:`quorum.commit_point`)."""
+        followers = (
+            self.progress[r].match_seq if r in self.progress else 0
+            for r in self.replicas
+            if r != self.me
+        )
+        self.commit_seq = quorum.commit_point(
+            self.commit_seq,
+            [self.local_durable_seq, *followers],
+            len(self.replicas),
+            self.epoch,
+            self.epoch_at,
+        )
+        return self.commit_seq
+
+    def may_serve_strong(self, now: float) -> bool:
+        return self.role is Role.PRIMARY and self.serving_after <= now < self.lease_until
+
+    def append_for(
+        self, progress: Progress, max_entries: int
+    ) -> tuple[pb.ShardAppend, list[LogRec]]:
+        """A follower's part of an Append for this shard, and the entries it carries."""
+        nxt = min(progress.next_seq, self.last_seq + 1)
+        prev = nxt - 1
+        prev_epoch = self.epoch_at(prev) if prev >= self.tail_start - 1 else None
+        msg = pb.ShardAppend(shard=self.id, epoch=self.epoch, commit_seq=self.commit_seq)
+        if prev_epoch is None:
+            # What the follower needs is no longer in our log: it must copy a snapshot.
+            # prev_seq tells it our log's floor, so a follower already past it just says where
+            # it is instead of copying again.
+            msg.snapshot_required = True
+            msg.prev_seq = self.tail_start - 1
+            return msg, []
+        msg.prev_seq, msg.prev_epoch = prev, prev_epoch
+        upto = min(self.last_seq, prev + max_entries)
+        start = prev + 1 - self.tail_start
+        return msg, self.tail[start : start + max(0, upto - prev)]
+
+    def on_result(
+        self,
+        progress: Progress,
+        result: pb.ShardAppendResult,
+        *,
+        gen: int,
+        prev_seq: int,
+        sent_at: float,
+        now: float,
+        lease_s: float,
+        hold_s: float,
+    ) -> bool:
+        """A follower's answer to our Append (of stream ``gen``, sent at ``sent_at``); True if
+        it shows a later epoch than ours (then we must step down)."""
+        if result.status == S.OK:
+            progress.acknowledged(result.durable_seq, sent_at, gen)
+            self.lease_until = quorum.lease_until(
+                self.lease_until,
+                (p.acked_at for p in self.progress.values()),
+                len(self.replicas),
+                lease_s,
+            )
+        elif result.status == S.STALE_EPOCH:
+            return result.epoch > self.epoch
+        elif result.status == S.MISMATCH:
+            progress.mismatched(result.durable_seq, gen, now, hold_s)
+        else:  # LEASE_WAIT
+            progress.lease_refused(prev_seq, gen, now, hold_s)
+        return False
+
+    # ------------------------------------------------------------------ as follower
+
+    def admission(self, sender: str, sender_epoch: int, now: float, lease_s: float) -> Admission:
+        """Whether to take an Append of ``sender`` (see :func:`follow.admit`)."""
+        if self.role is Role.PRIMARY and (sender_epoch, sender) == (self.epoch, self.primary):
+            return Admission.STALE_EPOCH  # (an Append of our own: never sent)
+        return admit(
+            epoch=self.epoch,
+            primary=self.primary,
+            sender_epoch=sender_epoch,
+            sender=sender,
+            promised_to=self.last_ack_primary,
+            promised_at=self.last_ack_at,
+            lease_s=lease_s,
+            now=now,
+        )
+
+    def fit(self, msg: pb.ShardAppend, entries: tuple[LogRec, ...]) -> Fit:
+        """How ``entries`` fit our log, and our log changed to hold them if they do."""
+        fitted = fit(
+            last_seq=self.last_seq,
+            applied_seq=self.applied_seq,
+            epoch_at=self.epoch_at,
+            prev_seq=msg.prev_seq,
+            prev_epoch=msg.prev_epoch,
+            entries=entries,
+        )
+        if fitted.ok:
+            if fitted.truncate_after is not None:
+                self.truncate_after(fitted.truncate_after)
+            for entry in fitted.append:
+                self.append(entry)
+        return fitted
+
+    def acknowledged(self, primary: str, now: float) -> None:
+        """We acknowledged ``primary``'s Append (durably): our lease promise runs from now."""
+        self.last_ack_at, self.last_ack_primary = now, primary
