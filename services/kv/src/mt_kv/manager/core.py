@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -99,7 +100,9 @@ class ShardManager:
         state_path: Path,
         failover_timeout_ms: int,
         lease_ms: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self.replicas = {rid: ReplicaView(rid, addr) for rid, addr in replicas.items()}
         self.order = list(replicas)
         self.microshards = microshards
@@ -113,7 +116,7 @@ class ShardManager:
         self.failovers: deque[FailoverRecord] = deque(maxlen=200)
         self.routing_version = 0
         self._lost_at: dict[int, float] = {}  # shard -> when its primary was last heard of
-        self._started = time.monotonic()
+        self._started = self._clock()
         self._last_change = self._started
         self._load()
 
@@ -170,14 +173,14 @@ class ShardManager:
     # ---------------------------------------------------------------- liveness
 
     def alive(self, rid: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         return now - self.replicas[rid].last_seen < self.failover_timeout_s
 
     def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         view = self.replicas.get(req.replica_id)
         if view is None:
             raise KeyError(req.replica_id)
-        view.last_seen = time.monotonic()
+        view.last_seen = self._clock()
         view.beats += 1
         view.pid = req.pid
         if req.addr:
@@ -193,7 +196,7 @@ class ShardManager:
 
     def tick(self) -> None:
         """Fence shards whose primary is lost; elect where a majority is fenced."""
-        now = time.monotonic()
+        now = self._clock()
         changed = False
         # Just (re)started, we have not heard from anyone yet: silence is not loss.
         settled = now - self._started >= self.failover_timeout_s
@@ -265,7 +268,7 @@ class ShardManager:
     def placement_settled(self) -> bool:
         """Every shard has a live primary and no rebalancing move is wanted: primaries stay
         where they are until something fails."""
-        return self.healthy() and self._uneven(time.monotonic()) is None
+        return self.healthy() and self._uneven(self._clock()) is None
 
     def _primary_lost(self, shard: ShardAssignment, now: float) -> bool:
         if not self.alive(shard.primary, now):
@@ -359,7 +362,7 @@ class ShardManager:
         )
 
     def replica_infos(self) -> list[pb.ReplicaInfo]:
-        now = time.monotonic()
+        now = self._clock()
         return [
             pb.ReplicaInfo(
                 id=v.id,
@@ -375,7 +378,7 @@ class ShardManager:
 
     def healthy(self) -> bool:
         """Every shard has a live primary."""
-        now = time.monotonic()
+        now = self._clock()
         return all(s.primary and self.alive(s.primary, now) for s in self.shards)
 
     def status(self) -> pb.StatusResponse:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mt_kv.replica.shard import Shard
 from mt_kv.settings import ReplicaSettings
-from mt_kv.storage.store import Position, Segment, Store
+from mt_kv.storage.store import Durable, Position, Segment
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,23 @@ class _Taken:
 
 
 class Checkpointer:
-    def __init__(self, settings: ReplicaSettings, store: Store, shards: dict[int, Shard]) -> None:
+    def __init__(
+        self,
+        settings: ReplicaSettings,
+        store: Durable,
+        shards: dict[int, Shard],
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
         self._settings = settings
+        self._rng = rng
         self._store = store
         self._shards = shards
         self._task: asyncio.Task[None] | None = None
         # Replicas started together would checkpoint together, a burst of CPU on the whole box
         # every interval (puts' p99 showed it): each starts at a random point of its interval,
         # and every interval varies a little, so they drift apart.
-        self._next_at = time.monotonic() + self._interval_s() * random.random()
+        self._next_at = clock() + self._interval_s() * rng.random()
         self._base_items: dict[int, int] = {}  # shard -> items in its base
         self._delta_items: dict[int, int] = {}  # shard -> items in its deltas since the base
         self._deltas: dict[int, int] = {}  # shard -> deltas since the base
@@ -95,7 +103,7 @@ class Checkpointer:
         return Segment(shard.id, shard.applied_seq, True, everything)
 
     def _interval_s(self) -> float:
-        return self._settings.checkpoint_interval_ms / 1000 * random.uniform(0.9, 1.1)
+        return self._settings.checkpoint_interval_ms / 1000 * self._rng.uniform(0.9, 1.1)
 
     async def wait_idle(self) -> None:
         """Until no checkpoint is being written (a snapshot install replaces a shard whole)."""

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,7 @@ from mt_kv.rules.log import EPOCH, PAYLOAD, SEQ, LogRec
 from mt_kv.rules.progress import Progress
 from mt_kv.rules.shard import Role
 from mt_kv.settings import ReplicaSettings
-from mt_kv.storage.store import Batch, EpochRow, LogRow, Position, Store
+from mt_kv.storage.store import Batch, Durable, EpochRow, LogRow, Position
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,28 @@ def to_item(key: KeyT, entry: Entry | None, version: int = 0) -> pb.Item:
     )
 
 
+SnapshotSource = Callable[[str, pb.SnapshotRequest], AsyncIterator[pb.SnapshotChunk]]
+
+
 class Replica:
-    def __init__(self, settings: ReplicaSettings, store: Store) -> None:
+    """The driver of one replica: the rules (``mt_kv.rules``) decide, this does the I/O —
+    the store, the replication links, the writers waiting. Its clocks, its way to a peer's
+    snapshot and its store are given, so a simulation can run it as it is."""
+
+    def __init__(
+        self,
+        settings: ReplicaSettings,
+        store: Durable,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = now_ms,
+        snapshot_from: SnapshotSource | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.settings = settings
+        self._clock = clock
+        self.wall_ms = wall_ms
+        self._snapshot_from = snapshot_from or self._grpc_snapshot
         self.id = settings.replica_id
         self.store = store
         self.shards: dict[int, Shard] = {}
@@ -166,7 +186,9 @@ class Replica:
         self._answered: asyncio.Event = asyncio.Event()  # replaced after each Append answer
         self._dirty_metas: set[int] = set()  # shards whose metadata the store lacks
         self._persist_task: asyncio.Task[None] | None = None
-        self._checkpointer = Checkpointer(settings, store, self.shards)
+        self._checkpointer = Checkpointer(
+            settings, store, self.shards, clock, rng or random.Random()
+        )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keyspaces = settings.keyspaces()
@@ -238,6 +260,11 @@ class Replica:
             )
         return kv_pb2_grpc.ReplicationStub(self._channels[addr])
 
+    def _grpc_snapshot(
+        self, replica_id: str, request: pb.SnapshotRequest
+    ) -> AsyncIterator[pb.SnapshotChunk]:
+        return aiter(self._stub(replica_id).Snapshot(request))
+
     def _meta(self, shard: Shard) -> None:
         """The shard's epoch or primary changed: the log's next transaction writes them."""
         self._dirty_metas.add(shard.id)
@@ -245,7 +272,7 @@ class Replica:
     # ------------------------------------------------------------------ assignments
 
     def progress(self) -> list[pb.ShardProgress]:
-        now = time.monotonic()
+        now = self._clock()
         self._export_lag()
         return [
             pb.ShardProgress(
@@ -319,7 +346,7 @@ class Replica:
         """EVERY change of a shard's role, epoch or primary (:meth:`ShardCore.reset`), and what
         it asks of us: writers waiting on entries we sequenced learn their outcome is unknown;
         a new primary starts its epoch with an entry of its own."""
-        reset = shard.reset(role, epoch, primary, time.monotonic(), self.lease_s)
+        reset = shard.reset(role, epoch, primary, self._clock(), self.lease_s)
         if reset.stepped_down:
             log.info("stepping down", extra={"shard": shard.id, "epoch": epoch, "why": why})
             shard.pending = {}
@@ -383,7 +410,7 @@ class Replica:
             raise InvalidArgument(
                 f"at most {MAX_BATCH} mutations per write", code="batch_too_large"
             )
-        now = now_ms()
+        now = self.wall_ms()
         for cond in req.conditions:
             self._check(shard, cond, now)
         effects, changes = self._effects(shard, req.mutations, now)
@@ -538,7 +565,7 @@ class Replica:
         if shard.role is Role.PRIMARY:
             return shard
         bound_s = (read.max_staleness_ms or self.settings.max_staleness_ms) / 1000
-        if time.monotonic() - shard.fresh_at <= bound_s:
+        if self._clock() - shard.fresh_at <= bound_s:
             return shard
         raise TooStale(f"{self.id} is too stale for shard {shard_id}")
 
@@ -549,14 +576,14 @@ class Replica:
         await future
 
     async def _ensure_lease(self, shard: Shard) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now < shard.serving_after:
             # A new primary honours the lease it promised the previous one.
             await asyncio.sleep(shard.serving_after - now)
         for _ in range(3):
             if shard.role is not Role.PRIMARY:
                 raise NotPrimary(f"{self.id} lost shard {shard.id}")
-            if time.monotonic() < shard.lease_until:
+            if self._clock() < shard.lease_until:
                 if shard.applied_seq < shard.epoch_start_seq:
                     await self._await_applied(shard, shard.epoch_start_seq)
                 return
@@ -578,7 +605,7 @@ class Replica:
         if span.is_recording():
             level = pb.Consistency.Name(req.read.consistency or pb.STRONG)
             span.set_attributes({"mt.shard": shard.id, "mt.consistency": level})
-        now = now_ms()
+        now = self.wall_ms()
         items = []
         for key in req.keys:
             self._validate_key(key)
@@ -599,7 +626,7 @@ class Replica:
         except ValueError:
             raise InvalidArgument("malformed scan cursor", code="invalid_cursor") from None
         found, more = shard.data.scan(
-            req.keyspace, req.partition, req.prefix, after, limit, req.reverse, now_ms()
+            req.keyspace, req.partition, req.prefix, after, limit, req.reverse, self.wall_ms()
         )
         items = [to_item(k, e) for k, e in found]
         cursor = found[-1][0][2].hex() if more and found else ""
@@ -612,7 +639,8 @@ class Replica:
             after = bytes.fromhex(req.cursor) if req.cursor else None
         except ValueError:
             raise InvalidArgument("malformed scan cursor", code="invalid_cursor") from None
-        found, more = shard.data.scan(META_KEYSPACE, OUTBOX, b"", after, limit, False, now_ms())
+        now = self.wall_ms()
+        found, more = shard.data.scan(META_KEYSPACE, OUTBOX, b"", after, limit, False, now)
         items = []
         for (_, _, packed), entry in found:
             keyspace, partition, key = outbox_row_of(packed)
@@ -650,7 +678,7 @@ class Replica:
         interval = self.settings.append_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
+            now = self._clock()
             for link in list(self._links.values()):
                 link.check_overdue(now)
             self._checkpointer.maybe_start(now)
@@ -731,7 +759,7 @@ class Replica:
         link = self._links.get(follower)
         if link is None:
             timeout_s = self.settings.replication_timeout_ms / 1000
-            link = self._links[follower] = PeerLink(follower, self, timeout_s)
+            link = self._links[follower] = PeerLink(follower, self, timeout_s, clock=self._clock)
             link.point_at(self.repl_addrs.get(follower, ""))
         return link
 
@@ -742,7 +770,7 @@ class Replica:
         an Append just for it after every answer doubled the Appends under load)."""
         if not link.connected or len(link.in_flight) >= self.settings.appends_in_flight:
             return
-        now = time.monotonic()
+        now = self._clock()
         request = pb.AppendRequest(primary=self.id)
         parts: list[_Part] = []
         traced: list[SpanContext] = []
@@ -820,7 +848,7 @@ class Replica:
             gen=part.gen,
             prev_seq=part.prev_seq,
             sent_at=sent_at,
-            now=time.monotonic(),
+            now=self._clock(),
             lease_s=self.lease_s,
             hold_s=self.settings.append_interval_ms / 1000,  # a probe that would spin: next tick
         )
@@ -865,7 +893,7 @@ class Replica:
     async def append_batch(self, requests: list[pb.AppendRequest]) -> list[pb.AppendResponse]:
         """Requests that came down one primary's link, in order: check and log each, make them
         all durable in one transaction, then apply what is committed and answer each."""
-        now = time.monotonic()
+        now = self._clock()
         batches: list[Batch] = []
         handled: list[tuple[pb.AppendRequest, list[S], Span | None]] = []
         applies: list[tuple[Shard, int]] = []
@@ -899,7 +927,7 @@ class Replica:
                 span.set_status(StatusCode.ERROR, repr(err))
                 span.end()
             raise
-        acked = time.monotonic()
+        acked = self._clock()
         for shard, upto in applies:
             shard.commit_seq = max(shard.commit_seq, upto)
             self._apply_committed(shard)
@@ -956,7 +984,7 @@ class Replica:
 
     async def _pull_snapshot(self, shard: Shard, primary: str, epoch: int) -> None:
         try:
-            chunks = self._stub(primary).Snapshot(pb.SnapshotRequest(shard=shard.id, epoch=epoch))
+            chunks = self._snapshot_from(primary, pb.SnapshotRequest(shard=shard.id, epoch=epoch))
             entries: list[tuple[KeyT, Entry]] = []
             seq = seq_epoch = 0
             async for chunk in chunks:
@@ -982,8 +1010,8 @@ class Replica:
             log.info(
                 "snapshot installed", extra={"shard": shard.id, "seq": seq, "items": len(entries)}
             )
-        except grpc.aio.AioRpcError as err:
-            log.warning("snapshot failed", extra={"shard": shard.id, "error": err.code().name})
+        except (grpc.aio.AioRpcError, ConnectionError) as err:
+            log.warning("snapshot failed", extra={"shard": shard.id, "error": repr(err)})
         finally:
             shard.snapshotting = False
 
@@ -1004,7 +1032,7 @@ class Replica:
     async def _sweeper(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            now = now_ms()
+            now = self.wall_ms()
             for shard in [s for s in self.shards.values() if s.role is Role.PRIMARY]:
                 expired = shard.data.expired(now, 500)
                 if expired:

@@ -94,6 +94,7 @@ class PeerLink:
     follower: str
     owner: LinkOwner
     timeout_s: float
+    clock: Callable[[], float] = time.monotonic
     addr: str = ""
     in_flight: deque[Sent] = field(default_factory=deque)
     _transport: asyncio.Transport | None = None
@@ -120,7 +121,7 @@ class PeerLink:
 
     def send(self, request: pb.AppendRequest, note: Any = None) -> Sent:
         assert self._transport is not None, "send on a link that is not connected"
-        sent = Sent(time.monotonic(), note)
+        sent = Sent(self.clock(), note)
         self.in_flight.append(sent)
         self._transport.write(frame(request))
         return sent

@@ -30,7 +30,7 @@ from mt_kv.data import (
     moved_key,
     moved_value,
 )
-from mt_kv.replica.core import Replica, now_ms, to_item
+from mt_kv.replica.core import Replica, to_item
 from mt_kv.replica.shard import Shard
 from mt_kv.rules.log import PAYLOAD
 
@@ -115,7 +115,9 @@ class Moves:
             pairs = self._changed_since(shard, req)
         else:
             pairs = list(
-                await microshard_items(shard.data, req.microshard, req.microshards, now_ms())
+                await microshard_items(
+                    shard.data, req.microshard, req.microshards, self.replica.wall_ms()
+                )
             )
         chunk = pb.SnapshotChunk(seq=seq, seq_epoch=seq_epoch, max_version=top)
         size = 0
@@ -129,8 +131,9 @@ class Moves:
         if chunk.items or not pairs:
             yield chunk  # at least one: it carries the position, and an import's first chunk
 
-    @staticmethod
-    def _changed_since(shard: Shard, req: pb.MicroshardRequest) -> list[tuple[KeyT, Entry | None]]:
+    def _changed_since(
+        self, shard: Shard, req: pb.MicroshardRequest
+    ) -> list[tuple[KeyT, Entry | None]]:
         """The μshard's keys that log entries after ``since_seq`` touched, as they are now
         (None: absent now, deleted or expired)."""
         if req.since_seq < shard.tail_start - 1:
@@ -151,7 +154,7 @@ class Moves:
                     )
                 if mine:
                     touched[key] = None
-        now = now_ms()
+        now = self.replica.wall_ms()
         return [(key, shard.data.get(key, now)) for key in touched]
 
     async def import_(self, req: pb.ImportRequest) -> pb.MicroshardResponse:

@@ -31,7 +31,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy
 import sqlalchemy.ext.asyncio
@@ -128,6 +128,24 @@ class Batch:
         return not (
             self.log_appends or self.log_truncate_after or self.log_trim_upto or self.epochs
         )
+
+
+class Durable(Protocol):
+    """What a replica needs of its store (:class:`Store`; the simulation's keeps it in memory)."""
+
+    async def load(self) -> Loaded: ...
+
+    def submit(self, *batches: Batch) -> asyncio.Future[None]: ...
+
+    async def commit(self, *batches: Batch) -> None: ...
+
+    async def checkpoint(
+        self, written: Sequence[Segment], positions: Sequence[Position]
+    ) -> None: ...
+
+    async def replace_shard(
+        self, shard: int, items: Mapping[KeyT, Entry | None], position: Position
+    ) -> None: ...
 
 
 class StoreFailed(Exception):
