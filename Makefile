@@ -6,7 +6,7 @@ UV = $(shell infra/bootstrap-uv.sh)
 VENV_BIN := $(CURDIR)/.venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity cost bulk chaos
+.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity cost bulk chaos sim
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -67,6 +67,13 @@ bulk: install  ## applied follows/s of a celebrity's join and of imports, this t
 surge-ui: venv  ## Locust's web UI against the running stack (http://127.0.0.1:8089; Ctrl-C stops)
 	@echo "Locust UI: http://127.0.0.1:8089 against $${SURGE_TARGET:-http://127.0.0.1:8080} (Ctrl-C stops)"
 	$(VENV_BIN)/locust -f loadtest/locustfile.py --host $${SURGE_TARGET:-http://127.0.0.1:8080} --web-host 127.0.0.1
+
+SEEDS ?= 100
+FIRST ?= 1
+SIM_JOBS ?= 2
+
+sim: venv  ## the KV's deterministic simulation: SEEDS seeds from FIRST on SIM_JOBS cores (BREAK=<rule> breaks one on purpose, UNTIL_FOUND=1 stops at the first failure); a failing seed prints its replay command
+	PYTHONHASHSEED=0 $(VENV_BIN)/mt-kv-sim --seeds $(SEEDS) --first $(FIRST) --jobs $(if $(UNTIL_FOUND),1,$(SIM_JOBS)) $(if $(BREAK),--break $(BREAK)) $(if $(UNTIL_FOUND),--until-found)
 
 chaos: install  ## the full fault suite (20+ primary kills, pauses, broker and worker kills); ends with its verdict line
 	@summary=$$(mktemp); \

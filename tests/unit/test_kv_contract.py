@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from mt_core import errors as e
-from mt_kv_client.client import Step, _next_step
 from mt_kv_contract import errors as kv
+from mt_kv_contract.errors import Step, next_step
 
 REFUSALS = [cls for cls in e.ERROR_CLASSES.values() if issubclass(cls, kv.Refused)]
 
@@ -21,7 +21,7 @@ def test_next_step__a_refusal_is_sent_again_even_for_a_write(
     cls: type[kv.Refused], idempotent: bool
 ) -> None:
     expected = Step.ROUTE_AGAIN if cls is kv.Moved else Step.AGAIN
-    assert _next_step(cls("refused"), idempotent=idempotent) is expected
+    assert next_step(cls("refused"), idempotent=idempotent) is expected
 
 
 @pytest.mark.parametrize(
@@ -36,8 +36,8 @@ def test_next_step__a_refusal_is_sent_again_even_for_a_write(
 def test_next_step__an_unknown_outcome_is_repeated_only_if_idempotent(
     error: e.MinithreadsError,
 ) -> None:
-    assert _next_step(error, idempotent=True) is Step.AGAIN
-    assert _next_step(error, idempotent=False) is Step.UNKNOWN
+    assert next_step(error, idempotent=True) is Step.AGAIN
+    assert next_step(error, idempotent=False) is Step.UNKNOWN
 
 
 @pytest.mark.parametrize(
@@ -51,8 +51,8 @@ def test_next_step__an_unknown_outcome_is_repeated_only_if_idempotent(
     ids=lambda err: type(err).__name__,
 )
 def test_next_step__an_answer_is_never_retried(error: e.MinithreadsError) -> None:
-    assert _next_step(error, idempotent=True) is Step.ANSWER
-    assert _next_step(error, idempotent=False) is Step.ANSWER
+    assert next_step(error, idempotent=True) is Step.ANSWER
+    assert next_step(error, idempotent=False) is Step.ANSWER
 
 
 def test_known__refuses_a_second_class_of_the_same_name() -> None:

@@ -222,7 +222,7 @@ def test_shard__commits_once_a_majority_holds_an_entry_of_its_epoch() -> None:
     shard = _primary()
     first = shard.propose(b"w1")
     assert shard.unpersisted == [first]
-    shard.persisted(first[SEQ])
+    shard.persisted(first[SEQ], first[EPOCH])
     assert shard.advance_commit() == 0  # only we hold it
     msg, sent = shard.append_for(shard.progress["b"], max_entries=100)
     assert (msg.prev_seq, sent) == (0, [first])
@@ -270,3 +270,19 @@ def test_shard__a_follower_replaces_an_uncommitted_tail_of_another_epoch() -> No
     fitted = shard.fit(pb.ShardAppend(prev_seq=2, prev_epoch=1), tuple(_entries(3, 2)))
     assert fitted == Fit(True, 3, 2, tuple(_entries(3, 2)))
     assert [e[EPOCH] for e in shard.tail] == [1, 1, 2]
+
+
+def test_shard__reports_its_log_only_as_far_as_it_is_synced() -> None:
+    shard = ShardCore(0, me="b", replicas=("a", "b", "c"))
+    shard.reset(Role.FOLLOWER, 1, "a", 0.0, lease_s=1.0)
+    shard.fit(pb.ShardAppend(prev_seq=0, prev_epoch=0), tuple(_entries(1, 1, 1, 1)))
+    assert shard.reported() == (0, 0)  # appended, not yet synced: a crash could lose them
+    shard.persisted(3, 1)
+    assert shard.reported() == (1, 3)
+    shard.reset(Role.FOLLOWER, 2, "c", 5.0, lease_s=1.0)
+    shard.fit(pb.ShardAppend(prev_seq=1, prev_epoch=1), tuple(_entries(2, 2)))
+    assert shard.reported() == (1, 1)  # entries 2-3 of epoch 1 are gone from our log
+    shard.persisted(3, 1)  # a sync of the log as it was before: not of these entries
+    assert shard.reported() == (1, 1)
+    shard.persisted(2, 2)
+    assert shard.reported() == (2, 2)

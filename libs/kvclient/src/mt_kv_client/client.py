@@ -1,9 +1,9 @@
 """The async KV client: routes by the shard manager's table, batches per shard, retries only
 where that is safe, and keeps version tokens per session for read-your-writes.
 
-Retry rules (decided in one place, :func:`_next_step`): a request a replica *refused*
-(:class:`~mt_kv_contract.errors.Refused`: not primary, stale epoch, behind...) did nothing, so it
-is sent again after refreshing the routing table; one refused as ``Moved`` is routed again. A
+Retry rules (the contract's one rule, ``mt_kv_contract.errors.next_step``): a request a
+replica *refused* (``Refused``: not primary, stale epoch, behind...) did nothing, so it is sent
+again after refreshing the routing table; one refused as ``Moved`` is routed again. A
 write whose outcome is unknown (the primary died after sequencing it, or the connection broke
 mid-call) is never repeated — see "Repeats" below — but raised as
 :class:`~mt_kv_contract.errors.Indeterminate`, after a routing refresh so that the caller's next
@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 import grpc
 from mt_core.errors import (
     ERROR_CLASSES,
-    DeadlineExceeded,
     Internal,
     InvalidArgument,
     MinithreadsError,
@@ -43,6 +42,8 @@ from mt_kv_contract.errors import (
     Moved,
     NotPrimary,
     Refused,
+    Step,
+    next_step,
 )
 from mt_kv_contract.keys import MAX_BATCH, Key, microshard, validate_value
 from mt_proto import kv_pb2 as pb
@@ -57,27 +58,6 @@ log = logging.getLogger(__name__)
 # time — possibly after another client's later write, bringing the old value back. The chaos
 # suite's checker caught exactly that (a value seen, overwritten, then seen again when the
 # retry landed). Refusals are retried: nothing was done. Reads are retried freely.
-
-
-class Step(enum.Enum):
-    """What the client does after a failed attempt (:func:`_next_step`)."""
-
-    AGAIN = "again"  # send it again, on a fresh routing table
-    ROUTE_AGAIN = "route_again"  # its μshard moved: route its keys afresh (see _rerouting)
-    UNKNOWN = "unknown"  # a write that may have happened: the caller gets Indeterminate
-    ANSWER = "answer"  # the error is the answer (a lost condition, a bad request...)
-
-
-def _next_step(error: MinithreadsError, *, idempotent: bool) -> Step:
-    """THE retry rule: what to do after ``error``, for a call that is (or is not) safe to
-    repeat when its outcome is unknown."""
-    if isinstance(error, Moved):
-        return Step.ROUTE_AGAIN
-    if isinstance(error, Refused):
-        return Step.AGAIN
-    if isinstance(error, Unavailable | DeadlineExceeded):
-        return Step.AGAIN if idempotent else Step.UNKNOWN
-    return Step.ANSWER
 
 
 def _given_up(error: MinithreadsError) -> MinithreadsError:
@@ -511,8 +491,7 @@ class KVClient:
         return pb.Route(shard=shard, epoch=self._info(shard).epoch)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
-        """Run ``attempt`` until it succeeds, as :func:`_next_step` says, within the retry
-        budget."""
+        """Run ``attempt`` until it succeeds, as ``next_step`` says, within the retry budget."""
         backoff = _Backoff(self._budget_s)
         while True:
             try:
@@ -521,7 +500,7 @@ class KVClient:
                 error: MinithreadsError = error_from_rpc(err)
             except MinithreadsError as err:
                 error = err
-            step = _next_step(error, idempotent=idempotent)
+            step = next_step(error, idempotent=idempotent)
             if step is Step.ANSWER:
                 raise error
             if step is not Step.AGAIN:
@@ -961,7 +940,7 @@ class KVClient:
             self.session.observe(outcome.ok.version)
             return outcome.ok
         error = _outcome_error(outcome)
-        step = _next_step(error, idempotent=False)
+        step = next_step(error, idempotent=False)
         if step is Step.ANSWER:
             return error
         if step is Step.UNKNOWN:
@@ -984,7 +963,7 @@ class KVClient:
             self.session.observe(outcome.ok.version)
             return list(outcome.ok.results)
         error = _outcome_error(outcome)
-        step = _next_step(error, idempotent=False)
+        step = next_step(error, idempotent=False)
         if step is Step.ANSWER:
             return error
         if step is Step.UNKNOWN:  # it may have happened: see Repeats

@@ -3,12 +3,21 @@
 A :class:`Refused` request did nothing: sending it again is safe, writes included, once the
 routing table is fresh (its subclasses say why). An :class:`Indeterminate` write may or may not
 have happened. A lost condition is :class:`ConditionFailed` — an answer, never retried by the
-client. Every class is registered with :mod:`mt_core.errors`, so it crosses gRPC as itself.
+client. :func:`next_step` is the retry rule. Every class is registered with
+:mod:`mt_core.errors`, so it crosses gRPC as itself.
 """
 
 from __future__ import annotations
 
-from mt_core.errors import FailedPrecondition, Unavailable, known
+import enum
+
+from mt_core.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    MinithreadsError,
+    Unavailable,
+    known,
+)
 
 
 @known
@@ -83,3 +92,24 @@ class ConditionFailed(FailedPrecondition):
     """A check of a conditional write did not hold: nothing was written."""
 
     default_code = "condition_failed"
+
+
+class Step(enum.Enum):
+    """What the client does after a failed attempt (:func:`next_step`)."""
+
+    AGAIN = "again"  # send it again, on a fresh routing table
+    ROUTE_AGAIN = "route_again"  # its μshard moved: route its keys afresh (see _rerouting)
+    UNKNOWN = "unknown"  # a write that may have happened: the caller gets Indeterminate
+    ANSWER = "answer"  # the error is the answer (a lost condition, a bad request...)
+
+
+def next_step(error: MinithreadsError, *, idempotent: bool) -> Step:
+    """THE retry rule: what to do after ``error``, for a call that is (or is not) safe to
+    repeat when its outcome is unknown."""
+    if isinstance(error, Moved):
+        return Step.ROUTE_AGAIN
+    if isinstance(error, Refused):
+        return Step.AGAIN
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        return Step.AGAIN if idempotent else Step.UNKNOWN
+    return Step.ANSWER

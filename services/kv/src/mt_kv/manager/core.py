@@ -97,7 +97,7 @@ class ShardManager:
         replicas: dict[str, str],
         shards: int,
         microshards: int,
-        state_path: Path,
+        state_path: Path | None,
         failover_timeout_ms: int,
         lease_ms: int,
         clock: Callable[[], float] = time.monotonic,
@@ -123,7 +123,7 @@ class ShardManager:
     # ---------------------------------------------------------------- persistence
 
     def _load(self) -> None:
-        if not self.state_path.exists():
+        if self.state_path is None or not self.state_path.exists():
             return
         saved = json.loads(self.state_path.read_text())
         for entry in saved["shards"]:
@@ -148,6 +148,8 @@ class ShardManager:
         """Persist the state (epochs, primaries, the μshard map and moves); bumps the routing
         table's version."""
         self.routing_version += 1
+        if self.state_path is None:  # kept in memory only (the simulation's manager)
+            return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         data = {

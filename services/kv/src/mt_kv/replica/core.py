@@ -68,6 +68,7 @@ from mt_kv.data import (
 from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink, Sent
 from mt_kv.replica.shard import Shard, Waiter
+from mt_kv.rules.breaks import broken
 from mt_kv.rules.follow import Admission
 from mt_kv.rules.log import EPOCH, PAYLOAD, SEQ, LogRec
 from mt_kv.rules.progress import Progress
@@ -215,7 +216,7 @@ class Replica:
             if entry.seq == shard.last_seq + 1:
                 shard.tail.append((entry.seq, entry.epoch, entry.payload))
         for shard in self.shards.values():
-            shard.local_durable_seq = shard.last_seq
+            shard.durable_seq = shard.last_seq
         log.info(
             "replica loaded",
             extra={
@@ -272,24 +273,24 @@ class Replica:
     # ------------------------------------------------------------------ assignments
 
     def progress(self) -> list[pb.ShardProgress]:
-        now = self._clock()
+        """Each shard's position for the shard manager: its log only as far as it is durable
+        (the manager elects by it)."""
         self._export_lag()
-        return [
-            pb.ShardProgress(
-                shard=s.id,
-                epoch=s.epoch,
-                applied_seq=s.applied_seq,
-                last_seq=s.last_seq,
-                last_epoch=s.last_epoch,
-                primary=s.role is Role.PRIMARY,
-                serving=(s.role is Role.PRIMARY and now >= s.serving_after)
-                or (
-                    s.role is Role.FOLLOWER
-                    and now - s.fresh_at < self.settings.max_staleness_ms / 1000
-                ),
-            )
-            for s in self.shards.values()
-        ]
+        return [self._progress_of(s, self._clock()) for s in self.shards.values()]
+
+    def _progress_of(self, s: Shard, now: float) -> pb.ShardProgress:
+        last_epoch, last_seq = s.reported()
+        fresh = now - s.fresh_at < self.settings.max_staleness_ms / 1000
+        return pb.ShardProgress(
+            shard=s.id,
+            epoch=s.epoch,
+            applied_seq=s.applied_seq,
+            last_seq=last_seq,
+            last_epoch=last_epoch,
+            primary=s.role is Role.PRIMARY,
+            serving=(s.role is Role.PRIMARY and now >= s.serving_after)
+            or (s.role is Role.FOLLOWER and fresh),
+        )
 
     def _export_lag(self) -> None:
         """Per shard we lead: how many entries each follower has yet to make durable."""
@@ -367,7 +368,7 @@ class Replica:
             self._add_pending(shard, seq, decode_effects(entry[PAYLOAD]))
         # An entry of the new epoch lets the inherited tail commit (Raft §5.4.2); strong reads
         # wait until it is applied, so they see every write the previous primaries committed.
-        shard.epoch_start_seq = self._sequence(shard, [])
+        shard.epoch_start_seq = 0 if broken("skip_first_entry") else self._sequence(shard, [])
         log.info(
             "primary", extra={"shard": shard.id, "epoch": shard.epoch, "last_seq": shard.last_seq}
         )
@@ -583,7 +584,7 @@ class Replica:
         for _ in range(3):
             if shard.role is not Role.PRIMARY:
                 raise NotPrimary(f"{self.id} lost shard {shard.id}")
-            if self._clock() < shard.lease_until:
+            if shard.may_serve_strong(self._clock()):
                 if shard.applied_seq < shard.epoch_start_seq:
                     await self._await_applied(shard, shard.epoch_start_seq)
                 return
@@ -697,13 +698,15 @@ class Replica:
         if not fresh and not (everything and self._dirty_metas):
             return
         batch = Batch()
-        persisted: dict[int, int] = {}
+        persisted: dict[int, tuple[int, int]] = {}  # shard -> (seq, epoch) written
         traced: list[SpanContext] = []
         for shard in fresh:
             if shard.traced:
                 traced += _traced_in(shard, shard.unpersisted)
             batch.log_appends += [LogRow(shard.id, *e) for e in shard.unpersisted]
-            persisted[shard.id] = shard.unpersisted[-1][SEQ]
+            persisted[shard.id] = shard.unpersisted[-1][SEQ], shard.unpersisted[-1][EPOCH]
+            if broken("ack_before_sync"):
+                shard.persisted(*persisted[shard.id])
             shard.unpersisted = []
         self._take_metadata(batch)
         if batch.empty():
@@ -718,7 +721,10 @@ class Replica:
         self._persist_task = asyncio.create_task(self._persisted(written, persisted, span))
 
     async def _persisted(
-        self, written: asyncio.Future[None], persisted: dict[int, int], span: Span | None
+        self,
+        written: asyncio.Future[None],
+        persisted: dict[int, tuple[int, int]],
+        span: Span | None,
     ) -> None:
         try:
             await written
@@ -736,9 +742,9 @@ class Replica:
             if span is not None:
                 span.end()
             self._persisting = False
-        for shard_id, seq in persisted.items():
+        for shard_id, (seq, epoch) in persisted.items():
             shard = self.shards[shard_id]
-            shard.persisted(seq)
+            shard.persisted(seq, epoch)
             if shard.role is Role.PRIMARY:
                 self._advance_commit(shard)
         self._persist()
@@ -897,6 +903,7 @@ class Replica:
         batches: list[Batch] = []
         handled: list[tuple[pb.AppendRequest, list[S], Span | None]] = []
         applies: list[tuple[Shard, int]] = []
+        followed: dict[int, Shard] = {}
         for req in requests:
             span = None
             if req.trace_context:
@@ -909,15 +916,22 @@ class Replica:
                 shard = self.shard(sa.shard)
                 result, apply_upto = self._follow(shard, sa, req.primary, now, batch)
                 results.append(result)
+                if result.status == S.OK:
+                    followed[shard.id] = shard
                 if apply_upto:
                     applies.append((shard, apply_upto))
             batches.append(batch)
             handled.append((req, results, span))
+        # Once this transaction is synced, so is each log as it is now (the store's
+        # transactions commit in order: those queued before it are synced too).
+        written = {sid: (shard.last_seq, shard.last_epoch) for sid, shard in followed.items()}
         tail = Batch()
         self._take_metadata(tail)  # last: the epochs as they are after these requests
         spans = [span for *_, span in handled if span is not None]
         try:
-            if spans:
+            if broken("ack_before_sync"):
+                self.store.submit(*batches, tail)  # (answered before the store synced it)
+            elif spans:
                 with trace.use_span(spans[0], end_on_exit=False):
                     await self.store.commit(*batches, tail)
             else:
@@ -927,6 +941,8 @@ class Replica:
                 span.set_status(StatusCode.ERROR, repr(err))
                 span.end()
             raise
+        for shard_id, (seq, epoch) in written.items():
+            self.shards[shard_id].persisted(seq, epoch)
         acked = self._clock()
         for shard, upto in applies:
             shard.commit_seq = max(shard.commit_seq, upto)
@@ -1005,6 +1021,7 @@ class Replica:
             )
             position = Position(shard.id, seq, seq_epoch)
             await self.store.replace_shard(shard.id, dict(entries), position)
+            shard.persisted(seq, seq_epoch)
             self._checkpointer.replaced(shard, len(entries))
             shard.checkpoint_seq, shard.checkpoint_epoch = seq, seq_epoch
             log.info(

@@ -8,6 +8,7 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from mt_kv.rules.breaks import broken
 from mt_kv.rules.log import EPOCH, SEQ, LogRec
 
 
@@ -37,7 +38,8 @@ def admit(
         return Admission.STALE_EPOCH
     if sender_epoch == epoch and sender == primary:
         return Admission.FOLLOW
-    if promised_to not in ("", sender) and now < promised_at + lease_s:
+    promised = promised_to not in ("", sender) and now < promised_at + lease_s
+    if promised and not broken("lease_without_quorum"):
         return Admission.LEASE_WAIT
     return Admission.ADOPT
 

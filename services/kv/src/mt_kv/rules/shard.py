@@ -15,6 +15,7 @@ from typing import NamedTuple
 from mt_proto import kv_pb2 as pb
 
 from mt_kv.rules import quorum
+from mt_kv.rules.breaks import broken
 from mt_kv.rules.follow import Admission, Fit, admit, fit
 from mt_kv.rules.log import EPOCH, SEQ, LogRec
 from mt_kv.rules.progress import Progress
@@ -50,9 +51,11 @@ class ShardCore:
     tail_start: int = 1
     base_epoch: int | None = 0  # epoch of the entry just before the tail (None: unknown)
     commit_seq: int = 0
+    # Our store holds our log (as it is in memory) up to here: what we may count as ours for a
+    # commit, and report to the shard manager, which elects by the logs it is told of.
+    durable_seq: int = 0
     # ---- as primary
     unpersisted: list[LogRec] = field(default_factory=list)  # sequenced, not yet to the store
-    local_durable_seq: int = 0
     progress: dict[str, Progress] = field(default_factory=dict)  # follower -> its progress
     lease_until: float = 0.0
     serving_after: float = 0.0
@@ -97,13 +100,15 @@ class ShardCore:
         self.tail.append(entry)
 
     def restart_log(self, seq: int, epoch: int) -> None:
-        """An empty log positioned after ``seq`` (a snapshot install)."""
+        """An empty log positioned after ``seq`` (a snapshot install: durable once stored)."""
         self.tail, self.tail_start, self.base_epoch = [], seq + 1, epoch
+        self.durable_seq = min(self.durable_seq, seq)
 
     def truncate_after(self, seq: int) -> None:
         """Drop log entries after ``seq`` (never committed ones)."""
         assert seq >= self.applied_seq, (seq, self.applied_seq)
         del self.tail[max(0, seq - self.tail_start + 1) :]
+        self.durable_seq = min(self.durable_seq, seq)
 
     def trim(self, keep_entries: int) -> int:
         """Forget the oldest applied entries beyond ``keep_entries``; returns the new floor."""
@@ -135,7 +140,6 @@ class ShardCore:
             first = self.last_seq + 1
             self.progress = {r: Progress(next_seq=first) for r in self.replicas if r != self.me}
             self.commit_seq = self.applied_seq
-            self.local_durable_seq = self.last_seq
         return Reset(stepped_down, moved)
 
     # ------------------------------------------------------------------ as primary
@@ -147,9 +151,17 @@ class ShardCore:
         self.unpersisted.append(entry)
         return entry
 
-    def persisted(self, seq: int) -> None:
-        """Our store holds our log up to ``seq``."""
-        self.local_durable_seq = max(self.local_durable_seq, seq)
+    def persisted(self, seq: int, epoch: int) -> None:
+        """Our store synced our log up to ``seq`` (of ``epoch``), as it was when written: if
+        that entry is still ours (not truncated since), our log is durable up to it."""
+        if self.epoch_at(seq) == epoch:
+            self.durable_seq = max(self.durable_seq, seq)
+
+    def reported(self) -> tuple[int, int]:
+        """(last epoch, last seq) of our log as far as it is durable: what the shard manager
+        may elect by (a crash cannot take it away)."""
+        seq = min(self.last_seq, self.durable_seq)
+        return self.epoch_at(seq) or 0, seq
 
     def advance_commit(self) -> int:
         """The commit point after what the voters hold (see :func:`quorum.commit_point`)."""
@@ -160,7 +172,7 @@ class ShardCore:
         )
         self.commit_seq = quorum.commit_point(
             self.commit_seq,
-            [self.local_durable_seq, *followers],
+            [self.durable_seq, *followers],
             len(self.replicas),
             self.epoch,
             self.epoch_at,
@@ -168,6 +180,10 @@ class ShardCore:
         return self.commit_seq
 
     def may_serve_strong(self, now: float) -> bool:
+        """A primary serves strong reads only within its lease (and once the lease promised
+        to the primary before it has run out)."""
+        if broken("read_from_fenced"):
+            return self.role is Role.PRIMARY
         return self.role is Role.PRIMARY and self.serving_after <= now < self.lease_until
 
     def append_for(

@@ -1,0 +1,262 @@
+"""The simulated cluster: the real shard manager and three real replicas (driver and rules), each
+in a process of the simulation, wired as their apps wire them — a replica loads its store,
+serves its replication link, heartbeats the manager and follows the assignment it answers
+with. The cluster also watches what must never happen (see :class:`Watch`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mt_kv.manager.core import ShardManager
+from mt_kv.replica import link as replication_link
+from mt_kv.replica.core import Replica
+from mt_kv.replica.shard import Shard
+from mt_kv.rules.log import EPOCH, PAYLOAD, SEQ
+from mt_kv.rules.shard import Role
+from mt_kv.settings import ReplicaSettings
+from mt_kv.storage.store import Batch
+from mt_proto import kv_pb2 as pb
+
+from mt_kv_sim.disk import Disk, SimStore
+from mt_kv_sim.loop import PROCESS, Process, SimLoop
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 1_000
+FAILOVER_TIMEOUT_MS = 1_500
+HEARTBEAT_TIMEOUT_S = 1.0
+
+
+@dataclass
+class Watch:
+    """What the cluster's processes did that must never happen, seen as it happens."""
+
+    primaries: dict[tuple[int, int], str] = field(default_factory=dict)  # (shard, epoch) ->
+    committed: dict[tuple[int, int], tuple[int, bytes]] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def became_primary(self, replica: str, shard: int, epoch: int) -> None:
+        held = self.primaries.setdefault((shard, epoch), replica)
+        if held != replica:
+            self.violations.append(
+                f"two primaries of shard {shard} in epoch {epoch}: {held}, {replica}"
+            )
+
+    def reported(self, replica: str, progress: pb.ShardProgress, disk: Disk) -> None:
+        """The manager elects by the logs replicas report: a report must not claim entries a
+        crash could still take away (not yet synced)."""
+        held = disk.log.get(progress.shard, {})
+        durable = max(max(held, default=0), disk.positions.get(progress.shard, (0, 0))[0])
+        if progress.last_seq > durable:
+            self.violations.append(
+                f"{replica} reported shard {progress.shard}'s log to {progress.last_seq}, "
+                f"synced to {durable}"
+            )
+
+    def applied(self, replica: str, shard: int, seq: int, epoch: int, payload: bytes) -> None:
+        """An entry applied is committed: every replica must apply the same one at that seq."""
+        held = self.committed.setdefault((shard, seq), (epoch, payload))
+        if held != (epoch, payload):
+            self.violations.append(
+                f"shard {shard} seq {seq}: {replica} applied epoch {epoch}'s entry where epoch "
+                f"{held[0]}'s was committed"
+            )
+
+
+class SimReplica(Replica):
+    """The real replica, reporting its role changes and applied entries to the watch (it
+    observes; it changes no decision and no I/O)."""
+
+    watch: Watch
+
+    def _become(self, shard: Shard, role: Role, epoch: int, primary: str, why: str) -> None:
+        super()._become(shard, role, epoch, primary, why)
+        if role is Role.PRIMARY:
+            self.watch.became_primary(self.id, shard.id, epoch)
+
+    def _apply_committed(self, shard: Shard) -> None:
+        before = shard.applied_seq
+        super()._apply_committed(shard)
+        for seq in range(before + 1, shard.applied_seq + 1):
+            entry = shard.entry(seq)
+            if entry is not None:
+                self.watch.applied(self.id, shard.id, entry[SEQ], entry[EPOCH], entry[PAYLOAD])
+
+
+def process_of(name: str, incarnation: int = 0) -> Process:
+    process = Process(name, incarnation)
+    process.context = contextvars.Context()
+    process.context.run(PROCESS.set, process)
+    return process
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    disk: Disk = field(default_factory=Disk)
+    process: Process | None = None
+    replica: SimReplica | None = None
+    clock_rate: float = 1.0  # a skewed clock runs faster or slower than true time
+    clock_offset: float = 0.0
+    incarnations: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.process is not None and self.process.alive
+
+    @property
+    def link_addr(self) -> str:
+        return f"{self.name}:7000"
+
+
+class Cluster:
+    def __init__(self, loop: SimLoop, *, replicas: int = 3, shards: int = 2) -> None:
+        self.loop = loop
+        self.rng = loop.rng
+        self.shards = shards
+        self.nodes = {f"kv-{i}": Node(f"kv-{i}") for i in range(1, replicas + 1)}
+        self.watch = Watch()
+        self.manager_process = process_of("manager", 0)
+        self.manager = ShardManager(
+            replicas={name: f"{name}:50061" for name in self.nodes},
+            shards=shards,
+            microshards=64,
+            state_path=None,
+            failover_timeout_ms=FAILOVER_TIMEOUT_MS,
+            lease_ms=LEASE_MS,
+            clock=loop.time,
+        )
+        self.synced_rows = 0
+
+    def start(self) -> None:
+        self.loop.create_task(self._manager_ticks(), context=self.manager_process.context)
+        for node in self.nodes.values():
+            self.start_replica(node)
+
+    async def _manager_ticks(self) -> None:
+        while True:
+            self.manager.tick()
+            await asyncio.sleep(0.2)
+
+    # ---------------------------------------------------------------- replica processes
+
+    def start_replica(self, node: Node) -> None:
+        node.incarnations += 1
+        node.process = process_of(node.name, node.incarnations)
+        self.loop.create_task(self._run_replica(node), context=node.process.context.copy())
+
+    def crash(self, node: Node) -> None:
+        """kill -9: its callbacks never run again; its store keeps only what was synced."""
+        if node.process is not None:
+            node.process.alive = False
+        node.replica = None
+
+    def _clock(self, node: Node) -> Callable[[], float]:
+        return lambda: node.clock_offset + self.loop.now * node.clock_rate
+
+    async def _run_replica(self, node: Node) -> None:
+        settings = ReplicaSettings(
+            replica_id=node.name,
+            heartbeat_ms=100,
+            append_interval_ms=50,
+            replication_timeout_ms=1_000,
+            checkpoint_interval_ms=500,
+            log_retention_entries=150,  # small: followers far behind need snapshots
+            max_entries_per_append=50,
+            log_level="WARNING",
+        )
+        store = SimStore(self.loop, node.disk, self._synced)
+        replica = SimReplica(
+            settings,
+            store,
+            clock=self._clock(node),
+            wall_ms=lambda: int(self.loop.now * 1000) + 1_700_000_000_000,
+            snapshot_from=self._snapshot_from,
+            rng=random.Random(self.rng.random()),
+        )
+        replica.watch = self.watch
+        await replica.load()
+        host, _, port = node.link_addr.rpartition(":")
+        await replication_link.serve(host, int(port), replica.append_batch)
+        replica.start()
+        node.replica = replica
+        while True:
+            await self._heartbeat(node, replica)
+            await asyncio.sleep(settings.heartbeat_ms / 1000)
+
+    async def _heartbeat(self, node: Node, replica: Replica) -> None:
+        request = pb.HeartbeatRequest(
+            replica_id=node.name,
+            addr=f"{node.name}:50061",
+            repl_addr=node.link_addr,
+            shards=replica.progress(),
+        )
+        for progress in request.shards:
+            self.watch.reported(node.name, progress, node.disk)
+
+        async def beat() -> pb.HeartbeatResponse:
+            return self.manager.heartbeat(request)
+
+        try:
+            reply = await self.loop.net.call(self.manager_process, beat, HEARTBEAT_TIMEOUT_S)
+        except ConnectionError:
+            return
+        replica.assign(reply.shards, reply.lease_ms, dict(reply.repl_addrs))
+
+    def _synced(self, batch: Batch) -> None:
+        self.synced_rows += len(batch.log_appends)
+
+    async def _snapshot_from(
+        self, replica_id: str, request: pb.SnapshotRequest
+    ) -> AsyncIterator[pb.SnapshotChunk]:
+        node = self.nodes[replica_id]
+        process, source = node.process, node.replica
+        if process is None or source is None or not node.up:
+            raise ConnectionError(f"{replica_id} is down")
+
+        async def copy() -> list[pb.SnapshotChunk]:
+            return [chunk async for chunk in source.snapshot(request)]
+
+        for chunk in await self.loop.net.call(process, copy, 5.0):
+            yield chunk
+
+    # ---------------------------------------------------------------- views
+
+    def primary_of(self, shard: int) -> Node | None:
+        for node in self.nodes.values():
+            held = node.replica.shards.get(shard) if node.replica and node.up else None
+            if held is not None and held.role is Role.PRIMARY:
+                return node
+        return None
+
+    def converged(self) -> bool:
+        """Every replica up, every shard led by the manager's primary, and every replica has
+        applied the same entries as that primary (so the same state)."""
+        if not all(node.up and node.replica for node in self.nodes.values()):
+            return False
+        for assignment in self.manager.shards:
+            leader = self.nodes.get(assignment.primary)
+            if leader is None or leader.replica is None:
+                return False
+            lead = leader.replica.shards.get(assignment.id)
+            if lead is None or lead.role is not Role.PRIMARY or lead.applied_seq < lead.last_seq:
+                return False
+            for node in self.nodes.values():
+                assert node.replica is not None
+                held = node.replica.shards.get(assignment.id)
+                if held is None or held.applied_seq != lead.applied_seq:
+                    return False
+        return True
+
+    def states(self) -> dict[str, dict[int, dict[Any, Any]]]:
+        return {
+            name: {sid: dict(s.data.items) for sid, s in node.replica.shards.items()}
+            for name, node in self.nodes.items()
+            if node.replica is not None
+        }

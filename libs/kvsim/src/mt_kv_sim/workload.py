@@ -1,0 +1,158 @@
+"""Clients of the simulated cluster: concurrent strong reads and writes of a few keys, each
+recorded (call, return, output) for the linearizability checker. A client routes by the
+manager's table and retries by the KV's one retry rule (``mt_kv_contract.errors.next_step``):
+a refusal again, an unknown outcome of a write never (it is recorded as unknown)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from mt_chaos.linearizability import UNKNOWN, Op
+from mt_core.errors import MinithreadsError
+from mt_kv.replica.core import Replica
+from mt_kv_contract.errors import Step, next_step
+from mt_kv_contract.keys import Key, microshard
+from mt_proto import kv_pb2 as pb
+
+from mt_kv_sim.cluster import Cluster, process_of
+
+T = TypeVar("T")
+CALL_TIMEOUT_S = 1.5  # a client's deadline per attempt
+ATTEMPTS = 12
+
+
+@dataclass
+class History:
+    ops: list[Op] = field(default_factory=list)
+    unknown: int = 0  # writes whose outcome the client could not know
+    gave_up: int = 0  # reads never answered (recorded as nothing: they constrain nothing)
+
+
+class Client:
+    def __init__(self, cluster: Cluster, name: str, history: History, keys: list[str]) -> None:
+        self.cluster = cluster
+        self.loop = cluster.loop
+        self.name = name
+        self.history = history
+        self.keys = keys
+        self.table: pb.RoutingTable | None = None
+        self.written = 0
+        self.process = process_of(name)
+
+    async def run(self, until: Callable[[], bool]) -> None:
+        rng = self.loop.rng
+        while not until():
+            key = rng.choice(self.keys)
+            if rng.random() < 0.5:
+                self.written += 1
+                await self.put(key, f"{self.name}.{self.written}")
+            else:
+                await self.get(key)
+            await asyncio.sleep(rng.expovariate(1 / 0.03))
+
+    def _key(self, key: str) -> Key:
+        return Key("test", key.encode(), b"v")
+
+    def _shard(self, key: str) -> int:
+        assert self.table is not None
+        u = microshard("test", key.encode(), self.table.microshards)
+        return self.table.microshard_to_shard[u]
+
+    async def _refresh(self) -> None:
+        manager = self.cluster.manager
+
+        async def table() -> pb.RoutingTable:
+            return manager.routing_table()
+
+        try:
+            self.table = await self.loop.net.call(self.cluster.manager_process, table, 1.0)
+        except ConnectionError:
+            await asyncio.sleep(0.05)
+
+    async def _attempt(
+        self, key: str, work: Callable[[Replica, pb.Route], Awaitable[T]]
+    ) -> T | None:
+        """One attempt at the key's primary (None: no primary known: try again later)."""
+        if self.table is None:
+            await self._refresh()
+            if self.table is None:
+                return None
+        shard = self._shard(key)
+        info = self.table.shards[shard]
+        node = self.cluster.nodes.get(info.primary)
+        if node is None or node.process is None:
+            return None
+        replica = node.replica
+        route = pb.Route(shard=shard, epoch=info.epoch)
+
+        async def there() -> T:
+            if replica is None or node.replica is not replica:
+                raise ConnectionError("no such process")  # (a refused connection)
+            return await work(replica, route)
+
+        return await self.loop.net.call(node.process, there, CALL_TIMEOUT_S)
+
+    async def put(self, key: str, value: str) -> None:
+        call = self.loop.time()
+        mutation = pb.Mutation(key=_pb(self._key(key)), put=pb.Mutation.Put(value=value.encode()))
+
+        async def write(replica: Replica, route: pb.Route) -> pb.WriteResponse:
+            return await replica.write(pb.WriteRequest(route=route, mutations=[mutation]))
+
+        for _ in range(ATTEMPTS):
+            try:
+                done = await self._attempt(key, write)
+            except ConnectionError:
+                break  # it may have happened
+            except MinithreadsError as err:
+                step = next_step(err, idempotent=False)
+                if step is Step.ANSWER:
+                    raise
+                if step is Step.UNKNOWN:
+                    break
+                await self._refresh()
+                await asyncio.sleep(0.05)
+                continue
+            if done is None:
+                await self._refresh()
+                await asyncio.sleep(0.05)
+                continue
+            self.history.ops.append(Op(key, "put", value, None, call, self.loop.time()))
+            return
+        self.history.unknown += 1
+        self.history.ops.append(Op(key, "put", value, UNKNOWN, call, math.inf))
+
+    async def get(self, key: str) -> None:
+        call = self.loop.time()
+        request_key = _pb(self._key(key))
+
+        async def read(replica: Replica, route: pb.Route) -> pb.GetResponse:
+            read = pb.ReadOptions(consistency=pb.STRONG)
+            return await replica.get(pb.GetRequest(route=route, keys=[request_key], read=read))
+
+        for _ in range(ATTEMPTS):
+            try:
+                got = await self._attempt(key, read)
+            except ConnectionError:
+                got = None
+            except MinithreadsError as err:
+                if next_step(err, idempotent=True) is Step.ANSWER:
+                    raise
+                got = None
+            if got is None:
+                await self._refresh()
+                await asyncio.sleep(0.05)
+                continue
+            item = got.items[0]
+            output = item.value.decode() if item.found else None
+            self.history.ops.append(Op(key, "get", None, output, call, self.loop.time()))
+            return
+        self.history.gave_up += 1
+
+
+def _pb(key: Key) -> pb.Key:
+    return pb.Key(keyspace=key.keyspace, partition=key.partition, key=key.key)

@@ -1,0 +1,71 @@
+"""The KV's deterministic simulation in `make test`: a budget of seeds with no violation, a seed
+that replays exactly, and rules broken on purpose found (`make sim` runs any number of seeds)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from mt_kv.rules.breaks import set_broken
+from mt_kv_sim.run import Outcome, run_seed
+
+BUDGET = int(os.environ.get("MT_SIM_SEEDS", "40"))  # ~0.4 s each
+
+
+@pytest.fixture
+def breaking() -> Iterator[None]:
+    yield
+    set_broken("")
+
+
+def test_sim__a_budget_of_seeds_finds_no_violation() -> None:
+    faults: Counter[str] = Counter()
+    ops = 0
+    failed = []
+    for seed in range(1, BUDGET + 1):
+        outcome = run_seed(seed)
+        faults += outcome.faults
+        ops += outcome.ops
+        if outcome.violations:
+            failed.append(f"seed {seed}: {outcome.violations[:3]} (make sim SEEDS=1 FIRST={seed})")
+        assert outcome.ops >= 200, f"seed {seed} made only {outcome.ops} operations"
+    kinds = " ".join(f"{k}={v}" for k, v in sorted(faults.items()))
+    print(f"sim: seeds={BUDGET} ops={ops} faults={sum(faults.values())} ({kinds})")
+    assert not failed
+    assert {"crash", "partition", "pause", "power_loss", "reset", "clock_skew"} <= set(faults)
+
+
+def _same(a: Outcome, b: Outcome) -> tuple[object, ...]:
+    return (a.ops, a.unknown, a.faults, a.violations, a.virtual_s) == (
+        b.ops,
+        b.unknown,
+        b.faults,
+        b.violations,
+        b.virtual_s,
+    ), (a, b)
+
+
+def test_sim__a_seed_replays_exactly() -> None:
+    first, again = run_seed(7), run_seed(7)
+    same, both = _same(first, again)
+    assert same, both
+
+
+@pytest.mark.parametrize(
+    ("rule", "within"),
+    [
+        ("skip_first_entry", 10),
+        ("commit_without_majority", 10),
+        ("read_from_fenced", 30),
+        ("ack_before_sync", 80),
+    ],
+)
+def test_sim__finds_a_rule_broken_on_purpose(breaking: None, rule: str, within: int) -> None:
+    set_broken(rule)
+    for seed in range(1, within + 1):
+        if run_seed(seed).violations:
+            print(f"sim: BREAK={rule} found by seed {seed}")
+            return
+    pytest.fail(f"{rule} broken, and {within} seeds found nothing")
