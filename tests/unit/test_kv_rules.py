@@ -244,7 +244,7 @@ def test_shard__commits_once_a_majority_holds_an_entry_of_its_epoch() -> None:
 
 def test_shard__stepping_down_drops_what_only_a_primary_keeps() -> None:
     shard = _primary()
-    shard.propose(b"w1")
+    sequenced = shard.propose(b"w1")
     later = pb.ShardAppendResult(status=pb.ShardAppendResult.STALE_EPOCH, epoch=2)
     assert shard.on_result(
         shard.progress["b"],
@@ -258,7 +258,11 @@ def test_shard__stepping_down_drops_what_only_a_primary_keeps() -> None:
     )
     reset = shard.reset(Role.FOLLOWER, 2, "", 100.2, lease_s=1.0)
     assert reset == Reset(stepped_down=True, moved=True)
-    assert (shard.progress, shard.unpersisted, shard.lease_until) == ({}, [], 0.0)
+    assert (shard.progress, shard.lease_until) == ({}, 0.0)
+    # Still in the log, never stored: the follower's next transaction must take it.
+    assert shard.unpersisted == [sequenced]
+    shard.truncate_after(0)  # (unless the new primary's log replaces it)
+    assert shard.unpersisted == []
 
 
 def test_shard__a_follower_replaces_an_uncommitted_tail_of_another_epoch() -> None:

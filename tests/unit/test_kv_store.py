@@ -77,6 +77,22 @@ async def test_store__log_and_items_in_files_of_their_own_load_back_together(
     assert [row.seq for row in loaded.log] == [1, 2]
 
 
+async def test_store__nothing_to_write_waits_for_what_was_queued_before(tmp_path: Path) -> None:
+    # A follower answering a repeated Append writes nothing; its answer must still wait for
+    # the transaction carrying those entries (the simulation found answers that did not).
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/kv.sqlite")
+    await store.open()
+    try:
+        entries = store.submit(Batch(log_appends=[LogRow(3, 1, 1, b"a")]))
+        barrier = store.submit(Batch())
+        assert not barrier.done()
+        await barrier
+        assert entries.done()
+        assert store.submit(Batch()).done()  # nothing on its way: at once
+    finally:
+        await store.close()
+
+
 async def test_store__a_log_kept_beside_the_items_moves_to_its_own_file(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/kv.sqlite"
     old = Store(url, log_url=url)  # how stores were laid out before the log had its own file

@@ -88,8 +88,8 @@ class SimStore:
     def submit(self, *batches: Batch) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self._loop.create_future()
         batches = tuple(b for b in batches if not b.empty())
-        if not batches:
-            future.set_result(None)
+        if not batches and not self._queue and not self._syncing:
+            future.set_result(None)  # (as the real store: nothing on its way)
             return future
         self._queue.append((batches, future))
         if not self._syncing:

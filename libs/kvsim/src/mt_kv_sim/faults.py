@@ -1,6 +1,7 @@
 """The faults of a run, drawn from its seed: crashes (a restart later; the store keeps only what
 was synced) of one replica or of all at once (a power loss), partitions, connection resets,
-stop-the-world pauses past the lease, network and disk slowdowns, clocks running fast or slow.
+stop-the-world pauses past the lease, network and disk slowdowns, clocks running fast or slow,
+and planned primary handoffs.
 Stale bytes of a reset connection that still arrive — requests reordered after a newer
 connection's, or repeated there — are counted by the network as they happen."""
 
@@ -11,7 +12,7 @@ from collections import Counter
 
 from mt_kv_sim.cluster import Cluster, Node
 
-KINDS = ("crash", "partition", "reset", "pause", "delay", "slow_disk", "power_loss")
+KINDS = ("crash", "partition", "reset", "pause", "delay", "slow_disk", "power_loss", "handoff")
 CLOCK_SKEW = 0.03  # a replica's clock runs up to 3% fast or slow (the lease allows 10%)
 
 
@@ -59,6 +60,16 @@ class Faults:
             if each.up:
                 self.cluster.crash(each)
             self._later(self.rng.uniform(0.2, 2.0), lambda each=each: self._restart(each))
+        return True
+
+    def _handoff(self, node: Node) -> bool:
+        """A planned primary move (the shard manager's own; far more frequent than failures
+        in production): the old primary may still hold its lease while the new one starts."""
+        manager = self.cluster.manager
+        shard = self.rng.choice(manager.shards)
+        if not shard.primary or shard.primary == node.name:
+            return False
+        manager.hand_off(shard.id, node.name)
         return True
 
     def _restart(self, node: Node) -> None:

@@ -54,7 +54,10 @@ async def _scenario(loop: SimLoop, outcome: Outcome) -> None:
     cluster.start()
     await asyncio.sleep(FAULTS_FROM_S)
     history = History()
-    clients = [Client(cluster, f"c{i}", history, KEYS) for i in range(CLIENTS)]
+    # Two mostly write, two mostly read: a reader refreshes its routing table only when a read
+    # fails, so it is the one to ask a deposed primary.
+    shares = [0.9, 0.9, 0.1, 0.1]
+    clients = [Client(cluster, f"c{i}", history, KEYS, shares[i]) for i in range(CLIENTS)]
 
     def done() -> bool:
         return loop.time() >= FAULTS_UNTIL_S and len(history.ops) >= MIN_OPS

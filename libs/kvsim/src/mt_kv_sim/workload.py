@@ -33,7 +33,15 @@ class History:
 
 
 class Client:
-    def __init__(self, cluster: Cluster, name: str, history: History, keys: list[str]) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        name: str,
+        history: History,
+        keys: list[str],
+        write_share: float = 0.5,
+    ) -> None:
+        self.write_share = write_share  # mostly readers keep a table as long as reads work
         self.cluster = cluster
         self.loop = cluster.loop
         self.name = name
@@ -47,7 +55,7 @@ class Client:
         rng = self.loop.rng
         while not until():
             key = rng.choice(self.keys)
-            if rng.random() < 0.5:
+            if rng.random() < self.write_share:
                 self.written += 1
                 await self.put(key, f"{self.name}.{self.written}")
             else:
@@ -107,12 +115,14 @@ class Client:
             try:
                 done = await self._attempt(key, write)
             except ConnectionError:
+                await self._refresh()  # as the real client: the next call finds the new primary
                 break  # it may have happened
             except MinithreadsError as err:
                 step = next_step(err, idempotent=False)
                 if step is Step.ANSWER:
                     raise
                 if step is Step.UNKNOWN:
+                    await self._refresh()
                     break
                 await self._refresh()
                 await asyncio.sleep(0.05)

@@ -246,11 +246,18 @@ class ShardManager:
                 and (ours.last_epoch, ours.last_seq) >= (theirs.last_epoch, theirs.last_seq)
             ):
                 log.info("rebalancing", extra={"shard": shard.id, "from": source, "to": target})
-                shard.epoch += 1
-                shard.fenced_at = now
-                shard.planned, shard.primary = target, ""
+                self.hand_off(shard.id, target)
                 return True
         return False
+
+    def hand_off(self, shard_id: int, target: str) -> None:
+        """A planned move of a shard's primary to ``target`` (a replica of it): a fence and an
+        election like a failover's, with ``target`` winning the tie; writes wait a moment,
+        strong reads out the old primary's lease."""
+        shard = self.shards[shard_id]
+        shard.epoch += 1
+        shard.fenced_at = self._clock()
+        shard.planned, shard.primary = target, ""
 
     def _uneven(self, now: float) -> tuple[str, str] | None:
         """(busiest, idlest) replica when every shard has a primary and their primary counts

@@ -923,7 +923,13 @@ class Replica:
             batches.append(batch)
             handled.append((req, results, span))
         # Once this transaction is synced, so is each log as it is now (the store's
-        # transactions commit in order: those queued before it are synced too).
+        # transactions commit in order: those queued before it are synced too) — with the
+        # entries it sequenced as primary and never stored, if it has any.
+        leftover = Batch()
+        for shard in followed.values():
+            leftover.log_appends += [LogRow(shard.id, *e) for e in shard.unpersisted]
+            shard.unpersisted = []
+        batches.insert(0, leftover)
         written = {sid: (shard.last_seq, shard.last_epoch) for sid, shard in followed.items()}
         tail = Batch()
         self._take_metadata(tail)  # last: the epochs as they are after these requests

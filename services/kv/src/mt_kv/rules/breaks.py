@@ -9,7 +9,7 @@ from __future__ import annotations
 RULES = {
     "commit_without_majority": "an entry commits once the primary holds it (no majority)",
     "ack_before_sync": "a follower answers, and a primary counts itself, before the log is synced",
-    "lease_without_quorum": "followers help a new primary within the lease promised to the old",
+    "lease_without_quorum": "a primary's lease outlasts what its followers promised it",
     "read_from_fenced": "a replica serves strong reads whatever its role and epoch",
     "skip_first_entry": "a new primary serves without its first entry of the epoch applied",
 }

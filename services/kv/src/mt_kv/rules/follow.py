@@ -8,7 +8,6 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from mt_kv.rules.breaks import broken
 from mt_kv.rules.log import EPOCH, SEQ, LogRec
 
 
@@ -38,8 +37,7 @@ def admit(
         return Admission.STALE_EPOCH
     if sender_epoch == epoch and sender == primary:
         return Admission.FOLLOW
-    promised = promised_to not in ("", sender) and now < promised_at + lease_s
-    if promised and not broken("lease_without_quorum"):
+    if promised_to not in ("", sender) and now < promised_at + lease_s:
         return Admission.LEASE_WAIT
     return Admission.ADOPT
 

@@ -42,4 +42,6 @@ def lease_until(
     acks = sorted(acked_ats, reverse=True)
     if not needed or len(acks) < needed:
         return held_until
+    if broken("lease_without_quorum"):
+        return max(held_until, acks[needed - 1] + lease_s * 10)
     return max(held_until, acks[needed - 1] + lease_s * LEASE_SAFETY)

@@ -54,8 +54,11 @@ class ShardCore:
     # Our store holds our log (as it is in memory) up to here: what we may count as ours for a
     # commit, and report to the shard manager, which elects by the logs it is told of.
     durable_seq: int = 0
+    # Entries in the log not yet given to the store: a primary's sequenced entries wait for its
+    # next persist; after a step down, the follower's next transaction takes those still in the
+    # log (a new primary may hold them too: they must not be acknowledged unstored).
+    unpersisted: list[LogRec] = field(default_factory=list)
     # ---- as primary
-    unpersisted: list[LogRec] = field(default_factory=list)  # sequenced, not yet to the store
     progress: dict[str, Progress] = field(default_factory=dict)  # follower -> its progress
     lease_until: float = 0.0
     serving_after: float = 0.0
@@ -109,6 +112,7 @@ class ShardCore:
         assert seq >= self.applied_seq, (seq, self.applied_seq)
         del self.tail[max(0, seq - self.tail_start + 1) :]
         self.durable_seq = min(self.durable_seq, seq)
+        self.unpersisted = [e for e in self.unpersisted if e[SEQ] <= seq]
 
     def trim(self, keep_entries: int) -> int:
         """Forget the oldest applied entries beyond ``keep_entries``; returns the new floor."""
@@ -127,9 +131,8 @@ class ShardCore:
         serving strong reads only once the lease a follower promised the previous primary
         has run out (the first entry of the epoch, the replica's to sequence, comes next)."""
         stepped_down = self.role is Role.PRIMARY and (role, epoch) != (Role.PRIMARY, self.epoch)
-        if stepped_down:
+        if stepped_down:  # (entries sequenced and not yet stored stay: see unpersisted)
             self.lease_until = 0.0
-            self.unpersisted = []
             self.progress = {}
         moved = (epoch, primary) != (self.epoch, self.primary)
         self.epoch, self.primary, self.role = epoch, primary, role

@@ -435,15 +435,19 @@ class Store:
 
         Everything queued before the transaction starts shares it, so one fsync (the
         primary's writes and the Appends of the shards it follows), applied in the order
-        queued. The trace context current here decides where its SQL spans go.
+        queued. Nothing to write still resolves only once everything queued before it is
+        synced: a follower answering a repeated Append must not acknowledge entries whose
+        transaction is still on its way. The trace context current here decides where its SQL
+        spans go.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._failed is not None:
             future.set_exception(StoreFailed(f"an earlier transaction failed: {self._failed!r}"))
             return future
         batches = tuple(b for b in batches if not b.empty())
-        if not batches:
-            future.set_result(None)
+        writing = self._writer is not None and not self._writer.done()
+        if not batches and not self._queue and not writing:
+            future.set_result(None)  # nothing on its way: everything asked is synced
             return future
         self._queue.append((batches, future, otel_context.get_current()))
         if self._log.inline:
@@ -459,6 +463,9 @@ class Store:
     async def _write_queued(self) -> None:
         while self._queue:
             queued, self._queue = self._queue, []
+            if not any(group for group, *_ in queued):  # barriers only: what was before is
+                self._settle(queued, None)  # synced (the transaction that ran meanwhile)
+                continue
             work, context = _work_of(queued)
             try:
                 await self._log.transaction(work, context)
