@@ -34,8 +34,8 @@ def test_sim__a_budget_of_seeds_finds_no_violation() -> None:
     kinds = " ".join(f"{k}={v}" for k, v in sorted(faults.items()))
     print(f"sim: seeds={BUDGET} ops={ops} faults={sum(faults.values())} ({kinds})")
     assert not failed
-    kinds = {"crash", "partition", "pause", "power_loss", "reset", "clock_skew", "handoff"}
-    assert kinds <= set(faults)
+    injected = {"crash", "partition", "pause", "power_loss", "reset", "clock_skew", "handoff"}
+    assert injected <= set(faults)
 
 
 def _same(a: Outcome, b: Outcome) -> tuple[object, ...]:
