@@ -290,3 +290,13 @@ def test_shard__reports_its_log_only_as_far_as_it_is_synced() -> None:
     assert shard.reported() == (1, 1)
     shard.persisted(2, 2)
     assert shard.reported() == (2, 2)
+
+
+def test_shard__never_trims_an_entry_the_store_has_not_been_given() -> None:
+    shard = _primary()
+    for n in range(6):
+        shard.propose(b"w%d" % n)
+    shard.applied_seq = shard.commit_seq = 4  # (committed through the followers' copies)
+    shard.unpersisted = shard.unpersisted[3:]  # 1-3 stored; 4-6 not yet
+    assert shard.trim(keep_entries=0) == 3
+    assert shard.tail_start == 4

@@ -115,8 +115,12 @@ class ShardCore:
         self.unpersisted = [e for e in self.unpersisted if e[SEQ] <= seq]
 
     def trim(self, keep_entries: int) -> int:
-        """Forget the oldest applied entries beyond ``keep_entries``; returns the new floor."""
-        excess = min(len(self.tail) - keep_entries, self.applied_seq - self.tail_start + 1)
+        """Forget the oldest applied entries beyond ``keep_entries`` — never one not yet given
+        to the store (the store's log is trimmed to this floor too); returns the new floor."""
+        upto = self.applied_seq
+        if self.unpersisted:
+            upto = min(upto, self.unpersisted[0][SEQ] - 1)
+        excess = min(len(self.tail) - keep_entries, upto - self.tail_start + 1)
         if excess > 0:
             self.base_epoch = self.tail[excess - 1][EPOCH]
             del self.tail[:excess]
