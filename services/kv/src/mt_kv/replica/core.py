@@ -1017,6 +1017,8 @@ class Replica:
             await self._checkpointer.wait_idle()  # none may write this shard's old items now
             shard.data.replace(entries)
             shard.restart_log(seq, seq_epoch)
+            # Until the install is stored, a crash leaves the old checkpoint and no log past it.
+            shard.durable_seq = min(shard.durable_seq, shard.checkpoint_seq)
             shard.applied_seq, shard.applied_epoch, shard.commit_seq = seq, seq_epoch, seq
             shard.dirty = {}  # the snapshot replaces the shard's items whole
             # The old log goes first: a crash before the items are replaced leaves the old
