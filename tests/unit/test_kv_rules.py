@@ -300,3 +300,11 @@ def test_shard__never_trims_an_entry_the_store_has_not_been_given() -> None:
     shard.unpersisted = shard.unpersisted[3:]  # 1-3 stored; 4-6 not yet
     assert shard.trim(keep_entries=0) == 3
     assert shard.tail_start == 4
+
+
+def test_shard__never_leads_again_an_epoch_it_knew_before_a_restart() -> None:
+    # make sim seed 8824: a power loss took a new primary's unsynced entries; restarted, it was
+    # still the manager's primary of that epoch and led it again, giving seq 46 a second entry.
+    shard = ShardCore(0, me="b", replicas=("a", "b", "c"), epoch=2, restarted_in=2)
+    assert not shard.may_lead(2)
+    assert shard.may_lead(3)

@@ -203,6 +203,7 @@ class Replica:
         for meta in loaded.metas.values():
             shard = self.shard(meta.shard)
             shard.epoch, shard.primary = meta.epoch, meta.primary
+            shard.restarted_in = meta.epoch
             shard.applied_seq, shard.applied_epoch = meta.applied_seq, meta.applied_epoch
             shard.checkpoint_seq, shard.checkpoint_epoch = meta.applied_seq, meta.applied_epoch
             shard.restart_log(meta.applied_seq, meta.applied_epoch)
@@ -327,7 +328,11 @@ class Replica:
             if not info.primary:
                 continue
             if info.primary == self.id:
-                if shard.role is not Role.PRIMARY and shard.primary == "":
+                if (
+                    shard.role is not Role.PRIMARY
+                    and shard.primary == ""
+                    and shard.may_lead(info.epoch)
+                ):
                     self._promote(shard, info.epoch)
             elif shard.primary != info.primary:
                 self._become(shard, Role.FOLLOWER, shard.epoch, info.primary, "another leads")

@@ -68,6 +68,7 @@ class ShardCore:
     last_ack_primary: str = ""
     fresh_at: float = 0.0  # when we were last caught up with the primary's commit point
     snapshotting: bool = False
+    restarted_in: int = 0  # the epoch this replica loaded from its store on start
 
     # ------------------------------------------------------------------ the log
 
@@ -148,6 +149,13 @@ class ShardCore:
             self.progress = {r: Progress(next_seq=first) for r in self.replicas if r != self.me}
             self.commit_seq = self.applied_seq
         return Reset(stepped_down, moved)
+
+    def may_lead(self, epoch: int) -> bool:
+        """Never lead an epoch we knew before a restart: we may have led it then, and our log
+        may since have lost entries we sequenced in it — leading it again would give another
+        entry the same (seq, epoch). The shard manager sees a primary that does not take the
+        role and starts a new epoch."""
+        return epoch > self.restarted_in
 
     # ------------------------------------------------------------------ as primary
 
