@@ -4,7 +4,11 @@
 kills); ``make test`` runs the same tests with fewer faults. Every test that injects faults adds
 what it did and what it found to the tally, printed last as
 
-    chaos: runs=N kills=K partitions=P acked=A lost=L duplicated=D linearizable=yes|no
+    chaos: runs=N kills=K partitions=P acked=A lost=L duplicated=D indeterminate=I retried=R
+           linearizable=yes|no
+
+(indeterminate: writes whose caller got an answer without a definite outcome, a deadline
+included; retried: writes the KV client sent again, as they were, after an unknown outcome.)
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import pytest
 from mt_cli.kvcluster import KVCluster
+from mt_core.errors import DeadlineExceeded
+from mt_kv_contract.errors import Indeterminate
 
 FULL = os.environ.get("MT_CHAOS_FULL") == "1"
 
@@ -31,6 +37,8 @@ class Tally:
     acked: int = 0
     lost: int = 0
     duplicated: int = 0
+    indeterminate: int = 0
+    retried: int = 0
     linearizable: bool | None = None
     failover_ms: list[int] = field(default_factory=list)
     # How long derived counts took to equal their lists once the lists were complete (they
@@ -47,7 +55,7 @@ class Tally:
         return (
             f"chaos: runs={self.runs} kills={self.kills} partitions={self.partitions} "
             f"acked={self.acked} lost={self.lost} duplicated={self.duplicated} "
-            f"linearizable={lin}"
+            f"indeterminate={self.indeterminate} retried={self.retried} linearizable={lin}"
         )
 
     def convergence_line(self) -> str:
@@ -72,6 +80,11 @@ class Tally:
 
 
 TALLY = Tally()
+
+
+def indeterminate(error: BaseException) -> bool:
+    """An answer to a write that leaves its outcome unknown (a deadline included)."""
+    return isinstance(error, Indeterminate | DeadlineExceeded)
 
 
 @pytest.fixture

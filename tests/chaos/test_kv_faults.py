@@ -20,7 +20,7 @@ from mt_kv_contract.errors import NotPrimary, StaleEpoch
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
-from tests.chaos.conftest import Tally
+from tests.chaos.conftest import Tally, indeterminate
 
 pytestmark = pytest.mark.chaos
 
@@ -37,6 +37,7 @@ class Writers:
         self.kv = kv
         self.acked: dict[Key, bytes] = {}
         self.failed = 0
+        self.unsure = 0  # answered without a definite outcome (see conftest.indeterminate)
         self.last_ack_at = 0.0
         self._stop = asyncio.Event()
         self._tasks = [asyncio.create_task(self._run(c)) for c in range(clients)]
@@ -49,8 +50,9 @@ class Writers:
             n += 1
             try:
                 await self.kv.put(key, value)
-            except MinithreadsError:
+            except MinithreadsError as err:
                 self.failed += 1
+                self.unsure += indeterminate(err)
                 continue
             self.acked[key] = value
             self.last_ack_at = time.monotonic()
@@ -61,9 +63,9 @@ class Writers:
 
 
 async def _put_surely(kv: KVClient, key: Key, value: bytes) -> None:
-    """A put repeated until acknowledged. The client never repeats a write whose outcome is
-    unknown (a primary moved under it: the failover of the killed replica's shards, and the
-    rebalance after it); here nobody else writes these keys, so the caller may."""
+    """A put repeated until acknowledged: the client repeats a write of unknown outcome
+    itself, but gives up (with an unknown outcome) once its retry budget is spent; here nobody
+    else writes these keys, so the caller may go on."""
     for _ in range(10):
         try:
             await kv.put(key, value)
@@ -100,6 +102,9 @@ async def test_kill_primary_under_write_load__loses_no_acknowledged_write(
         assert max(f.detect_ms for f in status.failovers) < 5_000
         await _verify(kv, writers.acked)
         tally.acked += len(writers.acked)
+        tally.indeterminate += writers.unsure
+        tally.retried += kv.writes.repeated
+        assert not writers.unsure, f"{writers.unsure} writes ended with an unknown outcome"
         # The killed replica comes back and catches up before it serves stale reads.
         cluster.start_replica(victim)
         await cluster.wait_healthy()
@@ -128,14 +133,19 @@ async def test_kill_every_replica__acknowledged_writes_come_back_from_the_log(
             for name in list(cluster.ports):
                 cluster.kill(name)
                 tally.kills += 1
-            await writers.stop()
-            assert len(writers.acked) > 100, "too few writes before the kill to tell anything"
+            before = len(writers.acked)
+            assert before > 100, "too few writes before the kill to tell anything"
+            # The writes in flight wait it out: repeated until the cluster is back.
             for name in cluster.ports:
                 cluster.start_replica(name)
             await cluster.wait_healthy()
             await kv.refresh()
+            await asyncio.sleep(1.0)
+            await writers.stop()
             await _verify(kv, writers.acked)
             tally.acked += len(writers.acked)
+            tally.indeterminate += writers.unsure
+            tally.retried += kv.writes.repeated
     finally:
         cluster.stop()
 

@@ -8,6 +8,8 @@ those keys' shards is, again and again, kill -9'd (then restarted), SIGSTOPped p
 userspace TCP proxy; the manager still hears its heartbeats) and then healed. Afterwards the
 histories go through the linearizability checker, and the counter must equal the acknowledged
 increments (plus at most the unknown ones): below is a lost write, above a duplicated one.
+With exactly-once writes, no write may end with an unknown outcome: the client repeats it under
+its session number and the primary answers a repeat with the first outcome.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mt_cli.kvcluster import KVCluster
 from mt_cli.ports import free_port
 from mt_kv_client import Consistency, Key, KVClient
 
-from tests.chaos.conftest import FULL, Tally
+from tests.chaos.conftest import FULL, Tally, indeterminate
 
 pytestmark = pytest.mark.chaos
 
@@ -175,6 +177,10 @@ async def test_kv_under_kills_pauses_and_partitions__is_linearizable_and_loses_n
     tally.acked += acked + len(history.acknowledged("put"))
     tally.lost += max(0, acked - counted)
     tally.duplicated += max(0, counted - acked - unknown) + repeated
+    writes = ("put", "incr")
+    unsure = sum(1 for kind, err in history.raised if kind in writes and indeterminate(err))
+    tally.indeterminate += unsure
+    tally.retried += kv.writes.repeated
     tally.failover_ms += [f.detect_ms for f in status.failovers]
     # The registers' histories go to the checker (the counter's ambiguous increments would
     # only multiply its search; the arithmetic above decides the counter).
@@ -187,6 +193,9 @@ async def test_kv_under_kills_pauses_and_partitions__is_linearizable_and_loses_n
     assert acked > 50, "too few increments got through"
     assert len(history.acknowledged("get")) > 50, "too few reads got through"
     assert acked <= counted <= acked + unknown, (acked, unknown, counted)
+    # Exactly-once: a write of unknown outcome is repeated under its session number, so none
+    # reaches a caller as unknown (the faults last seconds; the client's budget is 10).
+    assert not unsure, f"{unsure} writes answered with an unknown outcome: {history.raised[:3]}"
     assert not repeated, f"{repeated} increments answered with a total already given"
     assert max(totals) <= counted
     assert verdict.linearizable, f"not linearizable on {verdict.bad_keys}"

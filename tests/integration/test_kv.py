@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -11,7 +12,7 @@ from mt_core.errors import FailedPrecondition, InvalidArgument, TooLarge
 from mt_core.rpc.status import error_from_rpc
 from mt_kv_client import Consistency, Durability, Key, KVClient
 from mt_kv_client.client import Check, Delete, Increment, Put
-from mt_kv_contract.errors import Behind, NotPrimary
+from mt_kv_contract.errors import Behind, NotPrimary, SessionExpired
 from mt_kv_contract.keys import OUTBOX_KEY_PREFIX
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
@@ -233,3 +234,51 @@ async def test_conditional_writes__sharing_a_batch_each_keep_their_own_outcome(
         assert isinstance(lost[0], FailedPrecondition)
     found = await kv.multi_get(keys)
     assert all(item is not None and item.value in (b"a", b"b") for item in found.values())
+
+
+async def _session_write(
+    kv: KVClient, cluster: KVCluster, request: pb.WriteRequest
+) -> pb.WriteResponse:
+    """``request`` as it is (session, number and all) to its key's primary."""
+    key = request.mutations[0].key
+    shard = kv.shard_of(Key(key.keyspace, key.partition, key.key))
+    info = (await cluster.status()).shards[shard]
+    request.route.CopyFrom(pb.Route(shard=shard, epoch=info.epoch))
+    async with grpc.aio.insecure_channel(cluster.addr(info.primary)) as chan:
+        reply: pb.WriteResponse = await kv_pb2_grpc.KVStub(chan).Write(request)
+        return reply
+
+
+def _increment(partition: str, session: int, seq: int, first_sent_ms: int) -> pb.WriteRequest:
+    key = pb.Key(keyspace="test", partition=partition.encode(), key=b"n")
+    return pb.WriteRequest(
+        mutations=[pb.Mutation(key=key, increment=pb.Mutation.Increment(delta=5))],
+        session=session,
+        session_seq=seq,
+        first_sent_ms=first_sent_ms,
+    )
+
+
+async def test_session_write__a_repeat_is_answered_with_the_first_outcome_not_applied_again(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    now_ms = int(time.time() * 1000)
+    first = await _session_write(kv, cluster, _increment("once", 77, 1, now_ms))
+    again = await _session_write(kv, cluster, _increment("once", 77, 1, now_ms))
+    assert again == first  # the same version and result: the first outcome
+    assert first.results[0].value == b"5"
+    item = await kv.get(k("once", "n"))
+    assert item is not None
+    assert item.value == b"5"  # applied once
+    other = await _session_write(kv, cluster, _increment("once", 77, 2, now_ms))  # a new number
+    assert other.results[0].value == b"10"
+
+
+async def test_session_write__a_repeat_first_sent_too_long_ago_is_refused_not_applied(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    long_ago = int(time.time() * 1000) - 10 * 60_000
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _session_write(kv, cluster, _increment("expired", 78, 1, long_ago))
+    assert isinstance(error_from_rpc(refused.value), SessionExpired)
+    assert await kv.get(k("expired", "n")) is None  # never applied

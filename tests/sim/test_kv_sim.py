@@ -62,6 +62,7 @@ def test_sim__a_seed_replays_exactly() -> None:
         ("skip_first_entry", 10),
         ("read_from_fenced", 40),
         ("lease_without_quorum", 40),
+        ("forget_sessions", 10),
     ],
 )
 def test_sim__finds_a_rule_broken_on_purpose(breaking: None, rule: str, within: int) -> None:

@@ -24,6 +24,7 @@ class History:
     ops: list[Op] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
     wall0: float = field(default_factory=time.time)  # to line the history up with logs
+    raised: list[tuple[str, Exception]] = field(default_factory=list)  # (kind, what it raised)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -35,8 +36,9 @@ class History:
         started = self.now()
         try:
             output = await call()
-        except Exception:
+        except Exception as err:
             self.ops.append(Op(key, kind, arg, UNKNOWN, started, math.inf))
+            self.raised.append((kind, err))
             return None
         self.ops.append(Op(key, kind, arg, output, started, self.now()))
         return output

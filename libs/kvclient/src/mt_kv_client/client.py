@@ -5,9 +5,10 @@ Retry rules (the contract's one rule, ``mt_kv_contract.errors.next_step``): a re
 replica *refused* (``Refused``: not primary, stale epoch, behind...) did nothing, so it is sent
 again after refreshing the routing table; one refused as ``Moved`` is routed again. A
 write whose outcome is unknown (the primary died after sequencing it, or the connection broke
-mid-call) is never repeated — see "Repeats" below — but raised as
-:class:`~mt_kv_contract.errors.Indeterminate`, after a routing refresh so that the caller's next
-write finds the new primary. Reads are retried freely.
+mid-call) is sent again exactly as it was — same session, same number — to the shard's primary
+of now, which answers with the first outcome if the first attempt took effect (see "Repeats"
+below). Only a fast-ack write, which has no session, or one whose repeats ran out of time,
+reaches the caller as :class:`~mt_kv_contract.errors.Indeterminate`. Reads are retried freely.
 """
 
 from __future__ import annotations
@@ -49,15 +50,18 @@ from mt_kv_contract.keys import MAX_BATCH, Key, microshard, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
+from mt_kv_client.sessions import WriteSession
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# Repeats: no write is repeated after an unknown outcome (a timeout, a primary lost
-# mid-write), not even a plain put: if the first attempt did happen, the repeat lands a second
-# time — possibly after another client's later write, bringing the old value back. The chaos
-# suite's checker caught exactly that (a value seen, overwritten, then seen again when the
-# retry landed). Refusals are retried: nothing was done. Reads are retried freely.
+# Repeats: a write repeated after an unknown outcome (a timeout, a primary lost mid-write)
+# carries the session and number of its first attempt: if that attempt did happen, a blind
+# repeat would land a second time — possibly after another client's later write, bringing the
+# old value back (the chaos suite's checker caught exactly that, before sessions). The
+# primary's record of the first outcome (mt_kv.rules.sessions) answers the repeat instead.
+# A fast-ack write has no record and is not repeated. Refusals are retried: nothing was done.
 
 
 def _given_up(error: MinithreadsError) -> MinithreadsError:
@@ -378,6 +382,7 @@ class KVClient:
         self._manager: grpc.aio.Channel | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self.session = Session()
+        self.writes = WriteSession()
         self._reads = _Coalescer(self._send_reads, max_in_flight=read_batches_in_flight)
         self._writes = _Coalescer(self._send_writes, max_in_flight=write_batches_in_flight)
         self._commit_ewma_s = 0.0
@@ -886,6 +891,8 @@ class KVClient:
             )
             for c in conditional
         ]
+        for write in writes:
+            self.writes.tag(write)
         outcomes: list[pb.WriteResult | None]
         started = time.monotonic()
         try:
@@ -901,12 +908,16 @@ class KVClient:
         # Parts that must be retried are retried together: a failover touches many shards.
         settled = await asyncio.gather(
             *(
-                self._settle(shard, by_shard[shard], outcome, durability)
-                for shard, outcome in zip(shards, outcomes[: len(shards)], strict=True)
+                self._settle(shard, by_shard[shard], write, outcome, durability)
+                for shard, write, outcome in zip(
+                    shards, writes[: len(shards)], outcomes[: len(shards)], strict=True
+                )
             ),
             *(
-                self._settle_conditional(c, outcome, durability)
-                for c, outcome in zip(conditional, outcomes[len(shards) :], strict=True)
+                self._settle_conditional(c, write, outcome, durability)
+                for c, write, outcome in zip(
+                    conditional, writes[len(shards) :], outcomes[len(shards) :], strict=True
+                )
             ),
         )
         results = dict(zip(shards, settled[: len(shards)], strict=True))
@@ -932,21 +943,27 @@ class KVClient:
         return out
 
     async def _settle_conditional(
-        self, call: _Conditional, outcome: pb.WriteResult | None, durability: Durability
+        self,
+        call: _Conditional,
+        write: pb.WriteRequest,
+        outcome: pb.WriteResult | None,
+        durability: Durability,
     ) -> pb.WriteResponse | BaseException:
         """A conditional write's part of a BatchWrite: its answer, or — refused — the write
-        again on its own (an unknown outcome is not repeated: see Repeats)."""
+        again on its own, or — outcome unknown — its repeat (see Repeats)."""
         if outcome is not None and outcome.HasField("ok"):
             self.session.observe(outcome.ok.version)
             return outcome.ok
         error = _outcome_error(outcome)
-        step = next_step(error, idempotent=False)
+        step = next_step(error, idempotent=bool(write.session))
         if step is Step.ANSWER:
             return error
         if step is Step.UNKNOWN:
             await self._try_refresh()  # the next call goes to the new primary
             return _unknown(error)
         try:
+            if not isinstance(error, Refused):
+                return await self._repeat(call.shard, write)  # Moved: write() routes again
             return await self._write_at(call.shard, call.mutations, durability, call.checks)
         except MinithreadsError as err:
             return err
@@ -955,21 +972,40 @@ class KVClient:
         self,
         shard: int,
         mutations: list[Mutation],
+        write: pb.WriteRequest,
         outcome: pb.WriteResult | None,
         durability: Durability,
     ) -> Sequence[pb.Item | BaseException] | BaseException:
-        """One shard's part of a BatchWrite: its results, or a retry where that is safe."""
+        """One shard's part of a BatchWrite: its results, or a retry where that is safe — a
+        refused part written again, an unknown outcome repeated (see Repeats)."""
         if outcome is not None and outcome.HasField("ok"):
             self.session.observe(outcome.ok.version)
             return list(outcome.ok.results)
         error = _outcome_error(outcome)
-        step = next_step(error, idempotent=False)
+        step = next_step(error, idempotent=bool(write.session))
         if step is Step.ANSWER:
             return error
-        if step is Step.UNKNOWN:  # it may have happened: see Repeats
+        if step is Step.UNKNOWN:  # it may have happened, and cannot be repeated
             await self._try_refresh()  # the next call goes to the new primary
             return _unknown(error)
+        if not isinstance(error, Refused):
+            try:
+                return list((await self._repeat(shard, write)).results)
+            except Moved:
+                pass  # the first attempt never took effect: write it apart, routed afresh
+            except MinithreadsError as err:
+                return err
         return await self._write_apart(mutations, durability, _Backoff(self._budget_s))
+
+    async def _repeat(self, shard: int, write: pb.WriteRequest) -> pb.WriteResponse:
+        """``write`` (of a session), whose outcome is unknown, sent again as it was to
+        ``shard``'s primary of now until it has an outcome: the primary answers with the first
+        one if the first attempt took effect. Raises ``Moved`` if its μshard left the shard
+        and the write had not taken effect there."""
+        self.writes.repeated += 1
+        event("kv.repeat", session_seq=write.session_seq)
+        await self._try_refresh()
+        return await self._until_outcome(shard, write, unknown=True)
 
     async def _write_apart(
         self, mutations: list[Mutation], durability: Durability, backoff: _Backoff
@@ -1012,23 +1048,47 @@ class KVClient:
         durability: Durability,
         checks: Sequence[Check] = (),
     ) -> pb.WriteResponse:
-        """One write to ``shard``'s primary, refusals retried (an unknown outcome is not: see
-        Repeats); ``Moved`` is raised (see _retrying) for the caller to route again."""
-        pb_mutations = [_pb_mutation(m) for m in mutations]
-        pb_checks = [_pb_condition(c) for c in checks]
+        """One write to ``shard``'s primary, on its own; ``Moved`` is raised (see _retrying)
+        for the caller to route again."""
+        request = pb.WriteRequest(
+            mutations=[_pb_mutation(m) for m in mutations],
+            conditions=[_pb_condition(c) for c in checks],
+            durability=int(durability),  # type: ignore[arg-type]
+        )
+        self.writes.tag(request)
+        return await self._until_outcome(shard, request, unknown=False)
+
+    async def _until_outcome(
+        self, shard: int, request: pb.WriteRequest, *, unknown: bool
+    ) -> pb.WriteResponse:
+        """Send ``request`` to ``shard``'s primary until it has an outcome: refusals retried,
+        and — a write of a session — an unknown outcome repeated under the same number (see
+        Repeats). What the caller gets if the budget runs out says whether any attempt may
+        have taken effect (``unknown``: one before this call may have)."""
 
         async def attempt() -> pb.WriteResponse:
-            request = pb.WriteRequest(
-                route=self._route(shard),
-                mutations=pb_mutations,
-                conditions=pb_checks,
-                durability=int(durability),  # type: ignore[arg-type]
-            )
+            nonlocal unknown
+            request.route.CopyFrom(self._route(shard))
             stub = self._stub(self._info(shard).primary, shard)
-            with outbound(_WRITE) as metadata:
-                return await stub.Write(request, timeout=self._call_timeout_s(), metadata=metadata)
+            try:
+                with outbound(_WRITE) as metadata:
+                    return await stub.Write(
+                        request, timeout=self._call_timeout_s(), metadata=metadata
+                    )
+            except grpc.aio.AioRpcError as err:
+                error = error_from_rpc(err)
+            if next_step(error, idempotent=False) is Step.UNKNOWN:
+                unknown = True  # this attempt may have taken effect
+            raise error
 
-        reply = await self._retrying(attempt, idempotent=False)
+        try:
+            reply = await self._retrying(attempt, idempotent=bool(request.session))
+        except (Moved, ConditionFailed, InvalidArgument, Indeterminate):
+            raise  # an answer (a repeat's is the first attempt's too), or unknown already
+        except MinithreadsError as err:
+            if unknown:
+                raise _unknown(err) from None
+            raise
         self.session.observe(reply.version)
         return reply
 

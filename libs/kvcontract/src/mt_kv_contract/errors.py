@@ -2,8 +2,9 @@
 
 A :class:`Refused` request did nothing: sending it again is safe, writes included, once the
 routing table is fresh (its subclasses say why). An :class:`Indeterminate` write may or may not
-have happened. A lost condition is :class:`ConditionFailed` — an answer, never retried by the
-client. :func:`next_step` is the retry rule. Every class is registered with
+have happened: repeating it is safe only for a write of a client session, which the primary
+answers with its first outcome. A lost condition is :class:`ConditionFailed` — an answer,
+never retried by the client. :func:`next_step` is the retry rule. Every class is registered with
 :mod:`mt_core.errors`, so it crosses gRPC as itself.
 """
 
@@ -81,6 +82,15 @@ class Indeterminate(Unavailable):
 
 
 @known
+class SessionExpired(Indeterminate):
+    """A repeat of a session's write sent first too long ago: its record of the first outcome
+    may have expired, so it was refused rather than risk applying it twice. The outcome of
+    the earlier attempts stays unknown."""
+
+    default_code = "session_expired"
+
+
+@known
 class KVUnavailable(Unavailable):
     """Refused until the client's retry budget ran out: nothing was done."""
 
@@ -105,7 +115,10 @@ class Step(enum.Enum):
 
 def next_step(error: MinithreadsError, *, idempotent: bool) -> Step:
     """THE retry rule: what to do after ``error``, for a call that is (or is not) safe to
-    repeat when its outcome is unknown."""
+    repeat when its outcome is unknown — a read, or a write carrying its session and number
+    (the primary answers a repeat with the first outcome)."""
+    if isinstance(error, SessionExpired):
+        return Step.UNKNOWN
     if isinstance(error, Moved):
         return Step.ROUTE_AGAIN
     if isinstance(error, Refused):

@@ -157,6 +157,10 @@ class Cluster:
             node.process.alive = False
         node.replica = None
 
+    def wall_ms(self) -> int:
+        """The wall clock (true time: the skew faults skew the replicas' monotonic clocks)."""
+        return int(self.loop.now * 1000) + 1_700_000_000_000
+
     def _clock(self, node: Node) -> Callable[[], float]:
         return lambda: node.clock_offset + self.loop.now * node.clock_rate
 
@@ -176,7 +180,7 @@ class Cluster:
             settings,
             store,
             clock=self._clock(node),
-            wall_ms=lambda: int(self.loop.now * 1000) + 1_700_000_000_000,
+            wall_ms=self.wall_ms,
             snapshot_from=self._snapshot_from,
             rng=random.Random(self.rng.random()),
         )

@@ -42,6 +42,7 @@ class Outcome:
     seed: int
     ops: int = 0
     unknown: int = 0
+    repeated: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     virtual_s: float = 0.0
@@ -55,9 +56,13 @@ async def _scenario(loop: SimLoop, outcome: Outcome) -> None:
     await asyncio.sleep(FAULTS_FROM_S)
     history = History()
     # Two mostly write, two mostly read: a reader refreshes its routing table only when a read
-    # fails, so it is the one to ask a deposed primary.
+    # fails, so it is the one to ask a deposed primary. One writer repeats a write of unknown
+    # outcome (exactly-once sessions); the other never does, so it goes on to new values at
+    # once — what shows a stale read soonest.
     shares = [0.9, 0.9, 0.1, 0.1]
-    clients = [Client(cluster, f"c{i}", history, KEYS, shares[i]) for i in range(CLIENTS)]
+    clients = [
+        Client(cluster, f"c{i}", history, KEYS, shares[i], sessions=i != 1) for i in range(CLIENTS)
+    ]
 
     def done() -> bool:
         return loop.time() >= FAULTS_UNTIL_S and len(history.ops) >= MIN_OPS
@@ -74,12 +79,18 @@ async def _scenario(loop: SimLoop, outcome: Outcome) -> None:
         await asyncio.sleep(0.1)
     final = Client(cluster, "final", history, KEYS)
 
+    counts: dict[str, int | None] = {}
+
     async def read_all() -> None:
         for key in KEYS:  # every acknowledged write must still be there
             await final.get(key)
+            counts[key] = await final.count(key)
 
     await loop.create_task(read_all(), context=final.process.context)
+    outcome.violations += _miscounted(history, counts)
     outcome.ops, outcome.unknown = len(history.ops), history.unknown
+    outcome.repeated = history.repeated
+
     outcome.faults = faults.counts + Counter(stale=loop.net.stale_deliveries)
     verdict = check(history.ops)
     if not verdict.linearizable:
@@ -89,6 +100,19 @@ async def _scenario(loop: SimLoop, outcome: Outcome) -> None:
     if len({repr(sorted(s.items())) for s in states.values()}) > 1:
         outcome.violations.append("replicas ended with different states")
     outcome.virtual_s = loop.time()
+
+
+def _miscounted(history: History, counts: dict[str, int | None]) -> list[str]:
+    """Exactly-once: the writes a key's count says it took, against the acknowledged ones
+    (plus those of unknown outcome): above is a write applied twice, below one lost."""
+    wrong = []
+    for key, counted in counts.items():
+        acked, unsure = history.acked[key], history.unsure[key]
+        if counted is None:
+            wrong.append(f"the count of {key} could not be read")
+        elif not acked <= counted <= acked + unsure:
+            wrong.append(f"{key} took {counted} writes: {acked} acknowledged, {unsure} unknown")
+    return wrong
 
 
 def run_seed(seed: int) -> Outcome:
@@ -150,6 +174,7 @@ def main() -> None:
         ran += 1
         total.ops += outcome.ops
         total.unknown += outcome.unknown
+        total.repeated += outcome.repeated
         total.faults += outcome.faults
         if outcome.violations:
             failed.append(outcome)
@@ -172,7 +197,8 @@ def main() -> None:
     faults = sum(total.faults.values())
     kinds = " ".join(f"{k}={v}" for k, v in sorted(total.faults.items()))
     print(
-        f"sim: seeds={ran} ops={total.ops} unknown={total.unknown} faults={faults} "
+        f"sim: seeds={ran} ops={total.ops} unknown={total.unknown} "
+        f"repeated={total.repeated} faults={faults} "
         f"violations={len(failed)} ({kinds}) in {time.monotonic() - started:.1f} s"
     )
     sys.exit(1 if failed else 0)

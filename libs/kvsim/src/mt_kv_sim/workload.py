@@ -1,12 +1,15 @@
 """Clients of the simulated cluster: concurrent strong reads and writes of a few keys, each
 recorded (call, return, output) for the linearizability checker. A client routes by the
 manager's table and retries by the KV's one retry rule (``mt_kv_contract.errors.next_step``):
-a refusal again, an unknown outcome of a write never (it is recorded as unknown)."""
+a refusal again, and a write of unknown outcome again too, as it was — the same session and
+number (exactly-once, ``mt_kv.rules.sessions``). Each write also increments a count beside
+its key, so that a write applied twice shows as a count above the acknowledged writes."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -14,6 +17,7 @@ from typing import TypeVar
 from mt_chaos.linearizability import UNKNOWN, Op
 from mt_core.errors import MinithreadsError
 from mt_kv.replica.core import Replica
+from mt_kv_client.sessions import WriteSession
 from mt_kv_contract.errors import Step, next_step
 from mt_kv_contract.keys import Key, microshard
 from mt_proto import kv_pb2 as pb
@@ -30,6 +34,10 @@ class History:
     ops: list[Op] = field(default_factory=list)
     unknown: int = 0  # writes whose outcome the client could not know
     gave_up: int = 0  # reads never answered (recorded as nothing: they constrain nothing)
+    repeated: int = 0  # writes sent again after an unknown outcome
+    # Per key: writes acknowledged, and writes whose outcome stayed unknown (see count_key).
+    acked: Counter[str] = field(default_factory=Counter)
+    unsure: Counter[str] = field(default_factory=Counter)
 
 
 class Client:
@@ -40,6 +48,7 @@ class Client:
         history: History,
         keys: list[str],
         write_share: float = 0.5,
+        sessions: bool = True,
     ) -> None:
         self.write_share = write_share  # mostly readers keep a table as long as reads work
         self.cluster = cluster
@@ -50,6 +59,10 @@ class Client:
         self.table: pb.RoutingTable | None = None
         self.written = 0
         self.process = process_of(name)
+        self.sessions = sessions  # without: a write of unknown outcome is never repeated
+        self.session = WriteSession(
+            wall_ms=cluster.wall_ms, session_id=1 + sum(map(ord, name)) * 7919
+        )
 
     async def run(self, until: Callable[[], bool]) -> None:
         rng = self.loop.rng
@@ -64,6 +77,10 @@ class Client:
 
     def _key(self, key: str) -> Key:
         return Key("test", key.encode(), b"v")
+
+    def _count_key(self, key: str) -> Key:
+        """Beside the key (same partition, so the same write): how many writes it took."""
+        return Key("test", key.encode(), b"n")
 
     def _shard(self, key: str) -> int:
         assert self.table is not None
@@ -106,24 +123,41 @@ class Client:
 
     async def put(self, key: str, value: str) -> None:
         call = self.loop.time()
-        mutation = pb.Mutation(key=_pb(self._key(key)), put=pb.Mutation.Put(value=value.encode()))
+        request = pb.WriteRequest(
+            mutations=[
+                pb.Mutation(key=_pb(self._key(key)), put=pb.Mutation.Put(value=value.encode())),
+                pb.Mutation(
+                    key=_pb(self._count_key(key)), increment=pb.Mutation.Increment(delta=1)
+                ),
+            ]
+        )
+        if self.sessions:
+            self.session.tag(request)
 
         async def write(replica: Replica, route: pb.Route) -> pb.WriteResponse:
-            return await replica.write(pb.WriteRequest(route=route, mutations=[mutation]))
+            sent = pb.WriteRequest()
+            sent.CopyFrom(request)  # (an attempt still in the network keeps its own copy)
+            sent.route.CopyFrom(route)
+            return await replica.write(sent)
 
         for _ in range(ATTEMPTS):
             try:
                 done = await self._attempt(key, write)
             except ConnectionError:
                 await self._refresh()  # as the real client: the next call finds the new primary
-                break  # it may have happened
+                if not self.sessions:
+                    break  # it may have happened
+                self.history.repeated += 1  # a timeout, a lost answer: sent again as it was
+                continue
             except MinithreadsError as err:
-                step = next_step(err, idempotent=False)
+                step = next_step(err, idempotent=self.sessions)
                 if step is Step.ANSWER:
                     raise
                 if step is Step.UNKNOWN:
                     await self._refresh()
                     break
+                if next_step(err, idempotent=False) is Step.UNKNOWN:
+                    self.history.repeated += 1
                 await self._refresh()
                 await asyncio.sleep(0.05)
                 continue
@@ -132,9 +166,31 @@ class Client:
                 await asyncio.sleep(0.05)
                 continue
             self.history.ops.append(Op(key, "put", value, None, call, self.loop.time()))
+            self.history.acked[key] += 1
             return
         self.history.unknown += 1
+        self.history.unsure[key] += 1
         self.history.ops.append(Op(key, "put", value, UNKNOWN, call, math.inf))
+
+    async def count(self, key: str) -> int | None:
+        """The count beside ``key`` (a strong read), None if it could not be read."""
+        request_key = _pb(self._count_key(key))
+
+        async def read(replica: Replica, route: pb.Route) -> pb.GetResponse:
+            read = pb.ReadOptions(consistency=pb.STRONG)
+            return await replica.get(pb.GetRequest(route=route, keys=[request_key], read=read))
+
+        for _ in range(ATTEMPTS):
+            try:
+                got = await self._attempt(key, read)
+            except (ConnectionError, MinithreadsError):
+                got = None
+            if got is not None:
+                item = got.items[0]
+                return int(item.value) if item.found else 0
+            await self._refresh()
+            await asyncio.sleep(0.05)
+        return None
 
     async def get(self, key: str) -> None:
         call = self.loop.time()

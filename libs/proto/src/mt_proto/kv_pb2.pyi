@@ -432,7 +432,20 @@ class WriteRequest(_message.Message):
     MUTATIONS_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
     DURABILITY_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    SESSION_SEQ_FIELD_NUMBER: _builtins.int
+    FIRST_SENT_MS_FIELD_NUMBER: _builtins.int
     durability: Global___Durability.ValueType
+    session: _builtins.int
+    """Exactly-once (Raft's client sessions): the client's session (random, nonzero; 0 = none)
+    and this write's number in it. The primary logs a record of the write's outcome in the
+    same entry; a request naming a (session, seq) already recorded is not applied again but
+    answered with the first outcome (once that is committed). Records live session_ttl_ms; a
+    write first sent longer ago than half that (by the wall clock in first_sent_ms) is
+    refused as session_expired, never applied twice.
+    """
+    session_seq: _builtins.int
+    first_sent_ms: _builtins.int
     @_builtins.property
     def route(self) -> Global___Route: ...
     @_builtins.property
@@ -446,10 +459,13 @@ class WriteRequest(_message.Message):
         mutations: _abc.Iterable[Global___Mutation] | None = ...,
         conditions: _abc.Iterable[Global___Condition] | None = ...,
         durability: Global___Durability.ValueType = ...,
+        session: _builtins.int = ...,
+        session_seq: _builtins.int = ...,
+        first_sent_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "durability", b"durability", "mutations", b"mutations", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "durability", b"durability", "first_sent_ms", b"first_sent_ms", "mutations", b"mutations", "route", b"route", "session", b"session", "session_seq", b"session_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,6 +67,9 @@ class ReplicaSettings(ServiceSettings):
     checkpoint_max_keys: int = 20_000
     log_retention_entries: int = 50_000  # per shard; a follower further behind gets a snapshot
     max_staleness_ms: int = 1_000  # default bound of bounded-staleness reads
+    # How long a session write's record of its outcome is kept (exactly-once): repeats first
+    # sent longer ago than half of it are refused (the other half absorbs clock differences).
+    session_ttl_ms: int = 120_000
     # "id=host:port,...": how this replica reaches its peers where that differs from the
     # addresses they advertise (another network; the chaos suite's per-link proxies).
     peer_addrs: str = ""

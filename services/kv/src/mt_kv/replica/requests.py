@@ -41,7 +41,9 @@ from mt_kv.data import (
 )
 from mt_kv.replica.base import ReplicaBase
 from mt_kv.replica.shard import Shard, Waiter
+from mt_kv.rules.breaks import broken
 from mt_kv.rules.log import SEQ
+from mt_kv.rules.sessions import answer, check_age, record, record_key
 from mt_kv.rules.shard import Role
 
 
@@ -90,9 +92,15 @@ class Requests(ReplicaBase):
                 f"at most {MAX_BATCH} mutations per write", code="batch_too_large"
             )
         now = self.wall_ms()
+        if req.session:
+            first = self._first_outcome(shard, req, now)
+            if first is not None:
+                return first
         for cond in req.conditions:
             self._check(shard, cond, now)
         effects, changes = self._effects(shard, req.mutations, now)
+        if req.session:
+            changes.append(self._session_record(shard, req, effects, now))
         seq = self._sequence(shard, changes)
         span = trace.get_current_span()
         if span.is_recording():
@@ -109,6 +117,34 @@ class Requests(ReplicaBase):
         if req.durability == pb.FAST_ACK:
             return response, None
         return response, self._committed(shard, seq)
+
+    def _first_outcome(
+        self, shard: Shard, req: pb.WriteRequest, now: int
+    ) -> tuple[pb.WriteResponse, asyncio.Future[None] | None] | None:
+        """A repeat of a session's write (exactly-once, ``rules/sessions.py``): the first
+        outcome, once its entry is committed; None if this is the first we hear of it."""
+        held = (
+            None
+            if broken("forget_sessions")
+            else shard.view(record_key(req.session, req.session_seq), now)
+        )
+        if held is None:
+            check_age(req, now, self.settings.session_ttl_ms)
+            return None
+        response, seq = answer(shard.id, held, req)
+        if seq <= shard.applied_seq or req.durability == pb.FAST_ACK:
+            return response, None
+        return response, self._committed(shard, seq)
+
+    def _session_record(
+        self, shard: Shard, req: pb.WriteRequest, effects: Sequence[pb.Item], now: int
+    ) -> Change:
+        """The record of this write's outcome, logged in its entry (the next one)."""
+        seq = shard.last_seq + 1
+        held = record(shard.epoch, seq, effects, req.mutations)
+        version = seq + shard.version_floor()
+        key = record_key(req.session, req.session_seq)
+        return key, (held, version, now + self.settings.session_ttl_ms)
 
     @staticmethod
     def _committed(shard: Shard, seq: int) -> asyncio.Future[None]:

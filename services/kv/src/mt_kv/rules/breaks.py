@@ -12,6 +12,7 @@ RULES = {
     "lease_without_quorum": "a primary's lease outlasts what its followers promised it",
     "read_from_fenced": "a replica serves strong reads whatever its role and epoch",
     "skip_first_entry": "a new primary serves without its first entry of the epoch applied",
+    "forget_sessions": "a session's repeated write is applied again, not answered from its record",
 }
 
 _broken = ""
