@@ -20,6 +20,7 @@ def _request(first_sent_ms: int = 1_000_000) -> pb.WriteRequest:
     return pb.WriteRequest(
         mutations=[
             pb.Mutation(key=_key(b"a"), put=pb.Mutation.Put(value=b"big value " * 10)),
+            pb.Mutation(key=_key(b"t"), put=pb.Mutation.Put(value=b"v", ttl_ms=5)),
             pb.Mutation(key=_key(b"n"), increment=pb.Mutation.Increment(delta=2)),
             pb.Mutation(key=_key(b"gone"), delete=pb.Mutation.Delete()),
         ],
@@ -33,11 +34,13 @@ def test_record__answers_a_repeat_with_the_first_outcome_without_storing_put_val
     req = _request()
     results = [
         pb.Item(key=_key(b"a"), found=True, value=b"big value " * 10, version=41),
+        pb.Item(key=_key(b"t"), found=True, value=b"v", version=41, expires_at_ms=1_005),
         pb.Item(key=_key(b"n"), found=True, value=b"7", version=41),
         pb.Item(key=_key(b"gone"), found=False, version=41),
     ]
     held = record(3, 40, results, req.mutations)
     assert b"big value" not in held  # the repeat carries it again
+    assert len(held) < 40
     response, seq = answer(2, (held, 41, 0), req)
     assert seq == 40
     assert response == pb.WriteResponse(

@@ -40,31 +40,36 @@ def record_key(session: int, seq: int) -> KeyT:
 def record(
     epoch: int, seq: int, results: Sequence[pb.Item], mutations: Sequence[pb.Mutation]
 ) -> bytes:
-    """A write's outcome as its record holds it: the entry it is in and each mutation's
-    result — without a put's value, which the repeat carries again."""
-    rows = [
-        [r.found, r.version, r.expires_at_ms, None if m.HasField("put") else r.value]
-        for r, m in zip(results, mutations, strict=True)
-    ]
-    packed: bytes = msgpack.packb([epoch, seq, rows])
+    """A write's outcome as its record holds it: the entry it is in, the version it gave, and
+    only what a repeat cannot tell by itself — an increment's result, a TTL's expiry (a put's
+    value it carries again; a delete found nothing). A write of plain puts: ~20 bytes."""
+    extras = {
+        i: [r.value if m.HasField("increment") else b"", r.expires_at_ms]
+        for i, (r, m) in enumerate(zip(results, mutations, strict=True))
+        if m.HasField("increment") or r.expires_at_ms
+    }
+    version = results[0].version if results else 0
+    packed: bytes = msgpack.packb([epoch, seq, version, len(results), extras])
     return packed
 
 
 def answer(shard: int, held: Entry, req: pb.WriteRequest) -> tuple[pb.WriteResponse, int]:
     """The first outcome of the write ``req`` repeats, and the seq of the entry it is in."""
-    epoch, seq, rows = msgpack.unpackb(held[0])
-    if len(rows) != len(req.mutations):
+    epoch, seq, version, count, extras = msgpack.unpackb(held[0], strict_map_key=False)
+    if count != len(req.mutations):
         raise InvalidArgument(
             "a repeat of a session's write must carry the same mutations", code="session_reuse"
         )
     results = []
-    for (found, version, expires, value), m in zip(rows, req.mutations, strict=True):
-        item = pb.Item(key=m.key, found=found, version=version, expires_at_ms=expires)
-        if found:
-            item.value = m.put.value if value is None else value
+    for i, m in enumerate(req.mutations):
+        item = pb.Item(key=m.key, found=not m.HasField("delete"), version=version)
+        value, expires = extras.get(i, (b"", 0))
+        if item.found:
+            item.value = value if m.HasField("increment") else m.put.value
+            item.expires_at_ms = expires
         results.append(item)
-    version = pb.Version(shard=shard, epoch=epoch, seq=seq)
-    return pb.WriteResponse(version=version, results=results), seq
+    at = pb.Version(shard=shard, epoch=epoch, seq=seq)
+    return pb.WriteResponse(version=at, results=results), seq
 
 
 def check_age(req: pb.WriteRequest, now_ms: int, ttl_ms: int) -> None:
