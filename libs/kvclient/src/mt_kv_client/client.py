@@ -237,9 +237,13 @@ def _unknown(error: MinithreadsError) -> Indeterminate:
 
 
 class _Backoff:
-    """Jittered exponential pauses between attempts, within a retry budget."""
+    """Jittered exponential pauses between attempts, within a retry budget — and within the
+    deadline of the request being served, if there is one: past it nobody waits for the
+    answer."""
 
     def __init__(self, budget_s: float) -> None:
+        left = deadline.remaining_s()  # the request being served has this long left
+        budget_s = budget_s if left is None else min(budget_s, left)
         self._deadline = asyncio.get_running_loop().time() + budget_s
         self.delay_s = 0.02
 
