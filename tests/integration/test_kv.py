@@ -17,6 +17,8 @@ from mt_kv_contract.keys import OUTBOX_KEY_PREFIX
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
+from tests.integration.conftest import write_as_is
+
 
 def k(partition: str, key: str = "", keyspace: str = "test") -> Key:
     return Key(keyspace, partition.encode(), key.encode())
@@ -239,14 +241,9 @@ async def test_conditional_writes__sharing_a_batch_each_keep_their_own_outcome(
 async def _session_write(
     kv: KVClient, cluster: KVCluster, request: pb.WriteRequest
 ) -> pb.WriteResponse:
-    """``request`` as it is (session, number and all) to its key's primary."""
     key = request.mutations[0].key
     shard = kv.shard_of(Key(key.keyspace, key.partition, key.key))
-    info = (await cluster.status()).shards[shard]
-    request.route.CopyFrom(pb.Route(shard=shard, epoch=info.epoch))
-    async with grpc.aio.insecure_channel(cluster.addr(info.primary)) as chan:
-        reply: pb.WriteResponse = await kv_pb2_grpc.KVStub(chan).Write(request)
-        return reply
+    return await write_as_is(cluster, shard, request)
 
 
 def _increment(partition: str, session: int, seq: int, first_sent_ms: int) -> pb.WriteRequest:

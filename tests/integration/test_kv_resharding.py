@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import grpc
 import pytest
@@ -17,6 +18,8 @@ from mt_kv_contract.errors import Behind, Moved
 from mt_kv_contract.keys import OUTBOX_KEY_PREFIX, microshard
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
+
+from tests.integration.conftest import write_as_is
 
 
 def partitions_of(kv: KVClient, u: int, count: int, tag: str) -> list[bytes]:
@@ -296,3 +299,35 @@ async def test_move__an_outbox_job_row_is_listed_by_the_shard_that_holds_it(
     await kv.refresh()
     await kv.delete(row)
     assert row not in await _outbox(kv, target)
+
+
+async def test_session_write__a_repeat_after_its_microshard_moved_is_answered_by_the_old_shard(
+    kv: KVClient, cluster: KVCluster
+) -> None:
+    """Exactly-once across a move: a write that landed before the move is answered from its
+    record by the shard it was sent to; one that never landed is refused as ``moved`` there
+    (the fence orders it), so the client may route it afresh."""
+    u = kv.microshard_of(Key("test", b"once-mover", b""))
+    source, target = kv._table.microshard_to_shard[u], other_shard(kv, u)
+    key = pb.Key(keyspace="test", partition=b"once-mover", key=b"n")
+    sent_ms = int(time.time() * 1000)
+
+    def increment(seq: int) -> pb.WriteRequest:
+        return pb.WriteRequest(
+            mutations=[pb.Mutation(key=key, increment=pb.Mutation.Increment(delta=1))],
+            session=4242,
+            session_seq=seq,
+            first_sent_ms=sent_ms,
+        )
+
+    first = await write_as_is(cluster, source, increment(1))
+    await move_microshard(cluster.manager_addr, u, target)
+    again = await write_as_is(cluster, source, increment(1))
+    assert again == first  # the first outcome, from the old shard's record
+    with pytest.raises(grpc.aio.AioRpcError) as never_landed:
+        await write_as_is(cluster, source, increment(2))
+    assert isinstance(error_from_rpc(never_landed.value), Moved)
+    await kv.refresh()
+    item = await kv.get(Key("test", b"once-mover", b"n"))
+    assert item is not None
+    assert item.value == b"1"  # applied once, and moved with its μshard
