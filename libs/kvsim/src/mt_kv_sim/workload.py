@@ -174,27 +174,24 @@ class Client:
 
     async def count(self, key: str) -> int | None:
         """The count beside ``key`` (a strong read), None if it could not be read."""
-        request_key = _pb(self._count_key(key))
-
-        async def read(replica: Replica, route: pb.Route) -> pb.GetResponse:
-            read = pb.ReadOptions(consistency=pb.STRONG)
-            return await replica.get(pb.GetRequest(route=route, keys=[request_key], read=read))
-
-        for _ in range(ATTEMPTS):
-            try:
-                got = await self._attempt(key, read)
-            except (ConnectionError, MinithreadsError):
-                got = None
-            if got is not None:
-                item = got.items[0]
-                return int(item.value) if item.found else 0
-            await self._refresh()
-            await asyncio.sleep(0.05)
-        return None
+        item = await self._strong_read(key, self._count_key(key))
+        if item is None:
+            return None
+        return int(item.value) if item.found else 0
 
     async def get(self, key: str) -> None:
         call = self.loop.time()
-        request_key = _pb(self._key(key))
+        item = await self._strong_read(key, self._key(key))
+        if item is None:
+            self.history.gave_up += 1
+            return
+        output = item.value.decode() if item.found else None
+        self.history.ops.append(Op(key, "get", None, output, call, self.loop.time()))
+
+    async def _strong_read(self, key: str, read_key: Key) -> pb.Item | None:
+        """``read_key`` (in ``key``'s partition) read at its primary, refusals and lost
+        answers tried again; None if no attempt got an answer."""
+        request_key = _pb(read_key)
 
         async def read(replica: Replica, route: pb.Route) -> pb.GetResponse:
             read = pb.ReadOptions(consistency=pb.STRONG)
@@ -209,15 +206,11 @@ class Client:
                 if next_step(err, idempotent=True) is Step.ANSWER:
                     raise
                 got = None
-            if got is None:
-                await self._refresh()
-                await asyncio.sleep(0.05)
-                continue
-            item = got.items[0]
-            output = item.value.decode() if item.found else None
-            self.history.ops.append(Op(key, "get", None, output, call, self.loop.time()))
-            return
-        self.history.gave_up += 1
+            if got is not None:
+                return got.items[0]
+            await self._refresh()
+            await asyncio.sleep(0.05)
+        return None
 
 
 def _pb(key: Key) -> pb.Key:
