@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from mt_kv.rules.follow import Admission, Fit, admit, fit
 from mt_kv.rules.log import EPOCH, SEQ, LogRec
+from mt_kv.rules.membership import allowed
 from mt_kv.rules.progress import Progress
 from mt_kv.rules.quorum import LEASE_SAFETY, commit_point, lease_until
 from mt_kv.rules.shard import Reset, Role, ShardCore
@@ -308,3 +309,102 @@ def test_shard__never_leads_again_an_epoch_it_knew_before_a_restart() -> None:
     shard = ShardCore(0, me="b", replicas=("a", "b", "c"), epoch=2, restarted_in=2)
     assert not shard.may_lead(2)
     assert shard.may_lead(3)
+
+
+# ---------------------------------------------------------------- membership
+
+
+@pytest.mark.parametrize(
+    ("stable", "current", "proposed", "ok"),
+    [
+        ("abc", "abc", "abcd", True),  # grow by one
+        ("abcd", "abcd", "bcd", True),  # then shrink by one
+        ("abc", "abc", "bcd", False),  # a swap in one step: majorities need not meet
+        ("abc", "abcd", "bcd", False),  # a swap in two, the first not yet established
+        ("abc", "abcd", "abc", True),  # back to the established set (a rollback)
+        ("a", "a", "", False),  # never no voter
+    ],
+)
+def test_membership__one_member_apart_from_the_established_and_the_published(
+    stable: str, current: str, proposed: str, ok: bool
+) -> None:
+    assert allowed(set(stable), set(current), set(proposed)) is ok
+
+
+def _ack(shard: ShardCore, follower: str, durable_seq: int, sent_at: float) -> None:
+    shard.on_result(
+        shard.progress[follower],
+        _ok(durable_seq),
+        gen=shard.progress[follower].gen,
+        prev_seq=0,
+        sent_at=sent_at,
+        now=sent_at,
+        lease_s=1.0,
+        hold_s=0.05,
+    )
+
+
+def test_shard__a_learner_is_sent_the_log_but_counts_for_neither_commit_nor_lease() -> None:
+    shard = _primary()
+    shard.set_members(("a", "b", "c"), ("d",))
+    assert set(shard.progress) == {"b", "c", "d"}
+    first = shard.propose(b"w1")
+    shard.persisted(first[SEQ], first[EPOCH])
+    _ack(shard, "d", 1, 100.0)
+    assert shard.advance_commit() == 0
+    assert not shard.may_serve_strong(100.1)
+    _ack(shard, "b", 1, 100.0)
+    assert shard.advance_commit() == 1
+    assert shard.may_serve_strong(100.1)
+
+
+def test_shard__four_voters_commit_with_three_and_lease_with_two_followers() -> None:
+    shard = _primary()
+    shard.set_members(("a", "b", "c", "d"), ())
+    first = shard.propose(b"w1")
+    shard.persisted(first[SEQ], first[EPOCH])
+    _ack(shard, "b", 1, 100.0)
+    assert shard.advance_commit() == 0
+    assert not shard.may_serve_strong(100.1)
+    _ack(shard, "d", 1, 100.0)
+    assert shard.advance_commit() == 1
+    assert shard.may_serve_strong(100.1)
+
+
+def test_shard__a_learner_never_leads() -> None:
+    shard = ShardCore(0, me="d", replicas=("a", "b", "c"), learners=("d",))
+    shard.reset(Role.FOLLOWER, 1, "", 0.0, lease_s=1.0)
+    with pytest.raises(AssertionError):
+        shard.reset(Role.PRIMARY, 1, "d", 0.0, lease_s=1.0)
+
+
+def test_shard__continuing_in_place_keeps_the_log_and_progress_and_relearns_the_lease() -> None:
+    shard = _primary()
+    first = shard.propose(b"w1")
+    shard.persisted(first[SEQ], first[EPOCH])
+    _ack(shard, "b", 1, 100.0)
+    assert shard.may_serve_strong(100.1)
+    shard.set_members(("a", "c", "d"), ())  # b removed (from {a,b,c,d}, established)
+    reset = shard.reset(Role.PRIMARY, 2, "a", 100.2, lease_s=1.0, continues=True)
+    assert reset == Reset(stepped_down=False, moved=True)
+    assert (shard.epoch, shard.led_from, shard.role) == (2, 1, Role.PRIMARY)
+    assert set(shard.progress) == {"c", "d"}
+    assert shard.tail == [first]
+    # b's promise binds nobody the voters {a, c, d} may elect: no lease until c or d acks.
+    assert not shard.may_serve_strong(100.3)
+    _ack(shard, "c", 1, 100.3)
+    assert shard.may_serve_strong(100.4)
+
+
+def test_shard__an_append_of_the_epoch_continued_is_sent_again_in_the_new_one() -> None:
+    shard = _primary()
+    shard.propose(b"w1")
+    progress = shard.progress["b"]
+    progress.sent(1)
+    shard.reset(Role.PRIMARY, 2, "a", 100.0, lease_s=1.0, continues=True)
+    stale = pb.ShardAppendResult(status=pb.ShardAppendResult.STALE_EPOCH, epoch=2)
+    later = shard.on_result(
+        progress, stale, gen=0, prev_seq=0, sent_at=100.0, now=100.1, lease_s=1.0, hold_s=0.05
+    )
+    assert not later
+    assert (progress.next_seq, progress.gen) == (1, 1)

@@ -75,8 +75,17 @@ class SimReplica(Replica):
 
     watch: Watch
 
-    def _become(self, shard: Shard, role: Role, epoch: int, primary: str, why: str) -> None:
-        super()._become(shard, role, epoch, primary, why)
+    def _become(
+        self,
+        shard: Shard,
+        role: Role,
+        epoch: int,
+        primary: str,
+        why: str,
+        *,
+        continues: bool = False,
+    ) -> None:
+        super()._become(shard, role, epoch, primary, why, continues=continues)
         if role is Role.PRIMARY:
             self.watch.became_primary(self.id, shard.id, epoch)
 

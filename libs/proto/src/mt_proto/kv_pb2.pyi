@@ -1163,6 +1163,8 @@ class ShardInfo(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     ADDRS_FIELD_NUMBER: _builtins.int
     MIN_READ_SEQ_FIELD_NUMBER: _builtins.int
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    CONTINUES_EPOCH_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     epoch: _builtins.int
     primary: _builtins.str
@@ -1171,6 +1173,10 @@ class ShardInfo(_message.Message):
     """The latest μshard import into this shard (live resharding): a replica that has not applied
     it would answer a non-strong read of a moved key from before the key arrived.
     """
+    continues_epoch: _builtins.int
+    """Not 0: this epoch continues that one under the same primary (a membership step in place:
+    the primary goes on leading, nothing is fenced).
+    """
     @_builtins.property
     def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """replica ids, primary included"""
@@ -1178,6 +1184,12 @@ class ShardInfo(_message.Message):
     @_builtins.property
     def addrs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """replica id -> gRPC address"""
+
+    @_builtins.property
+    def learners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Catching up to join the voters (``replicas``): sent the log, counted for nothing, never
+        elected.
+        """
 
     def __init__(
         self,
@@ -1188,10 +1200,12 @@ class ShardInfo(_message.Message):
         replicas: _abc.Iterable[_builtins.str] | None = ...,
         addrs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         min_read_seq: _builtins.int = ...,
+        learners: _abc.Iterable[_builtins.str] | None = ...,
+        continues_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "epoch", b"epoch", "id", b"id", "min_read_seq", b"min_read_seq", "primary", b"primary", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "continues_epoch", b"continues_epoch", "epoch", b"epoch", "id", b"id", "learners", b"learners", "min_read_seq", b"min_read_seq", "primary", b"primary", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -257,11 +257,9 @@ class Replica(Requests, Leading, Following):
         """Per shard we lead: how many entries each follower has yet to make durable."""
         for s in self.shards.values():
             if s.role is Role.PRIMARY:
-                for follower in s.replicas:
-                    if follower != self.id:
-                        progress = s.progress.get(follower)
-                        lag = s.last_seq - (progress.match_seq if progress else 0)
-                        REPLICATION_LAG.labels(str(s.id), follower).set(lag)
+                for follower, progress in s.progress.items():
+                    lag = s.last_seq - progress.match_seq
+                    REPLICATION_LAG.labels(str(s.id), follower).set(lag)
 
     def assign(
         self,
@@ -278,10 +276,17 @@ class Replica(Requests, Leading, Following):
         """
         self.lease_s = lease_ms / 1000
         for info in infos:
+            if info.id not in self.shards and self.id not in (*info.replicas, *info.learners):
+                continue  # a shard we hold no copy of
             self.addrs.update(info.addrs)
             shard = self.shard(info.id)
-            shard.replicas = tuple(info.replicas)
             if info.epoch < shard.epoch:
+                continue
+            shard.set_members(info.replicas, info.learners)  # (voters change with the epoch)
+            if shard.role is Role.PRIMARY and info.epoch == shard.epoch:
+                self._open_links(shard)  # a learner added
+            if self._continues(shard, info):
+                self._become(shard, Role.PRIMARY, info.epoch, self.id, "in place", continues=True)
                 continue
             if info.epoch > shard.epoch:  # fenced: no primary until the manager names one
                 self._become(shard, Role.FOLLOWER, info.epoch, "", "a new epoch was assigned")
@@ -302,17 +307,37 @@ class Replica(Requests, Leading, Following):
         for follower, link in self._links.items():
             link.point_at(self.repl_addrs.get(follower, ""))
 
+    def _continues(self, shard: Shard, info: pb.ShardInfo) -> bool:
+        """The manager moved a shard we lead to the next epoch with us still its primary (a
+        membership step): we go on leading it, in place."""
+        return (
+            info.epoch > shard.epoch
+            and info.continues_epoch == shard.epoch
+            and info.primary == self.id
+            and shard.role is Role.PRIMARY
+        )
+
     def _promote(self, shard: Shard, epoch: int) -> None:
         with TRACER.start_as_current_span("kv.promote") as span:  # a failover: rare, worth a trace
             span.set_attributes({"mt.shard": shard.id, "mt.epoch": epoch, "mt.replica": self.id})
             span.add_event("failover")  # this replica takes the shard over in a new epoch
             self._become(shard, Role.PRIMARY, epoch, self.id, "elected")
 
-    def _become(self, shard: Shard, role: Role, epoch: int, primary: str, why: str) -> None:
+    def _become(
+        self,
+        shard: Shard,
+        role: Role,
+        epoch: int,
+        primary: str,
+        why: str,
+        *,
+        continues: bool = False,
+    ) -> None:
         """EVERY change of a shard's role, epoch or primary (:meth:`ShardCore.reset`), and what
         it asks of us: writers waiting on entries we sequenced learn their outcome is unknown;
-        a new primary starts its epoch with an entry of its own."""
-        reset = shard.reset(role, epoch, primary, self._clock(), self.lease_s)
+        a new primary starts its epoch with an entry of its own, and so does one continuing
+        into the next epoch in place."""
+        reset = shard.reset(role, epoch, primary, self._clock(), self.lease_s, continues=continues)
         if reset.stepped_down:
             log.info("stepping down", extra={"shard": shard.id, "epoch": epoch, "why": why})
             shard.pending = {}
@@ -320,19 +345,29 @@ class Replica(Requests, Leading, Following):
             self._fail_waiters(shard, why)
         if reset.moved:
             self._meta(shard)
-        if role is Role.PRIMARY:
+        if continues:
+            self._open_links(shard)
+            self._start_epoch(shard)
+        elif role is Role.PRIMARY:
             self._lead(shard)
 
     def _lead(self, shard: Shard) -> None:
-        for follower in shard.progress:
-            self._link(follower)
+        self._open_links(shard)
         shard.pending = {}
         for seq in range(shard.applied_seq + 1, shard.last_seq + 1):
             entry = shard.entry(seq)
             assert entry is not None
             self._add_pending(shard, seq, decode_effects(entry[PAYLOAD]))
+        self._start_epoch(shard)
+
+    def _open_links(self, shard: Shard) -> None:
+        for follower in shard.progress:
+            self._link(follower)
+
+    def _start_epoch(self, shard: Shard) -> None:
         # An entry of the new epoch lets the inherited tail commit (Raft §5.4.2); strong reads
         # wait until it is applied, so they see every write the previous primaries committed.
+        # Applied, it also shows the manager that the epoch's voters are established.
         shard.epoch_start_seq = 0 if broken("skip_first_entry") else self._sequence(shard, [])
         log.info(
             "primary", extra={"shard": shard.id, "epoch": shard.epoch, "last_seq": shard.last_seq}

@@ -209,7 +209,7 @@ class Leading(ReplicaBase):
         for part, result in zip(note.parts, answer.shards, strict=False):
             shard = part.shard
             progress = shard.progress.get(link.follower)
-            if progress is None or shard.role is not Role.PRIMARY or shard.epoch != part.epoch:
+            if progress is None or shard.role is not Role.PRIMARY or part.epoch < shard.led_from:
                 continue  # an answer about an epoch we no longer lead
             self._on_result(shard, progress, part, result, sent.at)
             if shard.role is Role.PRIMARY:

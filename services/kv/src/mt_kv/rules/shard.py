@@ -9,6 +9,7 @@ writers waiting) and does the I/O these decisions call for.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -42,7 +43,8 @@ class ShardCore:
     me: str = ""  # this replica's id
     epoch: int = 0
     primary: str = ""
-    replicas: tuple[str, ...] = ()  # the voters, ourselves among them
+    replicas: tuple[str, ...] = ()  # the voters (ourselves among them unless a learner)
+    learners: tuple[str, ...] = ()  # catching up to vote: sent the log, counted for nothing
     role: Role = Role.NONE
     applied_seq: int = 0
     applied_epoch: int = 0
@@ -63,6 +65,7 @@ class ShardCore:
     lease_until: float = 0.0
     serving_after: float = 0.0
     epoch_start_seq: int = 0  # our first entry as primary of this epoch
+    led_from: int = 0  # the epoch we began leading in (in-place steps continue it)
     # ---- as follower
     last_ack_at: float = 0.0  # when we last acknowledged a primary (our lease promise)
     last_ack_primary: str = ""
@@ -130,11 +133,34 @@ class ShardCore:
 
     # ------------------------------------------------------------------ roles
 
-    def reset(self, role: Role, epoch: int, primary: str, now: float, lease_s: float) -> Reset:
+    def reset(
+        self,
+        role: Role,
+        epoch: int,
+        primary: str,
+        now: float,
+        lease_s: float,
+        *,
+        continues: bool = False,
+    ) -> Reset:
         """EVERY change of role, epoch or primary. Leaving the primary's role drops what only
         a primary keeps; taking it starts at the log's end, each follower probed from there,
         serving strong reads only once the lease a follower promised the previous primary
-        has run out (the first entry of the epoch, the replica's to sequence, comes next)."""
+        has run out (the first entry of the epoch, the replica's to sequence, comes next).
+
+        ``continues``: the shard manager moved our shard to the next epoch with us still its
+        primary (a membership step in place, see :mod:`membership`): nothing is dropped, the
+        log goes on, the lease counts only the voters as they are now."""
+        if continues:
+            assert (self.role, role, primary) == (Role.PRIMARY, Role.PRIMARY, self.me), (
+                self.role,
+                role,
+                primary,
+            )
+            assert epoch > self.epoch, (epoch, self.epoch)
+            self.epoch = epoch
+            self.lease_until = self._voters_lease(lease_s)
+            return Reset(stepped_down=False, moved=True)
         stepped_down = self.role is Role.PRIMARY and (role, epoch) != (Role.PRIMARY, self.epoch)
         if stepped_down:  # (entries sequenced and not yet stored stay: see unpersisted)
             self.lease_until = 0.0
@@ -142,13 +168,37 @@ class ShardCore:
         moved = (epoch, primary) != (self.epoch, self.primary)
         self.epoch, self.primary, self.role = epoch, primary, role
         if role is Role.PRIMARY:
+            assert self.me in self.replicas, (self.me, self.replicas)  # a learner never leads
             promised = self.last_ack_primary not in ("", self.me)
             self.serving_after = max(now, self.last_ack_at + lease_s if promised else 0.0)
             self.lease_until = 0.0
             first = self.last_seq + 1
-            self.progress = {r: Progress(next_seq=first) for r in self.replicas if r != self.me}
+            self.progress = {r: Progress(next_seq=first) for r in self._others()}
             self.commit_seq = self.applied_seq
+            self.led_from = epoch
         return Reset(stepped_down, moved)
+
+    def set_members(self, voters: Sequence[str], learners: Sequence[str]) -> None:
+        """The voters and learners the shard manager assigned. Voters change only with the
+        epoch (the caller resets to it right after); as primary, a new member is probed from
+        our log's end and a member gone is no longer sent to."""
+        self.replicas = tuple(voters)
+        self.learners = tuple(r for r in learners if r not in self.replicas)
+        if self.role is Role.PRIMARY:
+            first = self.last_seq + 1
+            self.progress = {
+                r: self.progress.get(r) or Progress(next_seq=first) for r in self._others()
+            }
+
+    def _others(self) -> list[str]:
+        """Whom we send our log to as primary: the other voters and the learners."""
+        return [r for r in (*self.replicas, *self.learners) if r != self.me]
+
+    def _voters_lease(self, lease_s: float) -> float:
+        """The lease the voters' acknowledgements give, from scratch: a promise of a replica
+        no longer a voter binds nobody the next primary needs."""
+        acks = (self.progress[r].acked_at for r in self.replicas if r in self.progress)
+        return quorum.lease_until(0.0, acks, len(self.replicas), lease_s)
 
     def may_lead(self, epoch: int) -> bool:
         """Never lead an epoch we knew before a restart: we may have led it then, and our log
@@ -239,12 +289,16 @@ class ShardCore:
             progress.acknowledged(result.durable_seq, sent_at, gen)
             self.lease_until = quorum.lease_until(
                 self.lease_until,
-                (p.acked_at for p in self.progress.values()),
+                (self.progress[r].acked_at for r in self.replicas if r in self.progress),
                 len(self.replicas),
                 lease_s,
             )
         elif result.status == S.STALE_EPOCH:
-            return result.epoch > self.epoch
+            if result.epoch > self.epoch:
+                return True
+            # An Append of an epoch we continued in place, to a follower already past it:
+            # the same entries again, in this epoch.
+            progress.lease_refused(prev_seq, gen, now, 0.0)
         elif result.status == S.MISMATCH:
             progress.mismatched(result.durable_seq, gen, now, hold_s)
         else:  # LEASE_WAIT
