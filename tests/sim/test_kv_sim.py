@@ -35,6 +35,7 @@ def test_sim__a_budget_of_seeds_finds_no_violation() -> None:
     print(f"sim: seeds={BUDGET} ops={ops} faults={sum(faults.values())} ({kinds})")
     assert not failed
     injected = {"crash", "partition", "pause", "power_loss", "reset", "clock_skew", "handoff"}
+    injected |= {"replica_move"}
     assert injected <= set(faults)
 
 
@@ -56,13 +57,16 @@ def test_sim__a_seed_replays_exactly() -> None:
 
 @pytest.mark.parametrize(
     ("rule", "within"),
-    [  # (each was found by `make sim BREAK=<rule> UNTIL_FOUND=1` within its first few seeds)
+    [  # (each was found by `make sim BREAK=<rule> UNTIL_FOUND=1` within its first seeds)
         ("ack_before_sync", 5),
         ("commit_without_majority", 10),
         ("skip_first_entry", 10),
-        ("read_from_fenced", 40),
-        ("lease_without_quorum", 40),
+        ("read_from_fenced", 60),
+        ("lease_without_quorum", 60),
         ("forget_sessions", 10),
+        ("learner_counts", 45),
+        ("swap_in_one_step", 10),
+        ("reconfig_before_established", 20),
     ],
 )
 def test_sim__finds_a_rule_broken_on_purpose(breaking: None, rule: str, within: int) -> None:

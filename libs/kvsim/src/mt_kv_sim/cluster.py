@@ -9,15 +9,17 @@ import asyncio
 import contextvars
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mt_kv.manager.core import ShardManager
+from mt_kv.manager.reconfig import ReplicaMove
 from mt_kv.replica import link as replication_link
 from mt_kv.replica.core import Replica
 from mt_kv.replica.shard import Shard
 from mt_kv.rules.log import EPOCH, PAYLOAD, SEQ
+from mt_kv.rules.membership import differ
 from mt_kv.rules.shard import Role
 from mt_kv.settings import ReplicaSettings
 from mt_kv.storage.store import Batch
@@ -39,6 +41,7 @@ class Watch:
 
     primaries: dict[tuple[int, int], str] = field(default_factory=dict)  # (shard, epoch) ->
     committed: dict[tuple[int, int], tuple[int, bytes]] = field(default_factory=dict)
+    published: dict[int, tuple[int, tuple[str, ...]]] = field(default_factory=dict)  # voters
     violations: list[str] = field(default_factory=list)
 
     def became_primary(self, replica: str, shard: int, epoch: int) -> None:
@@ -57,6 +60,16 @@ class Watch:
             self.violations.append(
                 f"{replica} reported shard {progress.shard}'s log to {progress.last_seq}, "
                 f"synced to {durable}"
+            )
+
+    def voters(self, shard: int, epoch: int, voters: Sequence[str]) -> None:
+        """The manager published ``voters`` for ``shard``: one member from the set before."""
+        before = self.published.get(shard)
+        self.published[shard] = (epoch, tuple(voters))
+        if before is not None and before[1] != tuple(voters) and differ(before[1], voters) > 1:
+            self.violations.append(
+                f"shard {shard}: voters {before[1]} (epoch {before[0]}) became {tuple(voters)} "
+                f"(epoch {epoch}) in one step"
             )
 
     def applied(self, replica: str, shard: int, seq: int, epoch: int, payload: bytes) -> None:
@@ -98,6 +111,17 @@ class SimReplica(Replica):
                 self.watch.applied(self.id, shard.id, entry[SEQ], entry[EPOCH], entry[PAYLOAD])
 
 
+class SimManager(ShardManager):
+    """The real shard manager, showing the watch every assignment it publishes."""
+
+    watch: Watch
+
+    def save(self) -> None:
+        super().save()
+        for shard in self.shards:
+            self.watch.voters(shard.id, shard.epoch, shard.replicas)
+
+
 def process_of(name: str, incarnation: int = 0) -> Process:
     process = Process(name, incarnation)
     process.context = contextvars.Context()
@@ -125,14 +149,14 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, loop: SimLoop, *, replicas: int = 3, shards: int = 2) -> None:
+    def __init__(self, loop: SimLoop, *, replicas: int = 4, shards: int = 2) -> None:
         self.loop = loop
         self.rng = loop.rng
         self.shards = shards
         self.nodes = {f"kv-{i}": Node(f"kv-{i}") for i in range(1, replicas + 1)}
         self.watch = Watch()
         self.manager_process = process_of("manager", 0)
-        self.manager = ShardManager(
+        self.manager = SimManager(
             replicas={name: f"{name}:50061" for name in self.nodes},
             shards=shards,
             microshards=64,
@@ -141,7 +165,10 @@ class Cluster:
             lease_ms=LEASE_MS,
             clock=loop.time,
         )
+        self.manager.watch = self.watch
         self.synced_rows = 0
+        self.on_step: Callable[[ReplicaMove], None] = lambda move: None  # a move took a step
+        self._steps: dict[int, tuple[str, str, str]] = {}  # shard -> its move as last seen
 
     def start(self) -> None:
         self.loop.create_task(self._manager_ticks(), context=self.manager_process.context)
@@ -151,6 +178,11 @@ class Cluster:
     async def _manager_ticks(self) -> None:
         while True:
             self.manager.tick()
+            for move in self.manager.reconfigs.moves.values():
+                seen = (move.source, move.target, move.step)
+                if self._steps.get(move.shard) != seen:
+                    self._steps[move.shard] = seen
+                    self.on_step(move)
             await asyncio.sleep(0.2)
 
     # ---------------------------------------------------------------- replica processes
@@ -249,13 +281,16 @@ class Cluster:
         return None
 
     def converged(self) -> bool:
-        """Every replica up, every shard led by the manager's primary, and every replica has
-        applied the same entries as that primary (so the same state)."""
+        """Every replica up, no replica move under way, every shard led by the manager's
+        primary, every voter has applied the same entries as that primary (so the same
+        state), and no other replica holds a copy."""
         if not all(node.up and node.replica for node in self.nodes.values()):
+            return False
+        if self.manager.reconfigs.active():
             return False
         for assignment in self.manager.shards:
             leader = self.nodes.get(assignment.primary)
-            if leader is None or leader.replica is None:
+            if leader is None or leader.replica is None or assignment.learners:
                 return False
             lead = leader.replica.shards.get(assignment.id)
             if lead is None or lead.role is not Role.PRIMARY or lead.applied_seq < lead.last_seq:
@@ -263,13 +298,18 @@ class Cluster:
             for node in self.nodes.values():
                 assert node.replica is not None
                 held = node.replica.shards.get(assignment.id)
-                if held is None or held.applied_seq != lead.applied_seq:
+                if node.name not in assignment.replicas:
+                    if held is not None:
+                        return False
+                elif held is None or held.applied_seq != lead.applied_seq:
                     return False
         return True
 
-    def states(self) -> dict[str, dict[int, dict[Any, Any]]]:
-        return {
-            name: {sid: dict(s.data.items) for sid, s in node.replica.shards.items()}
-            for name, node in self.nodes.items()
-            if node.replica is not None
-        }
+    def states(self) -> dict[int, dict[str, dict[Any, Any]]]:
+        """Each shard's data on each replica holding it."""
+        held: dict[int, dict[str, dict[Any, Any]]] = {}
+        for name, node in self.nodes.items():
+            if node.replica is not None:
+                for sid, shard in node.replica.shards.items():
+                    held.setdefault(sid, {})[name] = dict(shard.data.items)
+        return held

@@ -38,6 +38,9 @@ class Disk:
             self.log.setdefault(row.shard, {})[row.seq] = (row.epoch, row.payload)
         for shard, epoch_row in batch.epochs.items():
             self.epochs[shard] = (epoch_row.epoch, epoch_row.primary)
+        for shard in batch.dropped:
+            self.log.pop(shard, None)
+            self.epochs.pop(shard, None)
 
     def write_segments(self, written: Sequence[Segment], positions: Sequence[Position]) -> None:
         for segment in written:
@@ -125,3 +128,9 @@ class SimStore:
         self, shard: int, items: Mapping[KeyT, Entry | None], position: Position
     ) -> None:
         await self.checkpoint([Segment(shard, position.applied_seq, True, items)], [position])
+
+    async def drop_shard(self, shard: int) -> None:
+        await self.commit(Batch(dropped={shard}))
+        await asyncio.sleep(self._sync_s())
+        self._disk.items.pop(shard, None)
+        self._disk.positions.pop(shard, None)

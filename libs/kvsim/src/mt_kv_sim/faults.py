@@ -10,9 +10,22 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from mt_kv.manager.reconfig import ReplicaMove
+
 from mt_kv_sim.cluster import Cluster, Node
 
-KINDS = ("crash", "partition", "reset", "pause", "delay", "slow_disk", "power_loss", "handoff")
+KINDS = (
+    "crash",
+    "partition",
+    "reset",
+    "pause",
+    "delay",
+    "slow_disk",
+    "power_loss",
+    "handoff",
+    "replica_move",
+)
+STRIKE_AT_STEP = 0.3
 CLOCK_SKEW = 0.03  # a replica's clock runs up to 3% fast or slow (the lease allows 10%)
 
 
@@ -23,6 +36,8 @@ class Faults:
         self.rng = cluster.rng
         self.counts: Counter[str] = Counter()
         self._healing: list[asyncio.TimerHandle] = []
+        self._striking = False  # faults strike until heal()
+        cluster.on_step = self._strike_at_step
 
     def skew_clocks(self) -> None:
         for node in self.cluster.nodes.values():
@@ -32,9 +47,13 @@ class Faults:
                 self.counts["clock_skew"] += 1
 
     async def run(self, until: float) -> None:
+        self._striking = True
+        # Each seed its own mix: some all partitions and pauses, some all moves — a fault
+        # drawn as often as every other is too thin to make a rare interleaving likely.
+        weights = [self.rng.random() ** 2 for _ in KINDS]
         while self.loop.time() < until:
             await asyncio.sleep(self.rng.uniform(0.2, 1.0))
-            kind = self.rng.choice(KINDS)
+            kind = self.rng.choices(KINDS, weights)[0]
             node = self.rng.choice(list(self.cluster.nodes.values()))
             if getattr(self, f"_{kind}")(node):
                 self.counts[kind] += 1
@@ -72,17 +91,71 @@ class Faults:
         manager.hand_off(shard.id, node.name)
         return True
 
+    def _replica_move(self, node: Node) -> bool:
+        """The shard manager moves a shard's copy to ``node`` (a learner, then 3 -> 4 -> 3
+        voters): from a random voter, the primary too."""
+        manager = self.cluster.manager
+        shard = self.rng.choice(manager.shards)
+        if node.name in (*shard.replicas, *shard.learners):
+            return False
+        try:
+            manager.reconfigs.request(shard.id, self.rng.choice(shard.replicas), node.name)
+        except ValueError:
+            return False  # (one move per shard at a time)
+        return True
+
+    def _strike_at_step(self, move: ReplicaMove) -> None:
+        """Often, as a replica move takes a step, a crash of one it involves, or the shard's
+        primary and the target cut off from the rest — at once or a moment later — so each
+        step is seen interrupted by each."""
+        if move.finished or self.rng.random() > STRIKE_AT_STEP or not self._striking:
+            return
+        shard = self.cluster.manager.shards[move.shard]
+        victims = {"source": move.source, "target": move.target, "primary": shard.primary}
+        role = self.rng.choice([*sorted(victims), "split"])
+        at = f"split@{move.step}" if role == "split" else f"crash@{move.step}.{role}"
+        if role == "split":
+            side = {shard.primary, move.target} - {""}
+
+            def strike() -> None:
+                if self._split(side):
+                    self.counts[at] += 1
+
+        else:
+            node = self.cluster.nodes.get(victims[role])
+            if node is None:
+                return
+
+            def strike() -> None:
+                if self._crash(node):
+                    self.counts[at] += 1
+
+        self._later(self.rng.choice([0.0, self.rng.uniform(0.0, 0.5)]), strike)
+
+    def _split(self, side: set[str]) -> bool:
+        """``side`` cut off from every other replica and the manager, for a while."""
+        everyone = [*self.cluster.nodes, "manager"]
+        cut = [frozenset((a, b)) for a in side for b in everyone if b not in side]
+        if not cut:
+            return False
+        self.loop.net.cut.update(cut)
+        self._later(self.rng.uniform(0.3, 3.0), lambda: self.loop.net.cut.difference_update(cut))
+        return True
+
     def _restart(self, node: Node) -> None:
         if not node.up:
             self.cluster.start_replica(node)
 
     def _partition(self, node: Node) -> bool:
-        others = [n for n in (*self.cluster.nodes, "manager") if n != node.name]
-        cut = (
-            [frozenset((node.name, o)) for o in others]
-            if self.rng.random() < 0.6
-            else [frozenset((node.name, self.rng.choice(others)))]  # one link only
-        )
+        everyone = [*self.cluster.nodes, "manager"]
+        others = [n for n in everyone if n != node.name]
+        draw = self.rng.random()
+        if draw < 0.45:  # the node alone
+            cut = [frozenset((node.name, o)) for o in others]
+        elif draw < 0.7:  # one link only
+            cut = [frozenset((node.name, self.rng.choice(others)))]
+        else:  # two random sides, the node on one
+            return self._split({node.name} | {o for o in others if self.rng.random() < 0.4})
         self.loop.net.cut.update(cut)
         self._later(self.rng.uniform(0.3, 3.0), lambda: self.loop.net.cut.difference_update(cut))
         return True
@@ -107,6 +180,7 @@ class Faults:
 
     def heal(self) -> None:
         """Every fault ends: partitions healed, pauses over, the crashed restarted."""
+        self._striking = False
         for handle in self._healing:
             handle.cancel()
         self.loop.net.cut.clear()

@@ -96,9 +96,9 @@ async def _scenario(loop: SimLoop, outcome: Outcome) -> None:
     if not verdict.linearizable:
         outcome.violations.append(f"not linearizable: keys {', '.join(verdict.bad_keys)}")
     outcome.violations += cluster.watch.violations
-    states = cluster.states()
-    if len({repr(sorted(s.items())) for s in states.values()}) > 1:
-        outcome.violations.append("replicas ended with different states")
+    for shard, copies in cluster.states().items():
+        if len({repr(sorted(s.items())) for s in copies.values()}) > 1:
+            outcome.violations.append(f"shard {shard}'s copies ended with different states")
     outcome.virtual_s = loop.time()
 
 

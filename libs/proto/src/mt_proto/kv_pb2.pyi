@@ -1261,6 +1261,7 @@ class ShardProgress(_message.Message):
     LAST_EPOCH_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
+    APPLIED_EPOCH_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     epoch: _builtins.int
     applied_seq: _builtins.int
@@ -1271,6 +1272,8 @@ class ShardProgress(_message.Message):
     primary: _builtins.bool
     serving: _builtins.bool
     """a primary past its lease wait, or a caught-up follower"""
+    applied_epoch: _builtins.int
+    """epoch of the entry at applied_seq (the epoch is established"""
     def __init__(
         self,
         *,
@@ -1281,10 +1284,11 @@ class ShardProgress(_message.Message):
         last_epoch: _builtins.int = ...,
         primary: _builtins.bool = ...,
         serving: _builtins.bool = ...,
+        applied_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_seq", b"applied_seq", "epoch", b"epoch", "last_epoch", b"last_epoch", "last_seq", b"last_seq", "primary", b"primary", "serving", b"serving", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_epoch", b"applied_epoch", "applied_seq", b"applied_seq", "epoch", b"epoch", "last_epoch", b"last_epoch", "last_seq", b"last_seq", "primary", b"primary", "serving", b"serving", "shard", b"shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1414,6 +1418,7 @@ class StatusResponse(_message.Message):
     FAILOVERS_FIELD_NUMBER: _builtins.int
     PLACEMENT_SETTLED_FIELD_NUMBER: _builtins.int
     MOVES_FIELD_NUMBER: _builtins.int
+    RECONFIGS_FIELD_NUMBER: _builtins.int
     placement_settled: _builtins.bool
     """Every shard has a live primary and the manager wants no rebalancing move: primaries stay
     put until something fails (a move fences its shard; writes in flight get unknown outcomes).
@@ -1430,6 +1435,10 @@ class StatusResponse(_message.Message):
     def moves(self) -> _containers.RepeatedCompositeFieldContainer[Global___MicroshardMove]:
         """in progress, then the most recent finished ones"""
 
+    @_builtins.property
+    def reconfigs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaMove]:
+        """shard copies moving between replicas"""
+
     def __init__(
         self,
         *,
@@ -1438,14 +1447,50 @@ class StatusResponse(_message.Message):
         failovers: _abc.Iterable[Global___Failover] | None = ...,
         placement_settled: _builtins.bool = ...,
         moves: _abc.Iterable[Global___MicroshardMove] | None = ...,
+        reconfigs: _abc.Iterable[Global___ReplicaMove] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "placement_settled", b"placement_settled", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "placement_settled", b"placement_settled", "reconfigs", b"reconfigs", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class ReplicaMove(_message.Message):
+    """A shard's copy on one replica moving to another: learner -> grow -> (handoff) -> shrink ->
+    done, or abandoned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    source: _builtins.str
+    target: _builtins.str
+    step: _builtins.str
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        step: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "shard", b"shard", "source", b"source", "step", b"step", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaMove: _TypeAlias = ReplicaMove  # noqa: Y015
 
 @_typing.final
 class Failover(_message.Message):

@@ -22,9 +22,12 @@ from pathlib import Path
 
 from mt_proto import kv_pb2 as pb
 
+from mt_kv.manager.reconfig import Reconfigs, ReplicaMove
+
 log = logging.getLogger(__name__)
 
 REBALANCE_QUIET_S = 2.0  # no primary moves for this long before a rebalancing move
+REPLICATION_FACTOR = 3  # voters per shard
 
 
 @dataclass
@@ -38,6 +41,13 @@ class ShardAssignment:
     assigned_beat: int = 0  # the primary's heartbeat count when it was assigned
     planned: str = ""  # a rebalancing handoff's intended primary (wins ties in the election)
     min_read_seq: int = 0  # the latest μshard import's seq (see ShardInfo.min_read_seq)
+    learners: list[str] = field(default_factory=list)
+    stable: list[str] = field(default_factory=list)  # the voters last known established
+    # An epoch continued in place is shown to its primary first: the others see the epoch
+    # before (with its voters) until the primary reports the new one, so they never refuse
+    # its Appends as stale meanwhile (they adopt the new epoch from them).
+    continues_epoch: int = 0
+    prev_replicas: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -105,11 +115,12 @@ class ShardManager:
         self._clock = clock
         self.replicas = {rid: ReplicaView(rid, addr) for rid, addr in replicas.items()}
         self.order = list(replicas)
+        self.added: dict[str, str] = {}  # replicas added at run time (saved) -> address
         self.microshards = microshards
         self.failover_timeout_s = failover_timeout_ms / 1000
         self.lease_ms = lease_ms
         self.state_path = state_path
-        self.shards = [ShardAssignment(i, replicas=list(self.order)) for i in range(shards)]
+        self.shards = [ShardAssignment(i, replicas=self._initial(i)) for i in range(shards)]
         # μshard -> shard: round robin until live resharding moves one.
         self.mapping = [u % shards for u in range(microshards)]
         self.moves: dict[int, Move] = {}  # by μshard: in progress, and the last finished ones
@@ -118,7 +129,16 @@ class ShardManager:
         self._lost_at: dict[int, float] = {}  # shard -> when its primary was last heard of
         self._started = self._clock()
         self._last_change = self._started
+        self.reconfigs = Reconfigs(self)
         self._load()
+
+    def _initial(self, shard_id: int) -> list[str]:
+        """A new shard's voters: ``REPLICATION_FACTOR`` replicas in turn (all of three)."""
+        n = len(self.order)
+        return [self.order[(shard_id + k) % n] for k in range(min(REPLICATION_FACTOR, n))]
+
+    def now(self) -> float:
+        return self._clock()
 
     # ---------------------------------------------------------------- persistence
 
@@ -126,11 +146,23 @@ class ShardManager:
         if self.state_path is None or not self.state_path.exists():
             return
         saved = json.loads(self.state_path.read_text())
+        for rid, addr in saved.get("added", {}).items():
+            self.add_replica(rid, addr)
         for entry in saved["shards"]:
             if entry["id"] < len(self.shards):
                 shard = self.shards[entry["id"]]
                 shard.epoch, shard.primary = entry["epoch"], entry["primary"]
                 shard.min_read_seq = entry.get("min_read_seq", 0)
+                # (state saved before replica sets: every shard on the configured replicas)
+                shard.replicas = entry.get("replicas", shard.replicas)
+                shard.learners = entry.get("learners", [])
+                shard.stable = entry.get("stable", [])
+                shard.continues_epoch = entry.get("continues_epoch", 0)
+                shard.prev_replicas = entry.get("prev_replicas", [])
+        for saved_reconfig in saved.get("reconfigs", []):
+            reconfig = ReplicaMove(**saved_reconfig, started_at=self._clock())
+            if reconfig.shard < len(self.shards):
+                self.reconfigs.moves[reconfig.shard] = reconfig
         self.routing_version = saved.get("routing_version", 0)
         for u, target in saved.get("moved", {}).items():
             if int(u) < len(self.mapping) and target < len(self.shards):
@@ -154,9 +186,24 @@ class ShardManager:
         tmp = self.state_path.with_suffix(".tmp")
         data = {
             "routing_version": self.routing_version,
+            "added": self.added,
             "shards": [
-                {"id": s.id, "epoch": s.epoch, "primary": s.primary, "min_read_seq": s.min_read_seq}
+                {
+                    "id": s.id,
+                    "epoch": s.epoch,
+                    "primary": s.primary,
+                    "min_read_seq": s.min_read_seq,
+                    "replicas": s.replicas,
+                    "learners": s.learners,
+                    "stable": s.stable,
+                    "continues_epoch": s.continues_epoch,
+                    "prev_replicas": s.prev_replicas,
+                }
                 for s in self.shards
+            ],
+            "reconfigs": [
+                {"shard": m.shard, "source": m.source, "target": m.target, "step": m.step}
+                for m in self.reconfigs.moves.values()
             ],
             # μshards not where round robin puts them, and the moves' progress.
             "moved": {
@@ -191,7 +238,7 @@ class ShardManager:
         view.progress = {p.shard: p for p in req.shards}
         self.tick()
         return pb.HeartbeatResponse(
-            shards=self.shard_infos(),
+            shards=self.shard_infos(req.replica_id),
             lease_ms=self.lease_ms,
             repl_addrs={r.id: r.repl_addr for r in self.replicas.values() if r.repl_addr},
         )
@@ -210,12 +257,14 @@ class ShardManager:
                 log.warning(
                     "primary lost; fencing", extra={"shard": shard.id, "primary": shard.primary}
                 )
-                shard.epoch += 1
+                self._next_epoch(shard)
                 shard.fenced_at = now
                 shard.lost_primary, shard.primary = shard.primary, ""
                 changed = True
             if not shard.primary:
                 changed |= self._elect(shard, now)
+            changed |= self._observe(shard)
+        changed |= self.reconfigs.advance(now)
         if changed:
             self._last_change = now
         elif self._rebalance(now):
@@ -255,9 +304,59 @@ class ShardManager:
         election like a failover's, with ``target`` winning the tie; writes wait a moment,
         strong reads out the old primary's lease."""
         shard = self.shards[shard_id]
-        shard.epoch += 1
+        self._next_epoch(shard)
         shard.fenced_at = self._clock()
         shard.planned, shard.primary = target, ""
+
+    def _next_epoch(self, shard: ShardAssignment) -> None:
+        """A new epoch, published to every replica at once (a fence)."""
+        shard.epoch += 1
+        shard.continues_epoch, shard.prev_replicas = 0, []
+
+    def step_in_place(self, shard: ShardAssignment, voters: list[str]) -> None:
+        """The next epoch with ``voters``, its primary going on leading (a membership step):
+        shown to the primary first (see ShardAssignment.continues_epoch)."""
+        assert shard.primary in voters, (shard.primary, voters)
+        shard.prev_replicas, shard.replicas = list(shard.replicas), list(voters)
+        shard.continues_epoch = shard.epoch
+        shard.epoch += 1
+        shard.assigned_beat = self.replicas[shard.primary].beats
+        log.info("voters", extra={"shard": shard.id, "epoch": shard.epoch, "voters": voters})
+
+    def established(self, shard: ShardAssignment) -> bool:
+        """The shard's primary applied an entry of its epoch: an entry committed under the
+        epoch's voters, so every earlier one is on a majority of them too."""
+        if not shard.primary or not self.alive(shard.primary):
+            return False
+        theirs = self.replicas[shard.primary].progress.get(shard.id)
+        return (
+            theirs is not None
+            and theirs.primary
+            and theirs.epoch == shard.epoch
+            and theirs.applied_epoch == shard.epoch
+        )
+
+    def _observe(self, shard: ShardAssignment) -> bool:
+        """What the primary's reports settle: a continued epoch it took (shown to all from
+        now on), voters established."""
+        changed = False
+        theirs = self.replicas[shard.primary].progress.get(shard.id) if shard.primary else None
+        if shard.continues_epoch and theirs is not None and theirs.epoch >= shard.epoch:
+            shard.continues_epoch, shard.prev_replicas = 0, []
+            changed = True
+        if shard.stable != shard.replicas and self.established(shard):
+            shard.stable = list(shard.replicas)
+            changed = True
+        return changed
+
+    def add_replica(self, rid: str, addr: str) -> None:
+        """A replica joins the cluster (it holds nothing until shards are moved to it)."""
+        if rid in self.replicas:
+            self.replicas[rid].addr = self.replicas[rid].addr or addr
+            return
+        self.replicas[rid] = ReplicaView(rid, addr)
+        self.order.append(rid)
+        self.added[rid] = addr
 
     def _uneven(self, now: float) -> tuple[str, str] | None:
         """(busiest, idlest) replica when every shard has a primary and their primary counts
@@ -319,7 +418,7 @@ class ShardManager:
 
         def rank(rid: str) -> tuple[int, int, int]:
             p = self.replicas[rid].progress[shard.id]
-            preferred = shard.planned or self.order[shard.id % len(self.order)]
+            preferred = shard.planned or shard.replicas[0]
             return (p.last_epoch, p.last_seq, 1 if rid == preferred else 0)
 
         winner = max(fenced, key=rank)
@@ -347,19 +446,30 @@ class ShardManager:
 
     # ---------------------------------------------------------------- views
 
-    def shard_infos(self) -> list[pb.ShardInfo]:
+    def shard_infos(self, for_replica: str = "") -> list[pb.ShardInfo]:
+        """Every shard's assignment, as ``for_replica`` is to see it (see continues_epoch)."""
+        return [self._info(s, for_replica) for s in self.shards]
+
+    def _info(self, s: ShardAssignment, for_replica: str) -> pb.ShardInfo:
         addrs = {rid: view.addr for rid, view in self.replicas.items()}
-        return [
-            pb.ShardInfo(
-                id=s.id,
-                epoch=s.epoch,
-                primary=s.primary,
-                replicas=s.replicas,
-                addrs={rid: addrs[rid] for rid in s.replicas},
-                min_read_seq=s.min_read_seq,
-            )
-            for s in self.shards
-        ]
+        members = [*s.replicas, *s.learners]
+        info = pb.ShardInfo(
+            id=s.id,
+            epoch=s.epoch,
+            primary=s.primary,
+            replicas=s.replicas,
+            learners=s.learners,
+            addrs={rid: addrs[rid] for rid in members},
+            min_read_seq=s.min_read_seq,
+            continues_epoch=s.continues_epoch,
+        )
+        if s.continues_epoch and for_replica != s.primary:  # the epoch before, for now
+            del info.replicas[:], info.learners[:]
+            info.replicas.extend(s.prev_replicas)
+            info.learners.extend(r for r in members if r not in s.prev_replicas)
+            info.epoch, info.continues_epoch = s.continues_epoch, 0
+            info.addrs.update({rid: addrs[rid] for rid in s.prev_replicas})
+        return info
 
     def routing_table(self) -> pb.RoutingTable:
         return pb.RoutingTable(
@@ -408,4 +518,5 @@ class ShardManager:
             failovers=failovers,
             placement_settled=self.placement_settled(),
             moves=[m.info() for m in self.moves.values()],
+            reconfigs=[m.info() for m in self.reconfigs.moves.values()],
         )

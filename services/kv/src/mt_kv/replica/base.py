@@ -48,6 +48,7 @@ class ReplicaBase:
     _heartbeat_due: bool
     _answered: asyncio.Event
     _dirty_metas: set[int]
+    _dropped: set[int]
     _persist_task: asyncio.Task[None] | None
     _checkpointer: Checkpointer
     _channels: dict[str, grpc.aio.Channel]
@@ -61,7 +62,16 @@ class ReplicaBase:
     def shard(self, shard_id: int) -> Shard:
         raise NotImplementedError
 
-    def _become(self, shard: Shard, role: Role, epoch: int, primary: str, why: str) -> None:
+    def _become(
+        self,
+        shard: Shard,
+        role: Role,
+        epoch: int,
+        primary: str,
+        why: str,
+        *,
+        continues: bool = False,
+    ) -> None:
         raise NotImplementedError
 
     # Defined in requests.py (Requests).

@@ -146,6 +146,7 @@ class Replica(Requests, Leading, Following):
         self._heartbeat_due = False  # the next flush asks every follower (lease in doubt)
         self._answered: asyncio.Event = asyncio.Event()  # replaced after each Append answer
         self._dirty_metas: set[int] = set()  # shards whose metadata the store lacks
+        self._dropped: set[int] = set()  # shards we held and are no longer a member of
         self._persist_task: asyncio.Task[None] | None = None
         self._checkpointer = Checkpointer(
             settings, store, self.shards, clock, rng or random.Random()
@@ -246,6 +247,7 @@ class Replica(Requests, Leading, Following):
             shard=s.id,
             epoch=s.epoch,
             applied_seq=s.applied_seq,
+            applied_epoch=s.applied_epoch,
             last_seq=last_seq,
             last_epoch=last_epoch,
             primary=s.role is Role.PRIMARY,
@@ -282,6 +284,10 @@ class Replica(Requests, Leading, Following):
             shard = self.shard(info.id)
             if info.epoch < shard.epoch:
                 continue
+            if self.id not in (*info.replicas, *info.learners):
+                self._drop(shard)  # our copy moved elsewhere
+                continue
+            self._dropped.discard(info.id)
             shard.set_members(info.replicas, info.learners)  # (voters change with the epoch)
             if shard.role is Role.PRIMARY and info.epoch == shard.epoch:
                 self._open_links(shard)  # a learner added
@@ -372,6 +378,23 @@ class Replica(Requests, Leading, Following):
         log.info(
             "primary", extra={"shard": shard.id, "epoch": shard.epoch, "last_seq": shard.last_seq}
         )
+
+    def _drop(self, shard: Shard) -> None:
+        """Forget a shard we are no longer a member of (after a snapshot being copied in is
+        done: the next assignment drops it then)."""
+        if shard.snapshotting or shard.role is Role.PRIMARY:
+            return
+        log.info("dropping our copy", extra={"shard": shard.id, "epoch": shard.epoch})
+        del self.shards[shard.id]
+        self._dropped.add(shard.id)
+        self._dirty_metas.discard(shard.id)
+        self._fail_waiters(shard, "no longer a member")
+        self._tasks.append(asyncio.create_task(self._forget(shard.id), name="kv-drop-shard"))
+
+    async def _forget(self, shard_id: int) -> None:
+        await self._checkpointer.wait_idle()  # (a checkpoint taken before may still write it)
+        if shard_id in self._dropped:  # (not a member again meanwhile)
+            await self.store.drop_shard(shard_id)
 
     def _fail_waiters(self, shard: Shard, why: str) -> None:
         while shard.waiters:

@@ -52,6 +52,9 @@ class Following(ReplicaBase):
             batch = Batch()
             results: list[S] = []
             for sa in req.shards:
+                if sa.shard in self._dropped:  # (sent before the primary knew we left)
+                    results.append(S(shard=sa.shard, status=S.STALE_EPOCH, epoch=sa.epoch))
+                    continue
                 shard = self.shard(sa.shard)
                 result, apply_upto = self._follow(shard, sa, req.primary, now, batch)
                 results.append(result)
@@ -87,7 +90,8 @@ class Following(ReplicaBase):
                 span.end()
             raise
         for shard_id, (seq, epoch) in written.items():
-            self.shards[shard_id].persisted(seq, epoch)
+            if shard_id in self.shards:  # (unless dropped meanwhile)
+                self.shards[shard_id].persisted(seq, epoch)
         acked = self._clock()
         for shard, upto in applies:
             shard.commit_seq = max(shard.commit_seq, upto)
@@ -95,7 +99,7 @@ class Following(ReplicaBase):
         answers: list[pb.AppendResponse] = []
         for req, results, span in handled:
             for sa, result in zip(req.shards, results, strict=True):
-                if result.status == S.OK:
+                if result.status == S.OK and sa.shard in self.shards:
                     shard = self.shards[sa.shard]
                     shard.acknowledged(req.primary, acked)
                     if shard.applied_seq >= sa.commit_seq:

@@ -121,10 +121,12 @@ class Leading(ReplicaBase):
                 span.end()
             self._persisting = False
         for shard_id, (seq, epoch) in persisted.items():
-            shard = self.shards[shard_id]
-            shard.persisted(seq, epoch)
-            if shard.role is Role.PRIMARY:
-                self._advance_commit(shard)
+            held = self.shards.get(shard_id)
+            if held is None:
+                continue  # dropped meanwhile
+            held.persisted(seq, epoch)
+            if held.role is Role.PRIMARY:
+                self._advance_commit(held)
         self._persist()
 
     def _take_metadata(self, batch: Batch) -> None:

@@ -67,7 +67,8 @@ class Requests(ReplicaBase):
         shard = self.shards.get(route.shard)
         if shard is None or shard.role is not Role.PRIMARY:
             raise NotPrimary(f"{self.id} is not the primary of shard {route.shard}")
-        if route.epoch and route.epoch != shard.epoch:
+        # (a route of an epoch we continued in place names us as rightly as the latest)
+        if route.epoch and not shard.led_from <= route.epoch <= shard.epoch:
             raise StaleEpoch(f"shard {route.shard} is at epoch {shard.epoch}, not {route.epoch}")
         return shard
 

@@ -13,6 +13,9 @@ RULES = {
     "read_from_fenced": "a replica serves strong reads whatever its role and epoch",
     "skip_first_entry": "a new primary serves without its first entry of the epoch applied",
     "forget_sessions": "a session's repeated write is applied again, not answered from its record",
+    "learner_counts": "a learner's acknowledgement counts towards the voters' majority",
+    "swap_in_one_step": "a replica move swaps the source for the target in one epoch",
+    "reconfig_before_established": "a voter set changes again before its epoch is established",
 }
 
 _broken = ""

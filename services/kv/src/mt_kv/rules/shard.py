@@ -230,10 +230,9 @@ class ShardCore:
 
     def advance_commit(self) -> int:
         """The commit point after what the voters hold (see :func:`quorum.commit_point`)."""
+        counted = (*self.replicas, *self.learners) if broken("learner_counts") else self.replicas
         followers = (
-            self.progress[r].match_seq if r in self.progress else 0
-            for r in self.replicas
-            if r != self.me
+            self.progress[r].match_seq if r in self.progress else 0 for r in counted if r != self.me
         )
         self.commit_seq = quorum.commit_point(
             self.commit_seq,

@@ -123,10 +123,15 @@ class Batch:
     log_truncate_after: dict[int, int] = field(default_factory=dict)  # shard -> keep seq <= n
     log_trim_upto: dict[int, int] = field(default_factory=dict)  # shard -> drop seq <= n
     epochs: dict[int, EpochRow] = field(default_factory=dict)
+    dropped: set[int] = field(default_factory=set)  # shards no longer held: log and epoch go
 
     def empty(self) -> bool:
         return not (
-            self.log_appends or self.log_truncate_after or self.log_trim_upto or self.epochs
+            self.log_appends
+            or self.log_truncate_after
+            or self.log_trim_upto
+            or self.epochs
+            or self.dropped
         )
 
 
@@ -146,6 +151,8 @@ class Durable(Protocol):
     async def replace_shard(
         self, shard: int, items: Mapping[KeyT, Entry | None], position: Position
     ) -> None: ...
+
+    async def drop_shard(self, shard: int) -> None: ...
 
 
 class StoreFailed(Exception):
@@ -548,6 +555,18 @@ class Store:
         base = Segment(shard, position.applied_seq, True, items)
         await self.checkpoint([base], [position])
 
+    async def drop_shard(self, shard: int) -> None:
+        """Forget a shard this replica no longer holds a copy of: its log and epoch, then its
+        items and position (a crash in between leaves items a restart drops again)."""
+        await self.commit(Batch(dropped={shard}))
+
+        def forget(conn: Connection) -> None:
+            sql = _statements(conn.dialect.paramstyle)
+            conn.exec_driver_sql(sql.segments_clear, (shard,))
+            conn.exec_driver_sql(sql.shard_delete, (shard,))
+
+        await self._items_transaction(forget)
+
     async def _items_transaction(self, work: Callable[[Connection], None]) -> None:
         if self._failed is not None:
             raise StoreFailed(f"an earlier transaction failed: {self._failed!r}")
@@ -601,6 +620,9 @@ def _apply_all(execute: Execute, batches: list[Batch], sql: _Statements) -> None
             execute(sql.log_upsert, batch.log_appends)
         if batch.epochs:
             execute(sql.epoch_upsert, list(batch.epochs.values()))
+        for shard in batch.dropped:
+            execute(sql.log_trim, (shard, 2**62))
+            execute(sql.shard_delete, (shard,))
 
 
 def _write_segments(
@@ -637,6 +659,7 @@ class _Statements:
     segment_upsert: str
     epoch_upsert: str
     position_upsert: str
+    shard_delete: str
 
 
 @functools.cache
@@ -672,6 +695,7 @@ def _statements(paramstyle: str) -> _Statements:
             "VALUES (?, ?, ?, 0, 0) ON CONFLICT (shard) DO UPDATE SET epoch = excluded.epoch, "
             '"primary" = excluded."primary"'
         ),
+        shard_delete=sql("DELETE FROM kv_shards WHERE shard = ?"),
         position_upsert=sql(
             'INSERT INTO kv_shards (shard, epoch, "primary", applied_seq, applied_epoch) '
             "VALUES (?, 0, '', ?, ?) ON CONFLICT (shard) DO UPDATE SET "
