@@ -22,12 +22,14 @@ from pathlib import Path
 
 from mt_proto import kv_pb2 as pb
 
+from mt_kv.manager.placement import Copyset, Planned, plan
 from mt_kv.manager.reconfig import Reconfigs, ReplicaMove
 
 log = logging.getLogger(__name__)
 
 REBALANCE_QUIET_S = 2.0  # no primary moves for this long before a rebalancing move
 REPLICATION_FACTOR = 3  # voters per shard
+MAX_REPLICA_MOVES = 2  # copies being moved at once (each costs its target a catch-up)
 
 
 @dataclass
@@ -116,6 +118,7 @@ class ShardManager:
         self.replicas = {rid: ReplicaView(rid, addr) for rid, addr in replicas.items()}
         self.order = list(replicas)
         self.added: dict[str, str] = {}  # replicas added at run time (saved) -> address
+        self.draining: set[str] = set()  # replicas being emptied (saved)
         self.microshards = microshards
         self.failover_timeout_s = failover_timeout_ms / 1000
         self.lease_ms = lease_ms
@@ -148,6 +151,7 @@ class ShardManager:
         saved = json.loads(self.state_path.read_text())
         for rid, addr in saved.get("added", {}).items():
             self.add_replica(rid, addr)
+        self.draining = set(saved.get("draining", [])) & set(self.replicas)
         for entry in saved["shards"]:
             if entry["id"] < len(self.shards):
                 shard = self.shards[entry["id"]]
@@ -187,6 +191,7 @@ class ShardManager:
         data = {
             "routing_version": self.routing_version,
             "added": self.added,
+            "draining": sorted(self.draining),
             "shards": [
                 {
                     "id": s.id,
@@ -274,30 +279,66 @@ class ShardManager:
             self.save()
 
     def _rebalance(self, now: float) -> bool:
-        """Move one primary from the busiest replica to the idlest (after failovers or a
-        late start), when all is quiet and the target's log has caught up. The move is a
-        fence + election like a failover, with the target winning the tie; the shard's
-        writes wait out one lease."""
+        """When all is quiet: start the replica moves placement wants (copies even across
+        replicas, draining ones emptied), else move one primary from a replica leading two
+        more than another voter of that shard (after failovers, a late start, new replicas),
+        once that voter's log has caught up. A primary moves by a fence + election like a
+        failover's, the target winning the tie; the shard's writes wait out one lease."""
         if now - self._last_change < REBALANCE_QUIET_S:
             return False
-        uneven = self._uneven(now)
-        if uneven is None:
+        planned = self._copies_wanted(now)
+        for move in planned:
+            log.info("placing", extra={"shard": move.shard, "from": move.source, "to": move.target})
+            self.reconfigs.request(move.shard, move.source, move.target)
+        if planned:
+            return True
+        wanted = self._primary_wanted(now)
+        if wanted is None or not self._caught_up(*wanted):
             return False
-        source, target = uneven
+        shard, target = wanted
+        log.info("rebalancing", extra={"shard": shard.id, "from": shard.primary, "to": target})
+        self.hand_off(shard.id, target)
+        return True
+
+    def _copies_wanted(self, now: float) -> list[Planned]:
+        if any(not s.primary for s in self.shards):
+            return []
+        moving = {m.shard for m in self.reconfigs.active()}
+        copysets = [
+            Copyset(s.id, tuple(s.replicas), s.primary, s.id in moving or bool(s.learners))
+            for s in self.shards
+        ]
+        busy = {r for m in self.reconfigs.active() for r in (m.source, m.target)}
+        live = [rid for rid in self.order if self.alive(rid, now) and rid not in self.draining]
+        draining = [rid for rid in self.order if rid in self.draining]
+        return plan(copysets, live, draining, busy, MAX_REPLICA_MOVES)
+
+    def _primary_wanted(self, now: float) -> tuple[ShardAssignment, str] | None:
+        """(shard, voter to lead it) lowering the busiest primary count by one, if the
+        counts of that shard's voters differ by two or more; None if none does."""
+        if any(not s.primary for s in self.shards) or self.reconfigs.active():
+            return None
+        takers = [r for r in self.order if self.alive(r, now) and r not in self.draining]
+        led = dict.fromkeys(takers, 0)
         for shard in self.shards:
-            if shard.primary != source or target not in shard.replicas:
+            led[shard.primary] = led.get(shard.primary, 0) + 1
+        for shard in sorted(self.shards, key=lambda s: -led[s.primary]):
+            voters = [r for r in shard.replicas if r in takers and r != shard.primary]
+            if not voters:
                 continue
-            theirs = self.replicas[source].progress.get(shard.id)
-            ours = self.replicas[target].progress.get(shard.id)
-            if (
-                theirs
-                and ours
-                and (ours.last_epoch, ours.last_seq) >= (theirs.last_epoch, theirs.last_seq)
-            ):
-                log.info("rebalancing", extra={"shard": shard.id, "from": source, "to": target})
-                self.hand_off(shard.id, target)
-                return True
-        return False
+            target = min(voters, key=lambda r: (led[r], r))
+            if shard.primary in self.draining or led[shard.primary] - led[target] >= 2:
+                return shard, target
+        return None
+
+    def _caught_up(self, shard: ShardAssignment, target: str) -> bool:
+        theirs = self.replicas[shard.primary].progress.get(shard.id)
+        ours = self.replicas[target].progress.get(shard.id)
+        return bool(
+            theirs
+            and ours
+            and (ours.last_epoch, ours.last_seq) >= (theirs.last_epoch, theirs.last_seq)
+        )
 
     def hand_off(self, shard_id: int, target: str) -> None:
         """A planned move of a shard's primary to ``target`` (a replica of it): a fence and an
@@ -358,25 +399,16 @@ class ShardManager:
         self.order.append(rid)
         self.added[rid] = addr
 
-    def _uneven(self, now: float) -> tuple[str, str] | None:
-        """(busiest, idlest) replica when every shard has a primary and their primary counts
-        differ by two or more among the live replicas: a rebalancing move is wanted."""
-        if any(not s.primary for s in self.shards):
-            return None
-        alive = [rid for rid in self.order if self.alive(rid, now)]
-        if len(alive) < 2:
-            return None
-        counts = {rid: 0 for rid in alive}
-        for shard in self.shards:
-            counts[shard.primary] = counts.get(shard.primary, 0) + 1
-        target = min(alive, key=lambda rid: counts[rid])
-        source = max(counts, key=lambda rid: counts[rid])
-        return (source, target) if counts[source] - counts[target] >= 2 else None
-
     def placement_settled(self) -> bool:
-        """Every shard has a live primary and no rebalancing move is wanted: primaries stay
-        where they are until something fails."""
-        return self.healthy() and self._uneven(self._clock()) is None
+        """Every shard has a live primary, no replica move is under way and none is wanted:
+        copies and primaries stay where they are until something fails or changes."""
+        now = self._clock()
+        return (
+            self.healthy()
+            and not self.reconfigs.active()
+            and not self._copies_wanted(now)
+            and self._primary_wanted(now) is None
+        )
 
     def _primary_lost(self, shard: ShardAssignment, now: float) -> bool:
         if not self.alive(shard.primary, now):
