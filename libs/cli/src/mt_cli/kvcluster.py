@@ -111,6 +111,35 @@ class KVCluster:
             more["MT_PEER_REPL_ADDRS"] = self.peer_repl_addrs[name]
         self._spawn(name, "mt_kv.replica", self._env(self.ports[name], **more))
 
+    async def add_replica(self) -> str:
+        """One more replica process: named, registered with the manager, started. It holds
+        nothing until placement moves shard copies to it."""
+        name = f"kv-{max(int(r.rsplit('-', 1)[1]) for r in self.ports) + 1}"
+        self.ports[name] = free_port()
+        async with grpc.aio.insecure_channel(self.manager_addr) as chan:
+            stub = kv_pb2_grpc.ShardManagerStub(chan)
+            request = pb.AddReplicaRequest(id=name, addr=self.addr(name))
+            await call(stub.AddReplica(request, timeout=5))
+        self.start_replica(name)
+        return name
+
+    async def drain(self, name: str, timeout_s: float = 120) -> None:
+        """Empty replica ``name`` (its copies move to the others), then stop it."""
+        async with grpc.aio.insecure_channel(self.manager_addr) as chan:
+            stub = kv_pb2_grpc.ShardManagerStub(chan)
+            await call(stub.DrainReplica(pb.DrainRequest(id=name), timeout=5))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            replicas = {r.id: r for r in (await self.status()).replicas}
+            if replicas[name].state == "drained":
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise TimeoutError(f"{name} not drained in {timeout_s}s")
+        proc = self.procs.pop(name)
+        proc.terminate()
+        proc.wait(timeout=10)
+
     async def wait_rejoined(self, name: str, timeout_s: float = 60) -> None:
         """Until the manager hears from the (re)started process ``name`` and every shard has
         a live primary. Health alone can be stale right after a kill: the manager counts a

@@ -1222,6 +1222,9 @@ class ReplicaInfo(_message.Message):
     APPLIED_SEQ_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_MS_AGO_FIELD_NUMBER: _builtins.int
     REPL_ADDR_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    PRIMARIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     addr: _builtins.str
     pid: _builtins.int
@@ -1231,6 +1234,12 @@ class ReplicaInfo(_message.Message):
     last_heartbeat_ms_ago: _builtins.int
     repl_addr: _builtins.str
     """its replication link's address"""
+    state: _builtins.str
+    """active, draining (its copies moving away) or drained (none left)"""
+    shards: _builtins.int
+    """shards it holds a voting copy of"""
+    primaries: _builtins.int
+    """shards it leads"""
     def __init__(
         self,
         *,
@@ -1241,10 +1250,13 @@ class ReplicaInfo(_message.Message):
         applied_seq: _builtins.int = ...,
         last_heartbeat_ms_ago: _builtins.int = ...,
         repl_addr: _builtins.str = ...,
+        state: _builtins.str = ...,
+        shards: _builtins.int = ...,
+        primaries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "alive", b"alive", "applied_seq", b"applied_seq", "id", b"id", "last_heartbeat_ms_ago", b"last_heartbeat_ms_ago", "pid", b"pid", "repl_addr", b"repl_addr"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "alive", b"alive", "applied_seq", b"applied_seq", "id", b"id", "last_heartbeat_ms_ago", b"last_heartbeat_ms_ago", "pid", b"pid", "primaries", b"primaries", "repl_addr", b"repl_addr", "shards", b"shards", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1638,3 +1650,70 @@ class RoutingTable(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoutingTable: _TypeAlias = RoutingTable  # noqa: Y015
+
+@_typing.final
+class AddReplicaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    addr: _builtins.str
+    """its gRPC address (host:port)"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        addr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddReplicaRequest: _TypeAlias = AddReplicaRequest  # noqa: Y015
+
+@_typing.final
+class ReplicaMoveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    source: _builtins.str
+    target: _builtins.str
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard", "source", b"source", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaMoveRequest: _TypeAlias = ReplicaMoveRequest  # noqa: Y015
+
+@_typing.final
+class DrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainRequest: _TypeAlias = DrainRequest  # noqa: Y015

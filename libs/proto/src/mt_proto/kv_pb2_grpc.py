@@ -590,6 +590,21 @@ class ShardManagerStub:
                 request_serializer=mt__proto_dot_kv__pb2.MoveRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_kv__pb2.MicroshardMove.FromString,
                 _registered_method=True)
+        self.AddReplica = channel.unary_unary(
+                '/minithreads.kv.v1.ShardManager/AddReplica',
+                request_serializer=mt__proto_dot_kv__pb2.AddReplicaRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.ReplicaInfo.FromString,
+                _registered_method=True)
+        self.MoveReplica = channel.unary_unary(
+                '/minithreads.kv.v1.ShardManager/MoveReplica',
+                request_serializer=mt__proto_dot_kv__pb2.ReplicaMoveRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.ReplicaMove.FromString,
+                _registered_method=True)
+        self.DrainReplica = channel.unary_unary(
+                '/minithreads.kv.v1.ShardManager/DrainReplica',
+                request_serializer=mt__proto_dot_kv__pb2.DrainRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.ReplicaInfo.FromString,
+                _registered_method=True)
 
 
 class ShardManagerServicer:
@@ -621,6 +636,26 @@ class ShardManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddReplica(self, request, context):
+        """Elasticity: a replica joins (holding nothing until placement moves copies to it), a
+        shard's copy moves from one replica to another, a replica is emptied before it stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveReplica(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainReplica(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -643,6 +678,21 @@ def add_ShardManagerServicer_to_server(servicer, server):
                     servicer.MoveMicroshard,
                     request_deserializer=mt__proto_dot_kv__pb2.MoveRequest.FromString,
                     response_serializer=mt__proto_dot_kv__pb2.MicroshardMove.SerializeToString,
+            ),
+            'AddReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddReplica,
+                    request_deserializer=mt__proto_dot_kv__pb2.AddReplicaRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.ReplicaInfo.SerializeToString,
+            ),
+            'MoveReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveReplica,
+                    request_deserializer=mt__proto_dot_kv__pb2.ReplicaMoveRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.ReplicaMove.SerializeToString,
+            ),
+            'DrainReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainReplica,
+                    request_deserializer=mt__proto_dot_kv__pb2.DrainRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.ReplicaInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -753,6 +803,87 @@ class ShardManager:
             '/minithreads.kv.v1.ShardManager/MoveMicroshard',
             mt__proto_dot_kv__pb2.MoveRequest.SerializeToString,
             mt__proto_dot_kv__pb2.MicroshardMove.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.ShardManager/AddReplica',
+            mt__proto_dot_kv__pb2.AddReplicaRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.ReplicaInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.ShardManager/MoveReplica',
+            mt__proto_dot_kv__pb2.ReplicaMoveRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.ReplicaMove.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.ShardManager/DrainReplica',
+            mt__proto_dot_kv__pb2.DrainRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.ReplicaInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -269,6 +269,12 @@ class ShardManagerStub:
     """Live resharding: move a μshard to another shard, with no downtime beyond its own keys
     being refused (and retried by clients) while they are copied.
     """
+    AddReplica: _grpc.UnaryUnaryMultiCallable[_kv_pb2.AddReplicaRequest, _kv_pb2.ReplicaInfo]
+    """Elasticity: a replica joins (holding nothing until placement moves copies to it), a
+    shard's copy moves from one replica to another, a replica is emptied before it stops.
+    """
+    MoveReplica: _grpc.UnaryUnaryMultiCallable[_kv_pb2.ReplicaMoveRequest, _kv_pb2.ReplicaMove]
+    DrainReplica: _grpc.UnaryUnaryMultiCallable[_kv_pb2.DrainRequest, _kv_pb2.ReplicaInfo]
 
 @_typing.type_check_only
 class ShardManagerAsyncStub(ShardManagerStub):
@@ -280,6 +286,12 @@ class ShardManagerAsyncStub(ShardManagerStub):
     """Live resharding: move a μshard to another shard, with no downtime beyond its own keys
     being refused (and retried by clients) while they are copied.
     """
+    AddReplica: _aio.UnaryUnaryMultiCallable[_kv_pb2.AddReplicaRequest, _kv_pb2.ReplicaInfo]  # type: ignore[assignment]
+    """Elasticity: a replica joins (holding nothing until placement moves copies to it), a
+    shard's copy moves from one replica to another, a replica is emptied before it stops.
+    """
+    MoveReplica: _aio.UnaryUnaryMultiCallable[_kv_pb2.ReplicaMoveRequest, _kv_pb2.ReplicaMove]  # type: ignore[assignment]
+    DrainReplica: _aio.UnaryUnaryMultiCallable[_kv_pb2.DrainRequest, _kv_pb2.ReplicaInfo]  # type: ignore[assignment]
 
 class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -312,5 +324,29 @@ class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
         """Live resharding: move a μshard to another shard, with no downtime beyond its own keys
         being refused (and retried by clients) while they are copied.
         """
+
+    @_abc_1.abstractmethod
+    def AddReplica(
+        self,
+        request: _kv_pb2.AddReplicaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.ReplicaInfo, _abc.Awaitable[_kv_pb2.ReplicaInfo]]:
+        """Elasticity: a replica joins (holding nothing until placement moves copies to it), a
+        shard's copy moves from one replica to another, a replica is emptied before it stops.
+        """
+
+    @_abc_1.abstractmethod
+    def MoveReplica(
+        self,
+        request: _kv_pb2.ReplicaMoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.ReplicaMove, _abc.Awaitable[_kv_pb2.ReplicaMove]]: ...
+
+    @_abc_1.abstractmethod
+    def DrainReplica(
+        self,
+        request: _kv_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.ReplicaInfo, _abc.Awaitable[_kv_pb2.ReplicaInfo]]: ...
 
 def add_ShardManagerServicer_to_server(servicer: ShardManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

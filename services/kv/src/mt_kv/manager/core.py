@@ -513,19 +513,36 @@ class ShardManager:
         )
 
     def replica_infos(self) -> list[pb.ReplicaInfo]:
-        now = self._clock()
-        return [
-            pb.ReplicaInfo(
-                id=v.id,
-                addr=v.addr,
-                repl_addr=v.repl_addr,
-                pid=v.pid,
-                alive=self.alive(v.id, now),
-                applied_seq=sum(p.applied_seq for p in v.progress.values()),
-                last_heartbeat_ms_ago=min(int((now - v.last_seen) * 1000), 2**32 - 1),
-            )
-            for v in self.replicas.values()
-        ]
+        return [self.replica_info(rid) for rid in self.replicas]
+
+    def replica_info(self, rid: str) -> pb.ReplicaInfo:
+        now, v = self._clock(), self.replicas[rid]
+        held = sum(rid in s.replicas or rid in s.learners for s in self.shards)
+        state = "active" if rid not in self.draining else "draining" if held else "drained"
+        return pb.ReplicaInfo(
+            id=v.id,
+            addr=v.addr,
+            repl_addr=v.repl_addr,
+            pid=v.pid,
+            alive=self.alive(v.id, now),
+            applied_seq=sum(p.applied_seq for p in v.progress.values()),
+            last_heartbeat_ms_ago=min(int((now - v.last_seen) * 1000), 2**32 - 1),
+            state=state,
+            shards=sum(rid in s.replicas for s in self.shards),
+            primaries=sum(rid == s.primary for s in self.shards),
+        )
+
+    def drain(self, rid: str) -> None:
+        """Empty ``rid``: its copies move to the others (its primaries handed over first),
+        then it may stop. Refused if fewer than a shard's voters would be left."""
+        if rid not in self.replicas:
+            raise ValueError(f"no replica {rid!r}")
+        left = [r for r in self.replicas if r != rid and r not in self.draining]
+        if len(left) < REPLICATION_FACTOR:
+            raise ValueError(f"draining {rid} would leave {len(left)} replicas for 3 copies")
+        self.draining.add(rid)
+        self._last_change -= REBALANCE_QUIET_S  # (no need to wait for quiet: start now)
+        self.save()
 
     def healthy(self) -> bool:
         """Every shard has a live primary."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mt_core.errors import NotFound
+from mt_core.errors import InvalidArgument, NotFound
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
@@ -32,6 +32,28 @@ class ShardManagerServicer(kv_pb2_grpc.ShardManagerServicer):
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         return self.manager.status()
+
+    async def AddReplica(self, request: pb.AddReplicaRequest, context: Any) -> pb.ReplicaInfo:
+        if not request.id or not request.addr:
+            raise InvalidArgument("a replica needs an id and an address", code="bad_replica")
+        self.manager.add_replica(request.id, request.addr)
+        self.manager.save()
+        return self.manager.replica_info(request.id)
+
+    async def MoveReplica(self, request: pb.ReplicaMoveRequest, context: Any) -> pb.ReplicaMove:
+        try:
+            move = self.manager.reconfigs.request(request.shard, request.source, request.target)
+        except ValueError as err:
+            raise InvalidArgument(str(err), code="bad_replica_move") from None
+        self.manager.save()
+        return move.info()
+
+    async def DrainReplica(self, request: pb.DrainRequest, context: Any) -> pb.ReplicaInfo:
+        try:
+            self.manager.drain(request.id)
+        except ValueError as err:
+            raise InvalidArgument(str(err), code="bad_drain") from None
+        return self.manager.replica_info(request.id)
 
     async def MoveMicroshard(self, request: pb.MoveRequest, context: Any) -> pb.MicroshardMove:
         move = self.mover.request(request.microshard, request.to_shard)
