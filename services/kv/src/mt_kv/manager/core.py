@@ -268,13 +268,12 @@ class ShardManager:
                 changed = True
             if not shard.primary:
                 changed |= self._elect(shard, now)
+        if changed:
+            self._last_change = now  # primaries changed: rebalancing waits for quiet
+        for shard in self.shards:
             changed |= self._observe(shard)
         changed |= self.reconfigs.advance(now)
-        if changed:
-            self._last_change = now
-        elif self._rebalance(now):
-            self._last_change = now
-            changed = True
+        changed |= self._rebalance(now)
         if changed:
             self.save()
 
@@ -298,6 +297,7 @@ class ShardManager:
         shard, target = wanted
         log.info("rebalancing", extra={"shard": shard.id, "from": shard.primary, "to": target})
         self.hand_off(shard.id, target)
+        self._last_change = now
         return True
 
     def _copies_wanted(self, now: float) -> list[Planned]:
