@@ -228,3 +228,15 @@ def test_move__refused_unless_from_a_voter_to_a_non_member(
     m = _manager(tmp_path, Clock())
     with pytest.raises(ValueError, match="shard 0"):
         m.reconfigs.request(0, source, target)
+
+
+def test_drain__refused_below_three_replicas_and_undone_by_adding_it_again(
+    tmp_path: Path,
+) -> None:
+    m = _manager(tmp_path, Clock())
+    m.drain("kv-4")
+    assert m.replica_info("kv-4").state == "drained"  # (it held nothing)
+    with pytest.raises(ValueError, match="would leave 2"):
+        m.drain("kv-1")
+    m.add_replica("kv-4", "b:4")
+    assert (m.replica_info("kv-4").state, m.replicas["kv-4"].addr) == ("active", "b:4")

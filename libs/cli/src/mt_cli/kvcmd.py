@@ -5,6 +5,7 @@
   minithreads kv status [--json]
   minithreads kv move (MICROSHARD | --key KEYSPACE KEY) --to SHARD [--json]
   minithreads kv bench [--vs etcd] [--json]
+  minithreads kv add-replica | drain REPLICA | move-replica SHARD --from R --to R
 
 KEY is ``PARTITION/REST``: the part before the first "/" picks the μshard (keys of one
 partition live together); without a "/", the whole key is the partition.
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from mt_core.errors import MinithreadsError
 from mt_kv_client import Consistency, Durability, Key, KVClient
 
 from mt_cli.kvcluster import manager_status, move_microshard
+from mt_cli.manifest import Manifest
 
 CONSISTENCY = {"strong": Consistency.STRONG, "stale": Consistency.STALE, "ryw": Consistency.RYW}
 
@@ -63,8 +66,9 @@ def add_arguments(kv: argparse.ArgumentParser) -> None:
     move.add_argument("--to", type=int, required=True, metavar="SHARD", dest="to_shard")
     move.add_argument("--wait-s", type=float, default=60.0, help="default: %(default)s")
     move.add_argument("--json", action="store_true")
-    from mt_cli import kvbench
+    from mt_cli import kvbench, kvreplicas
 
+    kvreplicas.add_arguments(sub)
     kvbench.add_arguments(
         sub.add_parser("bench", help="throughput and p99 on a fresh cluster, optionally vs etcd")
     )
@@ -143,7 +147,13 @@ async def status_json(addr: str) -> dict[str, object]:
     reply = await manager_status(addr)
     return {
         "shards": [
-            {"id": s.id, "epoch": s.epoch, "primary": s.primary, "replicas": list(s.replicas)}
+            {
+                "id": s.id,
+                "epoch": s.epoch,
+                "primary": s.primary,
+                "replicas": list(s.replicas),
+                "learners": list(s.learners),
+            }
             for s in reply.shards
         ],
         "replicas": [
@@ -154,8 +164,16 @@ async def status_json(addr: str) -> dict[str, object]:
                 "repl_addr": r.repl_addr,
                 "alive": r.alive,
                 "applied_seq": r.applied_seq,
+                "state": r.state,
+                "copies": r.shards,
+                "primaries": r.primaries,
             }
             for r in reply.replicas
+        ],
+        "placement_settled": reply.placement_settled,
+        "reconfigs": [
+            {"shard": m.shard, "from": m.source, "to": m.target, "step": m.step, "error": m.error}
+            for m in reply.reconfigs
         ],
         "failovers": [
             {
@@ -178,15 +196,29 @@ async def _status(args: argparse.Namespace) -> int:
         return 0
     shards: list[dict[str, Any]] = status["shards"]  # type: ignore[assignment]
     replicas: list[dict[str, Any]] = status["replicas"]  # type: ignore[assignment]
-    print(f"{'SHARD':>5} {'EPOCH':>5}  PRIMARY  REPLICAS")
+    print(f"{'SHARD':>5} {'EPOCH':>5}  PRIMARY  REPLICAS (LEARNERS)")
     for shard in shards:
         primary = shard["primary"] or "-"
-        print(f"{shard['id']:>5} {shard['epoch']:>5}  {primary:<8} {','.join(shard['replicas'])}")
-    print(f"\n{'REPLICA':<8} {'PID':>8} {'ALIVE':<6} {'APPLIED':>9}  ADDR (REPLICATION)")
+        learners = f" ({','.join(shard['learners'])})" if shard["learners"] else ""
+        held = ",".join(shard["replicas"]) + learners
+        print(f"{shard['id']:>5} {shard['epoch']:>5}  {primary:<8} {held}")
+    print(
+        f"\n{'REPLICA':<8} {'PID':>8} {'ALIVE':<6} {'STATE':<9} {'COPIES':>6} {'LEADS':>5}"
+        f" {'APPLIED':>9}  ADDR (REPLICATION)"
+    )
     for rep in replicas:
         alive, applied = str(rep["alive"]), rep["applied_seq"]
         where = f"{rep['addr']} ({rep['repl_addr'] or '-'})"
-        print(f"{rep['id']:<8} {rep['pid']:>8} {alive:<6} {applied:>9}  {where}")
+        counts = f"{rep['state']:<9} {rep['copies']:>6} {rep['primaries']:>5}"
+        print(f"{rep['id']:<8} {rep['pid']:>8} {alive:<6} {counts} {applied:>9}  {where}")
+    reconfigs: list[dict[str, Any]] = status["reconfigs"]  # type: ignore[assignment]
+    if reconfigs:
+        print(f"\n{'SHARD':>5} {'FROM':<8} {'TO':<8} STEP")
+        for r in reconfigs:
+            line = f"{r['shard']:>5} {r['from']:<8} {r['to']:<8} {r['step']}"
+            print(f"{line}  {r['error']}".rstrip())
+    if not status["placement_settled"]:
+        print("\nplacement: moves under way or wanted")
     moves: list[dict[str, Any]] = status["moves"]  # type: ignore[assignment]
     if moves:
         print(f"\n{'μSHARD':>6} {'FROM':>4} {'TO':>4}  {'STEP':<6} {'KEYS':>6} {'REFUSED MS':>10}")
@@ -197,14 +229,25 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, home: Path) -> int:
+def run(args: argparse.Namespace, home: Path, manifest: Manifest | None = None) -> int:
     if args.kv_command == "bench":
         from mt_cli import kvbench
 
         return kvbench.run(args, home)
-    handler = {"put": _put, "get": _get, "status": _status, "move": _move}[args.kv_command]
+    from mt_cli import kvreplicas
+
+    handlers: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+        "put": _put,
+        "get": _get,
+        "status": _status,
+        "move": _move,
+        "move-replica": kvreplicas.move_replica,
+    }
+    if manifest is not None:
+        handlers["add-replica"] = lambda a: kvreplicas.add_replica(a, manifest)
+        handlers["drain"] = lambda a: kvreplicas.drain(a, manifest)
     try:
-        return asyncio.run(handler(args))
+        return asyncio.run(handlers[args.kv_command](args))
     except MinithreadsError as err:
         print(f"minithreads kv: {err.code}: {err.message}", file=sys.stderr)
         return 1

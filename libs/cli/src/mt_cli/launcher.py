@@ -103,6 +103,26 @@ def _spawn(manifest: Manifest, proc: Process) -> Running:
     return Running(proc.name, child.pid, proc.port, proc.role, str(log), time.time())
 
 
+def start_extra(manifest: Manifest, proc: Process) -> Running:
+    """Start a process the manifest does not name (a KV replica added at run time), recorded
+    with the others so that ``down`` stops it too."""
+    state = read_state(manifest)
+    if proc.name in state and alive(state[proc.name].pid):
+        raise LaunchError(f"{proc.name} is running already (pid {state[proc.name].pid})")
+    run = _spawn(manifest, proc)
+    state[proc.name] = run
+    write_state(manifest, state)
+    return run
+
+
+async def stop_extra(manifest: Manifest, name: str, say: Say) -> None:
+    """Stop one process started by :func:`start_extra` (or any by name)."""
+    state = read_state(manifest)
+    if name in state:
+        await _stop_one(10.0, state.pop(name), say)
+        write_state(manifest, state)
+
+
 def _prioritise(pid: int, nice: int) -> None:
     """Best effort (raising a priority needs root): the process's own nice, and its session's
     scheduling group's, which is what the kernel weighs against the other sessions."""

@@ -158,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
 
     p_kv = sub.add_parser("kv", help="the KV service: put, get, status, bench")
     kvcmd.add_arguments(p_kv)
-    p_kv.set_defaults(run=lambda manifest, args: kvcmd.run(args, manifest.home))
+    p_kv.set_defaults(run=lambda manifest, args: kvcmd.run(args, manifest.home, manifest))
     from mt_cli import jobscmd
 
     p_jobs = sub.add_parser("jobs", help="the async platform: status per job kind, pause, resume")

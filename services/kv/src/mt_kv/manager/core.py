@@ -392,8 +392,9 @@ class ShardManager:
 
     def add_replica(self, rid: str, addr: str) -> None:
         """A replica joins the cluster (it holds nothing until shards are moved to it)."""
-        if rid in self.replicas:
-            self.replicas[rid].addr = self.replicas[rid].addr or addr
+        if rid in self.replicas:  # (again: a drained one started anew, say)
+            self.replicas[rid].addr = addr or self.replicas[rid].addr
+            self.draining.discard(rid)
             return
         self.replicas[rid] = ReplicaView(rid, addr)
         self.order.append(rid)
