@@ -1,0 +1,249 @@
+"""The KV growing from 3 to 6 replicas and draining back to 3 under steady open-loop load.
+
+    .venv/bin/python loadtest/kv_elastic.py [--rate 500] [--baseline-s 30] [--steady-s 20]
+
+A fresh cluster (shard manager + 3 replicas, 16 shards) in a temporary folder; one process
+sends Poisson arrivals at ``--rate`` ops/s — half exactly-once session puts of unique values,
+half strong gets, over 512 keys — each timed from its *scheduled* send (a late generator is
+not excused) and recorded for the linearizability checker. Phases: ``baseline``; ``grow``
+(three replicas added, until every replica holds within one copy and one primary of the
+mean, nothing moving); ``steady``; ``shrink`` (the three drained and stopped, until balanced
+again). At the end every key is read once more: each acknowledged write must be there.
+
+Prints one verdict line (and the phases' p50/p99) and writes the numbers as JSON to
+``loadtest/reports/kv-elastic-<time>.json``. Progress on stderr; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mt_chaos.history import History
+from mt_chaos.linearizability import Op, check
+from mt_cli.kvcluster import KVCluster
+from mt_kv_client import Consistency, Key, KVClient
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = [Key("bench", f"p{i}".encode(), b"v") for i in range(512)]
+
+
+def _say(line: str) -> None:
+    print(f"kv_elastic: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Generator:
+    """Open-loop arrivals; each op's latency from when it was due, and its phase."""
+
+    kv: KVClient
+    rate: float
+    history: History = field(default_factory=History)
+    phase: str = "baseline"
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    failed: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    lag_s: float = 0.0  # the most the generator itself ran behind its schedule
+    values: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        rng = random.Random(7)
+        due = time.monotonic()
+        while not stop.is_set():
+            due += rng.expovariate(self.rate)
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                self.lag_s = max(self.lag_s, -delay)
+            task = asyncio.create_task(self._one(rng.choice(KEYS), rng.random() < 0.5, due))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await asyncio.gather(*self._tasks)
+
+    async def _one(self, key: Key, write: bool, due: float) -> None:
+        phase, name = self.phase, key.partition.decode()
+        if write:
+            value = str(next(self.values))
+
+            async def put() -> str:
+                await self.kv.put(key, value.encode())
+                return value
+
+            done = await self.history.record(name, "put", value, put)
+        else:
+
+            async def get() -> str | None:
+                item = await self.kv.get(key, Consistency.STRONG)
+                return item.value.decode() if item else None
+
+            done = await self.history.record(name, "get", None, get)
+        if done is None and self.history.ops[-1].ret == math.inf:
+            self.failed[phase] += 1
+            kind, err = self.history.raised[-1]
+            if len(self.errors) < 5:
+                self.errors.append(f"{kind} {name}: {err!r}")
+            return
+        self.latencies.setdefault(phase, []).append(time.monotonic() - due)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
+
+
+def _balanced(status: Any, expected: int) -> bool:
+    """``expected`` live active replicas, each within one copy and one primary of the mean;
+    nothing moving."""
+    active = [r for r in status.replicas if r.alive and r.state == "active"]
+    if not status.placement_settled or len(active) != expected:
+        return False
+    for counts in ([r.shards for r in active], [r.primaries for r in active]):
+        mean = statistics.mean(counts)
+        if any(abs(c - mean) > 1 for c in counts):
+            return False
+    return True
+
+
+async def _until_balanced(cluster: KVCluster, expected: int, timeout_s: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if _balanced(await cluster.status(), expected):
+            return time.monotonic() - started
+        await asyncio.sleep(0.5)
+    return math.inf
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="kv-elastic-"))
+    cluster = KVCluster(home / "kv", shards=16)
+    result: dict[str, Any] = {"rate": args.rate}
+    try:
+        _say(f"starting a 3-replica cluster in {home} (Ctrl-C stops everything)")
+        await cluster.start()
+        async with KVClient(cluster.manager_addr) as kv:
+            gen = Generator(kv, args.rate)
+            stop = asyncio.Event()
+            load = asyncio.create_task(gen.run(stop))
+            _say(f"baseline: {args.rate:g} ops/s for {args.baseline_s:g} s")
+            await asyncio.sleep(args.baseline_s)
+            gen.phase = "grow"
+            added = [await cluster.add_replica() for _ in range(3)]
+            _say(f"grow: added {', '.join(added)}; waiting for balance")
+            result["grow_balanced_s"] = await _until_balanced(cluster, 6, args.limit_s)
+            _say(f"grow: balanced after {result['grow_balanced_s']:.1f} s")
+            gen.phase = "steady"
+            await asyncio.sleep(args.steady_s)
+            gen.phase = "shrink"
+            started = time.monotonic()
+            await asyncio.gather(*(cluster.drain(name, args.limit_s) for name in added))
+            result["shrink_drained_s"] = time.monotonic() - started
+            result["shrink_balanced_s"] = result["shrink_drained_s"] + await _until_balanced(
+                cluster, 3, args.limit_s
+            )
+            _say(f"shrink: balanced after {result['shrink_balanced_s']:.1f} s")
+            gen.phase = "after"
+            await asyncio.sleep(5)
+            stop.set()
+            await load
+            result.update(await _final_checks(kv, gen))
+    finally:
+        cluster.stop()
+    return result
+
+
+async def _final_checks(kv: KVClient, gen: Generator) -> dict[str, Any]:
+    called = gen.history.now()
+    found = await kv.multi_get(KEYS)
+    returned = gen.history.now()
+    last_acked: dict[str, int] = {}
+    for op in gen.history.acknowledged("put"):
+        last_acked[op.key] = max(last_acked.get(op.key, 0), int(op.arg))
+    missing = []
+    for key in KEYS:  # (part of the history the checker sees, each read within the call)
+        name, item = key.partition.decode(), found[key]
+        value = item.value.decode() if item else None
+        gen.history.ops.append(Op(name, "get", None, value, called, returned))
+        if name in last_acked and (value is None or int(value) < last_acked[name]):
+            missing.append(name)
+    verdict = check(gen.history.ops)
+    if not verdict.linearizable:
+        dump = REPO / "loadtest" / "reports" / "kv-elastic-bad-history.jsonl"
+        dump.write_text(gen.history.dump(verdict.bad_keys[:5]))
+        _say(f"NOT linearizable: {verdict.bad_keys[:10]} (histories in {dump})")
+    phases = {
+        phase: {
+            "ops": len(lat),
+            "p50_ms": round(_pct(lat, 0.5), 1),
+            "p99_ms": round(_pct(lat, 0.99), 1),
+            "failed": gen.failed[phase],
+        }
+        for phase, lat in gen.latencies.items()
+    }
+    base = phases.get("baseline", {}).get("p99_ms") or 1.0
+    return {
+        "phases": phases,
+        "failed": sum(gen.failed.values()),
+        "errors": gen.errors,
+        "acked_missing": len(missing),
+        "linearizable": verdict.linearizable,
+        "bad_keys": list(verdict.bad_keys[:20]),
+        "ops_checked": verdict.operations,
+        "p99_ratio_grow": round(phases.get("grow", {}).get("p99_ms", 0.0) / base, 2),
+        "p99_ratio_shrink": round(phases.get("shrink", {}).get("p99_ms", 0.0) / base, 2),
+        "generator_lag_ms": round(gen.lag_s * 1000, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=500.0, help="ops/s (%(default)s)")
+    parser.add_argument("--baseline-s", type=float, default=30.0)
+    parser.add_argument("--steady-s", type=float, default=20.0)
+    parser.add_argument("--limit-s", type=float, default=180.0, help="per change (%(default)s)")
+    args = parser.parse_args()
+    try:
+        result = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        _say("interrupted; everything it started is stopped")
+        return 130
+    for phase, p in result.get("phases", {}).items():
+        _say(
+            f"{phase:<8} {p['ops']:>6} ops  p50 {p['p50_ms']:>7} ms  p99 {p['p99_ms']:>7} ms"
+            f"  failed {p['failed']}"
+        )
+    reports = REPO / "loadtest" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    out = reports / f"kv-elastic-{time.strftime('%Y%m%d-%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(
+        f"kv_elastic: grow balanced {result['grow_balanced_s']:.1f} s, shrink balanced "
+        f"{result['shrink_balanced_s']:.1f} s, failed={result['failed']} "
+        f"acked_missing={result['acked_missing']} linearizable="
+        f"{'yes' if result['linearizable'] else 'NO'} p99 grow/baseline "
+        f"{result['p99_ratio_grow']} shrink/baseline {result['p99_ratio_shrink']} "
+        f"(generator lag max {result['generator_lag_ms']} ms; {out.relative_to(REPO)})"
+    )
+    ok = result["failed"] == 0 and result["acked_missing"] == 0 and result["linearizable"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+    sys.exit(main())
