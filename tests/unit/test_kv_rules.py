@@ -408,3 +408,25 @@ def test_shard__an_append_of_the_epoch_continued_is_sent_again_in_the_new_one() 
     )
     assert not later
     assert (progress.next_seq, progress.gen) == (1, 1)
+
+
+def test_shard__a_release_voids_the_promise_to_that_primary_up_to_its_epoch() -> None:
+    shard = ShardCore(0, me="b", replicas=("a", "b", "c"))
+    shard.reset(Role.FOLLOWER, 3, "a", 0.0, lease_s=1.0)
+    shard.acknowledged("a", 10.0)
+    assert shard.admission("c", 4, 10.1, lease_s=1.0) is Admission.LEASE_WAIT
+    assert not shard.released("c", 3, 10.1)  # not whom we promised
+    assert not shard.released("a", 2, 10.1)  # an older step-down: our promise came after
+    assert shard.admission("c", 4, 10.1, lease_s=1.0) is Admission.LEASE_WAIT
+    assert shard.released("a", 3, 10.1)
+    assert shard.admission("c", 4, 10.1, lease_s=1.0) is Admission.ADOPT
+
+
+def test_shard__a_new_primary_released_by_the_old_one_serves_at_once() -> None:
+    shard = ShardCore(0, me="b", replicas=("a", "b", "c"))
+    shard.reset(Role.FOLLOWER, 1, "a", 0.0, lease_s=1.0)
+    shard.acknowledged("a", 10.0)
+    shard.reset(Role.PRIMARY, 2, "b", 10.1, lease_s=1.0)
+    assert shard.serving_after == pytest.approx(11.0)
+    shard.released("a", 1, 10.2)
+    assert shard.serving_after == pytest.approx(10.2)

@@ -103,7 +103,7 @@ from mt_kv.replica.leading import Leading
 from mt_kv.replica.link import PeerLink
 from mt_kv.replica.requests import Requests, to_item
 from mt_kv.replica.shard import Shard
-from mt_kv.replica.tracing import REPLICATION_LAG, TRACER
+from mt_kv.replica.tracing import REPLICATION_LAG, TRACER, _Note
 from mt_kv.rules.breaks import broken
 from mt_kv.rules.log import PAYLOAD
 from mt_kv.rules.shard import Role
@@ -343,12 +343,14 @@ class Replica(Requests, Leading, Following):
         it asks of us: writers waiting on entries we sequenced learn their outcome is unknown;
         a new primary starts its epoch with an entry of its own, and so does one continuing
         into the next epoch in place."""
+        led = shard.epoch
         reset = shard.reset(role, epoch, primary, self._clock(), self.lease_s, continues=continues)
         if reset.stepped_down:
             log.info("stepping down", extra={"shard": shard.id, "epoch": epoch, "why": why})
             shard.pending = {}
             shard.changes = {}  # entries we sequenced may yet be replaced: decode what commits
             self._fail_waiters(shard, why)
+            self._release(shard, led)
         if reset.moved:
             self._meta(shard)
         if continues:
@@ -378,6 +380,19 @@ class Replica(Requests, Leading, Following):
         log.info(
             "primary", extra={"shard": shard.id, "epoch": shard.epoch, "last_seq": shard.last_seq}
         )
+
+    def _release(self, shard: Shard, epoch: int) -> None:
+        """Tell the shard's other members we stepped down from it in ``epoch`` (and serve no
+        strong read of it from now on): the lease they promised us is void, so the next
+        primary need not wait it out. Best effort: a member not reached keeps its promise
+        until it runs out, as it would without this."""
+        released = pb.AppendRequest(
+            primary=self.id, released=[pb.Released(shard=shard.id, epoch=epoch)]
+        )
+        for member in (*shard.replicas, *shard.learners):
+            link = self._links.get(member)
+            if member != self.id and link is not None and link.connected:
+                link.send(released, _Note([], None))
 
     def _drop(self, shard: Shard) -> None:
         """Forget a shard we are no longer a member of (after a snapshot being copied in is

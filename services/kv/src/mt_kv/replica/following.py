@@ -51,6 +51,9 @@ class Following(ReplicaBase):
                 span.set_attributes({"mt.primary": req.primary, "mt.shards": len(req.shards)})
             batch = Batch()
             results: list[S] = []
+            for released in req.released:  # (before its shards: it sends none after it)
+                if (held := self.shards.get(released.shard)) is not None:
+                    held.released(req.primary, released.epoch, now)
             for sa in req.shards:
                 if sa.shard in self._dropped:  # (sent before the primary knew we left)
                     results.append(S(shard=sa.shard, status=S.STALE_EPOCH, epoch=sa.epoch))

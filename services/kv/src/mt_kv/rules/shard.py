@@ -9,6 +9,7 @@ writers waiting) and does the I/O these decisions call for.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -69,6 +70,7 @@ class ShardCore:
     # ---- as follower
     last_ack_at: float = 0.0  # when we last acknowledged a primary (our lease promise)
     last_ack_primary: str = ""
+    last_ack_epoch: int = 0  # the epoch we last acknowledged it in
     fresh_at: float = 0.0  # when we were last caught up with the primary's commit point
     snapshotting: bool = False
     restarted_in: int = 0  # the epoch this replica loaded from its store on start
@@ -341,3 +343,15 @@ class ShardCore:
     def acknowledged(self, primary: str, now: float) -> None:
         """We acknowledged ``primary``'s Append (durably): our lease promise runs from now."""
         self.last_ack_at, self.last_ack_primary = now, primary
+        self.last_ack_epoch = self.epoch
+
+    def released(self, primary: str, epoch: int, now: float) -> bool:
+        """``primary`` stepped down from our shard in ``epoch`` and serves no strong read of
+        it any more: a promise we made it in that epoch or before is void (not one made in a
+        later epoch it leads again). True if it was ours to void."""
+        if primary != self.last_ack_primary or self.last_ack_epoch > epoch:
+            return False
+        self.last_ack_at = -math.inf  # (binds nobody)
+        if self.role is Role.PRIMARY:
+            self.serving_after = min(self.serving_after, now)
+        return True
