@@ -446,8 +446,11 @@ class ShardManager:
             # First start: give every replica a moment to report, so primaries spread evenly
             # instead of all landing on the first two that came up.
             return changed
-        if len(fenced) < len(live) and now - shard.fenced_at < 1:
-            return changed  # a live replica has yet to report the new epoch: hear it out
+        # A live replica has yet to report the new epoch: hear it out — unless the planned
+        # primary has (a handoff: any fenced majority holds every committed entry).
+        heard = shard.planned in fenced
+        if len(fenced) < len(live) and now - shard.fenced_at < 1 and not heard:
+            return changed
 
         def rank(rid: str) -> tuple[int, int, int]:
             p = self.replicas[rid].progress[shard.id]
