@@ -74,6 +74,9 @@ class ReplicaBase:
     ) -> None:
         raise NotImplementedError
 
+    def _fail_waiters(self, shard: Shard, why: str) -> None:
+        raise NotImplementedError
+
     # Defined in requests.py (Requests).
 
     def _sequence(self, shard: Shard, changes: list[Change]) -> int:

@@ -15,7 +15,8 @@ Leases: a follower that acknowledged a primary promises not to help another prim
 lease (counted from when it *sent* the Append), so two primaries never both serve strong reads.
 
 The driver is one class, :class:`Replica`, in parts: this module (construction, lifetime,
-assignments and role changes, progress), ``requests.py`` (the client API: writes, reads),
+assignments and role changes, progress), ``members.py`` (membership: epochs continued in
+place, copies dropped, leases released), ``requests.py`` (the client API: writes, reads),
 ``leading.py`` (the primary's I/O: group commit, the links, applying), ``following.py`` (the
 follower's I/O: Appends, snapshots), ``base.py`` (the state they share), ``tracing.py`` (spans
 and metrics). The rules (``mt_kv.rules``, via :class:`Shard`) decide; these parts do the I/O.
@@ -101,9 +102,10 @@ from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.following import Following
 from mt_kv.replica.leading import Leading
 from mt_kv.replica.link import PeerLink
+from mt_kv.replica.members import Members
 from mt_kv.replica.requests import Requests, to_item
 from mt_kv.replica.shard import Shard
-from mt_kv.replica.tracing import REPLICATION_LAG, TRACER, _Note
+from mt_kv.replica.tracing import REPLICATION_LAG, TRACER
 from mt_kv.rules.breaks import broken
 from mt_kv.rules.log import PAYLOAD
 from mt_kv.rules.shard import Role
@@ -115,7 +117,7 @@ __all__ = ["Replica", "SnapshotSource", "now_ms", "to_item"]
 log = logging.getLogger(__name__)
 
 
-class Replica(Requests, Leading, Following):
+class Replica(Requests, Leading, Following, Members):
     """The driver of one replica: the rules (``mt_kv.rules``) decide, this does the I/O —
     the store, the replication links, the writers waiting. Its clocks, its way to a peer's
     snapshot and its store are given, so a simulation can run it as it is."""
@@ -313,16 +315,6 @@ class Replica(Requests, Leading, Following):
         for follower, link in self._links.items():
             link.point_at(self.repl_addrs.get(follower, ""))
 
-    def _continues(self, shard: Shard, info: pb.ShardInfo) -> bool:
-        """The manager moved a shard we lead to the next epoch with us still its primary (a
-        membership step): we go on leading it, in place."""
-        return (
-            info.epoch > shard.epoch
-            and info.continues_epoch == shard.epoch
-            and info.primary == self.id
-            and shard.role is Role.PRIMARY
-        )
-
     def _promote(self, shard: Shard, epoch: int) -> None:
         with TRACER.start_as_current_span("kv.promote") as span:  # a failover: rare, worth a trace
             span.set_attributes({"mt.shard": shard.id, "mt.epoch": epoch, "mt.replica": self.id})
@@ -380,36 +372,6 @@ class Replica(Requests, Leading, Following):
         log.info(
             "primary", extra={"shard": shard.id, "epoch": shard.epoch, "last_seq": shard.last_seq}
         )
-
-    def _release(self, shard: Shard, epoch: int) -> None:
-        """Tell the shard's other members we stepped down from it in ``epoch`` (and serve no
-        strong read of it from now on): the lease they promised us is void, so the next
-        primary need not wait it out. Best effort: a member not reached keeps its promise
-        until it runs out, as it would without this."""
-        released = pb.AppendRequest(
-            primary=self.id, released=[pb.Released(shard=shard.id, epoch=epoch)]
-        )
-        for member in (*shard.replicas, *shard.learners):
-            link = self._links.get(member)
-            if member != self.id and link is not None and link.connected:
-                link.send(released, _Note([], None))
-
-    def _drop(self, shard: Shard) -> None:
-        """Forget a shard we are no longer a member of (after a snapshot being copied in is
-        done: the next assignment drops it then)."""
-        if shard.snapshotting or shard.role is Role.PRIMARY:
-            return
-        log.info("dropping our copy", extra={"shard": shard.id, "epoch": shard.epoch})
-        del self.shards[shard.id]
-        self._dropped.add(shard.id)
-        self._dirty_metas.discard(shard.id)
-        self._fail_waiters(shard, "no longer a member")
-        self._tasks.append(asyncio.create_task(self._forget(shard.id), name="kv-drop-shard"))
-
-    async def _forget(self, shard_id: int) -> None:
-        await self._checkpointer.wait_idle()  # (a checkpoint taken before may still write it)
-        if shard_id in self._dropped:  # (not a member again meanwhile)
-            await self.store.drop_shard(shard_id)
 
     def _fail_waiters(self, shard: Shard, why: str) -> None:
         while shard.waiters:
