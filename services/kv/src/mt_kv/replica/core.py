@@ -301,10 +301,14 @@ class Replica(Requests, Leading, Following, Members):
             if not info.primary:
                 continue
             if info.primary == self.id:
+                # (An epoch continued in place names us only to go on leading: if we are not
+                # leading — restarted, stepped down — our log may lack what the others
+                # committed; the manager sees us not take it and holds an election.)
                 if (
                     shard.role is not Role.PRIMARY
                     and shard.primary == ""
                     and shard.may_lead(info.epoch)
+                    and not info.continues_epoch
                 ):
                     self._promote(shard, info.epoch)
             elif shard.primary != info.primary:
