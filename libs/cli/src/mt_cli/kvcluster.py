@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from mt_core.rpc.client import call
@@ -42,6 +43,19 @@ async def move_microshard(
         )
         # Refusals (a bad μshard or shard) as our error classes, not as an unreachable server.
         return await call(stub.MoveMicroshard(request, timeout=wait_s + 5))
+
+
+async def manager_call(addr: str, method: str, request: object, timeout_s: float = 10.0) -> Any:
+    """One ShardManager RPC (``AddReplica``, ``DrainReplica``...); refusals raise as our
+    error classes, not as an unreachable server."""
+    async with grpc.aio.insecure_channel(addr) as chan:
+        stub = kv_pb2_grpc.ShardManagerStub(chan)
+        return await call(getattr(stub, method)(request, timeout=timeout_s))
+
+
+def drained(status: pb.StatusResponse, name: str) -> bool:
+    """Whether replica ``name`` holds no copy any more after a drain."""
+    return any(r.id == name and r.state == "drained" for r in status.replicas)
 
 
 @dataclass
@@ -116,22 +130,17 @@ class KVCluster:
         nothing until placement moves shard copies to it."""
         name = f"kv-{max(int(r.rsplit('-', 1)[1]) for r in self.ports) + 1}"
         self.ports[name] = free_port()
-        async with grpc.aio.insecure_channel(self.manager_addr) as chan:
-            stub = kv_pb2_grpc.ShardManagerStub(chan)
-            request = pb.AddReplicaRequest(id=name, addr=self.addr(name))
-            await call(stub.AddReplica(request, timeout=5))
+        request = pb.AddReplicaRequest(id=name, addr=self.addr(name))
+        await manager_call(self.manager_addr, "AddReplica", request)
         self.start_replica(name)
         return name
 
     async def drain(self, name: str, timeout_s: float = 120) -> None:
         """Empty replica ``name`` (its copies move to the others), then stop it."""
-        async with grpc.aio.insecure_channel(self.manager_addr) as chan:
-            stub = kv_pb2_grpc.ShardManagerStub(chan)
-            await call(stub.DrainReplica(pb.DrainRequest(id=name), timeout=5))
+        await manager_call(self.manager_addr, "DrainReplica", pb.DrainRequest(id=name))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            replicas = {r.id: r for r in (await self.status()).replicas}
-            if replicas[name].state == "drained":
+            if drained(await self.status(), name):
                 break
             await asyncio.sleep(0.2)
         else:

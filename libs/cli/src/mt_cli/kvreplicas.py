@@ -17,13 +17,10 @@ import re
 import sys
 import time
 
-import grpc
-from mt_core.rpc.client import call
 from mt_proto import kv_pb2 as pb
-from mt_proto import kv_pb2_grpc
 
 from mt_cli import launcher
-from mt_cli.kvcluster import manager_status
+from mt_cli.kvcluster import drained, manager_call, manager_status
 from mt_cli.manifest import Manifest
 from mt_cli.ports import free_port
 
@@ -40,12 +37,6 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     move.add_argument("shard", type=int)
     move.add_argument("--from", dest="source", required=True, metavar="REPLICA")
     move.add_argument("--to", dest="target", required=True, metavar="REPLICA")
-
-
-async def _stub_call(addr: str, method: str, request: object) -> object:
-    async with grpc.aio.insecure_channel(addr) as chan:
-        stub = kv_pb2_grpc.ShardManagerStub(chan)
-        return await call(getattr(stub, method)(request, timeout=10))
 
 
 def _say(line: str) -> None:
@@ -69,7 +60,7 @@ async def add_replica(args: argparse.Namespace, manifest: Manifest) -> int:
         "MT_REPLICA_ID": name,
     }
     proc = dataclasses.replace(template, name=name, port=port, env=env)
-    await _stub_call(
+    await manager_call(
         args.addr, "AddReplica", pb.AddReplicaRequest(id=name, addr=f"127.0.0.1:{port}")
     )
     run = launcher.start_extra(manifest, proc)
@@ -79,9 +70,9 @@ async def add_replica(args: argparse.Namespace, manifest: Manifest) -> int:
 
 
 async def drain(args: argparse.Namespace, manifest: Manifest) -> int:
-    await _stub_call(args.addr, "DrainReplica", pb.DrainRequest(id=args.replica))
+    await manager_call(args.addr, "DrainReplica", pb.DrainRequest(id=args.replica))
     _say(f"kv: draining {args.replica} (Ctrl-C stops waiting, not the drain)")
-    code = await _until(args, lambda s: _drained(s, args.replica), f"{args.replica} is drained")
+    code = await _until(args, lambda s: drained(s, args.replica), f"{args.replica} is drained")
     if code == 0:
         await launcher.stop_extra(manifest, args.replica, _say)
         _say(f"kv: {args.replica} stopped")
@@ -90,7 +81,7 @@ async def drain(args: argparse.Namespace, manifest: Manifest) -> int:
 
 async def move_replica(args: argparse.Namespace) -> int:
     request = pb.ReplicaMoveRequest(shard=args.shard, source=args.source, target=args.target)
-    move = await _stub_call(args.addr, "MoveReplica", request)
+    move = await manager_call(args.addr, "MoveReplica", request)
     assert isinstance(move, pb.ReplicaMove)
     print(f"shard {move.shard}: {move.source} -> {move.target}: {move.step}")
     return 0
@@ -98,10 +89,6 @@ async def move_replica(args: argparse.Namespace) -> int:
 
 def _settled_with(status: pb.StatusResponse, name: str) -> bool:
     return status.placement_settled and any(name in s.replicas for s in status.shards)
-
-
-def _drained(status: pb.StatusResponse, name: str) -> bool:
-    return any(r.id == name and r.state == "drained" for r in status.replicas)
 
 
 async def _until(args: argparse.Namespace, done: object, what: str) -> int:
