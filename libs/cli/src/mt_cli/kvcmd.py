@@ -6,6 +6,7 @@
   minithreads kv move (MICROSHARD | --key KEYSPACE KEY) --to SHARD [--json]
   minithreads kv bench [--vs etcd] [--json]
   minithreads kv add-replica | drain REPLICA | move-replica SHARD --from R --to R
+  minithreads kv quota KEYSPACE --ops N         # keys read or written per second; 0: none
 
 KEY is ``PARTITION/REST``: the part before the first "/" picks the μshard (keys of one
 partition live together); without a "/", the whole key is the partition.
@@ -24,8 +25,9 @@ from typing import Any
 import grpc
 from mt_core.errors import MinithreadsError
 from mt_kv_client import Consistency, Durability, Key, KVClient
+from mt_proto import kv_pb2 as pb
 
-from mt_cli.kvcluster import manager_status, move_microshard
+from mt_cli.kvcluster import manager_call, manager_status, move_microshard
 from mt_cli.manifest import Manifest
 
 CONSISTENCY = {"strong": Consistency.STRONG, "stale": Consistency.STALE, "ryw": Consistency.RYW}
@@ -66,6 +68,9 @@ def add_arguments(kv: argparse.ArgumentParser) -> None:
     move.add_argument("--to", type=int, required=True, metavar="SHARD", dest="to_shard")
     move.add_argument("--wait-s", type=float, default=60.0, help="default: %(default)s")
     move.add_argument("--json", action="store_true")
+    quota = sub.add_parser("quota", help="set a keyspace's quota (keys per second; 0: none)")
+    quota.add_argument("keyspace")
+    quota.add_argument("--ops", type=float, required=True, metavar="N", dest="ops_s")
     from mt_cli import kvbench, kvreplicas
 
     kvreplicas.add_arguments(sub)
@@ -167,6 +172,7 @@ async def status_json(addr: str) -> dict[str, object]:
                 "state": r.state,
                 "copies": r.shards,
                 "primaries": r.primaries,
+                "ops_per_s": round(r.ops_per_s, 1),
             }
             for r in reply.replicas
         ],
@@ -186,7 +192,24 @@ async def status_json(addr: str) -> dict[str, object]:
             for f in reply.failovers
         ],
         "moves": [_move_json(m) for m in reply.moves],
+        "quotas": [_quota_json(q) for q in reply.quotas],
     }
+
+
+def _quota_json(q: pb.QuotaUse) -> dict[str, object]:
+    return {
+        "keyspace": q.keyspace,
+        "ops_s": q.ops_s,
+        "offered_per_s": round(q.offered_per_s, 1),
+        "refused_per_s": round(q.refused_per_s, 1),
+    }
+
+
+async def _quota(args: argparse.Namespace) -> int:
+    request = pb.QuotaRequest(keyspace=args.keyspace, ops_s=args.ops_s)
+    use: pb.QuotaUse = await manager_call(args.addr, "SetQuota", request)
+    print(json.dumps(_quota_json(use)))
+    return 0
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -204,19 +227,26 @@ async def _status(args: argparse.Namespace) -> int:
         print(f"{shard['id']:>5} {shard['epoch']:>5}  {primary:<8} {held}")
     print(
         f"\n{'REPLICA':<8} {'PID':>8} {'ALIVE':<6} {'STATE':<9} {'COPIES':>6} {'LEADS':>5}"
-        f" {'APPLIED':>9}  ADDR (REPLICATION)"
+        f" {'OPS/S':>7} {'APPLIED':>9}  ADDR (REPLICATION)"
     )
     for rep in replicas:
         alive, applied = str(rep["alive"]), rep["applied_seq"]
         where = f"{rep['addr']} ({rep['repl_addr'] or '-'})"
         counts = f"{rep['state']:<9} {rep['copies']:>6} {rep['primaries']:>5}"
-        print(f"{rep['id']:<8} {rep['pid']:>8} {alive:<6} {counts} {applied:>9}  {where}")
+        load = f"{rep['ops_per_s']:>7.0f} {applied:>9}"
+        print(f"{rep['id']:<8} {rep['pid']:>8} {alive:<6} {counts} {load}  {where}")
     reconfigs: list[dict[str, Any]] = status["reconfigs"]  # type: ignore[assignment]
     if reconfigs:
         print(f"\n{'SHARD':>5} {'FROM':<8} {'TO':<8} STEP")
         for r in reconfigs:
             line = f"{r['shard']:>5} {r['from']:<8} {r['to']:<8} {r['step']}"
             print(f"{line}  {r['error']}".rstrip())
+    quotas: list[dict[str, Any]] = status["quotas"]  # type: ignore[assignment]
+    if quotas:
+        print(f"\n{'KEYSPACE':<16} {'QUOTA/S':>9} {'OFFERED/S':>9} {'REFUSED/S':>9}")
+        for q in quotas:
+            used = f"{q['offered_per_s']:>9.0f} {q['refused_per_s']:>9.0f}"
+            print(f"{q['keyspace']:<16} {q['ops_s']:>9.0f} {used}")
     if not status["placement_settled"]:
         print("\nplacement: moves under way or wanted")
     moves: list[dict[str, Any]] = status["moves"]  # type: ignore[assignment]
@@ -241,6 +271,7 @@ def run(args: argparse.Namespace, home: Path, manifest: Manifest | None = None) 
         "get": _get,
         "status": _status,
         "move": _move,
+        "quota": _quota,
         "move-replica": kvreplicas.move_replica,
     }
     if manifest is not None:

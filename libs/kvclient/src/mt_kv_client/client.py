@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from mt_core.errors import (
     Internal,
     InvalidArgument,
     MinithreadsError,
+    RateLimited,
     Unavailable,
 )
 from mt_core.rpc import deadline
@@ -185,11 +186,12 @@ class _Unconditional:
 
 
 P = TypeVar("P")
+G = TypeVar("G", bound=Hashable)
 
 
-def _by_shard(calls: Iterable[tuple[int, P]]) -> dict[int, list[P]]:
-    """Coalesced calls grouped by shard, each group in call order."""
-    grouped: dict[int, list[P]] = defaultdict(list)
+def _by_shard(calls: Iterable[tuple[G, P]]) -> dict[G, list[P]]:
+    """Coalesced calls grouped by shard (or by shard and keyspace), each group in order."""
+    grouped: dict[G, list[P]] = defaultdict(list)
     for shard, payload in calls:
         grouped[shard].append(payload)
     return grouped
@@ -226,8 +228,11 @@ def _outcome_error(outcome: pb.WriteResult | None) -> MinithreadsError:
     """A BatchWrite part's error (None: the call itself failed, its outcome unknown)."""
     if outcome is None:
         return Unavailable("the batch call failed")
-    cls = ERROR_CLASSES.get(outcome.error.kind, Internal)
-    return cls(outcome.error.message, code=outcome.error.code)
+    error = outcome.error
+    cls = ERROR_CLASSES.get(error.kind, Internal)
+    if issubclass(cls, RateLimited):
+        return cls(error.message, code=error.code, retry_after_s=error.retry_after_ms / 1000)
+    return cls(error.message, code=error.code)
 
 
 def _unknown(error: MinithreadsError) -> Indeterminate:
@@ -548,10 +553,11 @@ class KVClient:
         key, or a multi_get's keys for this replica); a part it refuses is retried on its own
         (reads are always safe to retry)."""
         addr, consistency = group
-        by_shard = _by_shard(pair for call in calls for pair in call)
+        # A part per shard and keyspace: a keyspace over its quota is refused alone.
+        by_part = _by_shard(((s, k.keyspace), k) for call in calls for s, k in call)
         parts = [
             (shard, keys[start : start + MAX_BATCH])
-            for shard, keys in by_shard.items()
+            for (shard, _), keys in by_part.items()
             for start in range(0, len(keys), MAX_BATCH)
         ]
         request = pb.BatchGetRequest(
@@ -869,23 +875,24 @@ class KVClient:
         self, group: tuple[str, Durability], calls: list[_Unconditional | _Conditional]
     ) -> list[list[list[pb.Item] | BaseException] | pb.WriteResponse | BaseException]:
         """One BatchWrite to one primary: every unconditional call's mutations as a write per
-        shard (each part answered with its own mutations' results, or its shard's failure),
-        each conditional write as a write of its own."""
+        shard and keyspace (each part answered with its own mutations' results, or its part's
+        failure: a keyspace over its quota is refused alone), each conditional write as a
+        write of its own."""
         addr, durability = group
         conditional = [c for c in calls if isinstance(c, _Conditional)]
-        by_shard: dict[int, list[Mutation]] = defaultdict(list)
+        by_shard: dict[tuple[int, str], list[Mutation]] = defaultdict(list)
         for call in calls:
             if isinstance(call, _Unconditional):
                 for shard, mutations in call.parts:
-                    by_shard[shard].extend(mutations)
+                    by_shard[shard, mutations[0].key.keyspace].extend(mutations)
         shards = list(by_shard)
         writes = [
             pb.WriteRequest(
                 route=self._route(shard),
-                mutations=[_pb_mutation(m) for m in by_shard[shard]],
+                mutations=[_pb_mutation(m) for m in by_shard[shard, keyspace]],
                 durability=int(durability),  # type: ignore[arg-type]
             )
-            for shard in shards
+            for shard, keyspace in shards
         ] + [
             pb.WriteRequest(
                 route=self._route(c.shard),
@@ -912,8 +919,8 @@ class KVClient:
         # Parts that must be retried are retried together: a failover touches many shards.
         settled = await asyncio.gather(
             *(
-                self._settle(shard, by_shard[shard], write, outcome, durability)
-                for shard, write, outcome in zip(
+                self._settle(part[0], by_shard[part], write, outcome, durability)
+                for part, write, outcome in zip(
                     shards, writes[: len(shards)], outcomes[: len(shards)], strict=True
                 )
             ),
@@ -926,7 +933,7 @@ class KVClient:
         )
         results = dict(zip(shards, settled[: len(shards)], strict=True))
         answers = iter(settled[len(shards) :])
-        position: dict[int, int] = defaultdict(int)
+        position: dict[tuple[int, str], int] = defaultdict(int)
         out: list[list[list[pb.Item] | BaseException] | pb.WriteResponse | BaseException] = []
         for call in calls:
             if isinstance(call, _Conditional):
@@ -934,13 +941,14 @@ class KVClient:
                 continue
             parts: list[list[pb.Item] | BaseException] = []
             for shard, mutations in call.parts:
-                part = results[shard]
+                key = (shard, mutations[0].key.keyspace)
+                part = results[key]
                 assert not isinstance(part, pb.WriteResponse)
                 if isinstance(part, BaseException):
                     parts.append(part)
                     continue
-                mine = list(part[position[shard] : position[shard] + len(mutations)])
-                position[shard] += len(mutations)
+                mine = list(part[position[key] : position[key] + len(mutations)])
+                position[key] += len(mutations)
                 failed = next((r for r in mine if isinstance(r, BaseException)), None)
                 parts.append(failed if failed is not None else mine)  # type: ignore[arg-type]
             out.append(parts)

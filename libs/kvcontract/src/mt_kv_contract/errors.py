@@ -16,6 +16,7 @@ from mt_core.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     MinithreadsError,
+    RateLimited,
     Unavailable,
     known,
 )
@@ -104,6 +105,15 @@ class ConditionFailed(FailedPrecondition):
     default_code = "condition_failed"
 
 
+@known
+class OverQuota(RateLimited):
+    """The keyspace is over its quota: nothing was done. Back-pressure for the caller (who
+    waits ``retry_after_s``), never retried by the client: a retry would only add load to
+    the keyspace that is already over."""
+
+    default_code = "over_quota"
+
+
 class Step(enum.Enum):
     """What the client does after a failed attempt (:func:`next_step`)."""
 
@@ -119,6 +129,8 @@ def next_step(error: MinithreadsError, *, idempotent: bool) -> Step:
     (the primary answers a repeat with the first outcome)."""
     if isinstance(error, SessionExpired):
         return Step.UNKNOWN
+    if isinstance(error, RateLimited):  # back-pressure is the caller's to honour
+        return Step.ANSWER
     if isinstance(error, Moved):
         return Step.ROUTE_AGAIN
     if isinstance(error, Refused):

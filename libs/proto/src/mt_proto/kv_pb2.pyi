@@ -588,21 +588,25 @@ class Error(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """our error class (NotFound, FailedPrecondition...)"""
     code: _builtins.str
     """machine code (not_primary, condition_failed...)"""
     message: _builtins.str
+    retry_after_ms: _builtins.int
+    """a rate limit's (OverQuota): when the same request may succeed"""
     def __init__(
         self,
         *,
         kind: _builtins.str = ...,
         code: _builtins.str = ...,
         message: _builtins.str = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "kind", b"kind", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "kind", b"kind", "message", b"message", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1256,6 +1260,7 @@ class ReplicaInfo(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
     PRIMARIES_FIELD_NUMBER: _builtins.int
+    OPS_PER_S_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     addr: _builtins.str
     pid: _builtins.int
@@ -1271,6 +1276,8 @@ class ReplicaInfo(_message.Message):
     """shards it holds a voting copy of"""
     primaries: _builtins.int
     """shards it leads"""
+    ops_per_s: _builtins.float
+    """keys asked of it as a primary per second (its last load report)"""
     def __init__(
         self,
         *,
@@ -1284,10 +1291,11 @@ class ReplicaInfo(_message.Message):
         state: _builtins.str = ...,
         shards: _builtins.int = ...,
         primaries: _builtins.int = ...,
+        ops_per_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "alive", b"alive", "applied_seq", b"applied_seq", "id", b"id", "last_heartbeat_ms_ago", b"last_heartbeat_ms_ago", "pid", b"pid", "primaries", b"primaries", "repl_addr", b"repl_addr", "shards", b"shards", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "alive", b"alive", "applied_seq", b"applied_seq", "id", b"id", "last_heartbeat_ms_ago", b"last_heartbeat_ms_ago", "ops_per_s", b"ops_per_s", "pid", b"pid", "primaries", b"primaries", "repl_addr", b"repl_addr", "shards", b"shards", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1346,6 +1354,7 @@ class HeartbeatRequest(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     REPL_ADDR_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     addr: _builtins.str
     pid: _builtins.int
@@ -1353,6 +1362,10 @@ class HeartbeatRequest(_message.Message):
     """where its replication link listens (host:port)"""
     @_builtins.property
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardProgress]: ...
+    @_builtins.property
+    def load(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyspaceLoad]:
+        """what it served as a primary, per keyspace"""
+
     def __init__(
         self,
         *,
@@ -1361,14 +1374,46 @@ class HeartbeatRequest(_message.Message):
         pid: _builtins.int = ...,
         repl_addr: _builtins.str = ...,
         shards: _abc.Iterable[Global___ShardProgress] | None = ...,
+        load: _abc.Iterable[Global___KeyspaceLoad] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "pid", b"pid", "repl_addr", b"repl_addr", "replica_id", b"replica_id", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "load", b"load", "pid", b"pid", "repl_addr", b"repl_addr", "replica_id", b"replica_id", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class KeyspaceLoad(_message.Message):
+    """A primary's recent load of one keyspace (rates over the last second or so, keys per second:
+    a write of 10 keys is 10 operations).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    OFFERED_PER_S_FIELD_NUMBER: _builtins.int
+    REFUSED_PER_S_FIELD_NUMBER: _builtins.int
+    keyspace: _builtins.str
+    offered_per_s: _builtins.float
+    """asked of it, refused included"""
+    refused_per_s: _builtins.float
+    """refused over the keyspace's quota"""
+    def __init__(
+        self,
+        *,
+        keyspace: _builtins.str = ...,
+        offered_per_s: _builtins.float = ...,
+        refused_per_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyspace", b"keyspace", "offered_per_s", b"offered_per_s", "refused_per_s", b"refused_per_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyspaceLoad: _TypeAlias = KeyspaceLoad  # noqa: Y015
 
 @_typing.final
 class HeartbeatResponse(_message.Message):
@@ -1394,9 +1439,30 @@ class HeartbeatResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class QuotaOpsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SHARDS_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
     REPL_ADDRS_FIELD_NUMBER: _builtins.int
+    QUOTA_OPS_FIELD_NUMBER: _builtins.int
     lease_ms: _builtins.int
     """how long a primary may serve strong reads unchallenged"""
     @_builtins.property
@@ -1407,16 +1473,23 @@ class HeartbeatResponse(_message.Message):
     def repl_addrs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """replica id -> its replication link's address"""
 
+    @_builtins.property
+    def quota_ops(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """keyspace -> the operations per second this replica may serve of it (its share of the
+        keyspace's quota); a keyspace not listed has no quota.
+        """
+
     def __init__(
         self,
         *,
         shards: _abc.Iterable[Global___ShardInfo] | None = ...,
         lease_ms: _builtins.int = ...,
         repl_addrs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        quota_ops: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "repl_addrs", b"repl_addrs", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "quota_ops", b"quota_ops", "repl_addrs", b"repl_addrs", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1462,6 +1535,7 @@ class StatusResponse(_message.Message):
     PLACEMENT_SETTLED_FIELD_NUMBER: _builtins.int
     MOVES_FIELD_NUMBER: _builtins.int
     RECONFIGS_FIELD_NUMBER: _builtins.int
+    QUOTAS_FIELD_NUMBER: _builtins.int
     placement_settled: _builtins.bool
     """Every shard has a live primary and the manager wants no rebalancing move: primaries stay
     put until something fails (a move fences its shard; writes in flight get unknown outcomes).
@@ -1482,6 +1556,10 @@ class StatusResponse(_message.Message):
     def reconfigs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaMove]:
         """shard copies moving between replicas"""
 
+    @_builtins.property
+    def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaUse]:
+        """keyspaces with a quota"""
+
     def __init__(
         self,
         *,
@@ -1491,14 +1569,71 @@ class StatusResponse(_message.Message):
         placement_settled: _builtins.bool = ...,
         moves: _abc.Iterable[Global___MicroshardMove] | None = ...,
         reconfigs: _abc.Iterable[Global___ReplicaMove] | None = ...,
+        quotas: _abc.Iterable[Global___QuotaUse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "placement_settled", b"placement_settled", "reconfigs", b"reconfigs", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "placement_settled", b"placement_settled", "quotas", b"quotas", "reconfigs", b"reconfigs", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class QuotaUse(_message.Message):
+    """A keyspace's quota and how much of it is used, summed over the primaries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    OPS_S_FIELD_NUMBER: _builtins.int
+    OFFERED_PER_S_FIELD_NUMBER: _builtins.int
+    REFUSED_PER_S_FIELD_NUMBER: _builtins.int
+    keyspace: _builtins.str
+    ops_s: _builtins.float
+    """the quota (keys read or written per second)"""
+    offered_per_s: _builtins.float
+    """asked of the primaries, refused included"""
+    refused_per_s: _builtins.float
+    """refused with OverQuota"""
+    def __init__(
+        self,
+        *,
+        keyspace: _builtins.str = ...,
+        ops_s: _builtins.float = ...,
+        offered_per_s: _builtins.float = ...,
+        refused_per_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyspace", b"keyspace", "offered_per_s", b"offered_per_s", "ops_s", b"ops_s", "refused_per_s", b"refused_per_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaUse: _TypeAlias = QuotaUse  # noqa: Y015
+
+@_typing.final
+class QuotaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    OPS_S_FIELD_NUMBER: _builtins.int
+    keyspace: _builtins.str
+    ops_s: _builtins.float
+    """0: no quota"""
+    def __init__(
+        self,
+        *,
+        keyspace: _builtins.str = ...,
+        ops_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyspace", b"keyspace", "ops_s", b"ops_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaRequest: _TypeAlias = QuotaRequest  # noqa: Y015
 
 @_typing.final
 class ReplicaMove(_message.Message):

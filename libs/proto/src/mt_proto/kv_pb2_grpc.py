@@ -605,6 +605,11 @@ class ShardManagerStub:
                 request_serializer=mt__proto_dot_kv__pb2.DrainRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_kv__pb2.ReplicaInfo.FromString,
                 _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/minithreads.kv.v1.ShardManager/SetQuota',
+                request_serializer=mt__proto_dot_kv__pb2.QuotaRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.QuotaUse.FromString,
+                _registered_method=True)
 
 
 class ShardManagerServicer:
@@ -656,6 +661,13 @@ class ShardManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQuota(self, request, context):
+        """Tenants: a keyspace's operations per second, split across the primaries serving it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -693,6 +705,11 @@ def add_ShardManagerServicer_to_server(servicer, server):
                     servicer.DrainReplica,
                     request_deserializer=mt__proto_dot_kv__pb2.DrainRequest.FromString,
                     response_serializer=mt__proto_dot_kv__pb2.ReplicaInfo.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=mt__proto_dot_kv__pb2.QuotaRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.QuotaUse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -884,6 +901,33 @@ class ShardManager:
             '/minithreads.kv.v1.ShardManager/DrainReplica',
             mt__proto_dot_kv__pb2.DrainRequest.SerializeToString,
             mt__proto_dot_kv__pb2.ReplicaInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.ShardManager/SetQuota',
+            mt__proto_dot_kv__pb2.QuotaRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.QuotaUse.FromString,
             options,
             channel_credentials,
             insecure,

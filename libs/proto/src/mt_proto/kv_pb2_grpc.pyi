@@ -275,6 +275,8 @@ class ShardManagerStub:
     """
     MoveReplica: _grpc.UnaryUnaryMultiCallable[_kv_pb2.ReplicaMoveRequest, _kv_pb2.ReplicaMove]
     DrainReplica: _grpc.UnaryUnaryMultiCallable[_kv_pb2.DrainRequest, _kv_pb2.ReplicaInfo]
+    SetQuota: _grpc.UnaryUnaryMultiCallable[_kv_pb2.QuotaRequest, _kv_pb2.QuotaUse]
+    """Tenants: a keyspace's operations per second, split across the primaries serving it."""
 
 @_typing.type_check_only
 class ShardManagerAsyncStub(ShardManagerStub):
@@ -292,6 +294,8 @@ class ShardManagerAsyncStub(ShardManagerStub):
     """
     MoveReplica: _aio.UnaryUnaryMultiCallable[_kv_pb2.ReplicaMoveRequest, _kv_pb2.ReplicaMove]  # type: ignore[assignment]
     DrainReplica: _aio.UnaryUnaryMultiCallable[_kv_pb2.DrainRequest, _kv_pb2.ReplicaInfo]  # type: ignore[assignment]
+    SetQuota: _aio.UnaryUnaryMultiCallable[_kv_pb2.QuotaRequest, _kv_pb2.QuotaUse]  # type: ignore[assignment]
+    """Tenants: a keyspace's operations per second, split across the primaries serving it."""
 
 class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -348,5 +352,13 @@ class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _kv_pb2.DrainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.ReplicaInfo, _abc.Awaitable[_kv_pb2.ReplicaInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def SetQuota(
+        self,
+        request: _kv_pb2.QuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.QuotaUse, _abc.Awaitable[_kv_pb2.QuotaUse]]:
+        """Tenants: a keyspace's operations per second, split across the primaries serving it."""
 
 def add_ShardManagerServicer_to_server(servicer: ShardManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,6 +24,9 @@ class ManagerSettings(ServiceSettings):
     home: str = ".local"  # MT_HOME
     failover_timeout_ms: int = 1_500  # a primary silent this long is replaced
     lease_ms: int = 1_000
+    # "keyspace=ops_s,...": keyspaces' quotas of keys read or written per second (none: no
+    # limit); `minithreads kv quota` sets them at run time.
+    kv_quotas: str = ""
 
     def replica_addrs(self) -> dict[str, str]:
         return _pairs(self.kv_replicas)

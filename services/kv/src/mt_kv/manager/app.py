@@ -20,6 +20,7 @@ from mt_proto import kv_pb2_grpc
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.grpc_api import ShardManagerServicer
 from mt_kv.manager.mover import Mover
+from mt_kv.manager.quotas import parse as parse_quotas
 from mt_kv.settings import ManagerSettings
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ShardManager"].full_name
@@ -35,6 +36,7 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
         state_path=Path(settings.state_path or home / "data" / "kv" / "manager.json"),
         failover_timeout_ms=settings.failover_timeout_ms,
         lease_ms=settings.lease_ms,
+        quotas=parse_quotas(settings.kv_quotas),
     )
     mover = Mover(manager)
     mount = Servicer(

@@ -16,13 +16,14 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mt_proto import kv_pb2 as pb
 
 from mt_kv.manager.placement import Copyset, Planned, plan
+from mt_kv.manager.quotas import Quotas
 from mt_kv.manager.reconfig import Reconfigs, ReplicaMove
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class ShardManager:
         failover_timeout_ms: int,
         lease_ms: int,
         clock: Callable[[], float] = time.monotonic,
+        quotas: Mapping[str, float] | None = None,
     ) -> None:
         self._clock = clock
         self.replicas = {rid: ReplicaView(rid, addr) for rid, addr in replicas.items()}
@@ -133,6 +135,7 @@ class ShardManager:
         self._started = self._clock()
         self._last_change = self._started
         self.reconfigs = Reconfigs(self)
+        self.quotas = Quotas(quotas or {})
         self._load()
 
     def _initial(self, shard_id: int) -> list[str]:
@@ -167,6 +170,7 @@ class ShardManager:
             reconfig = ReplicaMove(**saved_reconfig, started_at=self._clock())
             if reconfig.shard < len(self.shards):
                 self.reconfigs.moves[reconfig.shard] = reconfig
+        self.quotas.restore(saved.get("quotas", {}))
         self.routing_version = saved.get("routing_version", 0)
         for u, target in saved.get("moved", {}).items():
             if int(u) < len(self.mapping) and target < len(self.shards):
@@ -192,6 +196,7 @@ class ShardManager:
             "routing_version": self.routing_version,
             "added": self.added,
             "draining": sorted(self.draining),
+            "quotas": self.quotas.overrides,
             "shards": [
                 {
                     "id": s.id,
@@ -241,12 +246,22 @@ class ShardManager:
             view.addr = req.addr
         view.repl_addr = req.repl_addr
         view.progress = {p.shard: p for p in req.shards}
+        self.quotas.observe(req.replica_id, req.load)
         self.tick()
         return pb.HeartbeatResponse(
             shards=self.shard_infos(req.replica_id),
             lease_ms=self.lease_ms,
             repl_addrs={r.id: r.repl_addr for r in self.replicas.values() if r.repl_addr},
+            quota_ops=self._quota_shares(req.replica_id),
         )
+
+    def _quota_shares(self, rid: str) -> dict[str, float]:
+        """``rid``'s shares of the keyspaces' quotas, split among the live primaries."""
+        if not self.quotas.limits:
+            return {}
+        now = self._clock()
+        serving = {s.primary for s in self.shards if s.primary and self.alive(s.primary, now)}
+        return self.quotas.shares(rid, serving)
 
     def tick(self) -> None:
         """Fence shards whose primary is lost; elect where a majority is fenced."""
@@ -534,6 +549,7 @@ class ShardManager:
             state=state,
             shards=sum(rid in s.replicas for s in self.shards),
             primaries=sum(rid == s.primary for s in self.shards),
+            ops_per_s=sum(e.offered_per_s for e in self.quotas.load.get(rid, {}).values()),
         )
 
     def drain(self, rid: str) -> None:
@@ -572,4 +588,5 @@ class ShardManager:
             placement_settled=self.placement_settled(),
             moves=[m.info() for m in self.moves.values()],
             reconfigs=[m.info() for m in self.reconfigs.moves.values()],
+            quotas=self.quotas.use([r for r in self.replicas if self.alive(r)]),
         )

@@ -55,6 +55,12 @@ class ShardManagerServicer(kv_pb2_grpc.ShardManagerServicer):
             raise InvalidArgument(str(err), code="bad_drain") from None
         return self.manager.replica_info(request.id)
 
+    async def SetQuota(self, request: pb.QuotaRequest, context: Any) -> pb.QuotaUse:
+        self.manager.quotas.set(request.keyspace, request.ops_s)
+        self.manager.save()
+        live = [r for r in self.manager.replicas if self.manager.alive(r)]
+        return self.manager.quotas.use_of(request.keyspace, live)
+
     async def MoveMicroshard(self, request: pb.MoveRequest, context: Any) -> pb.MicroshardMove:
         move = self.mover.request(request.microshard, request.to_shard)
         waited = await self.mover.wait(move, (request.wait_ms or DEFAULT_MOVE_WAIT_MS) / 1000)

@@ -18,6 +18,7 @@ from mt_proto import kv_pb2_grpc
 from mt_kv.replica import link as replication_link
 from mt_kv.replica.core import Replica
 from mt_kv.replica.grpc_api import KVServicer, ReplicationServicer
+from mt_kv.replica.tracing import observe_quotas
 from mt_kv.settings import ReplicaSettings
 from mt_kv.storage.store import Store
 
@@ -30,16 +31,20 @@ async def heartbeats(replica: Replica, settings: ReplicaSettings, repl_addr: str
         stub = kv_pb2_grpc.ShardManagerStub(chan)
         warned = False
         while True:
+            load = replica.quotas.load()
             request = pb.HeartbeatRequest(
                 replica_id=replica.id,
                 addr=settings.addr(),
                 repl_addr=repl_addr,
                 pid=os.getpid(),
                 shards=replica.progress(),
+                load=load,
             )
             try:
                 reply = await stub.Heartbeat(request, timeout=1.0)
                 replica.assign(reply.shards, reply.lease_ms, dict(reply.repl_addrs))
+                replica.quotas.set_shares(reply.quota_ops)
+                observe_quotas(load, reply.quota_ops)
                 warned = False
             except grpc.aio.AioRpcError as err:
                 if not warned:

@@ -103,6 +103,7 @@ from mt_kv.replica.following import Following
 from mt_kv.replica.leading import Leading
 from mt_kv.replica.link import PeerLink
 from mt_kv.replica.members import Members
+from mt_kv.replica.quotas import Quotas
 from mt_kv.replica.requests import Requests, to_item
 from mt_kv.replica.shard import Shard
 from mt_kv.replica.tracing import REPLICATION_LAG, TRACER
@@ -156,6 +157,7 @@ class Replica(Requests, Leading, Following, Members):
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keyspaces = settings.keyspaces()
+        self.quotas = Quotas(clock)  # its shares of the keyspaces' quotas, and its load
         self._peer_overrides = settings.peer_overrides()
         self._peer_repl_overrides = settings.peer_repl_overrides()
 

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mt_core.errors import MinithreadsError
+from mt_core.errors import MinithreadsError, RateLimited
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
@@ -95,4 +95,7 @@ class ReplicationServicer(kv_pb2_grpc.ReplicationServicer):
 
 
 def _error(err: MinithreadsError) -> pb.Error:
-    return pb.Error(kind=type(err).__name__, code=err.code, message=err.message)
+    error = pb.Error(kind=type(err).__name__, code=err.code, message=err.message)
+    if isinstance(err, RateLimited):
+        error.retry_after_ms = round(err.retry_after_s * 1000)
+    return error

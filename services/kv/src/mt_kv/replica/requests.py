@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from mt_core.errors import FailedPrecondition, InvalidArgument
 from mt_kv_contract.errors import (
@@ -60,6 +60,15 @@ def to_item(key: KeyT, entry: Entry | None, version: int = 0) -> pb.Item:
     )
 
 
+def _keyspaces(keys: Iterable[pb.Key]) -> dict[str, int]:
+    """How many of ``keys`` each keyspace has (what a request is charged, see quotas.py)."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        keyspace = key.keyspace
+        counts[keyspace] = counts.get(keyspace, 0) + 1
+    return counts
+
+
 class Requests(ReplicaBase):
     """The replica's client API (a part of :class:`mt_kv.replica.core.Replica`)."""
 
@@ -95,8 +104,9 @@ class Requests(ReplicaBase):
         now = self.wall_ms()
         if req.session:
             first = self._first_outcome(shard, req, now)
-            if first is not None:
+            if first is not None:  # (a repeat is answered, never refused or charged)
                 return first
+        self.quotas.admit(_keyspaces(m.key for m in req.mutations))
         for cond in req.conditions:
             self._check(shard, cond, now)
         effects, changes = self._effects(shard, req.mutations, now)
@@ -317,6 +327,8 @@ class Requests(ReplicaBase):
         if len(req.keys) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} keys per get", code="batch_too_large")
         shard = await self._readable(req.route.shard, req.read, req.route.epoch)
+        if shard.role is Role.PRIMARY:
+            self.quotas.admit(_keyspaces(req.keys))
         span = trace.get_current_span()
         if span.is_recording():
             level = pb.Consistency.Name(req.read.consistency or pb.STRONG)
@@ -332,6 +344,8 @@ class Requests(ReplicaBase):
 
     async def scan(self, req: pb.ScanRequest) -> pb.ScanResponse:
         shard = await self._readable(req.route.shard, req.read, req.route.epoch)
+        if shard.role is Role.PRIMARY and not req.outbox:
+            self.quotas.admit({req.keyspace: 1})  # a page is one operation
         if req.outbox:
             return self._scan_outbox(shard, req)
         self._validate_key(pb.Key(keyspace=req.keyspace, partition=req.partition, key=req.prefix))

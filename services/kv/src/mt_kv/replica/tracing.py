@@ -3,10 +3,11 @@ inside them: the parts call these around what they do."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mt_proto import kv_pb2 as pb
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind
 from prometheus_client import Gauge, Histogram
@@ -65,3 +66,24 @@ REPLICATION_LAG = Gauge(
     "Log entries a follower has not yet acknowledged as durable, by shard and follower",
     ["shard", "follower"],
 )
+KEYSPACE_LOAD = Gauge(
+    "kv_keyspace_keys_per_second",
+    "Keys asked of this replica as a primary per second, by keyspace: offered (refused "
+    "included) and refused over the keyspace's quota",
+    ["keyspace", "kind"],
+)
+QUOTA_SHARE = Gauge(
+    "kv_quota_share_keys_per_second",
+    "This replica's share of a keyspace's quota (keys per second)",
+    ["keyspace"],
+)
+
+
+def observe_quotas(load: Sequence[pb.KeyspaceLoad], shares: Mapping[str, float]) -> None:
+    """The load a heartbeat reports and the shares its answer set, as metrics."""
+    for entry in load:
+        KEYSPACE_LOAD.labels(entry.keyspace, "offered").set(entry.offered_per_s)
+        KEYSPACE_LOAD.labels(entry.keyspace, "refused").set(entry.refused_per_s)
+    QUOTA_SHARE.clear()  # (a quota removed leaves no share behind)
+    for keyspace, rate in shares.items():
+        QUOTA_SHARE.labels(keyspace).set(rate)

@@ -1,0 +1,310 @@
+"""A noisy keyspace held to its quota while another keyspace is served as if it were alone.
+
+    .venv/bin/python loadtest/kv_quota.py [--pairs 4] [--round-s 10] [--quiet-share 0.15]
+
+A fresh cluster (shard manager + 3 replicas, 16 shards) in a temporary folder. First the put
+throughput T of the cluster is measured as ``minithreads kv bench`` does (closed loop, 64
+callers, 100-byte values, 10 s); the noisy keyspace ``test`` gets a quota of 0.25 T. Then
+rounds alternate, ``--pairs`` times: A — the quiet keyspace ``bench`` alone: Poisson arrivals
+at ``--quiet-share`` x T, half session puts, half strong gets; B — the same, and the noisy
+keyspace offered 3x its quota (0.75 T of puts) by a process of its own. Every generator is its
+own process and times each op from when it was due (open loop: a late generator is not
+excused). A last round C offers the noisy keyspace 0.9x its quota (nothing to refuse): the
+replicas' CPU (``/proc``) in A, B and C gives the CPU of an accepted noisy put and of a
+refused one.
+
+Verdicts: in each B round the noisy keyspace's accepted puts per second are within 10% of its
+quota and every refusal is the typed ``OverQuota``; the quiet keyspace has no failed request,
+and the median over the pairs of its p99 in B over its p99 in A is at most 1.5. Prints one
+verdict line and writes the numbers to ``loadtest/reports/kv-quota-<time>.json``. Progress on
+stderr; Ctrl-C stops everything. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mt_cli.kvbench import KVTarget, drive
+from mt_cli.kvcluster import KVCluster, manager_call
+from mt_kv_client import Consistency, Key, KVClient
+from mt_kv_contract.errors import OverQuota
+from mt_proto import kv_pb2 as pb
+
+REPO = Path(__file__).resolve().parent.parent
+NOISY, QUIET = "test", "bench"
+WARMUP_S = 2.0  # of each generator: its client's table and connections, not measured
+QUOTA_SHARE = 0.25  # of T
+OFFERED_X = 3.0  # the noisy keyspace is offered this many times its quota
+SETTLE_S = 10.0  # after measuring T, before the rounds
+
+
+def _say(line: str) -> None:
+    print(f"kv_quota: {line}", file=sys.stderr, flush=True)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
+
+
+# ------------------------------------------------------------------ a generator (a process)
+
+
+async def generate(addr: str, keyspace: str, rate: float, seconds: float, gets: float) -> None:
+    """Open-loop Poisson arrivals at ``rate`` for WARMUP_S + ``seconds``; prints one JSON
+    line with what the measured window's ops did."""
+    outcomes: Counter[str] = Counter()
+    latencies: list[float] = []
+    errors: list[str] = []
+    lag = 0.0
+    rng = random.Random(os.getpid())
+    tasks: set[asyncio.Task[None]] = set()
+    async with KVClient(addr) as kv:
+        await kv.refresh()
+        start = time.monotonic() + WARMUP_S
+        end = start + seconds
+
+        async def one(due: float, key: Key, get: bool) -> None:
+            try:
+                if get:
+                    await kv.get(key, Consistency.STRONG)
+                else:
+                    await kv.put(key, b"x" * 64)
+            except OverQuota:
+                outcome = "over_quota"
+            except Exception as err:  # any other failure is a failed request
+                outcome = "failed"
+                if len(errors) < 5:
+                    errors.append(repr(err))
+            else:
+                outcome = "ok"
+                if due >= start:
+                    latencies.append(time.monotonic() - due)
+            if due >= start:
+                outcomes[outcome] += 1
+
+        due = time.monotonic()
+        while due < end:
+            due += rng.expovariate(rate)
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif due >= start:
+                lag = max(lag, -delay)
+            key = Key(keyspace, f"p{rng.randrange(4096)}".encode(), b"v")
+            task = asyncio.create_task(one(due, key, rng.random() < gets))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+    print(
+        json.dumps(
+            {
+                "keyspace": keyspace,
+                "offered_per_s": round(sum(outcomes.values()) / seconds, 1),
+                "ok_per_s": round(outcomes["ok"] / seconds, 1),
+                "over_quota_per_s": round(outcomes["over_quota"] / seconds, 1),
+                "failed": outcomes["failed"],
+                "errors": errors,
+                "p50_ms": round(_pct(latencies, 0.5), 2),
+                "p99_ms": round(_pct(latencies, 0.99), 2),
+                "generator_lag_ms": round(lag * 1000, 1),
+            }
+        ),
+        flush=True,
+    )
+
+
+def _spawn(addr: str, keyspace: str, rate: float, seconds: float, gets: float) -> Any:
+    if not rate:
+        return None
+    argv = [sys.executable, __file__, "--generate", keyspace, "--addr", addr]
+    argv += ["--rate", f"{rate}", "--round-s", f"{seconds}", "--gets", f"{gets}"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def _result(proc: Any) -> dict[str, Any]:
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"a generator failed (exit {proc.returncode})")
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _cpu_s(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def _throughput(addr: str) -> float:
+    async with KVClient(addr) as kv:
+        phase = await drive(
+            KVTarget(kv).put_op, concurrency=64, duration_s=10.0, warmup_s=1.0, value_bytes=100
+        )
+    if phase.errors:
+        raise RuntimeError(f"throughput run: {phase.errors} failed ({phase.first_error!r})")
+    return phase.ops_s
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="kv-quota-"))
+    cluster = KVCluster(home / "kv", shards=16)
+    result: dict[str, Any] = {"rounds": [], "round_s": args.round_s}
+    try:
+        _say(f"starting a 3-replica cluster in {home} (Ctrl-C stops everything)")
+        await cluster.start()
+        addr = cluster.manager_addr
+        _say("measuring the put throughput T (closed loop, 64 callers, 10 s)...")
+        throughput = await _throughput(addr)
+        quota = QUOTA_SHARE * throughput
+        quiet_rate = args.quiet_share * throughput
+        result.update(
+            put_throughput_per_s=round(throughput),
+            quota_per_s=round(quota, 1),
+            noisy_offered_per_s=round(OFFERED_X * quota, 1),
+            quiet_rate_per_s=round(quiet_rate, 1),
+        )
+        _say(
+            f"T = {throughput:,.0f} puts/s: quota of {NOISY!r} {quota:,.0f}/s, offered "
+            f"{OFFERED_X * quota:,.0f}/s in B rounds; {QUIET!r} at {quiet_rate:,.0f}/s"
+        )
+        await manager_call(addr, "SetQuota", pb.QuotaRequest(keyspace=NOISY, ops_s=quota))
+        _say(f"letting the replicas checkpoint what T wrote ({SETTLE_S:g} s)...")
+        await asyncio.sleep(SETTLE_S)
+        replicas = [p.pid for name, p in cluster.procs.items() if name != "kv"]
+        offered = {"A": 0.0, "B": OFFERED_X, "C": 0.9}
+        plan = [(pair, kind) for pair in range(1, args.pairs + 1) for kind in ("A", "B")]
+        for pair, kind in [*plan, (0, "C")]:
+            _say(f"pair {pair}/{args.pairs}, round {kind} ({args.round_s:g} s)...")
+            quiet = _spawn(addr, QUIET, quiet_rate, args.round_s, 0.5)
+            noisy = _spawn(addr, NOISY, offered[kind] * quota, args.round_s, 0.0)
+            await asyncio.sleep(WARMUP_S)
+            cpu = _cpu_s(replicas)
+            await asyncio.sleep(args.round_s)
+            cpu = _cpu_s(replicas) - cpu
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(None, _result, quiet)
+            entry: dict[str, Any] = {"pair": pair, "round": kind, "quiet": done}
+            entry["replicas_cpu_s"] = round(cpu, 2)
+            if noisy is not None:
+                entry["noisy"] = await loop.run_in_executor(None, _result, noisy)
+                entry["noisy_vs_quota"] = round(entry["noisy"]["ok_per_s"] / quota, 3)
+            result["rounds"].append(entry)
+            _say(_line(entry))
+        status = await cluster.status()
+        result["status_quotas"] = [
+            {"keyspace": q.keyspace, "ops_s": q.ops_s} for q in status.quotas
+        ]
+    finally:
+        cluster.stop()
+    return _verdicts(result)
+
+
+def _line(entry: dict[str, Any]) -> str:
+    q = entry["quiet"]
+    line = f"  quiet p99 {q['p99_ms']} ms, {q['ok_per_s']}/s ok, failed {q['failed']}"
+    if "noisy" in entry:
+        n = entry["noisy"]
+        line += (
+            f"; noisy {n['ok_per_s']}/s accepted ({entry['noisy_vs_quota']}x quota),"
+            f" {n['over_quota_per_s']}/s over quota, failed {n['failed']}"
+        )
+    return line
+
+
+def _verdicts(result: dict[str, Any]) -> dict[str, Any]:
+    rounds = result["rounds"]
+    result["cpu_us"] = _cpu_costs(rounds, result)
+    a = [r["quiet"]["p99_ms"] for r in rounds if r["round"] == "A"]
+    b = [r["quiet"]["p99_ms"] for r in rounds if r["round"] == "B"]
+    ratios = [rb / ra for ra, rb in zip(a, b, strict=True) if ra > 0]
+    held = [r["noisy_vs_quota"] for r in rounds if r["round"] == "B"]
+    result["noisy_failed"] = sum(r["noisy"]["failed"] for r in rounds if "noisy" in r)
+    result["p99_ratios"] = [round(x, 2) for x in ratios]
+    result["p99_ratio_median"] = round(statistics.median(ratios), 2) if ratios else 0.0
+    result["noisy_held"] = held
+    result["quiet_failed"] = sum(r["quiet"]["failed"] for r in rounds)
+    result["ok"] = (
+        all(0.9 <= x <= 1.1 for x in held)
+        and result["quiet_failed"] == 0
+        and result["noisy_failed"] == 0
+        and result["p99_ratio_median"] <= 1.5
+    )
+    return result
+
+
+def _cpu_costs(rounds: list[dict[str, Any]], result: dict[str, Any]) -> dict[str, float]:
+    """The replicas' CPU of an accepted noisy put (C over A) and of a refused one (B over C,
+    less B's accepted puts), in µs."""
+
+    def mean(kind: str, of: Any) -> float:
+        return float(statistics.mean(of(r) for r in rounds if r["round"] == kind))
+
+    cpu = {k: mean(k, lambda r: r["replicas_cpu_s"]) for k in "ABC"}
+    ok = {k: mean(k, lambda r: r.get("noisy", {}).get("ok_per_s", 0.0)) for k in "ABC"}
+    refused_b = mean("B", lambda r: r["noisy"]["over_quota_per_s"])
+    seconds = result["round_s"]
+    accepted = (cpu["C"] - cpu["A"]) / max(ok["C"] * seconds, 1)
+    refused = (cpu["B"] - cpu["C"] - (ok["B"] - ok["C"]) * seconds * accepted) / max(
+        refused_b * seconds, 1
+    )
+    return {"accepted_put": round(accepted * 1e6, 1), "refused_put": round(refused * 1e6, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--round-s", type=float, default=10.0)
+    parser.add_argument("--quiet-share", type=float, default=0.15, help="of T (%(default)s)")
+    parser.add_argument("--generate", metavar="KEYSPACE", help=argparse.SUPPRESS)
+    parser.add_argument("--addr", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--gets", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.generate:
+        asyncio.run(generate(args.addr, args.generate, args.rate, args.round_s, args.gets))
+        return 0
+    try:
+        result = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        _say("interrupted; everything it started is stopped")
+        return 130
+    reports = REPO / "loadtest" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    out = reports / f"kv-quota-{time.strftime('%Y%m%d-%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(
+        f"kv_quota: T={result['put_throughput_per_s']}/s quota={result['quota_per_s']}/s "
+        f"noisy accepted/quota {result['noisy_held']} (failed {result['noisy_failed']}), "
+        f"quiet p99 B/A {result['p99_ratios']} median {result['p99_ratio_median']} "
+        f"(failed {result['quiet_failed']}); replicas' CPU per accepted / refused noisy put "
+        f"{result['cpu_us']['accepted_put']} / {result['cpu_us']['refused_put']} µs "
+        f"-> {'ok' if result['ok'] else 'NOT MET'} "
+        f"({out.relative_to(REPO)})"
+    )
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+    sys.exit(main())

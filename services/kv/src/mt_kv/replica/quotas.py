@@ -1,0 +1,118 @@
+"""Tenant quotas at a primary, and the load it reports.
+
+Each keyspace with a quota has a token bucket here whose rate is this replica's share of the
+quota (the shard manager splits a quota by where its demand is: ``mt_kv.manager.quotas``).
+Operations are keys: a write of ten keys is ten. A request is admitted while its keyspace's
+bucket holds any token and then charged in full (the bucket may go into debt), so a batch
+larger than the bucket still goes through, and the rate holds on average. A refusal is a dict
+lookup and some arithmetic, before any check, log entry or lease wait: it must cost far less
+than the work it refuses. The offered and refused keys per keyspace go to the shard manager
+with each heartbeat, as rates.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from mt_kv_contract.errors import OverQuota
+from mt_proto import kv_pb2 as pb
+
+BURST_S = 0.2  # a bucket holds at most this long of its rate
+RATE_HALF_LIFE_S = 1.0  # of the reported rates (an exponentially weighted average)
+MAX_RETRY_AFTER_S = 5.0
+MIN_RATE = 1e-3  # reported rates below this are dropped
+
+
+@dataclass
+class Bucket:
+    rate: float  # tokens (keys) per second
+    tokens: float
+    at: float  # when ``tokens`` was last brought up to date
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.tokens + (now - self.at) * self.rate, self.rate * BURST_S)
+        self.at = now
+
+    def wait_s(self) -> float:
+        """How long until the bucket holds a token again."""
+        return min(max(-self.tokens, 1.0) / max(self.rate, MIN_RATE), MAX_RETRY_AFTER_S)
+
+
+class Quotas:
+    """The buckets of one replica and its per-keyspace load (see the module's docstring)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.buckets: dict[str, Bucket] = {}
+        self._offered: defaultdict[str, int] = defaultdict(int)  # since the last report
+        self._refused: defaultdict[str, int] = defaultdict(int)
+        self._rates: dict[str, tuple[float, float]] = {}  # keyspace -> (offered, refused)/s
+        self._reported_at = clock()
+
+    def set_shares(self, shares: Mapping[str, float]) -> None:
+        """Follow the shard manager: each keyspace's rate here (a keyspace left out has no
+        quota)."""
+        now = self._clock()
+        for keyspace in [k for k in self.buckets if k not in shares]:
+            del self.buckets[keyspace]
+        for keyspace, rate in shares.items():
+            bucket = self.buckets.get(keyspace)
+            if bucket is None:
+                self.buckets[keyspace] = Bucket(rate, rate * BURST_S, now)
+            else:
+                bucket.refill(now)
+                bucket.rate = rate
+
+    def admit(self, keys: Mapping[str, int]) -> None:
+        """Charge a request of ``keys`` (keyspace -> keys), or refuse all of it with
+        :class:`OverQuota` (nothing charged) if a keyspace's bucket is empty."""
+        offered = self._offered
+        for keyspace, n in keys.items():
+            offered[keyspace] += n
+        if not self.buckets:
+            return
+        now = self._clock()
+        charged = []
+        for keyspace in keys:
+            bucket = self.buckets.get(keyspace)
+            if bucket is None:
+                continue
+            bucket.refill(now)
+            if bucket.tokens <= 0:
+                for k, n in keys.items():
+                    self._refused[k] += n
+                raise OverQuota(
+                    f"keyspace {keyspace!r} is over its quota", retry_after_s=bucket.wait_s()
+                )
+            charged.append((bucket, keys[keyspace]))
+        for bucket, n in charged:
+            bucket.tokens -= n
+
+    def load(self) -> list[pb.KeyspaceLoad]:
+        """The offered and refused keys per second of each keyspace, averaged over about
+        ``RATE_HALF_LIFE_S``; called with each heartbeat."""
+        now = self._clock()
+        elapsed = now - self._reported_at
+        if elapsed <= 0:
+            return self._report()
+        self._reported_at = now
+        weight = 1 - 0.5 ** (elapsed / RATE_HALF_LIFE_S)
+        for keyspace in set(self._rates) | set(self._offered):
+            offered, refused = self._rates.get(keyspace, (0.0, 0.0))
+            offered += weight * (self._offered.get(keyspace, 0) / elapsed - offered)
+            refused += weight * (self._refused.get(keyspace, 0) / elapsed - refused)
+            if offered < MIN_RATE:
+                self._rates.pop(keyspace, None)
+            else:
+                self._rates[keyspace] = (offered, refused)
+        self._offered.clear()
+        self._refused.clear()
+        return self._report()
+
+    def _report(self) -> list[pb.KeyspaceLoad]:
+        return [
+            pb.KeyspaceLoad(keyspace=k, offered_per_s=offered, refused_per_s=refused)
+            for k, (offered, refused) in sorted(self._rates.items())
+        ]

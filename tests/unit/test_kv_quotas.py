@@ -1,0 +1,171 @@
+"""Tenant quotas: a primary's buckets (refusal typed, cheap, nothing charged) and the shard
+manager's split of a quota across the primaries by demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mt_core.errors import InvalidArgument
+from mt_gateway.errors import response_for
+from mt_jobs.policy import is_backpressure, is_congestion
+from mt_kv.manager.core import ShardManager
+from mt_kv.manager.quotas import FLOOR, Quotas, parse
+from mt_kv.replica.quotas import BURST_S
+from mt_kv.replica.quotas import Quotas as Buckets
+from mt_kv_contract.errors import OverQuota, Step, next_step
+from mt_proto import kv_pb2 as pb
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _admitted(buckets: Buckets, keyspace: str, n: int) -> bool:
+    try:
+        buckets.admit({keyspace: n})
+    except OverQuota:
+        return False
+    return True
+
+
+def test_bucket__admits_its_rate_and_refuses_past_it() -> None:
+    clock = Clock()
+    buckets = Buckets(clock)
+    buckets.set_shares({"noisy": 100.0})
+    admitted = 0
+    for _ in range(1000):  # 10 s at 100 requests of one key per second asked
+        clock.t += 0.01
+        admitted += _admitted(buckets, "noisy", 1)
+        admitted += _admitted(buckets, "noisy", 1)  # twice the rate is asked
+    assert 1000 <= admitted <= 1000 + 100 * BURST_S + 1
+
+
+def test_bucket__refusal_is_typed_with_retry_after_and_charges_nothing() -> None:
+    clock = Clock()
+    buckets = Buckets(clock)
+    buckets.set_shares({"noisy": 10.0})
+    assert _admitted(buckets, "noisy", 30)  # a batch larger than the bucket goes (into debt)
+    with pytest.raises(OverQuota) as refused:
+        buckets.admit({"noisy": 1})
+    assert refused.value.code == "over_quota"
+    assert refused.value.retry_after_s == pytest.approx(2.8, abs=0.01)  # (30 - 2) / 10 per s
+    clock.t += 2.81
+    assert _admitted(buckets, "noisy", 1)  # refusals did not deepen the debt
+
+
+def test_bucket__other_keyspaces_are_not_limited() -> None:
+    buckets = Buckets(Clock())
+    buckets.set_shares({"noisy": 1.0})
+    assert _admitted(buckets, "noisy", 5)
+    assert all(_admitted(buckets, "quiet", 64) for _ in range(1000))
+
+
+def test_bucket__a_request_touching_a_keyspace_over_quota_is_refused_whole() -> None:
+    clock = Clock()
+    buckets = Buckets(clock)
+    buckets.set_shares({"noisy": 1.0})
+    buckets.admit({"noisy": 5})
+    with pytest.raises(OverQuota):
+        buckets.admit({"quiet": 3, "noisy": 1})
+    clock.t += 1.0
+    load = {entry.keyspace: entry for entry in buckets.load()}
+    assert load["quiet"].refused_per_s > 0
+    assert load["noisy"].offered_per_s > load["noisy"].refused_per_s > 0
+
+
+def test_bucket__quota_removed__no_limit() -> None:
+    buckets = Buckets(Clock())
+    buckets.set_shares({"noisy": 1.0})
+    buckets.admit({"noisy": 5})
+    buckets.set_shares({})
+    assert _admitted(buckets, "noisy", 5)
+
+
+def test_load__rates_follow_the_offered_keys() -> None:
+    clock = Clock()
+    buckets = Buckets(clock)
+    for _ in range(100):  # 10 s of 50 keys per 100 ms
+        buckets.admit({"posts": 50})
+        clock.t += 0.1
+        load = buckets.load()
+    assert load[0].keyspace == "posts"
+    assert load[0].offered_per_s == pytest.approx(500, rel=0.01)
+    for _ in range(200):  # idle: the rate decays and the keyspace drops out
+        clock.t += 0.1
+        load = buckets.load()
+    assert load == []
+
+
+def _report(quotas: Quotas, replica: str, offered: float) -> None:
+    quotas.observe(replica, [pb.KeyspaceLoad(keyspace="noisy", offered_per_s=offered)])
+
+
+def test_manager_shares__follow_demand_and_sum_to_the_quota() -> None:
+    quotas = Quotas({"noisy": 300.0})
+    serving = ["kv-1", "kv-2", "kv-3"]
+    _report(quotas, "kv-1", 600.0)
+    _report(quotas, "kv-2", 300.0)
+    shares = {r: quotas.shares(r, serving)["noisy"] for r in serving}
+    assert sum(shares.values()) == pytest.approx(300.0)
+    assert shares["kv-1"] == pytest.approx(2 * shares["kv-2"])
+    floor = 300.0 * FLOOR / 3  # kv-3 asks nothing: weighed at the floor
+    assert shares["kv-3"] == pytest.approx(300.0 * floor / (600 + 300 + floor))
+
+
+def test_manager_shares__without_demand_even__off_primaries_the_floor() -> None:
+    quotas = Quotas({"noisy": 300.0})
+    assert quotas.shares("kv-1", ["kv-1", "kv-2"])["noisy"] == pytest.approx(150.0)
+    assert quotas.shares("kv-9", ["kv-1", "kv-2"])["noisy"] == pytest.approx(300 * FLOOR / 2)
+    assert quotas.shares("kv-1", ["kv-1", "kv-2"]).keys() == {"noisy"}
+
+
+def test_manager_quotas__set_overrides_the_configured_and_zero_removes() -> None:
+    quotas = Quotas(parse("noisy=300, jobs=50"))
+    quotas.set("noisy", 0)
+    quotas.set("posts", 10)
+    assert quotas.limits == {"jobs": 50.0, "posts": 10.0}
+    with pytest.raises(InvalidArgument):
+        quotas.set("posts", -1)
+    with pytest.raises(InvalidArgument):
+        quotas.set("", 5)
+    with pytest.raises(InvalidArgument):
+        quotas.set("posts", float("nan"))
+
+
+def test_manager_quotas__survive_a_restart(tmp_path: Path) -> None:
+    def manager() -> ShardManager:
+        return ShardManager(
+            {"kv-1": "a:1", "kv-2": "a:2", "kv-3": "a:3"},
+            shards=4,
+            microshards=16,
+            state_path=tmp_path / "manager.json",
+            failover_timeout_ms=1500,
+            lease_ms=1000,
+            quotas={"jobs": 50.0},
+        )
+
+    first = manager()
+    first.quotas.set("noisy", 120.0)
+    first.quotas.set("jobs", 0.0)
+    first.save()
+    assert manager().quotas.limits == {"noisy": 120.0}
+
+
+def test_next_step__over_quota_is_the_callers_answer() -> None:
+    err = OverQuota("over", retry_after_s=0.5)
+    assert next_step(err, idempotent=True) is Step.ANSWER
+    assert next_step(err, idempotent=False) is Step.ANSWER
+
+
+def test_over_quota__is_back_pressure_for_the_services() -> None:
+    err = OverQuota("keyspace 'posts' is over its quota", retry_after_s=0.3)
+    response = response_for(err)  # the gateway: 429 with Retry-After
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "1"
+    assert is_backpressure(err)  # an async kind's rate is cut, the job keeps its attempts
+    assert is_congestion(err)
