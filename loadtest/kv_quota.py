@@ -25,27 +25,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import kvload
 from mt_cli.kvbench import KVTarget, drive
 from mt_cli.kvcluster import KVCluster, manager_call
-from mt_kv_client import Consistency, Key, KVClient
-from mt_kv_contract.errors import OverQuota
+from mt_kv_client import KVClient
 from mt_proto import kv_pb2 as pb
 
 REPO = Path(__file__).resolve().parent.parent
 NOISY, QUIET = "test", "bench"
-WARMUP_S = 2.0  # of each generator: its client's table and connections, not measured
 QUOTA_SHARE = 0.25  # of T
 OFFERED_X = 3.0  # the noisy keyspace is offered this many times its quota
 SETTLE_S = 10.0  # after measuring T, before the rounds
@@ -53,95 +48,6 @@ SETTLE_S = 10.0  # after measuring T, before the rounds
 
 def _say(line: str) -> None:
     print(f"kv_quota: {line}", file=sys.stderr, flush=True)
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
-
-
-# ------------------------------------------------------------------ a generator (a process)
-
-
-async def generate(addr: str, keyspace: str, rate: float, seconds: float, gets: float) -> None:
-    """Open-loop Poisson arrivals at ``rate`` for WARMUP_S + ``seconds``; prints one JSON
-    line with what the measured window's ops did."""
-    outcomes: Counter[str] = Counter()
-    latencies: list[float] = []
-    errors: list[str] = []
-    lag = 0.0
-    rng = random.Random(os.getpid())
-    tasks: set[asyncio.Task[None]] = set()
-    async with KVClient(addr) as kv:
-        await kv.refresh()
-        start = time.monotonic() + WARMUP_S
-        end = start + seconds
-
-        async def one(due: float, key: Key, get: bool) -> None:
-            try:
-                if get:
-                    await kv.get(key, Consistency.STRONG)
-                else:
-                    await kv.put(key, b"x" * 64)
-            except OverQuota:
-                outcome = "over_quota"
-            except Exception as err:  # any other failure is a failed request
-                outcome = "failed"
-                if len(errors) < 5:
-                    errors.append(repr(err))
-            else:
-                outcome = "ok"
-                if due >= start:
-                    latencies.append(time.monotonic() - due)
-            if due >= start:
-                outcomes[outcome] += 1
-
-        due = time.monotonic()
-        while due < end:
-            due += rng.expovariate(rate)
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif due >= start:
-                lag = max(lag, -delay)
-            key = Key(keyspace, f"p{rng.randrange(4096)}".encode(), b"v")
-            task = asyncio.create_task(one(due, key, rng.random() < gets))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
-    print(
-        json.dumps(
-            {
-                "keyspace": keyspace,
-                "offered_per_s": round(sum(outcomes.values()) / seconds, 1),
-                "ok_per_s": round(outcomes["ok"] / seconds, 1),
-                "over_quota_per_s": round(outcomes["over_quota"] / seconds, 1),
-                "failed": outcomes["failed"],
-                "errors": errors,
-                "p50_ms": round(_pct(latencies, 0.5), 2),
-                "p99_ms": round(_pct(latencies, 0.99), 2),
-                "generator_lag_ms": round(lag * 1000, 1),
-            }
-        ),
-        flush=True,
-    )
-
-
-def _spawn(addr: str, keyspace: str, rate: float, seconds: float, gets: float) -> Any:
-    if not rate:
-        return None
-    argv = [sys.executable, __file__, "--generate", keyspace, "--addr", addr]
-    argv += ["--rate", f"{rate}", "--round-s", f"{seconds}", "--gets", f"{gets}"]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-
-
-def _result(proc: Any) -> dict[str, Any]:
-    out, _ = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"a generator failed (exit {proc.returncode})")
-    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 # ------------------------------------------------------------------ the run
@@ -196,18 +102,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         plan = [(pair, kind) for pair in range(1, args.pairs + 1) for kind in ("A", "B")]
         for pair, kind in [*plan, (0, "C")]:
             _say(f"pair {pair}/{args.pairs}, round {kind} ({args.round_s:g} s)...")
-            quiet = _spawn(addr, QUIET, quiet_rate, args.round_s, 0.5)
-            noisy = _spawn(addr, NOISY, offered[kind] * quota, args.round_s, 0.0)
-            await asyncio.sleep(WARMUP_S)
+            quiet = kvload.spawn(addr, QUIET, quiet_rate, args.round_s, "--gets", "0.5")
+            noisy = kvload.spawn(addr, NOISY, offered[kind] * quota, args.round_s)
+            await asyncio.sleep(kvload.WARMUP_S)
             cpu = _cpu_s(replicas)
             await asyncio.sleep(args.round_s)
             cpu = _cpu_s(replicas) - cpu
             loop = asyncio.get_running_loop()
-            done = await loop.run_in_executor(None, _result, quiet)
+            done = await loop.run_in_executor(None, kvload.result, quiet)
             entry: dict[str, Any] = {"pair": pair, "round": kind, "quiet": done}
             entry["replicas_cpu_s"] = round(cpu, 2)
             if noisy is not None:
-                entry["noisy"] = await loop.run_in_executor(None, _result, noisy)
+                entry["noisy"] = await loop.run_in_executor(None, kvload.result, noisy)
                 entry["noisy_vs_quota"] = round(entry["noisy"]["ok_per_s"] / quota, 3)
             result["rounds"].append(entry)
             _say(_line(entry))
@@ -276,14 +182,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--round-s", type=float, default=10.0)
     parser.add_argument("--quiet-share", type=float, default=0.15, help="of T (%(default)s)")
-    parser.add_argument("--generate", metavar="KEYSPACE", help=argparse.SUPPRESS)
-    parser.add_argument("--addr", help=argparse.SUPPRESS)
-    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--gets", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.generate:
-        asyncio.run(generate(args.addr, args.generate, args.rate, args.round_s, args.gets))
-        return 0
     try:
         result = asyncio.run(run(args))
     except KeyboardInterrupt:

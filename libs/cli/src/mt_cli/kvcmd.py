@@ -193,6 +193,7 @@ async def status_json(addr: str) -> dict[str, object]:
         ],
         "moves": [_move_json(m) for m in reply.moves],
         "quotas": [_quota_json(q) for q in reply.quotas],
+        "notes": list(reply.notes),
     }
 
 
@@ -247,6 +248,8 @@ async def _status(args: argparse.Namespace) -> int:
         for q in quotas:
             used = f"{q['offered_per_s']:>9.0f} {q['refused_per_s']:>9.0f}"
             print(f"{q['keyspace']:<16} {q['ops_s']:>9.0f} {used}")
+    for note in status["notes"]:  # type: ignore[attr-defined]
+        print(f"\nnote: {note}")
     if not status["placement_settled"]:
         print("\nplacement: moves under way or wanted")
     moves: list[dict[str, Any]] = status["moves"]  # type: ignore[assignment]

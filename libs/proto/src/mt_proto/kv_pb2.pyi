@@ -1355,6 +1355,7 @@ class HeartbeatRequest(_message.Message):
     REPL_ADDR_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
+    SHARD_LOAD_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     addr: _builtins.str
     pid: _builtins.int
@@ -1366,6 +1367,10 @@ class HeartbeatRequest(_message.Message):
     def load(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyspaceLoad]:
         """what it served as a primary, per keyspace"""
 
+    @_builtins.property
+    def shard_load(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardLoad]:
+        """the same per shard it leads, with its hottest μshards"""
+
     def __init__(
         self,
         *,
@@ -1375,14 +1380,67 @@ class HeartbeatRequest(_message.Message):
         repl_addr: _builtins.str = ...,
         shards: _abc.Iterable[Global___ShardProgress] | None = ...,
         load: _abc.Iterable[Global___KeyspaceLoad] | None = ...,
+        shard_load: _abc.Iterable[Global___ShardLoad] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "load", b"load", "pid", b"pid", "repl_addr", b"repl_addr", "replica_id", b"replica_id", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "load", b"load", "pid", b"pid", "repl_addr", b"repl_addr", "replica_id", b"replica_id", "shard_load", b"shard_load", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class ShardLoad(_message.Message):
+    """A primary's recent load of one shard (keys per second), and of its hottest μshards."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    OPS_PER_S_FIELD_NUMBER: _builtins.int
+    HOT_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    ops_per_s: _builtins.float
+    @_builtins.property
+    def hot(self) -> _containers.RepeatedCompositeFieldContainer[Global___MicroshardLoad]:
+        """the busiest first"""
+
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        ops_per_s: _builtins.float = ...,
+        hot: _abc.Iterable[Global___MicroshardLoad] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hot", b"hot", "ops_per_s", b"ops_per_s", "shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardLoad: _TypeAlias = ShardLoad  # noqa: Y015
+
+@_typing.final
+class MicroshardLoad(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MICROSHARD_FIELD_NUMBER: _builtins.int
+    OPS_PER_S_FIELD_NUMBER: _builtins.int
+    microshard: _builtins.int
+    ops_per_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        microshard: _builtins.int = ...,
+        ops_per_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["microshard", b"microshard", "ops_per_s", b"ops_per_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MicroshardLoad: _TypeAlias = MicroshardLoad  # noqa: Y015
 
 @_typing.final
 class KeyspaceLoad(_message.Message):
@@ -1463,8 +1521,11 @@ class HeartbeatResponse(_message.Message):
     LEASE_MS_FIELD_NUMBER: _builtins.int
     REPL_ADDRS_FIELD_NUMBER: _builtins.int
     QUOTA_OPS_FIELD_NUMBER: _builtins.int
+    MICROSHARDS_FIELD_NUMBER: _builtins.int
     lease_ms: _builtins.int
     """how long a primary may serve strong reads unchallenged"""
+    microshards: _builtins.int
+    """how many μshards keys hash into (for the per-μshard load)"""
     @_builtins.property
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardInfo]:
         """the assignment the replica must follow"""
@@ -1486,10 +1547,11 @@ class HeartbeatResponse(_message.Message):
         lease_ms: _builtins.int = ...,
         repl_addrs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         quota_ops: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        microshards: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "quota_ops", b"quota_ops", "repl_addrs", b"repl_addrs", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "microshards", b"microshards", "quota_ops", b"quota_ops", "repl_addrs", b"repl_addrs", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1536,6 +1598,7 @@ class StatusResponse(_message.Message):
     MOVES_FIELD_NUMBER: _builtins.int
     RECONFIGS_FIELD_NUMBER: _builtins.int
     QUOTAS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     placement_settled: _builtins.bool
     """Every shard has a live primary and the manager wants no rebalancing move: primaries stay
     put until something fails (a move fences its shard; writes in flight get unknown outcomes).
@@ -1560,6 +1623,10 @@ class StatusResponse(_message.Message):
     def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaUse]:
         """keyspaces with a quota"""
 
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the placement noticed and left alone (a μshard too hot to place better by moving it)."""
+
     def __init__(
         self,
         *,
@@ -1570,10 +1637,11 @@ class StatusResponse(_message.Message):
         moves: _abc.Iterable[Global___MicroshardMove] | None = ...,
         reconfigs: _abc.Iterable[Global___ReplicaMove] | None = ...,
         quotas: _abc.Iterable[Global___QuotaUse] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "placement_settled", b"placement_settled", "quotas", b"quotas", "reconfigs", b"reconfigs", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "notes", b"notes", "placement_settled", b"placement_settled", "quotas", b"quotas", "reconfigs", b"reconfigs", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

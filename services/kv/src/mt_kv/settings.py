@@ -27,6 +27,7 @@ class ManagerSettings(ServiceSettings):
     # "keyspace=ops_s,...": keyspaces' quotas of keys read or written per second (none: no
     # limit); `minithreads kv quota` sets them at run time.
     kv_quotas: str = ""
+    hot_moves: bool = True  # move hot μshards off a primary that carries more than its part
 
     def replica_addrs(self) -> dict[str, str]:
         return _pairs(self.kv_replicas)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from grpc_health.v1 import health_pb2
@@ -19,11 +21,25 @@ from mt_proto import kv_pb2_grpc
 
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.grpc_api import ShardManagerServicer
+from mt_kv.manager.hotspots import Hotspots, shard_loads
 from mt_kv.manager.mover import Mover
 from mt_kv.manager.quotas import parse as parse_quotas
 from mt_kv.settings import ManagerSettings
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ShardManager"].full_name
+log = logging.getLogger(__name__)
+
+
+def balance_load(manager: ShardManager, mover: Mover, hotspots: Hotspots) -> None:
+    """Move hot μshards off a primary carrying more than its part (``hotspots.py``)."""
+    now = manager.now()
+    primaries = {s.id: s.primary for s in manager.shards if s.primary and manager.alive(s.primary)}
+    busy = any(m.step != "done" for m in manager.moves.values())
+    busy = busy or not manager.placement_settled()
+    for move in hotspots.plan(shard_loads(manager.served, primaries), busy=busy, now=now):
+        log.info("hot μshard moved", extra=asdict(move))
+        mover.request(move.microshard, move.to_shard)
+    manager.notes = hotspots.notes
 
 
 @asynccontextmanager
@@ -46,11 +62,14 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
         ),
     )
     async with grpc_server(settings, [mount]) as running:
+        hotspots = Hotspots()
 
         async def watch() -> None:
             # Heartbeats drive failover; this also catches a cluster that went silent entirely.
             while True:
                 manager.tick()
+                if settings.hot_moves:
+                    balance_load(manager, mover, hotspots)
                 ok = manager.healthy()
                 status = (
                     health_pb2.HealthCheckResponse.SERVING

@@ -136,6 +136,9 @@ class ShardManager:
         self._last_change = self._started
         self.reconfigs = Reconfigs(self)
         self.quotas = Quotas(quotas or {})
+        # replica -> [(shard, keys/s, [(μshard, keys/s)...])...]: its last load report
+        self.served: dict[str, list[tuple[int, float, list[tuple[int, float]]]]] = {}
+        self.notes: list[str] = []  # what placement by load noticed and left alone
         self._load()
 
     def _initial(self, shard_id: int) -> list[str]:
@@ -247,12 +250,17 @@ class ShardManager:
         view.repl_addr = req.repl_addr
         view.progress = {p.shard: p for p in req.shards}
         self.quotas.observe(req.replica_id, req.load)
+        self.served[req.replica_id] = [
+            (s.shard, s.ops_per_s, [(h.microshard, h.ops_per_s) for h in s.hot])
+            for s in req.shard_load
+        ]
         self.tick()
         return pb.HeartbeatResponse(
             shards=self.shard_infos(req.replica_id),
             lease_ms=self.lease_ms,
             repl_addrs={r.id: r.repl_addr for r in self.replicas.values() if r.repl_addr},
             quota_ops=self._quota_shares(req.replica_id),
+            microshards=self.microshards,
         )
 
     def _quota_shares(self, rid: str) -> dict[str, float]:
@@ -589,4 +597,5 @@ class ShardManager:
             moves=[m.info() for m in self.moves.values()],
             reconfigs=[m.info() for m in self.reconfigs.moves.values()],
             quotas=self.quotas.use([r for r in self.replicas if self.alive(r)]),
+            notes=self.notes,
         )

@@ -39,11 +39,13 @@ async def heartbeats(replica: Replica, settings: ReplicaSettings, repl_addr: str
                 pid=os.getpid(),
                 shards=replica.progress(),
                 load=load,
+                shard_load=replica.served.report(),
             )
             try:
                 reply = await stub.Heartbeat(request, timeout=1.0)
                 replica.assign(reply.shards, reply.lease_ms, dict(reply.repl_addrs))
                 replica.quotas.set_shares(reply.quota_ops)
+                replica.served.microshards = reply.microshards
                 observe_quotas(load, reply.quota_ops)
                 warned = False
             except grpc.aio.AioRpcError as err:

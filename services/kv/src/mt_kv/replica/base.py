@@ -14,6 +14,7 @@ from mt_proto import kv_pb2 as pb
 from mt_kv.data import Change
 from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.link import PeerLink
+from mt_kv.replica.load import Load
 from mt_kv.replica.quotas import Quotas
 from mt_kv.replica.shard import Shard
 from mt_kv.rules.shard import Role
@@ -56,6 +57,7 @@ class ReplicaBase:
     _tasks: list[asyncio.Task[None]]
     _keyspaces: frozenset[str]
     quotas: Quotas
+    served: Load
     _peer_overrides: dict[str, str]
     _peer_repl_overrides: dict[str, str]
 

@@ -102,6 +102,7 @@ from mt_kv.replica.checkpoint import Checkpointer
 from mt_kv.replica.following import Following
 from mt_kv.replica.leading import Leading
 from mt_kv.replica.link import PeerLink
+from mt_kv.replica.load import Load
 from mt_kv.replica.members import Members
 from mt_kv.replica.quotas import Quotas
 from mt_kv.replica.requests import Requests, to_item
@@ -158,6 +159,7 @@ class Replica(Requests, Leading, Following, Members):
         self._tasks: list[asyncio.Task[None]] = []
         self._keyspaces = settings.keyspaces()
         self.quotas = Quotas(clock)  # its shares of the keyspaces' quotas, and its load
+        self.served = Load(clock)  # per shard and μshard led, for placement by load
         self._peer_overrides = settings.peer_overrides()
         self._peer_repl_overrides = settings.peer_repl_overrides()
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from mt_kv_contract.errors import OverQuota
 from mt_proto import kv_pb2 as pb
 
+from mt_kv.replica.load import decay
+
 BURST_S = 0.2  # a bucket holds at most this long of its rate
 RATE_HALF_LIFE_S = 1.0  # of the reported rates (an exponentially weighted average)
 MAX_RETRY_AFTER_S = 5.0
-MIN_RATE = 1e-3  # reported rates below this are dropped
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Bucket:
 
     def wait_s(self) -> float:
         """How long until the bucket holds a token again."""
-        return min(max(-self.tokens, 1.0) / max(self.rate, MIN_RATE), MAX_RETRY_AFTER_S)
+        return min(max(-self.tokens, 1.0) / max(self.rate, 1e-3), MAX_RETRY_AFTER_S)
 
 
 class Quotas:
@@ -48,7 +49,7 @@ class Quotas:
         self.buckets: dict[str, Bucket] = {}
         self._offered: defaultdict[str, int] = defaultdict(int)  # since the last report
         self._refused: defaultdict[str, int] = defaultdict(int)
-        self._rates: dict[str, tuple[float, float]] = {}  # keyspace -> (offered, refused)/s
+        self._rates: dict[str, tuple[float, ...]] = {}  # keyspace -> (offered, refused)/s
         self._reported_at = clock()
 
     def set_shares(self, shares: Mapping[str, float]) -> None:
@@ -95,20 +96,12 @@ class Quotas:
         ``RATE_HALF_LIFE_S``; called with each heartbeat."""
         now = self._clock()
         elapsed = now - self._reported_at
-        if elapsed <= 0:
-            return self._report()
-        self._reported_at = now
-        weight = 1 - 0.5 ** (elapsed / RATE_HALF_LIFE_S)
-        for keyspace in set(self._rates) | set(self._offered):
-            offered, refused = self._rates.get(keyspace, (0.0, 0.0))
-            offered += weight * (self._offered.get(keyspace, 0) / elapsed - offered)
-            refused += weight * (self._refused.get(keyspace, 0) / elapsed - refused)
-            if offered < MIN_RATE:
-                self._rates.pop(keyspace, None)
-            else:
-                self._rates[keyspace] = (offered, refused)
-        self._offered.clear()
-        self._refused.clear()
+        if elapsed > 0:
+            self._reported_at = now
+            counts = {k: (n, self._refused.get(k, 0)) for k, n in self._offered.items()}
+            decay(self._rates, counts, elapsed, RATE_HALF_LIFE_S)
+            self._offered.clear()
+            self._refused.clear()
         return self._report()
 
     def _report(self) -> list[pb.KeyspaceLoad]:

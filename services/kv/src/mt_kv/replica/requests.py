@@ -107,6 +107,7 @@ class Requests(ReplicaBase):
             if first is not None:  # (a repeat is answered, never refused or charged)
                 return first
         self.quotas.admit(_keyspaces(m.key for m in req.mutations))
+        self.served.count(shard.id, (m.key for m in req.mutations))
         for cond in req.conditions:
             self._check(shard, cond, now)
         effects, changes = self._effects(shard, req.mutations, now)
@@ -329,6 +330,7 @@ class Requests(ReplicaBase):
         shard = await self._readable(req.route.shard, req.read, req.route.epoch)
         if shard.role is Role.PRIMARY:
             self.quotas.admit(_keyspaces(req.keys))
+            self.served.count(shard.id, req.keys)
         span = trace.get_current_span()
         if span.is_recording():
             level = pb.Consistency.Name(req.read.consistency or pb.STRONG)

@@ -1,0 +1,136 @@
+"""An open-loop KV load generator run as a process of its own (``kv_quota.py``, ``kv_hot.py``).
+
+    python loadtest/kvload.py --addr HOST:PORT --keyspace K --rate R --seconds S
+        [--gets 0.5] [--hot P1,P2,... --hot-share 0.4]
+
+Poisson arrivals at ``--rate`` for WARMUP_S + ``--seconds``: puts of 64 bytes, or (with
+probability ``--gets``) strong gets, of keys spread over 4,096 partitions — or, with
+probability ``--hot-share``, of one of the ``--hot`` partitions (equally). Each op is timed
+from when it was due (a late generator is not excused). Prints one JSON line with what the
+measured window's ops did: rates, failures (anything but success; ``OverQuota`` counted
+apart), p50/p99 and how far the generator itself fell behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from mt_kv_client import Consistency, Key, KVClient
+from mt_kv_contract.errors import OverQuota
+
+WARMUP_S = 2.0  # its client's table and connections, not measured
+PARTITIONS = 4096
+
+
+def pct_ms(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
+
+
+def spawn(addr: str, keyspace: str, rate: float, seconds: float, *more: str) -> Any:
+    """A generator process (None for a rate of 0); ``result`` waits for its numbers."""
+    if not rate:
+        return None
+    argv = [sys.executable, __file__, "--addr", addr, "--keyspace", keyspace]
+    argv += ["--rate", f"{rate}", "--seconds", f"{seconds}", *more]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def result(proc: Any) -> dict[str, Any]:
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"a load generator failed (exit {proc.returncode})")
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+async def generate(args: argparse.Namespace) -> dict[str, Any]:
+    outcomes: Counter[str] = Counter()
+    latencies: list[float] = []
+    errors: list[str] = []
+    lag = 0.0
+    rng = random.Random(os.getpid())
+    hot = [p.encode() for p in args.hot.split(",") if p]
+    tasks: set[asyncio.Task[None]] = set()
+    async with KVClient(args.addr) as kv:
+        await kv.refresh()
+        start = time.monotonic() + WARMUP_S
+        end = start + args.seconds
+
+        async def one(due: float, key: Key, get: bool) -> None:
+            try:
+                if get:
+                    await kv.get(key, Consistency.STRONG)
+                else:
+                    await kv.put(key, b"x" * 64)
+            except OverQuota:
+                outcome = "over_quota"
+            except Exception as err:  # any other failure is a failed request
+                outcome = "failed"
+                if len(errors) < 5:
+                    errors.append(repr(err))
+            else:
+                outcome = "ok"
+                if due >= start:
+                    latencies.append(time.monotonic() - due)
+            if due >= start:
+                outcomes[outcome] += 1
+
+        due = time.monotonic()
+        while due < end:
+            due += rng.expovariate(args.rate)
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif due >= start:
+                lag = max(lag, -delay)
+            if hot and rng.random() < args.hot_share:
+                partition = rng.choice(hot)
+            else:
+                partition = f"p{rng.randrange(PARTITIONS)}".encode()
+            key = Key(args.keyspace, partition, b"v")
+            task = asyncio.create_task(one(due, key, rng.random() < args.gets))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+    seconds = args.seconds
+    return {
+        "keyspace": args.keyspace,
+        "offered_per_s": round(sum(outcomes.values()) / seconds, 1),
+        "ok_per_s": round(outcomes["ok"] / seconds, 1),
+        "over_quota_per_s": round(outcomes["over_quota"] / seconds, 1),
+        "failed": outcomes["failed"],
+        "errors": errors,
+        "p50_ms": round(pct_ms(latencies, 0.5), 2),
+        "p99_ms": round(pct_ms(latencies, 0.99), 2),
+        "generator_lag_ms": round(lag * 1000, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--addr", required=True)
+    parser.add_argument("--keyspace", required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--gets", type=float, default=0.0)
+    parser.add_argument("--hot", default="", help="partitions, comma-separated")
+    parser.add_argument("--hot-share", type=float, default=0.0)
+    print(json.dumps(asyncio.run(generate(parser.parse_args()))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+    sys.exit(main())
