@@ -1,20 +1,22 @@
 """Hot μshards under open-loop load: moved off their primary until the load is even, or — one
 too hot to place better — reported and left alone.
 
-    .venv/bin/python loadtest/kv_hot.py [--scenario hot|hot1] [--rate 1000] [--seconds 300]
+    .venv/bin/python loadtest/kv_hot.py [--scenario hot|hot1|split] [--rate 1000] [--seconds 300]
 
 A fresh cluster (shard manager + 3 replicas, 16 shards) in a temporary folder; a generator
 process (``kvload.py``) sends Poisson arrivals at ``--rate``, half puts, half strong gets.
 ``hot``: four partitions, each in its own μshard, all four μshards on shard 0, carry 10% of
 the load each; the rest is spread over 4,096 partitions. ``hot1``: one partition carries 50%.
+``split``: the load spread evenly; 10 s in, shard 0 is split (``SplitShard``: a new shard
+takes half its 64 μshards, moved live one at a time).
 ``kv status`` is polled every 0.5 s for each replica's load (keys per second it serves as a
 primary), the μshard moves and the notes.
 
 Verdicts — hot: the busiest primary's load within 1.2x the mean within 20 s of the load's
 start, no μshard moved twice, no failed request; hot1: the μshard reported in a note, no move,
-no failed request. Prints one verdict line and writes the numbers to
-``loadtest/reports/kv-hot-<scenario>-<time>.json``. Progress on stderr; Ctrl-C stops
-everything.
+no failed request; split: the split done, no failed request. Prints one verdict line and
+writes the numbers to ``loadtest/reports/kv-hot-<scenario>-<time>.json``. Progress on stderr;
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import kvload
-from mt_cli.kvcluster import KVCluster
+from mt_cli.kvcluster import KVCluster, manager_call
 from mt_kv_contract.keys import microshard
+from mt_proto import kv_pb2 as pb
 
 REPO = Path(__file__).resolve().parent.parent
 KEYSPACE = "bench"
@@ -66,8 +69,12 @@ def _ratio(status: Any) -> tuple[float, dict[str, float]]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="kv-hot-"))
-    cluster = KVCluster(home / "kv", shards=SHARDS)
-    hot, share = (hot_partitions(4), 0.4) if args.scenario == "hot" else (hot_partitions(1), 0.5)
+    cluster = KVCluster(home / "kv", shards=SHARDS)  # (1,024 μshards: 64 per shard)
+    hot, share = {
+        "hot": (hot_partitions(4), 0.4),
+        "hot1": (hot_partitions(1), 0.5),
+        "split": ([], 0.0),
+    }[args.scenario]
     result: dict[str, Any] = {"scenario": args.scenario, "rate": args.rate, "hot": hot}
     samples: list[dict[str, Any]] = []
     moves: dict[tuple[int, int, int], str] = {}
@@ -89,7 +96,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         _say(f"{args.scenario}: {args.rate:g} ops/s, {share:.0%} on {hot}, {args.seconds:g} s")
         last_say = 0.0
+        split: Any = None
         while gen.poll() is None:
+            if args.scenario == "split" and split is None and time.monotonic() - started > 10:
+                request = pb.SplitRequest(shard=0)
+                split = await manager_call(cluster.manager_addr, "SplitShard", request)
+                split_at = time.monotonic()
+                _say(f"split: shard 0 -> {split.new_shard}, {len(split.remaining)} μshards")
             await asyncio.sleep(0.5)
             status = await cluster.status()
             ratio, loads = _ratio(status)
@@ -98,6 +111,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for m in status.moves:
                 moves[m.microshard, m.from_shard, m.to_shard] = m.step
             result["notes"] = list(status.notes)
+            if split is not None and "split_s" not in result and not status.splits:
+                result["split_s"] = round(time.monotonic() - split_at, 1)
+                result["split_microshards"] = len(split.remaining)
+                _say(f"split: done in {result['split_s']} s")
             if t - last_say >= 10:
                 last_say = t
                 _say(f"t={t:5.1f}s max/mean {ratio:.2f} moves {len(moves)} notes {status.notes}")
@@ -132,6 +149,8 @@ def _verdicts(
     if result["scenario"] == "hot":
         ok = balanced_at is not None and balanced_at <= BALANCED_WITHIN_S
         ok = ok and not result["moved_twice"]
+    elif result["scenario"] == "split":
+        ok = "split_s" in result
     else:
         ok = not moves and bool(result.get("notes"))
     result["ok"] = ok and result["failed"] == 0
@@ -140,7 +159,7 @@ def _verdicts(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=["hot", "hot1"], default="hot")
+    parser.add_argument("--scenario", choices=["hot", "hot1", "split"], default="hot")
     parser.add_argument("--rate", type=float, default=1000.0, help="ops/s (%(default)s)")
     parser.add_argument("--seconds", type=float, default=300.0, help="(%(default)s)")
     args = parser.parse_args()

@@ -7,6 +7,7 @@
   minithreads kv bench [--vs etcd] [--json]
   minithreads kv add-replica | drain REPLICA | move-replica SHARD --from R --to R
   minithreads kv quota KEYSPACE --ops N         # keys read or written per second; 0: none
+  minithreads kv split SHARD [--wait-s N]       # a new shard takes half its μshards, live
 
 KEY is ``PARTITION/REST``: the part before the first "/" picks the μshard (keys of one
 partition live together); without a "/", the whole key is the partition.
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,9 @@ def add_arguments(kv: argparse.ArgumentParser) -> None:
     quota = sub.add_parser("quota", help="set a keyspace's quota (keys per second; 0: none)")
     quota.add_argument("keyspace")
     quota.add_argument("--ops", type=float, required=True, metavar="N", dest="ops_s")
+    split = sub.add_parser("split", help="split a shard: a new one takes half its μshards")
+    split.add_argument("shard", type=int)
+    split.add_argument("--wait-s", type=float, default=300.0, help="until done (%(default)s)")
     from mt_cli import kvbench, kvreplicas
 
     kvreplicas.add_arguments(sub)
@@ -194,6 +199,10 @@ async def status_json(addr: str) -> dict[str, object]:
         "moves": [_move_json(m) for m in reply.moves],
         "quotas": [_quota_json(q) for q in reply.quotas],
         "notes": list(reply.notes),
+        "splits": [
+            {"shard": s.shard, "new_shard": s.new_shard, "remaining": list(s.remaining)}
+            for s in reply.splits
+        ],
     }
 
 
@@ -204,6 +213,27 @@ def _quota_json(q: pb.QuotaUse) -> dict[str, object]:
         "offered_per_s": round(q.offered_per_s, 1),
         "refused_per_s": round(q.refused_per_s, 1),
     }
+
+
+async def _split(args: argparse.Namespace) -> int:
+    split: pb.Split = await manager_call(args.addr, "SplitShard", pb.SplitRequest(shard=args.shard))
+    total = len(split.remaining)
+    print(
+        f"kv: splitting shard {split.shard}: {total} μshards move to new shard {split.new_shard}"
+        " (Ctrl-C stops waiting, not the split)",
+        file=sys.stderr,
+    )
+    deadline = time.monotonic() + args.wait_s
+    while time.monotonic() < deadline:
+        status = await manager_status(args.addr)
+        left = next((s.remaining for s in status.splits if s.new_shard == split.new_shard), None)
+        if left is None:
+            print(json.dumps({"shard": split.shard, "new_shard": split.new_shard, "moved": total}))
+            return 0
+        print(f"kv: {total - len(left)}/{total} moved", file=sys.stderr)
+        await asyncio.sleep(2.0)
+    print(f"kv: split not done after {args.wait_s:g} s (it goes on)", file=sys.stderr)
+    return 1
 
 
 async def _quota(args: argparse.Namespace) -> int:
@@ -248,6 +278,9 @@ async def _status(args: argparse.Namespace) -> int:
         for q in quotas:
             used = f"{q['offered_per_s']:>9.0f} {q['refused_per_s']:>9.0f}"
             print(f"{q['keyspace']:<16} {q['ops_s']:>9.0f} {used}")
+    for split in status["splits"]:  # type: ignore[attr-defined]
+        left = len(split["remaining"])
+        print(f"\nsplit: shard {split['shard']} -> {split['new_shard']}, {left} μshards to move")
     for note in status["notes"]:  # type: ignore[attr-defined]
         print(f"\nnote: {note}")
     if not status["placement_settled"]:
@@ -275,6 +308,7 @@ def run(args: argparse.Namespace, home: Path, manifest: Manifest | None = None) 
         "status": _status,
         "move": _move,
         "quota": _quota,
+        "split": _split,
         "move-replica": kvreplicas.move_replica,
     }
     if manifest is not None:

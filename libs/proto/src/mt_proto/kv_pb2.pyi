@@ -1599,6 +1599,7 @@ class StatusResponse(_message.Message):
     RECONFIGS_FIELD_NUMBER: _builtins.int
     QUOTAS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
     placement_settled: _builtins.bool
     """Every shard has a live primary and the manager wants no rebalancing move: primaries stay
     put until something fails (a move fences its shard; writes in flight get unknown outcomes).
@@ -1627,6 +1628,10 @@ class StatusResponse(_message.Message):
     def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the placement noticed and left alone (a μshard too hot to place better by moving it)."""
 
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Split]:
+        """shards being split (their μshards moving to the new shard)"""
+
     def __init__(
         self,
         *,
@@ -1638,14 +1643,65 @@ class StatusResponse(_message.Message):
         reconfigs: _abc.Iterable[Global___ReplicaMove] | None = ...,
         quotas: _abc.Iterable[Global___QuotaUse] | None = ...,
         notes: _abc.Iterable[_builtins.str] | None = ...,
+        splits: _abc.Iterable[Global___Split] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "notes", b"notes", "placement_settled", b"placement_settled", "quotas", b"quotas", "reconfigs", b"reconfigs", "replicas", b"replicas", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failovers", b"failovers", "moves", b"moves", "notes", b"notes", "placement_settled", b"placement_settled", "quotas", b"quotas", "reconfigs", b"reconfigs", "replicas", b"replicas", "shards", b"shards", "splits", b"splits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class Split(_message.Message):
+    """A shard split in two: half its μshards move, one at a time, to a new shard."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    NEW_SHARD_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    """the shard split"""
+    new_shard: _builtins.int
+    @_builtins.property
+    def remaining(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """μshards still to move (the one moving included)"""
+
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        new_shard: _builtins.int = ...,
+        remaining: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_shard", b"new_shard", "remaining", b"remaining", "shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Split: _TypeAlias = Split  # noqa: Y015
+
+@_typing.final
+class SplitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitRequest: _TypeAlias = SplitRequest  # noqa: Y015
 
 @_typing.final
 class QuotaUse(_message.Message):

@@ -610,6 +610,11 @@ class ShardManagerStub:
                 request_serializer=mt__proto_dot_kv__pb2.QuotaRequest.SerializeToString,
                 response_deserializer=mt__proto_dot_kv__pb2.QuotaUse.FromString,
                 _registered_method=True)
+        self.SplitShard = channel.unary_unary(
+                '/minithreads.kv.v1.ShardManager/SplitShard',
+                request_serializer=mt__proto_dot_kv__pb2.SplitRequest.SerializeToString,
+                response_deserializer=mt__proto_dot_kv__pb2.Split.FromString,
+                _registered_method=True)
 
 
 class ShardManagerServicer:
@@ -668,6 +673,14 @@ class ShardManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SplitShard(self, request, context):
+        """A shard too large or too hot: a new shard (3 voters placed like any copy) takes half its
+        μshards, moved live one at a time; clients route through the table as always.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -710,6 +723,11 @@ def add_ShardManagerServicer_to_server(servicer, server):
                     servicer.SetQuota,
                     request_deserializer=mt__proto_dot_kv__pb2.QuotaRequest.FromString,
                     response_serializer=mt__proto_dot_kv__pb2.QuotaUse.SerializeToString,
+            ),
+            'SplitShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.SplitShard,
+                    request_deserializer=mt__proto_dot_kv__pb2.SplitRequest.FromString,
+                    response_serializer=mt__proto_dot_kv__pb2.Split.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -928,6 +946,33 @@ class ShardManager:
             '/minithreads.kv.v1.ShardManager/SetQuota',
             mt__proto_dot_kv__pb2.QuotaRequest.SerializeToString,
             mt__proto_dot_kv__pb2.QuotaUse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SplitShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minithreads.kv.v1.ShardManager/SplitShard',
+            mt__proto_dot_kv__pb2.SplitRequest.SerializeToString,
+            mt__proto_dot_kv__pb2.Split.FromString,
             options,
             channel_credentials,
             insecure,

@@ -277,6 +277,10 @@ class ShardManagerStub:
     DrainReplica: _grpc.UnaryUnaryMultiCallable[_kv_pb2.DrainRequest, _kv_pb2.ReplicaInfo]
     SetQuota: _grpc.UnaryUnaryMultiCallable[_kv_pb2.QuotaRequest, _kv_pb2.QuotaUse]
     """Tenants: a keyspace's operations per second, split across the primaries serving it."""
+    SplitShard: _grpc.UnaryUnaryMultiCallable[_kv_pb2.SplitRequest, _kv_pb2.Split]
+    """A shard too large or too hot: a new shard (3 voters placed like any copy) takes half its
+    μshards, moved live one at a time; clients route through the table as always.
+    """
 
 @_typing.type_check_only
 class ShardManagerAsyncStub(ShardManagerStub):
@@ -296,6 +300,10 @@ class ShardManagerAsyncStub(ShardManagerStub):
     DrainReplica: _aio.UnaryUnaryMultiCallable[_kv_pb2.DrainRequest, _kv_pb2.ReplicaInfo]  # type: ignore[assignment]
     SetQuota: _aio.UnaryUnaryMultiCallable[_kv_pb2.QuotaRequest, _kv_pb2.QuotaUse]  # type: ignore[assignment]
     """Tenants: a keyspace's operations per second, split across the primaries serving it."""
+    SplitShard: _aio.UnaryUnaryMultiCallable[_kv_pb2.SplitRequest, _kv_pb2.Split]  # type: ignore[assignment]
+    """A shard too large or too hot: a new shard (3 voters placed like any copy) takes half its
+    μshards, moved live one at a time; clients route through the table as always.
+    """
 
 class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -360,5 +368,15 @@ class ShardManagerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.QuotaUse, _abc.Awaitable[_kv_pb2.QuotaUse]]:
         """Tenants: a keyspace's operations per second, split across the primaries serving it."""
+
+    @_abc_1.abstractmethod
+    def SplitShard(
+        self,
+        request: _kv_pb2.SplitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.Split, _abc.Awaitable[_kv_pb2.Split]]:
+        """A shard too large or too hot: a new shard (3 voters placed like any copy) takes half its
+        μshards, moved live one at a time; clients route through the table as always.
+        """
 
 def add_ShardManagerServicer_to_server(servicer: ShardManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

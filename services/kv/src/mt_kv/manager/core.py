@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -126,8 +126,12 @@ class ShardManager:
         self.lease_ms = lease_ms
         self.state_path = state_path
         self.shards = [ShardAssignment(i, replicas=self._initial(i)) for i in range(shards)]
-        # μshard -> shard: round robin until live resharding moves one.
+        self.configured_shards = shards  # more once split (saved)
+        # μshard -> shard: round robin over the configured shards until live resharding
+        # moves one.
         self.mapping = [u % shards for u in range(microshards)]
+        # new shard -> (the shard split, its μshards still to move there): see split()
+        self.splits: dict[int, tuple[int, list[int]]] = {}
         self.moves: dict[int, Move] = {}  # by μshard: in progress, and the last finished ones
         self.failovers: deque[FailoverRecord] = deque(maxlen=200)
         self.routing_version = 0
@@ -158,6 +162,9 @@ class ShardManager:
         for rid, addr in saved.get("added", {}).items():
             self.add_replica(rid, addr)
         self.draining = set(saved.get("draining", [])) & set(self.replicas)
+        for entry in saved["shards"][len(self.shards) :]:  # shards made by splits
+            if entry["id"] == len(self.shards):
+                self.shards.append(ShardAssignment(entry["id"]))
         for entry in saved["shards"]:
             if entry["id"] < len(self.shards):
                 shard = self.shards[entry["id"]]
@@ -174,6 +181,9 @@ class ShardManager:
             if reconfig.shard < len(self.shards):
                 self.reconfigs.moves[reconfig.shard] = reconfig
         self.quotas.restore(saved.get("quotas", {}))
+        for new, (source, remaining) in saved.get("splits", {}).items():
+            if int(new) < len(self.shards):
+                self.splits[int(new)] = (source, remaining)
         self.routing_version = saved.get("routing_version", 0)
         for u, target in saved.get("moved", {}).items():
             if int(u) < len(self.mapping) and target < len(self.shards):
@@ -200,6 +210,7 @@ class ShardManager:
             "added": self.added,
             "draining": sorted(self.draining),
             "quotas": self.quotas.overrides,
+            "splits": {str(new): split for new, split in self.splits.items()},
             "shards": [
                 {
                     "id": s.id,
@@ -222,7 +233,7 @@ class ShardManager:
             "moved": {
                 str(u): target
                 for u, target in enumerate(self.mapping)
-                if target != u % len(self.shards)
+                if target != u % self.configured_shards
             },
             "moves": [asdict(m) for m in self.moves.values()],
         }
@@ -598,4 +609,52 @@ class ShardManager:
             reconfigs=[m.info() for m in self.reconfigs.moves.values()],
             quotas=self.quotas.use([r for r in self.replicas if self.alive(r)]),
             notes=self.notes,
+            splits=[
+                pb.Split(shard=source, new_shard=new, remaining=remaining)
+                for new, (source, remaining) in self.splits.items()
+            ],
         )
+
+    def split(self, shard_id: int) -> pb.Split:
+        """Split ``shard_id``: a new shard, on the 3 live replicas holding the fewest copies,
+        to which every other of its μshards moves, one at a time (the Mover's work)."""
+        if not 0 <= shard_id < len(self.shards):
+            raise ValueError(f"no shard {shard_id}")
+        if any(source == shard_id for source, _ in self.splits.values()):
+            raise ValueError(f"shard {shard_id} is being split already")
+        mine = [u for u, s in enumerate(self.mapping) if s == shard_id]
+        if len(mine) < 2:
+            raise ValueError(f"shard {shard_id} has {len(mine)} μshard(s): nothing to split")
+        now = self._clock()
+        live = [r for r in self.order if self.alive(r, now) and r not in self.draining]
+        if len(live) < REPLICATION_FACTOR:
+            raise ValueError(f"{len(live)} live replicas for {REPLICATION_FACTOR} copies")
+        copies = Counter(r for s in self.shards for r in s.replicas)
+        leads = Counter(s.primary for s in self.shards)
+        voters = sorted(live, key=lambda r: (copies[r], leads[r]))[:REPLICATION_FACTOR]
+        new = ShardAssignment(len(self.shards), replicas=voters)
+        self.shards.append(new)
+        self.splits[new.id] = (shard_id, mine[1::2])
+        log.info("splitting", extra={"shard": shard_id, "new": new.id, "voters": voters})
+        self.save()
+        return pb.Split(shard=shard_id, new_shard=new.id, remaining=mine[1::2])
+
+    def next_split_move(self) -> tuple[int, int] | None:
+        """The next μshard a split moves (and to where), once its new shard has a primary;
+        a finished split is forgotten."""
+        for new, (_, remaining) in list(self.splits.items()):
+            remaining[:] = [u for u in remaining if self.mapping[u] != new]  # (there already)
+            if not remaining:
+                del self.splits[new]
+                self.save()
+                continue
+            shard = self.shards[new]
+            if shard.primary and self.alive(shard.primary):
+                return remaining[0], new
+        return None
+
+    def split_moved(self, microshard: int, new_shard: int) -> None:
+        """A split's μshard is in its new shard."""
+        split = self.splits.get(new_shard)
+        if split is not None and microshard in split[1]:
+            split[1].remove(microshard)

@@ -61,6 +61,14 @@ class ShardManagerServicer(kv_pb2_grpc.ShardManagerServicer):
         live = [r for r in self.manager.replicas if self.manager.alive(r)]
         return self.manager.quotas.use_of(request.keyspace, live)
 
+    async def SplitShard(self, request: pb.SplitRequest, context: Any) -> pb.Split:
+        try:
+            split = self.manager.split(request.shard)
+        except ValueError as err:
+            raise InvalidArgument(str(err), code="bad_split") from None
+        self.mover.wake()
+        return split
+
     async def MoveMicroshard(self, request: pb.MoveRequest, context: Any) -> pb.MicroshardMove:
         move = self.mover.request(request.microshard, request.to_shard)
         waited = await self.mover.wait(move, (request.wait_ms or DEFAULT_MOVE_WAIT_MS) / 1000)

@@ -45,6 +45,7 @@ TRACER = trace.get_tracer("mt_kv.manager")
 RETRY_S = 0.3  # between attempts of a step that failed
 CALL_TIMEOUT_MS = 30_000
 KEEP_FINISHED = 32  # finished moves kept for `kv status`
+SPLIT_POLL_S = 0.3  # how often a split waiting for its new shard's primary looks again
 
 
 class Mover:
@@ -92,6 +93,10 @@ class Mover:
         self._wake.set()
         return move
 
+    def wake(self) -> None:
+        """Look for work now (a split requested)."""
+        self._wake.set()
+
     async def wait(self, move: Move, timeout_s: float) -> Move:
         """``move`` once done, or as it stands after ``timeout_s``."""
         async with self._changed:
@@ -113,8 +118,14 @@ class Mover:
         while True:
             moves = [m for m in self.manager.moves.values() if m.step != "done"]
             if not moves:
+                split = self.manager.next_split_move()  # a split's μshards go one by one
+                if split is not None:
+                    self.request(*split)
+                    continue
                 self._wake.clear()
-                await self._wake.wait()
+                poll_s = SPLIT_POLL_S if self.manager.splits else None  # (for a new primary)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
                 continue
             for move in moves:
                 try:
@@ -195,6 +206,7 @@ class Mover:
             stub, route = self._primary(move.from_shard)
             await stub.PurgeMicroshard(self._req(route, u))
             move.step = "done"
+            manager.split_moved(u, move.to_shard)
             self._trim()
         manager.save()
 
