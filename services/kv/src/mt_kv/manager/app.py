@@ -22,7 +22,7 @@ from mt_proto import kv_pb2_grpc
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.grpc_api import ShardManagerServicer
 from mt_kv.manager.hotspots import Hotspots, shard_loads
-from mt_kv.manager.mover import Mover
+from mt_kv.manager.mover import GrpcCalls, Mover
 from mt_kv.manager.quotas import parse as parse_quotas
 from mt_kv.settings import ManagerSettings
 
@@ -54,7 +54,8 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
         lease_ms=settings.lease_ms,
         quotas=parse_quotas(settings.kv_quotas),
     )
-    mover = Mover(manager)
+    calls = GrpcCalls()
+    mover = Mover(manager, calls)
     mount = Servicer(
         SERVICE,
         lambda s: kv_pb2_grpc.add_ShardManagerServicer_to_server(
@@ -91,4 +92,4 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await mover.close()
+            await calls.close()

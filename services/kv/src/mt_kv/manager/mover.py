@@ -28,10 +28,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 from mt_core.errors import FailedPrecondition, InvalidArgument, MinithreadsError, Unavailable
-from mt_core.rpc.client import channel
+from mt_core.rpc.client import call, channel
 from mt_core.rpc.status import error_from_rpc
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
@@ -48,16 +50,60 @@ KEEP_FINISHED = 32  # finished moves kept for `kv status`
 SPLIT_POLL_S = 0.3  # how often a split waiting for its new shard's primary looks again
 
 
-class Mover:
-    def __init__(self, manager: ShardManager) -> None:
-        self.manager = manager
+class ReplicaCalls(Protocol):
+    """How the Mover reaches a shard's primary (``addr``): over gRPC (:class:`GrpcCalls`),
+    or over the simulation's network. A failure raises a MinithreadsError."""
+
+    async def fence(self, addr: str, req: pb.MicroshardRequest) -> pb.MicroshardResponse: ...
+
+    def export(self, addr: str, req: pb.MicroshardRequest) -> AsyncIterator[pb.SnapshotChunk]: ...
+
+    async def import_(self, addr: str, req: pb.ImportRequest) -> pb.MicroshardResponse: ...
+
+    async def purge(self, addr: str, req: pb.MicroshardRequest) -> pb.MicroshardResponse: ...
+
+
+class GrpcCalls:
+    """The Replication service's μshard calls over gRPC."""
+
+    def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._wake = asyncio.Event()
-        self._changed = asyncio.Condition()
+
+    def _stub(self, addr: str) -> kv_pb2_grpc.ReplicationAsyncStub:
+        if addr not in self._channels:
+            self._channels[addr] = channel(addr, CALL_TIMEOUT_MS)
+        return kv_pb2_grpc.ReplicationStub(self._channels[addr])
+
+    async def fence(self, addr: str, req: pb.MicroshardRequest) -> pb.MicroshardResponse:
+        return await call(self._stub(addr).FenceMicroshard(req))
+
+    async def export(self, addr: str, req: pb.MicroshardRequest) -> AsyncIterator[pb.SnapshotChunk]:
+        # A stream: the channel's default deadline covers unary calls only.
+        try:
+            async for chunk in self._stub(addr).ExportMicroshard(
+                req, timeout=CALL_TIMEOUT_MS / 1000
+            ):
+                yield chunk
+        except grpc.aio.AioRpcError as err:
+            raise error_from_rpc(err) from None
+
+    async def import_(self, addr: str, req: pb.ImportRequest) -> pb.MicroshardResponse:
+        return await call(self._stub(addr).ImportMicroshard(req))
+
+    async def purge(self, addr: str, req: pb.MicroshardRequest) -> pb.MicroshardResponse:
+        return await call(self._stub(addr).PurgeMicroshard(req))
 
     async def close(self) -> None:
         for chan in self._channels.values():
             await chan.close()
+
+
+class Mover:
+    def __init__(self, manager: ShardManager, calls: ReplicaCalls) -> None:
+        self.manager = manager
+        self.calls = calls
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
 
     # ---------------------------------------------------------------- requests
 
@@ -157,10 +203,7 @@ class Mover:
                     "mt.to_shard": move.to_shard,
                 }
             )
-            try:
-                await self._step(move)
-            except grpc.aio.AioRpcError as err:
-                raise error_from_rpc(err) from None
+            await self._step(move)
 
     async def _step(self, move: Move) -> None:
         manager, u = self.manager, move.microshard
@@ -170,21 +213,22 @@ class Mover:
             )
             move.step = "fence"
         elif move.step == "fence":
-            stub, route = self._primary(move.from_shard)
-            await stub.FenceMicroshard(self._req(route, u, to_shard=move.to_shard))
+            addr, route = self._primary(move.from_shard)
+            await self.calls.fence(addr, self._req(route, u, to_shard=move.to_shard))
             move.fenced_at, move.step = time.time(), "copy"
         elif move.step == "copy":
             await self._copy_rest(move)
             move.step = "unfence"
         elif move.step == "unfence":
-            stub, route = self._primary(move.to_shard)
-            await stub.ImportMicroshard(
+            addr, route = self._primary(move.to_shard)
+            await self.calls.import_(
+                addr,
                 pb.ImportRequest(
                     route=route,
                     microshard=u,
                     microshards=len(manager.mapping),
                     unfence=True,
-                )
+                ),
             )
             move.step = "flip"
         elif move.step == "flip":
@@ -203,8 +247,8 @@ class Mover:
                 },
             )
         elif move.step == "purge":
-            stub, route = self._primary(move.from_shard)
-            await stub.PurgeMicroshard(self._req(route, u))
+            addr, route = self._primary(move.from_shard)
+            await self.calls.purge(addr, self._req(route, u))
             move.step = "done"
             manager.split_moved(u, move.to_shard)
             self._trim()
@@ -216,8 +260,8 @@ class Mover:
         if move.precopy_seq:
             try:
                 delta, seq, _ = await self._copy(move, first=False, since_seq=move.precopy_seq)
-            except grpc.aio.AioRpcError as err:
-                if error_from_rpc(err).code != "log_trimmed":
+            except MinithreadsError as err:
+                if err.code != "log_trimmed":
                     raise
                 move.precopy_seq = 0
             else:
@@ -242,9 +286,9 @@ class Mover:
         request = self._req(from_route, move.microshard)
         request.unfenced, request.since_seq = unfenced, since_seq
         keys, seq, position = 0, 0, 0
-        # A stream: the channel's default deadline covers unary calls only.
-        async for chunk in source.ExportMicroshard(request, timeout=CALL_TIMEOUT_MS / 1000):
-            imported = await target.ImportMicroshard(
+        async for chunk in self.calls.export(source, request):
+            imported = await self.calls.import_(
+                target,
                 pb.ImportRequest(
                     route=to_route,
                     microshard=move.microshard,
@@ -252,7 +296,7 @@ class Mover:
                     first=first,
                     items=chunk.items,
                     version_floor=chunk.max_version,
-                )
+                ),
             )
             first, keys, seq = False, keys + len(chunk.items), max(seq, imported.seq)
             position = chunk.seq
@@ -266,12 +310,11 @@ class Mover:
             to_shard=to_shard,
         )
 
-    def _primary(self, shard_id: int) -> tuple[kv_pb2_grpc.ReplicationAsyncStub, pb.Route]:
+    def _primary(self, shard_id: int) -> tuple[str, pb.Route]:
+        """The address of the shard's primary (the replica id, for the simulation's calls, is
+        resolved by them from it), and the route naming its epoch."""
         shard = self.manager.shards[shard_id]
         if not shard.primary:
             raise Unavailable(f"shard {shard_id} has no primary now", code="no_primary")
         addr = self.manager.replicas[shard.primary].addr
-        if addr not in self._channels:
-            self._channels[addr] = channel(addr, CALL_TIMEOUT_MS)
-        stub = kv_pb2_grpc.ReplicationStub(self._channels[addr])
-        return stub, pb.Route(shard=shard_id, epoch=shard.epoch)
+        return addr, pb.Route(shard=shard_id, epoch=shard.epoch)
