@@ -35,7 +35,7 @@ def test_sim__a_budget_of_seeds_finds_no_violation() -> None:
     print(f"sim: seeds={BUDGET} ops={ops} faults={sum(faults.values())} ({kinds})")
     assert not failed
     injected = {"crash", "partition", "pause", "power_loss", "reset", "clock_skew", "handoff"}
-    injected |= {"replica_move"}
+    injected |= {"replica_move", "microshard_move", "split"}
     assert injected <= set(faults)
 
 
@@ -64,11 +64,13 @@ def test_sim__a_seed_replays_exactly() -> None:
         ("read_from_fenced", 60),
         ("lease_without_quorum", 60),
         ("forget_sessions", 10),
-        ("learner_counts", 45),
+        ("learner_counts", 300),
         ("swap_in_one_step", 10),
         ("reconfig_before_established", 20),
+        ("commit_when_deposed", 10),
     ],
 )
+@pytest.mark.timeout(300)  # (learner_counts takes ~290 seeds: ~2 min)
 def test_sim__finds_a_rule_broken_on_purpose(breaking: None, rule: str, within: int) -> None:
     set_broken(rule)
     for seed in range(1, within + 1):

@@ -9,14 +9,17 @@ import asyncio
 import contextvars
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from mt_kv.manager.core import ShardManager
+from mt_core.errors import Unavailable
+from mt_kv.manager.core import Move, ShardManager
+from mt_kv.manager.mover import Mover
 from mt_kv.manager.reconfig import ReplicaMove
 from mt_kv.replica import link as replication_link
 from mt_kv.replica.core import Replica
+from mt_kv.replica.moves import Moves
 from mt_kv.replica.shard import Shard
 from mt_kv.rules.log import EPOCH, PAYLOAD, SEQ
 from mt_kv.rules.membership import differ
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 LEASE_MS = 1_000
 FAILOVER_TIMEOUT_MS = 1_500
 HEARTBEAT_TIMEOUT_S = 1.0
+MOVE_CALL_TIMEOUT_S = 2.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -122,6 +127,47 @@ class SimManager(ShardManager):
             self.watch.voters(shard.id, shard.epoch, shard.replicas)
 
 
+class SimCalls:
+    """The Mover's calls to a shard's primary, over the simulation's network: run in the
+    replica's process, lost with it or across a partition (Unavailable: the Mover tries the
+    step again)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    async def _call(self, addr: str, work: Callable[[Moves], Awaitable[T]]) -> T:
+        node = self.cluster.nodes[addr.rsplit(":", 1)[0]]
+        process, replica = node.process, node.replica
+        if process is None or replica is None or not node.up:
+            raise Unavailable(f"{node.name} is down")
+
+        async def there() -> T:
+            if node.replica is not replica:
+                raise ConnectionError("no such process")
+            return await work(Moves(replica))
+
+        try:
+            return await self.cluster.loop.net.call(process, there, MOVE_CALL_TIMEOUT_S)
+        except ConnectionError as err:
+            raise Unavailable(f"{node.name}: {err}") from None
+
+    async def fence(self, addr: str, req: pb.MicroshardRequest) -> pb.MicroshardResponse:
+        return await self._call(addr, lambda moves: moves.fence(req))
+
+    async def export(self, addr: str, req: pb.MicroshardRequest) -> AsyncIterator[pb.SnapshotChunk]:
+        async def chunks(moves: Moves) -> list[pb.SnapshotChunk]:
+            return [chunk async for chunk in moves.export(req)]
+
+        for chunk in await self._call(addr, chunks):
+            yield chunk
+
+    async def import_(self, addr: str, req: pb.ImportRequest) -> pb.MicroshardResponse:
+        return await self._call(addr, lambda moves: moves.import_(req))
+
+    async def purge(self, addr: str, req: pb.MicroshardRequest) -> pb.MicroshardResponse:
+        return await self._call(addr, lambda moves: moves.purge(req))
+
+
 def process_of(name: str, incarnation: int = 0) -> Process:
     process = Process(name, incarnation)
     process.context = contextvars.Context()
@@ -166,12 +212,16 @@ class Cluster:
             clock=loop.time,
         )
         self.manager.watch = self.watch
+        self.mover = Mover(self.manager, SimCalls(self))
         self.synced_rows = 0
         self.on_step: Callable[[ReplicaMove], None] = lambda move: None  # a move took a step
+        self.on_move_step: Callable[[Move], None] = lambda move: None  # a μshard's move too
         self._steps: dict[int, tuple[str, str, str]] = {}  # shard -> its move as last seen
+        self._move_steps: dict[int, str] = {}  # μshard -> its move's step as last seen
 
     def start(self) -> None:
         self.loop.create_task(self._manager_ticks(), context=self.manager_process.context)
+        self.loop.create_task(self.mover.run(), context=self.manager_process.context)
         for node in self.nodes.values():
             self.start_replica(node)
 
@@ -183,6 +233,10 @@ class Cluster:
                 if self._steps.get(move.shard) != seen:
                     self._steps[move.shard] = seen
                     self.on_step(move)
+            for u, moving in self.manager.moves.items():
+                if self._move_steps.get(u) != moving.step:
+                    self._move_steps[u] = moving.step
+                    self.on_move_step(moving)
             await asyncio.sleep(0.2)
 
     # ---------------------------------------------------------------- replica processes
@@ -286,7 +340,9 @@ class Cluster:
         state), and no other replica holds a copy."""
         if not all(node.up and node.replica for node in self.nodes.values()):
             return False
-        if self.manager.reconfigs.active():
+        if self.manager.reconfigs.active() or self.manager.splits:
+            return False
+        if any(m.step != "done" for m in self.manager.moves.values()):
             return False
         for assignment in self.manager.shards:
             leader = self.nodes.get(assignment.primary)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from mt_kv.manager.core import Move
 from mt_kv.manager.reconfig import ReplicaMove
+from mt_kv_contract.keys import microshard
 
 from mt_kv_sim.cluster import Cluster, Node
 
@@ -24,20 +26,25 @@ KINDS = (
     "power_loss",
     "handoff",
     "replica_move",
+    "microshard_move",
+    "split",
 )
+MAX_SHARDS = 4  # splits stop here (the sim starts with 2)
 STRIKE_AT_STEP = 0.3
 CLOCK_SKEW = 0.03  # a replica's clock runs up to 3% fast or slow (the lease allows 10%)
 
 
 class Faults:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, keys: list[str]) -> None:
         self.cluster = cluster
+        self.keys = keys  # the workload's: μshard moves take theirs
         self.loop = cluster.loop
         self.rng = cluster.rng
         self.counts: Counter[str] = Counter()
         self._healing: list[asyncio.TimerHandle] = []
         self._striking = False  # faults strike until heal()
         cluster.on_step = self._strike_at_step
+        cluster.on_move_step = self._strike_at_move_step
 
     def skew_clocks(self) -> None:
         for node in self.cluster.nodes.values():
@@ -104,6 +111,57 @@ class Faults:
             return False  # (one move per shard at a time)
         return True
 
+    def _microshard_move(self, node: Node) -> bool:
+        """Live resharding: the μshard of a workload key moves to another shard."""
+        manager = self.cluster.manager
+        key = self.rng.choice(self.keys)
+        u = microshard("test", key.encode(), len(manager.mapping))
+        others = [s.id for s in manager.shards if s.id != manager.mapping[u]]
+        moving = manager.moves.get(u)
+        if not others or (moving is not None and moving.step != "done"):
+            return False
+        self.cluster.mover.request(u, self.rng.choice(others))
+        return True
+
+    def _split(self, node: Node) -> bool:
+        """A shard split: a new shard takes every other of its μshards, one at a time."""
+        manager = self.cluster.manager
+        if len(manager.shards) >= MAX_SHARDS or manager.splits:
+            return False
+        try:
+            manager.split(self.rng.choice(manager.shards).id)
+        except ValueError:
+            return False
+        self.cluster.mover.wake()
+        return True
+
+    def _strike_at_move_step(self, move: Move) -> None:
+        """Often, as a μshard move takes a step, a crash of either shard's primary or the
+        two cut off from the rest, so each step is seen interrupted."""
+        if move.step == "done" or self.rng.random() > STRIKE_AT_STEP or not self._striking:
+            return
+        shards = self.cluster.manager.shards
+        victims = {"from": shards[move.from_shard].primary, "to": shards[move.to_shard].primary}
+        role = self.rng.choice([*sorted(victims), "cut"])
+        at = f"cut@move.{move.step}" if role == "cut" else f"crash@move.{move.step}.{role}"
+        if role == "cut":
+            side = set(victims.values()) - {""}
+
+            def strike() -> None:
+                if self._cut_off(side):
+                    self.counts[at] += 1
+
+        else:
+            node = self.cluster.nodes.get(victims[role])
+            if node is None:
+                return
+
+            def strike() -> None:
+                if self._crash(node):
+                    self.counts[at] += 1
+
+        self._later(self.rng.choice([0.0, self.rng.uniform(0.0, 0.5)]), strike)
+
     def _strike_at_step(self, move: ReplicaMove) -> None:
         """Often, as a replica move takes a step, a crash of one it involves, or the shard's
         primary and the target cut off from the rest — at once or a moment later — so each
@@ -118,7 +176,7 @@ class Faults:
             side = {shard.primary, move.target} - {""}
 
             def strike() -> None:
-                if self._split(side):
+                if self._cut_off(side):
                     self.counts[at] += 1
 
         else:
@@ -132,7 +190,7 @@ class Faults:
 
         self._later(self.rng.choice([0.0, self.rng.uniform(0.0, 0.5)]), strike)
 
-    def _split(self, side: set[str]) -> bool:
+    def _cut_off(self, side: set[str]) -> bool:
         """``side`` cut off from every other replica and the manager, for a while."""
         everyone = [*self.cluster.nodes, "manager"]
         cut = [frozenset((a, b)) for a in side for b in everyone if b not in side]
@@ -155,7 +213,7 @@ class Faults:
         elif draw < 0.7:  # one link only
             cut = [frozenset((node.name, self.rng.choice(others)))]
         else:  # two random sides, the node on one
-            return self._split({node.name} | {o for o in others if self.rng.random() < 0.4})
+            return self._cut_off({node.name} | {o for o in others if self.rng.random() < 0.4})
         self.loop.net.cut.update(cut)
         self._later(self.rng.uniform(0.3, 3.0), lambda: self.loop.net.cut.difference_update(cut))
         return True

@@ -50,7 +50,7 @@ class Outcome:
 
 async def _scenario(loop: SimLoop, outcome: Outcome) -> None:
     cluster = Cluster(loop)
-    faults = Faults(cluster)
+    faults = Faults(cluster, KEYS)
     faults.skew_clocks()
     cluster.start()
     await asyncio.sleep(FAULTS_FROM_S)

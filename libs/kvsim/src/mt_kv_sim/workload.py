@@ -99,14 +99,19 @@ class Client:
             await asyncio.sleep(0.05)
 
     async def _attempt(
-        self, key: str, work: Callable[[Replica, pb.Route], Awaitable[T]]
+        self,
+        key: str,
+        work: Callable[[Replica, pb.Route], Awaitable[T]],
+        shard: int | None = None,
     ) -> T | None:
-        """One attempt at the key's primary (None: no primary known: try again later)."""
+        """One attempt at the primary of the key's shard — or of ``shard``, where an earlier
+        attempt may have landed (None: no primary known: try again later)."""
         if self.table is None:
             await self._refresh()
             if self.table is None:
                 return None
-        shard = self._shard(key)
+        if shard is None:
+            shard = self._shard(key)
         info = self.table.shards[shard]
         node = self.cluster.nodes.get(info.primary)
         if node is None or node.process is None:
@@ -140,14 +145,21 @@ class Client:
             sent.route.CopyFrom(route)
             return await replica.write(sent)
 
+        # As the real client: once an attempt may have landed, repeats go to the same shard —
+        # its record answers them, or its fence refuses them (Moved: it never landed there).
+        pinned: int | None = None
         for _ in range(ATTEMPTS):
+            if self.table is None:
+                await self._refresh()
+            routed = pinned if pinned is not None or self.table is None else self._shard(key)
             try:
-                done = await self._attempt(key, write)
+                done = await self._attempt(key, write, routed)
             except ConnectionError:
                 await self._refresh()  # as the real client: the next call finds the new primary
                 if not self.sessions:
                     break  # it may have happened
                 self.history.repeated += 1  # a timeout, a lost answer: sent again as it was
+                pinned = routed
                 continue
             except MinithreadsError as err:
                 step = next_step(err, idempotent=self.sessions)
@@ -156,8 +168,11 @@ class Client:
                 if step is Step.UNKNOWN:
                     await self._refresh()
                     break
-                if next_step(err, idempotent=False) is Step.UNKNOWN:
+                if step is Step.ROUTE_AGAIN:
+                    pinned = None
+                elif next_step(err, idempotent=False) is Step.UNKNOWN:
                     self.history.repeated += 1
+                    pinned = routed
                 await self._refresh()
                 await asyncio.sleep(0.05)
                 continue

@@ -262,7 +262,13 @@ class Requests(ReplicaBase):
 
     async def commit(self, shard: Shard, changes: list[Change]) -> int:
         """Sequence ``changes`` (made by the KV itself: live resharding) as one entry and
-        wait until it is committed and applied; its seq."""
+        wait until it is committed and applied; its seq. Refused unless still the shard's
+        primary: the caller checked that before awaiting (a μshard's keys read), and only a
+        primary may add to the log (a deposed one's entry would differ from the log its
+        successor commits at that seq: ``make sim`` found it)."""
+        deposed = shard.role is not Role.PRIMARY or self.shards.get(shard.id) is not shard
+        if deposed and not broken("commit_when_deposed"):
+            raise NotPrimary(f"{self.id} is no longer the primary of shard {shard.id}")
         seq = self._sequence(shard, changes)
         await self._committed(shard, seq)
         return seq

@@ -16,6 +16,7 @@ RULES = {
     "learner_counts": "a learner's acknowledgement counts towards the voters' majority",
     "swap_in_one_step": "a replica move swaps the source for the target in one epoch",
     "reconfig_before_established": "a voter set changes again before its epoch is established",
+    "commit_when_deposed": "live resharding's entries are sequenced by a primary that stepped down",
 }
 
 _broken = ""
