@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -117,12 +118,15 @@ class SimReplica(Replica):
 
 
 class SimManager(ShardManager):
-    """The real shard manager, showing the watch every assignment it publishes."""
+    """The real shard manager, showing the watch every assignment it publishes; what it
+    saves (synchronously, as the real one fsyncs its file) outlives it in ``durable``."""
 
     watch: Watch
+    durable: list[str]
 
     def save(self) -> None:
         super().save()
+        self.durable[:] = [json.dumps(self.state())]
         for shard in self.shards:
             self.watch.voters(shard.id, shard.epoch, shard.replicas)
 
@@ -201,39 +205,65 @@ class Cluster:
         self.shards = shards
         self.nodes = {f"kv-{i}": Node(f"kv-{i}") for i in range(1, replicas + 1)}
         self.watch = Watch()
-        self.manager_process = process_of("manager", 0)
-        self.manager = SimManager(
-            replicas={name: f"{name}:50061" for name in self.nodes},
-            shards=shards,
-            microshards=64,
-            state_path=None,
-            failover_timeout_ms=FAILOVER_TIMEOUT_MS,
-            lease_ms=LEASE_MS,
-            clock=loop.time,
-        )
-        self.manager.watch = self.watch
-        self.mover = Mover(self.manager, SimCalls(self))
+        self.manager_saved: list[str] = []  # the manager's state file
+        self.manager_incarnations = 0
+        self.manager_process, self.manager, self.mover = self._new_manager()
         self.synced_rows = 0
         self.on_step: Callable[[ReplicaMove], None] = lambda move: None  # a move took a step
         self.on_move_step: Callable[[Move], None] = lambda move: None  # a μshard's move too
         self._steps: dict[int, tuple[str, str, str]] = {}  # shard -> its move as last seen
         self._move_steps: dict[int, str] = {}  # μshard -> its move's step as last seen
 
+    def _new_manager(self) -> tuple[Process, SimManager, Mover]:
+        """A shard manager process: as configured, then as it last saved its state."""
+        process = process_of("manager", self.manager_incarnations)
+        manager = SimManager(
+            replicas={name: f"{name}:50061" for name in self.nodes},
+            shards=self.shards,
+            microshards=64,
+            state_path=None,
+            failover_timeout_ms=FAILOVER_TIMEOUT_MS,
+            lease_ms=LEASE_MS,
+            clock=self.loop.time,
+        )
+        manager.watch, manager.durable = self.watch, self.manager_saved
+        if self.manager_saved:
+            manager.restore(json.loads(self.manager_saved[0]))
+        return process, manager, Mover(manager, SimCalls(self))
+
     def start(self) -> None:
-        self.loop.create_task(self._manager_ticks(), context=self.manager_process.context)
-        self.loop.create_task(self.mover.run(), context=self.manager_process.context)
+        self._start_manager()
         for node in self.nodes.values():
             self.start_replica(node)
 
+    def _start_manager(self) -> None:
+        self.loop.create_task(self._manager_ticks(), context=self.manager_process.context)
+        self.loop.create_task(self.mover.run(), context=self.manager_process.context)
+
+    @property
+    def manager_up(self) -> bool:
+        return self.manager_process.alive
+
+    def crash_manager(self) -> None:
+        """kill -9 of the shard manager: what it saved is all a restart finds."""
+        self.manager_process.alive = False
+
+    def restart_manager(self) -> None:
+        if not self.manager_up:
+            self.manager_incarnations += 1
+            self.manager_process, self.manager, self.mover = self._new_manager()
+            self._start_manager()
+
     async def _manager_ticks(self) -> None:
+        manager = self.manager  # (this incarnation's)
         while True:
-            self.manager.tick()
-            for move in self.manager.reconfigs.moves.values():
+            manager.tick()
+            for move in manager.reconfigs.moves.values():
                 seen = (move.source, move.target, move.step)
                 if self._steps.get(move.shard) != seen:
                     self._steps[move.shard] = seen
                     self.on_step(move)
-            for u, moving in self.manager.moves.items():
+            for u, moving in manager.moves.items():
                 if self._move_steps.get(u) != moving.step:
                     self._move_steps[u] = moving.step
                     self.on_move_step(moving)
@@ -299,8 +329,10 @@ class Cluster:
         for progress in request.shards:
             self.watch.reported(node.name, progress, node.disk)
 
+        manager = self.manager
+
         async def beat() -> pb.HeartbeatResponse:
-            return self.manager.heartbeat(request)
+            return manager.heartbeat(request)
 
         try:
             reply = await self.loop.net.call(self.manager_process, beat, HEARTBEAT_TIMEOUT_S)

@@ -28,6 +28,7 @@ KINDS = (
     "replica_move",
     "microshard_move",
     "split",
+    "manager_crash",
 )
 MAX_SHARDS = 4  # splits stop here (the sim starts with 2)
 STRIKE_AT_STEP = 0.3
@@ -88,9 +89,19 @@ class Faults:
             self._later(self.rng.uniform(0.2, 2.0), lambda each=each: self._restart(each))
         return True
 
+    def _manager_crash(self, node: Node | None) -> bool:
+        """The shard manager killed, restarted a moment later from what it saved."""
+        if not self.cluster.manager_up:
+            return False
+        self.cluster.crash_manager()
+        self._later(self.rng.uniform(0.2, 3.0), self.cluster.restart_manager)
+        return True
+
     def _handoff(self, node: Node) -> bool:
         """A planned primary move (the shard manager's own; far more frequent than failures
         in production): the old primary may still hold its lease while the new one starts."""
+        if not self.cluster.manager_up:
+            return False
         manager = self.cluster.manager
         shard = self.rng.choice(manager.shards)
         if not shard.primary or shard.primary == node.name:
@@ -101,6 +112,8 @@ class Faults:
     def _replica_move(self, node: Node) -> bool:
         """The shard manager moves a shard's copy to ``node`` (a learner, then 3 -> 4 -> 3
         voters): from a random voter, the primary too."""
+        if not self.cluster.manager_up:
+            return False
         manager = self.cluster.manager
         shard = self.rng.choice(manager.shards)
         if node.name in (*shard.replicas, *shard.learners):
@@ -113,6 +126,8 @@ class Faults:
 
     def _microshard_move(self, node: Node) -> bool:
         """Live resharding: the μshard of a workload key moves to another shard."""
+        if not self.cluster.manager_up:
+            return False
         manager = self.cluster.manager
         key = self.rng.choice(self.keys)
         u = microshard("test", key.encode(), len(manager.mapping))
@@ -125,6 +140,8 @@ class Faults:
 
     def _split(self, node: Node) -> bool:
         """A shard split: a new shard takes every other of its μshards, one at a time."""
+        if not self.cluster.manager_up:
+            return False
         manager = self.cluster.manager
         if len(manager.shards) >= MAX_SHARDS or manager.splits:
             return False
@@ -136,57 +153,46 @@ class Faults:
         return True
 
     def _strike_at_move_step(self, move: Move) -> None:
-        """Often, as a μshard move takes a step, a crash of either shard's primary or the
-        two cut off from the rest, so each step is seen interrupted."""
+        """Often, as a μshard move takes a step, a crash of either shard's primary or of the
+        shard manager, or the two primaries cut off from the rest."""
         if move.step == "done" or self.rng.random() > STRIKE_AT_STEP or not self._striking:
             return
         shards = self.cluster.manager.shards
         victims = {"from": shards[move.from_shard].primary, "to": shards[move.to_shard].primary}
-        role = self.rng.choice([*sorted(victims), "cut"])
-        at = f"cut@move.{move.step}" if role == "cut" else f"crash@move.{move.step}.{role}"
+        role = self.rng.choice([*sorted(victims), "cut", "manager"])
         if role == "cut":
-            side = set(victims.values()) - {""}
-
-            def strike() -> None:
-                if self._cut_off(side):
-                    self.counts[at] += 1
-
+            self._strike(f"cut@move.{move.step}", cut=set(victims.values()) - {""})
         else:
-            node = self.cluster.nodes.get(victims[role])
-            if node is None:
-                return
-
-            def strike() -> None:
-                if self._crash(node):
-                    self.counts[at] += 1
-
-        self._later(self.rng.choice([0.0, self.rng.uniform(0.0, 0.5)]), strike)
+            self._strike(f"crash@move.{move.step}.{role}", crash=victims.get(role, role))
 
     def _strike_at_step(self, move: ReplicaMove) -> None:
-        """Often, as a replica move takes a step, a crash of one it involves, or the shard's
-        primary and the target cut off from the rest — at once or a moment later — so each
-        step is seen interrupted by each."""
+        """Often, as a replica move takes a step, a crash of one it involves or of the shard
+        manager, or the shard's primary and the target cut off from the rest — at once or a
+        moment later — so each step is seen interrupted by each."""
         if move.finished or self.rng.random() > STRIKE_AT_STEP or not self._striking:
             return
         shard = self.cluster.manager.shards[move.shard]
         victims = {"source": move.source, "target": move.target, "primary": shard.primary}
-        role = self.rng.choice([*sorted(victims), "split"])
-        at = f"split@{move.step}" if role == "split" else f"crash@{move.step}.{role}"
+        role = self.rng.choice([*sorted(victims), "split", "manager"])
         if role == "split":
-            side = {shard.primary, move.target} - {""}
-
-            def strike() -> None:
-                if self._cut_off(side):
-                    self.counts[at] += 1
-
+            self._strike(f"split@{move.step}", cut={shard.primary, move.target} - {""})
         else:
-            node = self.cluster.nodes.get(victims[role])
-            if node is None:
-                return
+            self._strike(f"crash@{move.step}.{role}", crash=victims.get(role, role))
 
-            def strike() -> None:
-                if self._crash(node):
-                    self.counts[at] += 1
+    def _strike(self, at: str, *, crash: str = "", cut: set[str] | None = None) -> None:
+        """At once or a moment later: ``crash`` (a replica, or "manager") killed, or the
+        replicas ``cut`` cut off; counted as ``at`` if it struck."""
+
+        def strike() -> None:
+            if cut is not None:
+                struck = self._cut_off(cut)
+            elif crash == "manager":
+                struck = self._manager_crash(None)
+            else:
+                node = self.cluster.nodes.get(crash)
+                struck = node is not None and self._crash(node)
+            if struck:
+                self.counts[at] += 1
 
         self._later(self.rng.choice([0.0, self.rng.uniform(0.0, 0.5)]), strike)
 
@@ -243,6 +249,7 @@ class Faults:
             handle.cancel()
         self.loop.net.cut.clear()
         self.loop.net.slow_until = 0.0
+        self.cluster.restart_manager()
         for node in self.cluster.nodes.values():
             node.disk.slow_until = 0.0
             if node.process is not None:

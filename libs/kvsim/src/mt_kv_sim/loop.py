@@ -214,7 +214,9 @@ class Network:
             await asyncio.sleep(self.latency())
             await self._until_reachable(caller, target)
             task = self.loop.create_task(there(), context=target.context.copy())
-            task.add_done_callback(_retrieved)  # an answer that came too late is nobody's
+            # An answer that came too late is nobody's (run where the work ran: the caller
+            # may have been killed meanwhile, and its callbacks never run).
+            task.add_done_callback(_retrieved, context=target.context)
             answer = await asyncio.shield(task)
             await asyncio.sleep(self.latency())
             await self._until_reachable(caller, target)

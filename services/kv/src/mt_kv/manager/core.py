@@ -19,6 +19,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from mt_proto import kv_pb2 as pb
 
@@ -156,9 +157,11 @@ class ShardManager:
     # ---------------------------------------------------------------- persistence
 
     def _load(self) -> None:
-        if self.state_path is None or not self.state_path.exists():
-            return
-        saved = json.loads(self.state_path.read_text())
+        if self.state_path is not None and self.state_path.exists():
+            self.restore(json.loads(self.state_path.read_text()))
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take up the state :meth:`state` gave (saved before a restart)."""
         for rid, addr in saved.get("added", {}).items():
             self.add_replica(rid, addr)
         self.draining = set(saved.get("draining", [])) & set(self.replicas)
@@ -197,15 +200,9 @@ class ShardManager:
             else:  # the cluster was configured smaller since: nothing to resume
                 log.warning("dropping a saved μshard move out of range", extra=asdict(move))
 
-    def save(self) -> None:
-        """Persist the state (epochs, primaries, the μshard map and moves); bumps the routing
-        table's version."""
-        self.routing_version += 1
-        if self.state_path is None:  # kept in memory only (the simulation's manager)
-            return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        data = {
+    def state(self) -> dict[str, Any]:
+        """What survives a restart (see :meth:`restore`), as JSON-ready data."""
+        return {
             "routing_version": self.routing_version,
             "added": self.added,
             "draining": sorted(self.draining),
@@ -237,6 +234,16 @@ class ShardManager:
             },
             "moves": [asdict(m) for m in self.moves.values()],
         }
+
+    def save(self) -> None:
+        """Persist the state (epochs, primaries, the μshard map and moves); bumps the routing
+        table's version."""
+        self.routing_version += 1
+        if self.state_path is None:  # kept in memory only (the simulation's manager)
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        data = self.state()
         with tmp.open("w") as handle:
             json.dump(data, handle)
             handle.flush()
@@ -382,6 +389,7 @@ class ShardManager:
         self._next_epoch(shard)
         shard.fenced_at = self._clock()
         shard.planned, shard.primary = target, ""
+        self.save()  # (saved before any heartbeat publishes it: epochs never go backwards)
 
     def _next_epoch(self, shard: ShardAssignment) -> None:
         """A new epoch, published to every replica at once (a fence)."""
