@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import math
 import os
 import random
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kvload
 from mt_chaos.history import History
 from mt_chaos.linearizability import Op, check
 from mt_cli.kvcluster import KVCluster
@@ -228,17 +228,14 @@ def main() -> int:
             f"{phase:<8} {p['ops']:>6} ops  p50 {p['p50_ms']:>7} ms  p99 {p['p99_ms']:>7} ms"
             f"  failed {p['failed']}"
         )
-    reports = REPO / "loadtest" / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    out = reports / f"kv-elastic-{time.strftime('%Y%m%d-%H%M%SZ', time.gmtime())}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = kvload.write_report("kv-elastic", result)
     print(
         f"kv_elastic: grow balanced {result['grow_balanced_s']:.1f} s, shrink balanced "
         f"{result['shrink_balanced_s']:.1f} s, failed={result['failed']} "
         f"acked_missing={result['acked_missing']} linearizable="
         f"{'yes' if result['linearizable'] else 'NO'} p99 grow/baseline "
         f"{result['p99_ratio_grow']} shrink/baseline {result['p99_ratio_shrink']} "
-        f"(generator lag max {result['generator_lag_ms']} ms; {out.relative_to(REPO)})"
+        f"(generator lag max {result['generator_lag_ms']} ms; {out})"
     )
     ok = result["failed"] == 0 and result["acked_missing"] == 0 and result["linearizable"]
     return 0 if ok else 1

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -37,7 +36,6 @@ from mt_cli.kvcluster import KVCluster, manager_call
 from mt_kv_contract.keys import microshard
 from mt_proto import kv_pb2 as pb
 
-REPO = Path(__file__).resolve().parent.parent
 KEYSPACE = "bench"
 SHARDS, MICROSHARDS = 16, 1024
 RATIO = 1.2
@@ -168,18 +166,14 @@ def main() -> int:
     except KeyboardInterrupt:
         _say("interrupted; everything it started is stopped")
         return 130
-    reports = REPO / "loadtest" / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
-    out = reports / f"kv-hot-{args.scenario}-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = kvload.write_report(f"kv-hot-{args.scenario}", result)
     print(
         f"kv_hot {args.scenario}: balanced (max/mean <= {RATIO}) after "
         f"{result['balanced_after_s']} s, then over {result['over_ratio_after_balanced']:.0%}"
         f" of the time, last ratio {result['ratio_last']}; {len(result['moves'])} moves, moved"
         f" twice {result['moved_twice']}; notes {result.get('notes')}; failed {result['failed']}"
         f", p99 {result['load']['p99_ms']} ms -> {'ok' if result['ok'] else 'NOT MET'}"
-        f" ({out.relative_to(REPO)})"
+        f" ({out})"
     )
     return 0 if result["ok"] else 1
 

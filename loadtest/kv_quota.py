@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,6 @@ from mt_cli.kvcluster import KVCluster, manager_call
 from mt_kv_client import KVClient
 from mt_proto import kv_pb2 as pb
 
-REPO = Path(__file__).resolve().parent.parent
 NOISY, QUIET = "test", "bench"
 QUOTA_SHARE = 0.25  # of T
 OFFERED_X = 3.0  # the noisy keyspace is offered this many times its quota
@@ -188,10 +185,7 @@ def main() -> int:
     except KeyboardInterrupt:
         _say("interrupted; everything it started is stopped")
         return 130
-    reports = REPO / "loadtest" / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    out = reports / f"kv-quota-{time.strftime('%Y%m%d-%H%M%SZ', time.gmtime())}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = kvload.write_report("kv-quota", result)
     print(
         f"kv_quota: T={result['put_throughput_per_s']}/s quota={result['quota_per_s']}/s "
         f"noisy accepted/quota {result['noisy_held']} (failed {result['noisy_failed']}), "
@@ -199,7 +193,7 @@ def main() -> int:
         f"(failed {result['quiet_failed']}); replicas' CPU per accepted / refused noisy put "
         f"{result['cpu_us']['accepted_put']} / {result['cpu_us']['refused_put']} µs "
         f"-> {'ok' if result['ok'] else 'NOT MET'} "
-        f"({out.relative_to(REPO)})"
+        f"({out})"
     )
     return 0 if result["ok"] else 1
 

@@ -23,11 +23,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from mt_kv_client import Consistency, Key, KVClient
 from mt_kv_contract.errors import OverQuota
 
+REPO = Path(__file__).resolve().parent.parent
 WARMUP_S = 2.0  # its client's table and connections, not measured
 PARTITIONS = 4096
 
@@ -37,6 +39,15 @@ def pct_ms(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
+
+
+def write_report(name: str, result: dict[str, Any]) -> str:
+    """``result`` as ``loadtest/reports/<name>-<time>.json``; its path from the repository."""
+    reports = REPO / "loadtest" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    out = reports / f"{name}-{time.strftime('%Y%m%d-%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(result, indent=2))
+    return str(out.relative_to(REPO))
 
 
 def spawn(addr: str, keyspace: str, rate: float, seconds: float, *more: str) -> Any:
