@@ -386,6 +386,7 @@ class KVClient:
         self._timeout_s = timeout_ms / 1000
         self._budget_s = retry_budget_ms / 1000
         self._table = pb.RoutingTable()
+        self._quota_keyspaces: frozenset[str] = frozenset()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, kv_pb2_grpc.KVAsyncStub] = {}
         self._manager: grpc.aio.Channel | None = None
@@ -451,6 +452,17 @@ class KVClient:
             )
         except grpc.aio.AioRpcError as err:
             raise Unavailable(f"shard manager unreachable: {err.code().name}") from None
+        self._quota_keyspaces = frozenset(self._table.quota_keyspaces)
+
+    def _apart(self, keyspace: str) -> str:
+        """What keeps a keyspace's keys in requests of their own: its name if it has a quota
+        (one over its quota is refused alone), else nothing (they share, as fewer entries)."""
+        return keyspace if keyspace in self._quota_keyspaces else ""
+
+    async def _learn_quota(self, keyspaces: Iterable[str]) -> None:
+        """A refusal over a quota the table did not list: the table is older than the quota."""
+        if not set(keyspaces) <= self._quota_keyspaces:
+            await self._try_refresh()
 
     def shard_of(self, key: Key) -> int:
         return self._table.microshard_to_shard[self.microshard_of(key)]
@@ -554,7 +566,7 @@ class KVClient:
         (reads are always safe to retry)."""
         addr, consistency = group
         # A part per shard and keyspace: a keyspace over its quota is refused alone.
-        by_part = _by_shard(((s, k.keyspace), k) for call in calls for s, k in call)
+        by_part = _by_shard(((s, self._apart(k.keyspace)), k) for call in calls for s, k in call)
         parts = [
             (shard, keys[start : start + MAX_BATCH])
             for (shard, _), keys in by_part.items()
@@ -605,6 +617,8 @@ class KVClient:
         try:
             return dict(await self._get_keys(keys, consistency))
         except MinithreadsError as err:
+            if isinstance(err, RateLimited):
+                await self._learn_quota(k.keyspace for k in keys)
             return dict.fromkeys(keys, err)
 
     async def multi_get(
@@ -884,7 +898,7 @@ class KVClient:
         for call in calls:
             if isinstance(call, _Unconditional):
                 for shard, mutations in call.parts:
-                    by_shard[shard, mutations[0].key.keyspace].extend(mutations)
+                    by_shard[shard, self._apart(mutations[0].key.keyspace)].extend(mutations)
         shards = list(by_shard)
         writes = [
             pb.WriteRequest(
@@ -941,7 +955,7 @@ class KVClient:
                 continue
             parts: list[list[pb.Item] | BaseException] = []
             for shard, mutations in call.parts:
-                key = (shard, mutations[0].key.keyspace)
+                key = (shard, self._apart(mutations[0].key.keyspace))
                 part = results[key]
                 assert not isinstance(part, pb.WriteResponse)
                 if isinstance(part, BaseException):
@@ -996,6 +1010,8 @@ class KVClient:
         error = _outcome_error(outcome)
         step = next_step(error, idempotent=bool(write.session))
         if step is Step.ANSWER:
+            if isinstance(error, RateLimited):
+                await self._learn_quota(m.key.keyspace for m in mutations)
             return error
         if step is Step.UNKNOWN:  # it may have happened, and cannot be repeated
             await self._try_refresh()  # the next call goes to the new primary

@@ -1913,6 +1913,7 @@ class RoutingTable(_message.Message):
     SHARDS_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     MICROSHARD_TO_SHARD_FIELD_NUMBER: _builtins.int
+    QUOTA_KEYSPACES_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """bumps on any change"""
     microshards: _builtins.int
@@ -1924,6 +1925,12 @@ class RoutingTable(_message.Message):
     def microshard_to_shard(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """index: μshard"""
 
+    @_builtins.property
+    def quota_keyspaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keyspaces with a quota: a client sends their keys in requests of their own, so that one
+        over its quota is refused alone (the others' keys share requests, as fewer log entries).
+        """
+
     def __init__(
         self,
         *,
@@ -1932,10 +1939,11 @@ class RoutingTable(_message.Message):
         shards: _abc.Iterable[Global___ShardInfo] | None = ...,
         replicas: _abc.Iterable[Global___ReplicaInfo] | None = ...,
         microshard_to_shard: _abc.Iterable[_builtins.int] | None = ...,
+        quota_keyspaces: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["microshard_to_shard", b"microshard_to_shard", "microshards", b"microshards", "replicas", b"replicas", "shards", b"shards", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["microshard_to_shard", b"microshard_to_shard", "microshards", b"microshards", "quota_keyspaces", b"quota_keyspaces", "replicas", b"replicas", "shards", b"shards", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -556,6 +556,7 @@ class ShardManager:
             shards=self.shard_infos(),
             replicas=self.replica_infos(),
             microshard_to_shard=self.mapping,
+            quota_keyspaces=sorted(self.quotas.limits),
         )
 
     def replica_infos(self) -> list[pb.ReplicaInfo]:
