@@ -454,10 +454,13 @@ class KVClient:
             raise Unavailable(f"shard manager unreachable: {err.code().name}") from None
         self._quota_keyspaces = frozenset(self._table.quota_keyspaces)
 
-    def _apart(self, keyspace: str) -> str:
+    def _apart(self, keyspace: str, quota_keyspaces: frozenset[str] | None = None) -> str:
         """What keeps a keyspace's keys in requests of their own: its name if it has a quota
-        (one over its quota is refused alone), else nothing (they share, as fewer entries)."""
-        return keyspace if keyspace in self._quota_keyspaces else ""
+        (one over its quota is refused alone), else nothing (they share, as fewer entries).
+        A call that groups and later finds its parts again passes the set it grouped by: a
+        refresh in between may change it."""
+        quotas = self._quota_keyspaces if quota_keyspaces is None else quota_keyspaces
+        return keyspace if keyspace in quotas else ""
 
     async def _learn_quota(self, keyspaces: Iterable[str]) -> None:
         """A refusal over a quota the table did not list: the table is older than the quota."""
@@ -893,12 +896,15 @@ class KVClient:
         failure: a keyspace over its quota is refused alone), each conditional write as a
         write of its own."""
         addr, durability = group
+        quotas = self._quota_keyspaces  # (as it is now: a refresh while we wait may change it)
         conditional = [c for c in calls if isinstance(c, _Conditional)]
         by_shard: dict[tuple[int, str], list[Mutation]] = defaultdict(list)
         for call in calls:
             if isinstance(call, _Unconditional):
                 for shard, mutations in call.parts:
-                    by_shard[shard, self._apart(mutations[0].key.keyspace)].extend(mutations)
+                    by_shard[shard, self._apart(mutations[0].key.keyspace, quotas)].extend(
+                        mutations
+                    )
         shards = list(by_shard)
         writes = [
             pb.WriteRequest(
@@ -955,7 +961,7 @@ class KVClient:
                 continue
             parts: list[list[pb.Item] | BaseException] = []
             for shard, mutations in call.parts:
-                key = (shard, self._apart(mutations[0].key.keyspace))
+                key = (shard, self._apart(mutations[0].key.keyspace, quotas))
                 part = results[key]
                 assert not isinstance(part, pb.WriteResponse)
                 if isinstance(part, BaseException):

@@ -1,0 +1,78 @@
+"""The KV client's write parts: the keys of a keyspace with a quota go in a part of their own,
+and a routing table refreshed while a batch is on its way does not lose its parts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from mt_kv_client import Key, KVClient
+from mt_proto import kv_pb2 as pb
+
+ADDR = "127.0.0.1:1"  # never dialled: the stub below answers
+
+
+class _Stub:
+    """A primary that answers every part of a BatchWrite, after ``during`` ran."""
+
+    def __init__(self, during: Any) -> None:
+        self.during = during
+        self.requests: list[pb.BatchWriteRequest] = []
+
+    async def BatchWrite(self, request: pb.BatchWriteRequest, **_: Any) -> pb.BatchWriteResponse:
+        self.requests.append(request)
+        self.during()
+        results = [
+            pb.WriteResult(
+                ok=pb.WriteResponse(
+                    results=[pb.Item(key=m.key, value=m.put.value, version=1) for m in w.mutations]
+                )
+            )
+            for w in request.writes
+        ]
+        return pb.BatchWriteResponse(results=results)
+
+
+def _client(quota_keyspaces: list[str], during: Any = lambda: None) -> tuple[KVClient, _Stub]:
+    kv = KVClient("127.0.0.1:2")
+    kv._table = pb.RoutingTable(
+        version=1,
+        microshards=1,
+        shards=[
+            pb.ShardInfo(id=0, epoch=1, primary="kv-1", replicas=["kv-1"], addrs={"kv-1": ADDR})
+        ],
+        microshard_to_shard=[0],
+        quota_keyspaces=quota_keyspaces,
+    )
+    kv._quota_keyspaces = frozenset(quota_keyspaces)
+    stub = _Stub(during)
+    kv._stubs[ADDR] = stub  # type: ignore[assignment]
+    return kv, stub
+
+
+async def _two_puts(kv: KVClient) -> list[int]:
+    return list(
+        await asyncio.gather(
+            kv.put(Key("test", b"p", b"a"), b"1"), kv.put(Key("bench", b"p", b"b"), b"2")
+        )
+    )
+
+
+async def test_write_parts__a_quota_keyspace_goes_apart() -> None:
+    kv, stub = _client(["test"])
+    assert await _two_puts(kv) == [1, 1]
+    (request,) = stub.requests
+    assert sorted(len(w.mutations) for w in request.writes) == [1, 1]
+
+
+async def test_write_parts__without_quotas_share_one_part() -> None:
+    kv, stub = _client([])
+    assert await _two_puts(kv) == [1, 1]
+    (request,) = stub.requests
+    assert [len(w.mutations) for w in request.writes] == [2]
+
+
+async def test_write_parts__quota_removed_while_in_flight__each_put_gets_its_answer() -> None:
+    kv: KVClient
+    kv, _ = _client(["test"], during=lambda: setattr(kv, "_quota_keyspaces", frozenset()))
+    assert await _two_puts(kv) == [1, 1]
