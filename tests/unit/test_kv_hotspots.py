@@ -5,7 +5,14 @@ replica's per-μshard counters that feed it."""
 from __future__ import annotations
 
 import pytest
-from mt_kv.manager.hotspots import COOLDOWN_S, HOLD_S, HOT_RATIO, Hotspots, ShardLoad
+from mt_kv.manager.hotspots import (
+    COOLDOWN_S,
+    HOLD_S,
+    HOT_RATIO,
+    MIN_EXCESS_PER_S,
+    Hotspots,
+    ShardLoad,
+)
 from mt_kv.replica.load import Load
 from mt_kv_contract.keys import microshard
 from mt_proto import kv_pb2 as pb
@@ -113,3 +120,22 @@ def test_a_move_that_would_make_the_coolest_hot__is_not_planned() -> None:
     moves = _planned(spots, _shards({0: [(10, 250.0)], 1: [(11, 50.0)]}))
     assert [u for u, _ in moves] == [11]  # 250 more would make its new primary the busiest
     assert "μshard 10" in spots.notes[0]
+
+
+def test_light_load__imbalance_below_the_absolute_floor__moves_nothing() -> None:
+    # 2x the mean, but the whole cluster serves 120 keys/s: noise, not a hot spot.
+    light = {0: "kv-1", 1: "kv-2", 2: "kv-3"}
+    shards = [
+        ShardLoad(0, "kv-1", 80.0, [(10, 20.0), (11, 20.0), (12, 20.0), (13, 20.0)]),
+        ShardLoad(1, "kv-2", 20.0, []),
+        ShardLoad(2, "kv-3", 20.0, []),
+    ]
+    assert MIN_EXCESS_PER_S > 80.0 - 40.0  # (the mean is 40)
+    assert HOT_RATIO * 40.0 < 80.0
+    spots = Hotspots()
+    assert _planned(spots, shards) == []
+    scaled = [
+        ShardLoad(s.shard, light[s.shard], 10 * s.ops_per_s, [(u, 10 * r) for u, r in s.hot])
+        for s in shards
+    ]
+    assert _planned(Hotspots(), scaled) != []  # the same shape at 10x the load: moved

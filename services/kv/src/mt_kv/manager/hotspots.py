@@ -1,15 +1,16 @@
 """Placement by load: hot μshards moved off a primary that carries more than its part.
 
-Each primary reports the keys per second it serves per shard, with the shard's busiest
-μshards (``mt_kv.replica.load``). When the busiest replica's load has stayed above
-``HOT_RATIO`` x the mean for ``HOLD_S`` (a threshold held over a window, as TiKV's PD and
-CockroachDB do), moves are planned at once, greedily: each takes the μshard of the busiest
-replica that best evens it with the coolest one (to the coolest's least loaded shard) and
-leaves the coolest within the ratio, until the busiest is within it. Hysteresis: a μshard
-moved is not moved again for ``COOLDOWN_S``, nothing is planned while moves run, and the
-window starts again after they finish (the reports must show their effect first). A μshard
-too hot to place better — no replica could take it and stay within the ratio — is reported
-in a note, not bounced around.
+Each primary reports the keys per second it serves per shard, with the shard's busiest μshards
+(``mt_kv.replica.load``). When the busiest replica's load has stayed above ``HOT_RATIO`` x the
+mean, and by at least ``MIN_EXCESS_PER_S``, for ``HOLD_S`` (a threshold held over a window, as
+TiKV's PD and CockroachDB do; the absolute floor, as CockroachDB's minimum QPS difference,
+keeps a lightly loaded cluster's noise from moving anything), moves are planned at once,
+greedily: each takes the μshard of the busiest replica that best evens it with the coolest one
+(to the coolest's least loaded shard) and leaves the coolest within the ratio, until the
+busiest is within it. Hysteresis: a μshard moved is not moved again for ``COOLDOWN_S``, nothing
+is planned while moves run, and the window starts again after they finish (the reports must
+show their effect first). A μshard too hot to place better — no replica could take it and stay
+within the ratio — is reported in a note, not bounced around.
 Pure: the caller gives the reports and the clock, and hands the moves to the Mover.
 """
 
@@ -22,6 +23,8 @@ HOT_RATIO = 1.2  # busiest replica's load over the mean that calls for moves
 HOLD_S = 2.0  # the imbalance must hold this long
 COOLDOWN_S = 300.0  # a moved μshard stays where it went at least this long
 MIN_SHARE = 0.02  # a μshard lighter than this share of all load is not worth a move
+MIN_MOVE_PER_S = 20.0  # ... nor one lighter than this
+MIN_EXCESS_PER_S = 100.0  # the busiest must carry this much more than the mean to matter
 MAX_MOVES = 4  # planned in one go
 MIN_TOTAL_PER_S = 50.0  # below this the cluster is idle: nothing to balance
 
@@ -66,7 +69,7 @@ class Hotspots:
             self.over_since = None
             return []
         mean = total / len(loads)
-        if max(loads.values()) <= HOT_RATIO * mean:
+        if not _too_busy(max(loads.values()), mean):
             self.over_since = None
             self.notes = []
             return []
@@ -94,14 +97,15 @@ class Hotspots:
         candidates = {
             u: (shard, rate)
             for u, (shard, rate) in hot_ones.items()
-            if rate >= MIN_SHARE * total and now - self.moved_at.get(u, -1e18) >= COOLDOWN_S
+            if rate >= max(MIN_SHARE * total, MIN_MOVE_PER_S)
+            and now - self.moved_at.get(u, -1e18) >= COOLDOWN_S
         }
         moves: list[HotMove] = []
         self.notes = []
         while len(moves) < MAX_MOVES:
             hot = max(loads, key=loads.__getitem__)
             cool = min(loads, key=loads.__getitem__)
-            if loads[hot] <= HOT_RATIO * mean:
+            if not _too_busy(loads[hot], mean):
                 break
             gap = loads[hot] - loads[cool]
             room = HOT_RATIO * mean - loads[cool]  # what the coolest may take and stay cool
@@ -140,6 +144,10 @@ class Hotspots:
                     f"μshard {u} carries {rate / total:.0%} of the load, on {hot}: too hot to"
                     " place better by moving it (its partitions need spreading)"
                 )
+
+
+def _too_busy(load: float, mean: float) -> bool:
+    return load > HOT_RATIO * mean and load - mean >= MIN_EXCESS_PER_S
 
 
 def shard_loads(
