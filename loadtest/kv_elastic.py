@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+import json
 import math
 import os
 import random
@@ -57,6 +59,8 @@ class Generator:
     failed: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     lag_s: float = 0.0  # the most the generator itself ran behind its schedule
+    # Every op: (phase, due, latency, shard, put?, how late the generator sent it).
+    timeline: list[tuple[str, float, float, int, bool, float]] = field(default_factory=list)
     values: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -77,6 +81,7 @@ class Generator:
 
     async def _one(self, key: Key, write: bool, due: float) -> None:
         phase, name = self.phase, key.partition.decode()
+        sent_late = time.monotonic() - due
         if write:
             value = str(next(self.values))
 
@@ -98,7 +103,10 @@ class Generator:
             if len(self.errors) < 5:
                 self.errors.append(f"{kind} {name}: {err!r}")
             return
-        self.latencies.setdefault(phase, []).append(time.monotonic() - due)
+        latency = time.monotonic() - due
+        self.latencies.setdefault(phase, []).append(latency)
+        shard = self.kv.shard_of(key)
+        self.timeline.append((phase, due, latency, shard, write, sent_late))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -130,6 +138,61 @@ async def _until_balanced(cluster: KVCluster, expected: int, timeout_s: float) -
     return math.inf
 
 
+async def _watch_epochs(
+    cluster: KVCluster, events: list[tuple[float, int, int, str]], stop: asyncio.Event
+) -> None:
+    """Each shard's (epoch, primary) changes as the shard manager shows them, every 0.2 s."""
+    seen: dict[int, tuple[int, str]] = {}
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            for shard in (await cluster.status()).shards:
+                now = (shard.epoch, shard.primary)
+                if seen.get(shard.id) != now:
+                    seen[shard.id] = now
+                    events.append((time.monotonic(), shard.id, *now))
+        await asyncio.sleep(0.2)
+
+
+def _slow_ops(
+    gen: Generator, events: list[tuple[float, int, int, str]], threshold_s: float
+) -> dict[str, Any]:
+    """Where the change phases' slow ops (over ``threshold_s``) come from: sent late by the
+    generator itself, on a shard whose epoch changed within 0.5 s before, or neither."""
+    out: dict[str, Any] = {}
+    for phase in ("grow", "shrink"):
+        slow = [t for t in gen.timeline if t[0] == phase and t[2] > threshold_s]
+        late = near = 0
+        for _, due, latency, shard, _, sent_late in slow:
+            if sent_late > threshold_s / 2:
+                late += 1
+            elif any(s == shard and due - 0.5 <= at <= due + latency for at, s, _, _ in events):
+                near += 1
+        ops = sum(1 for t in gen.timeline if t[0] == phase)
+        start = min((t[1] for t in gen.timeline if t[0] == phase), default=0.0)
+        per_s = Counter(int(t[1] - start) for t in slow)
+        out[phase] = {
+            "ops": ops,
+            "slow": len(slow),
+            "sent_late": late,
+            "epoch_change": near,
+            "other": len(slow) - late - near,
+            "puts": sum(1 for t in slow if t[4]),
+            "per_second": [per_s[i] for i in range(max(per_s, default=-1) + 1)],
+        }
+    return out
+
+
+def _dump(
+    path: Path, gen: Generator, events: list[tuple[float, int, int, str]], over_s: float
+) -> None:
+    """The ops slower than ``over_s`` and the epoch changes, in wall-clock time (to line up
+    with the processes' logs)."""
+    wall = time.time() - time.monotonic()
+    slow = [(t[0], t[1] + wall, *t[2:]) for t in gen.timeline if t[2] > over_s]
+    moved = [(at + wall, *rest) for at, *rest in events]
+    path.write_text(json.dumps({"slow": slow, "epochs": moved}))
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="kv-elastic-"))
     cluster = KVCluster(home / "kv", shards=16)
@@ -141,6 +204,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             gen = Generator(kv, args.rate)
             stop = asyncio.Event()
             load = asyncio.create_task(gen.run(stop))
+            events: list[tuple[float, int, int, str]] = []
+            watch = asyncio.create_task(_watch_epochs(cluster, events, stop))
             _say(f"baseline: {args.rate:g} ops/s for {args.baseline_s:g} s")
             await asyncio.sleep(args.baseline_s)
             gen.phase = "grow"
@@ -161,8 +226,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             gen.phase = "after"
             await asyncio.sleep(5)
             stop.set()
-            await load
+            await asyncio.gather(load, watch)
             result.update(await _final_checks(kv, gen))
+            base_p99_s = result["phases"].get("baseline", {}).get("p99_ms", 10.0) / 1000
+            result["slow_ops"] = _slow_ops(gen, events, 3 * base_p99_s)
+            _say(f"slow ops (> 3x the baseline p99): {result['slow_ops']}")
+            if args.dump:
+                _dump(Path(args.dump), gen, events, base_p99_s)
     finally:
         cluster.stop()
     return result
@@ -216,6 +286,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="ops/s (%(default)s)")
     parser.add_argument("--baseline-s", type=float, default=30.0)
     parser.add_argument("--steady-s", type=float, default=20.0)
+    parser.add_argument("--dump", help="write the slow ops and epoch changes (JSON) here")
     parser.add_argument("--limit-s", type=float, default=180.0, help="per change (%(default)s)")
     args = parser.parse_args()
     try:

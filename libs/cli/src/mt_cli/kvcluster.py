@@ -147,7 +147,7 @@ class KVCluster:
             raise TimeoutError(f"{name} not drained in {timeout_s}s")
         proc = self.procs.pop(name)
         proc.terminate()
-        proc.wait(timeout=10)
+        await asyncio.to_thread(proc.wait, 10)  # (a caller's event loop goes on meanwhile)
 
     async def wait_rejoined(self, name: str, timeout_s: float = 60) -> None:
         """Until the manager hears from the (re)started process ``name`` and every shard has
