@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mt_kv.manager.core import Move, ShardManager
+from mt_kv.manager.core import HANDOVER_TIMEOUT_S, Move, ShardManager
 from mt_proto import kv_pb2 as pb
 
 REPLICAS = {"kv-1": "a:1", "kv-2": "a:2", "kv-3": "a:3"}
@@ -102,7 +102,54 @@ def test_rebalance__moves_one_primary_to_an_idle_caught_up_replica(tmp_path: Pat
         beat(m, rid, epoch=2, last=(2, 5), primary=rid == "kv-1")
     moved = [s for s in m.shards if s.epoch == 3]
     assert len(moved) == 1
-    assert moved[0].planned in {"kv-2", "kv-3"}
+    assert moved[0].primary in {"kv-2", "kv-3"}
+    assert moved[0].handover_from == "kv-1"  # a handover, not a fence
+
+
+def _handing_over(tmp_path: Path) -> ShardManager:
+    """kv-1 leads shard 0 in epoch 4; the manager asks it to hand over to kv-2."""
+    m = manager(tmp_path)
+    m.shards[0].epoch, m.shards[0].primary = 4, "kv-1"
+    for rid in REPLICAS:
+        beat(m, rid, epoch=4, last=(4, 10), primary=rid == "kv-1")
+    m.hand_off(0, "kv-2")
+    return m
+
+
+def _seen(response: pb.HeartbeatResponse) -> tuple[int, str, str]:
+    (info,) = response.shards
+    return info.epoch, info.primary, info.handover_from
+
+
+def test_handover__shown_to_the_primary_alone_until_the_successor_leads(tmp_path: Path) -> None:
+    m = _handing_over(tmp_path)
+    assert _seen(beat(m, "kv-1", epoch=4, last=(4, 10), primary=True)) == (5, "kv-2", "kv-1")
+    assert _seen(beat(m, "kv-3", epoch=4, last=(4, 10))) == (4, "kv-1", "")
+    assert _seen(beat(m, "kv-2", epoch=4, last=(4, 10))) == (4, "kv-1", "")
+    table = m.routing_table().shards[0]
+    assert (table.epoch, table.primary) == (4, "kv-1")  # clients go on to kv-1 meanwhile
+    # kv-1 stepped down; kv-2 took over (it reports leading epoch 5): everyone sees it.
+    beat(m, "kv-1", epoch=5, last=(4, 10))
+    assert _seen(beat(m, "kv-3", epoch=4, last=(4, 10))) == (4, "kv-1", "")
+    assert _seen(beat(m, "kv-2", epoch=5, last=(5, 11), primary=True)) == (5, "kv-2", "")
+    assert _seen(beat(m, "kv-3", epoch=5, last=(5, 11))) == (5, "kv-2", "")
+
+
+def test_handover__not_done_in_time__fences_and_elects_the_successor(tmp_path: Path) -> None:
+    m = _handing_over(tmp_path)
+    m.shards[0].handover_at -= HANDOVER_TIMEOUT_S + 0.1  # (kv-1 never handed over)
+    beat(m, "kv-3", epoch=4, last=(4, 10))
+    assert (m.shards[0].epoch, m.shards[0].primary, m.shards[0].handover_from) == (6, "", "")
+    for rid in REPLICAS:
+        beat(m, rid, epoch=6, last=(4, 10))
+    assert m.shards[0].primary == "kv-2"  # the planned successor wins the tie
+
+
+def test_handover__survives_a_manager_restart(tmp_path: Path) -> None:
+    _handing_over(tmp_path)
+    again = manager(tmp_path)
+    shard = again.shards[0]
+    assert (shard.epoch, shard.primary, shard.handover_from) == (5, "kv-2", "kv-1")
 
 
 @pytest.mark.parametrize("unknown", ["kv-9", ""])

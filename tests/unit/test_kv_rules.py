@@ -430,3 +430,72 @@ def test_shard__a_new_primary_released_by_the_old_one_serves_at_once() -> None:
     assert shard.serving_after == pytest.approx(11.0)
     shard.released("a", 1, 10.2)
     assert shard.serving_after == pytest.approx(10.2)
+
+
+def _acked(shard: ShardCore, follower: str, seq: int) -> None:
+    shard.progress[follower].sent(seq)
+    shard.on_result(
+        shard.progress[follower],
+        _ok(seq),
+        gen=0,
+        prev_seq=seq - 1,
+        sent_at=100.0,
+        now=100.1,
+        lease_s=1.0,
+        hold_s=0.05,
+    )
+
+
+def test_handover__stops_sequencing_and_waits_for_the_successor_to_hold_the_whole_log() -> None:
+    shard = _primary()
+    entry = shard.propose(b"w1")
+    shard.persisted(entry[SEQ], entry[EPOCH])
+    assert shard.begin_handover("b", 2)
+    assert not shard.sequencing()
+    _acked(shard, "c", 1)  # committed by a and c; b has yet to hold it
+    shard.applied_seq = shard.advance_commit()
+    assert shard.applied_seq == 1
+    assert not shard.handover_ready()
+    _acked(shard, "b", 1)
+    assert shard.handover_ready()
+    shard.reset(Role.FOLLOWER, 2, "b", 100.2, lease_s=1.0)
+    assert (shard.handover_to, shard.handover_epoch) == ("", 0)
+
+
+def test_handover__not_applied_here_yet__not_ready() -> None:
+    shard = _primary()
+    entry = shard.propose(b"w1")
+    shard.persisted(entry[SEQ], entry[EPOCH])
+    shard.begin_handover("b", 2)
+    _acked(shard, "b", 1)  # b holds it, but its writer has no answer yet (not applied)
+    assert not shard.handover_ready()
+
+
+@pytest.mark.parametrize(
+    ("successor", "epoch"),
+    [("a", 2), ("d", 2), ("b", 3), ("b", 1)],  # ourselves, no voter, not the next epoch
+)
+def test_handover__only_to_another_voter_for_the_next_epoch(successor: str, epoch: int) -> None:
+    shard = _primary()
+    assert not shard.begin_handover(successor, epoch)
+    assert shard.sequencing()
+
+
+def _follower_of_a(restarted_in: int = 0, me: str = "b") -> ShardCore:
+    shard = ShardCore(0, me=me, replicas=("a", "b", "c"), restarted_in=restarted_in)
+    shard.reset(Role.FOLLOWER, 1, "a", 0.0, lease_s=1.0)
+    shard.append((1, 1, b"w1"))
+    return shard
+
+
+def test_take_over__only_with_the_log_the_primary_handed_over() -> None:
+    voters = ("a", "b", "c")
+    assert _follower_of_a().may_take_over("a", 1, 1, 1, 2, voters)
+    assert not _follower_of_a().may_take_over("a", 1, 2, 1, 2, voters)  # it had an entry more
+    assert not _follower_of_a().may_take_over("a", 1, 1, 0, 2, voters)  # another entry there
+    assert not _follower_of_a().may_take_over("c", 1, 1, 1, 2, voters)  # not whom we follow
+    assert not _follower_of_a().may_take_over("a", 1, 1, 1, 3, voters)  # not the next epoch
+    assert not _follower_of_a(restarted_in=2).may_take_over("a", 1, 1, 1, 2, voters)
+    assert not _follower_of_a().may_take_over("a", 1, 1, 1, 2, ("a", "c", "d"))  # no voter
+    # a learner a moment ago: the voters the primary hands over with count
+    assert _follower_of_a(me="d").may_take_over("a", 1, 1, 1, 2, ("a", "c", "d"))

@@ -103,8 +103,9 @@ class SimReplica(Replica):
         why: str,
         *,
         continues: bool = False,
+        successor: pb.Released | None = None,
     ) -> None:
-        super()._become(shard, role, epoch, primary, why, continues=continues)
+        super()._become(shard, role, epoch, primary, why, continues=continues, successor=successor)
         if role is Role.PRIMARY:
             self.watch.became_primary(self.id, shard.id, epoch)
 

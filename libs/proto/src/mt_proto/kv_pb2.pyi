@@ -961,17 +961,41 @@ class Released(_message.Message):
 
     SHARD_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    SUCCESSOR_EPOCH_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_EPOCH_FIELD_NUMBER: _builtins.int
+    VOTERS_FIELD_NUMBER: _builtins.int
+    LEARNERS_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     epoch: _builtins.int
+    successor_epoch: _builtins.int
+    """Not 0, to one member only: a planned handover — the receiver leads the shard from now on,
+    as primary of this epoch, if its log ends where the sender's did (last_seq of last_epoch).
+    """
+    last_seq: _builtins.int
+    last_epoch: _builtins.int
+    @_builtins.property
+    def voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The shard's voters and learners in that epoch (the manager may not have shown the
+        receiver yet that it votes: a learner promoted a moment ago).
+        """
+
+    @_builtins.property
+    def learners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         shard: _builtins.int = ...,
         epoch: _builtins.int = ...,
+        successor_epoch: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        last_epoch: _builtins.int = ...,
+        voters: _abc.Iterable[_builtins.str] | None = ...,
+        learners: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "last_epoch", b"last_epoch", "last_seq", b"last_seq", "learners", b"learners", "shard", b"shard", "successor_epoch", b"successor_epoch", "voters", b"voters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1200,6 +1224,7 @@ class ShardInfo(_message.Message):
     MIN_READ_SEQ_FIELD_NUMBER: _builtins.int
     LEARNERS_FIELD_NUMBER: _builtins.int
     CONTINUES_EPOCH_FIELD_NUMBER: _builtins.int
+    HANDOVER_FROM_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     epoch: _builtins.int
     primary: _builtins.str
@@ -1211,6 +1236,11 @@ class ShardInfo(_message.Message):
     continues_epoch: _builtins.int
     """Not 0: this epoch continues that one under the same primary (a membership step in place:
     the primary goes on leading, nothing is fenced).
+    """
+    handover_from: _builtins.str
+    """Shown to this replica only: it leads the epoch before and is to hand the shard over to
+    ``primary`` (stop writing, wait until ``primary`` holds its whole log, step down, tell it
+    to take over). The others see the epoch before until ``primary`` reports leading this one.
     """
     @_builtins.property
     def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1237,10 +1267,11 @@ class ShardInfo(_message.Message):
         min_read_seq: _builtins.int = ...,
         learners: _abc.Iterable[_builtins.str] | None = ...,
         continues_epoch: _builtins.int = ...,
+        handover_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "continues_epoch", b"continues_epoch", "epoch", b"epoch", "id", b"id", "learners", b"learners", "min_read_seq", b"min_read_seq", "primary", b"primary", "replicas", b"replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "continues_epoch", b"continues_epoch", "epoch", b"epoch", "handover_from", b"handover_from", "id", b"id", "learners", b"learners", "min_read_seq", b"min_read_seq", "primary", b"primary", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,7 @@ from mt_kv.manager.reconfig import Reconfigs, ReplicaMove
 log = logging.getLogger(__name__)
 
 REBALANCE_QUIET_S = 2.0  # no primary moves for this long before a rebalancing move
+HANDOVER_TIMEOUT_S = 1.0  # a planned handover not done by then: fence and elect instead
 REPLICATION_FACTOR = 3  # voters per shard
 MAX_REPLICA_MOVES = 2  # copies being moved at once (each costs its target a catch-up)
 
@@ -52,6 +53,10 @@ class ShardAssignment:
     # its Appends as stale meanwhile (they adopt the new epoch from them).
     continues_epoch: int = 0
     prev_replicas: list[str] = field(default_factory=list)
+    # A planned handover to ``primary`` of this epoch: shown to this replica (leading the epoch
+    # before) only, until ``primary`` reports leading; since ``handover_at`` (monotonic).
+    handover_from: str = ""
+    handover_at: float = 0.0
 
 
 @dataclass
@@ -179,6 +184,8 @@ class ShardManager:
                 shard.stable = entry.get("stable", [])
                 shard.continues_epoch = entry.get("continues_epoch", 0)
                 shard.prev_replicas = entry.get("prev_replicas", [])
+                shard.handover_from = entry.get("handover_from", "")
+                shard.handover_at = self._clock()  # (its deadline counts from our start)
         for saved_reconfig in saved.get("reconfigs", []):
             reconfig = ReplicaMove(**saved_reconfig, started_at=self._clock())
             if reconfig.shard < len(self.shards):
@@ -219,6 +226,7 @@ class ShardManager:
                     "stable": s.stable,
                     "continues_epoch": s.continues_epoch,
                     "prev_replicas": s.prev_replicas,
+                    "handover_from": s.handover_from,
                 }
                 for s in self.shards
             ],
@@ -296,6 +304,13 @@ class ShardManager:
         # Just (re)started, we have not heard from anyone yet: silence is not loss.
         settled = now - self._started >= self.failover_timeout_s
         for shard in self.shards:
+            if shard.handover_from and now - shard.handover_at > HANDOVER_TIMEOUT_S:
+                log.warning(
+                    "handover not done in time; fencing",
+                    extra={"shard": shard.id, "from": shard.handover_from, "to": shard.primary},
+                )
+                self._fence_for(shard, shard.primary)
+                changed = True
             if shard.primary and settled and self._primary_lost(shard, now):
                 # Never heard from since we started: count from our start, not from the epoch.
                 heard = max(self.replicas[shard.primary].last_seen, self._started)
@@ -382,10 +397,36 @@ class ShardManager:
         )
 
     def hand_off(self, shard_id: int, target: str) -> None:
-        """A planned move of a shard's primary to ``target`` (a replica of it): a fence and an
-        election like a failover's, with ``target`` winning the tie; writes wait a moment,
-        strong reads out the old primary's lease."""
+        """A planned move of a shard's primary to ``target`` (a voter of it): the next epoch,
+        led by ``target``, shown first to the primary alone, which stops writing, waits until
+        ``target`` holds its whole log, steps down and tells it to take over (Raft's
+        leadership transfer: writes wait a few milliseconds, not an election's heartbeats).
+        Without a live primary leading its epoch, or not done in ``HANDOVER_TIMEOUT_S``: a
+        fence and an election, ``target`` winning the tie."""
         shard = self.shards[shard_id]
+        source = shard.primary
+        theirs = self.replicas[source].progress.get(shard.id) if source else None
+        leading = theirs is not None and theirs.primary and theirs.epoch == shard.epoch
+        if (
+            leading
+            and self.alive(source)
+            and target in shard.replicas
+            and target != source
+            and not shard.continues_epoch
+            and not shard.handover_from
+        ):
+            shard.epoch += 1
+            shard.primary, shard.handover_from = target, source
+            shard.handover_at = self._clock()
+            shard.assigned_beat = self.replicas[target].beats
+            log.info("handing over", extra={"shard": shard.id, "from": source, "to": target})
+            self.save()  # (saved before any heartbeat publishes it: epochs never go backwards)
+            return
+        self._fence_for(shard, target)
+
+    def _fence_for(self, shard: ShardAssignment, target: str) -> None:
+        """A fence and an election like a failover's, with ``target`` winning the tie: writes
+        wait a moment, strong reads out the old primary's lease."""
         self._next_epoch(shard)
         shard.fenced_at = self._clock()
         shard.planned, shard.primary = target, ""
@@ -395,6 +436,7 @@ class ShardManager:
         """A new epoch, published to every replica at once (a fence)."""
         shard.epoch += 1
         shard.continues_epoch, shard.prev_replicas = 0, []
+        shard.handover_from = ""
 
     def step_in_place(self, shard: ShardAssignment, voters: list[str]) -> None:
         """The next epoch with ``voters``, its primary going on leading (a membership step):
@@ -426,6 +468,11 @@ class ShardManager:
         theirs = self.replicas[shard.primary].progress.get(shard.id) if shard.primary else None
         if shard.continues_epoch and theirs is not None and theirs.epoch >= shard.epoch:
             shard.continues_epoch, shard.prev_replicas = 0, []
+            changed = True
+        if shard.handover_from and theirs is not None and theirs.epoch >= shard.epoch:
+            # (it leads our epoch — or one after, if it was fenced meanwhile: then so are we)
+            log.info("handed over", extra={"shard": shard.id, "to": shard.primary})
+            shard.handover_from = ""
             changed = True
         if shard.stable != shard.replicas and self.established(shard):
             shard.stable = list(shard.replicas)
@@ -541,6 +588,12 @@ class ShardManager:
             min_read_seq=s.min_read_seq,
             continues_epoch=s.continues_epoch,
         )
+        if s.handover_from:  # the epoch before, but to the replica handing it over
+            if for_replica == s.handover_from:
+                info.handover_from = s.handover_from
+            else:
+                info.epoch, info.primary = s.epoch - 1, s.handover_from
+            return info
         if s.continues_epoch and for_replica != s.primary:  # the epoch before, for now
             del info.replicas[:], info.learners[:]
             info.replicas.extend(s.prev_replicas)

@@ -52,7 +52,9 @@ async def heartbeats(replica: Replica, settings: ReplicaSettings, repl_addr: str
                 if not warned:
                     log.warning("shard manager unreachable", extra={"error": err.code().name})
                     warned = True
-            await asyncio.sleep(settings.heartbeat_ms / 1000)
+            with contextlib.suppress(TimeoutError):  # (or sooner: a handover to report)
+                await asyncio.wait_for(replica.report_soon.wait(), settings.heartbeat_ms / 1000)
+            replica.report_soon.clear()
 
 
 @asynccontextmanager

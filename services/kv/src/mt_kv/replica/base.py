@@ -60,6 +60,7 @@ class ReplicaBase:
     served: Load
     _peer_overrides: dict[str, str]
     _peer_repl_overrides: dict[str, str]
+    report_soon: asyncio.Event
 
     # Defined in core.py (Replica).
 
@@ -75,7 +76,16 @@ class ReplicaBase:
         why: str,
         *,
         continues: bool = False,
+        successor: pb.Released | None = None,
     ) -> None:
+        raise NotImplementedError
+
+    # Defined in members.py (Members).
+
+    def _hand_over_if_ready(self, shard: Shard) -> None:
+        raise NotImplementedError
+
+    def _take_over(self, shard: Shard, sender: str, handover: pb.Released) -> None:
         raise NotImplementedError
 
     def _fail_waiters(self, shard: Shard, why: str) -> None:

@@ -162,6 +162,7 @@ class Replica(Requests, Leading, Following, Members):
         self.served = Load(clock)  # per shard and μshard led, for placement by load
         self._peer_overrides = settings.peer_overrides()
         self._peer_repl_overrides = settings.peer_repl_overrides()
+        self.report_soon = asyncio.Event()  # a handover done: heartbeat now, not in 100 ms
 
     # ------------------------------------------------------------------ lifetime
 
@@ -290,6 +291,10 @@ class Replica(Requests, Leading, Following, Members):
             shard = self.shard(info.id)
             if info.epoch < shard.epoch:
                 continue
+            if info.handover_from:  # (shown only to the replica handing the shard over)
+                if info.handover_from == self.id:
+                    self._handing_over(shard, info)
+                continue
             if self.id not in (*info.replicas, *info.learners):
                 self._drop(shard)  # our copy moved elsewhere
                 continue
@@ -338,11 +343,13 @@ class Replica(Requests, Leading, Following, Members):
         why: str,
         *,
         continues: bool = False,
+        successor: pb.Released | None = None,
     ) -> None:
         """EVERY change of a shard's role, epoch or primary (:meth:`ShardCore.reset`), and what
         it asks of us: writers waiting on entries we sequenced learn their outcome is unknown;
-        a new primary starts its epoch with an entry of its own, and so does one continuing
-        into the next epoch in place."""
+        the other members learn we stepped down (and ``successor``, after a handover, that it
+        leads now); a new primary starts its epoch with an entry of its own, and so does one
+        continuing into the next epoch in place."""
         led = shard.epoch
         reset = shard.reset(role, epoch, primary, self._clock(), self.lease_s, continues=continues)
         if reset.stepped_down:
@@ -350,7 +357,7 @@ class Replica(Requests, Leading, Following, Members):
             shard.pending = {}
             shard.changes = {}  # entries we sequenced may yet be replaced: decode what commits
             self._fail_waiters(shard, why)
-            self._release(shard, led)
+            self._release(shard, led, successor)
         if reset.moved:
             self._meta(shard)
         if continues:

@@ -54,6 +54,8 @@ class Following(ReplicaBase):
             for released in req.released:  # (before its shards: it sends none after it)
                 if (held := self.shards.get(released.shard)) is not None:
                     held.released(req.primary, released.epoch, now)
+                    if released.successor_epoch:
+                        self._take_over(held, req.primary, released)
             for sa in req.shards:
                 if sa.shard in self._dropped:  # (sent before the primary knew we left)
                     results.append(S(shard=sa.shard, status=S.STALE_EPOCH, epoch=sa.epoch))

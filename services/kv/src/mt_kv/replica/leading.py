@@ -245,6 +245,8 @@ class Leading(ReplicaBase):
     def _advance_commit(self, shard: Shard) -> None:
         shard.advance_commit()
         self._apply_committed(shard)
+        if shard.handover_to:
+            self._hand_over_if_ready(shard)
 
     def _apply_committed(self, shard: Shard) -> None:
         upto = shard.commit_seq
@@ -280,7 +282,7 @@ class Leading(ReplicaBase):
         while True:
             await asyncio.sleep(0.5)
             now = self.wall_ms()
-            for shard in [s for s in self.shards.values() if s.role is Role.PRIMARY]:
+            for shard in [s for s in self.shards.values() if s.sequencing()]:
                 expired = shard.data.expired(now, 500)
                 if expired:
                     self._sequence(shard, [(k, None) for k, _ in expired])

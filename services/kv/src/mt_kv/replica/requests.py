@@ -76,6 +76,8 @@ class Requests(ReplicaBase):
         shard = self.shards.get(route.shard)
         if shard is None or shard.role is not Role.PRIMARY:
             raise NotPrimary(f"{self.id} is not the primary of shard {route.shard}")
+        if not shard.sequencing():
+            raise NotPrimary(f"{self.id} is handing shard {route.shard} over")
         # (a route of an epoch we continued in place names us as rightly as the latest)
         if route.epoch and not shard.led_from <= route.epoch <= shard.epoch:
             raise StaleEpoch(f"shard {route.shard} is at epoch {shard.epoch}, not {route.epoch}")
@@ -266,7 +268,7 @@ class Requests(ReplicaBase):
         primary: the caller checked that before awaiting (a μshard's keys read), and only a
         primary may add to the log (a deposed one's entry would differ from the log its
         successor commits at that seq: ``make sim`` found it)."""
-        deposed = shard.role is not Role.PRIMARY or self.shards.get(shard.id) is not shard
+        deposed = not shard.sequencing() or self.shards.get(shard.id) is not shard
         if deposed and not broken("commit_when_deposed"):
             raise NotPrimary(f"{self.id} is no longer the primary of shard {shard.id}")
         seq = self._sequence(shard, changes)

@@ -17,6 +17,7 @@ RULES = {
     "swap_in_one_step": "a replica move swaps the source for the target in one epoch",
     "reconfig_before_established": "a voter set changes again before its epoch is established",
     "commit_when_deposed": "live resharding's entries are sequenced by a primary that stepped down",
+    "hand_over_early": "a primary hands over before its successor holds its log (and it leads)",
 }
 
 _broken = ""

@@ -67,6 +67,9 @@ class ShardCore:
     serving_after: float = 0.0
     epoch_start_seq: int = 0  # our first entry as primary of this epoch
     led_from: int = 0  # the epoch we began leading in (in-place steps continue it)
+    # A planned handover (see begin_handover): to whom, as primary of which epoch.
+    handover_to: str = ""
+    handover_epoch: int = 0
     # ---- as follower
     last_ack_at: float = 0.0  # when we last acknowledged a primary (our lease promise)
     last_ack_primary: str = ""
@@ -161,8 +164,10 @@ class ShardCore:
             )
             assert epoch > self.epoch, (epoch, self.epoch)
             self.epoch = epoch
+            self.handover_to, self.handover_epoch = "", 0
             self.lease_until = self._voters_lease(lease_s)
             return Reset(stepped_down=False, moved=True)
+        self.handover_to, self.handover_epoch = "", 0
         stepped_down = self.role is Role.PRIMARY and (role, epoch) != (Role.PRIMARY, self.epoch)
         if stepped_down:  # (entries sequenced and not yet stored stay: see unpersisted)
             self.lease_until = 0.0
@@ -209,7 +214,61 @@ class ShardCore:
         role and starts a new epoch."""
         return epoch > self.restarted_in
 
+    # ------------------------------------------------------------------ handover
+
+    def begin_handover(self, successor: str, epoch: int) -> bool:
+        """The shard manager asks us to hand the shard to ``successor`` (a voter), primary of
+        ``epoch`` (the next): from now on we sequence nothing (Raft's leadership transfer).
+        True if this starts it."""
+        if (
+            self.role is not Role.PRIMARY
+            or self.handover_to
+            or epoch != self.epoch + 1
+            or successor == self.me
+            or successor not in self.replicas
+        ):
+            return False
+        self.handover_to, self.handover_epoch = successor, epoch
+        return True
+
+    def handover_ready(self) -> bool:
+        """We may step down and tell the successor to take over: it holds our whole log, and
+        all of it is committed and applied here (no writer is left waiting on us). Its log then
+        holds every entry ever committed, as a new primary's must."""
+        if not self.handover_to or self.applied_seq != self.last_seq:
+            return False
+        if broken("hand_over_early"):
+            return True
+        progress = self.progress.get(self.handover_to)
+        return progress is not None and progress.match_seq >= self.last_seq
+
+    def may_take_over(
+        self,
+        sender: str,
+        epoch: int,
+        last_seq: int,
+        last_epoch: int,
+        successor_epoch: int,
+        voters: Sequence[str],
+    ) -> bool:
+        """Whether to lead ``successor_epoch`` on ``sender``'s handover: it led ``epoch`` and
+        we follow it there, our log ends where its did (the same entry), we vote (among
+        ``voters``, as it was told), and we never knew that epoch before a restart."""
+        whole_log = self.last_seq == last_seq and self.epoch_at(last_seq) == last_epoch
+        return (
+            self.role is Role.FOLLOWER
+            and (self.epoch, self.primary) == (epoch, sender)
+            and successor_epoch == epoch + 1
+            and (whole_log or broken("hand_over_early"))
+            and self.me in voters
+            and self.may_lead(successor_epoch)
+        )
+
     # ------------------------------------------------------------------ as primary
+
+    def sequencing(self) -> bool:
+        """We add to the log: the primary, not handing the shard over."""
+        return self.role is Role.PRIMARY and not self.handover_to
 
     def propose(self, payload: bytes) -> LogRec:
         """Our next entry (the replica sequences only as primary)."""
