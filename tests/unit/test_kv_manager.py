@@ -23,7 +23,13 @@ def manager(tmp_path: Path, shards: int = 1) -> ShardManager:
 
 
 def beat(
-    m: ShardManager, rid: str, *, epoch: int, last: tuple[int, int] = (0, 0), primary: bool = False
+    m: ShardManager,
+    rid: str,
+    *,
+    epoch: int,
+    last: tuple[int, int] = (0, 0),
+    primary: bool = False,
+    incarnation: int = 0,
 ) -> pb.HeartbeatResponse:
     progress = [
         pb.ShardProgress(
@@ -31,7 +37,8 @@ def beat(
         )
         for s in m.shards
     ]
-    return m.heartbeat(pb.HeartbeatRequest(replica_id=rid, shards=progress))
+    request = pb.HeartbeatRequest(replica_id=rid, shards=progress, incarnation=incarnation)
+    return m.heartbeat(request)
 
 
 def test_first_start__fences_epoch_1_then_elects_once_all_report(tmp_path: Path) -> None:
@@ -82,6 +89,19 @@ def test_restarted_primary__gets_a_new_epoch(tmp_path: Path) -> None:
     for _ in range(3):  # back, reporting our epoch, but not primary: it never resumes one
         beat(m, "kv-1", epoch=5, last=(5, 10), primary=False)
     assert m.shards[0].epoch == 6
+
+
+def test_restarted_primary__that_lost_its_epoch__is_fenced_at_once(tmp_path: Path) -> None:
+    # kv-1 led epoch 5 without syncing it (a primary acts before its store catches up); it
+    # comes back as a new process reporting epoch 4: it must not be shown epoch 5 again.
+    m = manager(tmp_path)
+    m.shards[0].epoch, m.shards[0].primary = 5, "kv-1"
+    for rid in REPLICAS:
+        beat(m, rid, epoch=5, last=(5, 10), primary=rid == "kv-1", incarnation=11)
+    assert m.shards[0].primary_incarnation == 11
+    response = beat(m, "kv-1", epoch=4, last=(4, 9), incarnation=12)
+    assert (m.shards[0].epoch, m.shards[0].primary) == (6, "")
+    assert (response.shards[0].epoch, response.shards[0].primary) == (6, "")
 
 
 def test_epochs__survive_a_manager_restart(tmp_path: Path) -> None:

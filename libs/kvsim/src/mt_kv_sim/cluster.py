@@ -326,6 +326,7 @@ class Cluster:
             addr=f"{node.name}:50061",
             repl_addr=node.link_addr,
             shards=replica.progress(),
+            incarnation=replica.incarnation,
         )
         for progress in request.shards:
             self.watch.reported(node.name, progress, node.disk)

@@ -1387,11 +1387,16 @@ class HeartbeatRequest(_message.Message):
     SHARDS_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     SHARD_LOAD_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     addr: _builtins.str
     pid: _builtins.int
     repl_addr: _builtins.str
     """where its replication link listens (host:port)"""
+    incarnation: _builtins.int
+    """Drawn at the process's start: another value means it restarted (and may have lost what it
+    had not synced, the epoch it was leading included).
+    """
     @_builtins.property
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardProgress]: ...
     @_builtins.property
@@ -1412,10 +1417,11 @@ class HeartbeatRequest(_message.Message):
         shards: _abc.Iterable[Global___ShardProgress] | None = ...,
         load: _abc.Iterable[Global___KeyspaceLoad] | None = ...,
         shard_load: _abc.Iterable[Global___ShardLoad] | None = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "load", b"load", "pid", b"pid", "repl_addr", b"repl_addr", "replica_id", b"replica_id", "shard_load", b"shard_load", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "incarnation", b"incarnation", "load", b"load", "pid", b"pid", "repl_addr", b"repl_addr", "replica_id", b"replica_id", "shard_load", b"shard_load", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

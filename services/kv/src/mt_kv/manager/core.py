@@ -57,6 +57,9 @@ class ShardAssignment:
     # before) only, until ``primary`` reports leading; since ``handover_at`` (monotonic).
     handover_from: str = ""
     handover_at: float = 0.0
+    # The primary's process as it was when it was named or last reported leading (0: not
+    # known yet): another one is a restart, which may have lost the epoch it led.
+    primary_incarnation: int = 0
 
 
 @dataclass
@@ -65,6 +68,7 @@ class ReplicaView:
     addr: str
     repl_addr: str = ""  # its replication link, as it reports it
     pid: int = 0
+    incarnation: int = 0
     last_seen: float = -1e9
     beats: int = 0
     progress: dict[int, pb.ShardProgress] = field(default_factory=dict)
@@ -271,6 +275,7 @@ class ShardManager:
         view.last_seen = self._clock()
         view.beats += 1
         view.pid = req.pid
+        view.incarnation = req.incarnation
         if req.addr:
             view.addr = req.addr
         view.repl_addr = req.repl_addr
@@ -419,6 +424,7 @@ class ShardManager:
             shard.primary, shard.handover_from = target, source
             shard.handover_at = self._clock()
             shard.assigned_beat = self.replicas[target].beats
+            shard.primary_incarnation = self.replicas[target].incarnation
             log.info("handing over", extra={"shard": shard.id, "from": source, "to": target})
             self.save()  # (saved before any heartbeat publishes it: epochs never go backwards)
             return
@@ -469,6 +475,9 @@ class ShardManager:
         if shard.continues_epoch and theirs is not None and theirs.epoch >= shard.epoch:
             shard.continues_epoch, shard.prev_replicas = 0, []
             changed = True
+        leads = theirs is not None and theirs.primary and theirs.epoch == shard.epoch
+        if leads and not shard.primary_incarnation:  # (named before our own restart)
+            shard.primary_incarnation = self.replicas[shard.primary].incarnation
         if shard.handover_from and theirs is not None and theirs.epoch >= shard.epoch:
             # (it leads our epoch — or one after, if it was fenced meanwhile: then so are we)
             log.info("handed over", extra={"shard": shard.id, "to": shard.primary})
@@ -503,11 +512,16 @@ class ShardManager:
     def _primary_lost(self, shard: ShardAssignment, now: float) -> bool:
         if not self.alive(shard.primary, now):
             return True
+        # Restarted since it was named: its store may lack the epoch it led (a primary acts on
+        # an epoch before syncing it; its followers may commit its first entry meanwhile), so
+        # it must not be shown that epoch again — a new one, and an election by the logs.
+        view = self.replicas[shard.primary]
+        if shard.primary_incarnation and view.incarnation != shard.primary_incarnation:
+            return True
         # Alive but restarted: it reports our epoch without being primary (it never resumes
         # an epoch it loaded from disk), so a new epoch is needed.
         # Two heartbeats after its assignment it must have taken the role (the response to the
         # first carried it).
-        view = self.replicas[shard.primary]
         progress = view.progress.get(shard.id)
         return (
             progress is not None
@@ -549,6 +563,7 @@ class ShardManager:
         winner = max(fenced, key=rank)
         shard.primary, shard.planned = winner, ""
         shard.assigned_beat = self.replicas[winner].beats
+        shard.primary_incarnation = self.replicas[winner].incarnation
         lost_at = self._lost_at.pop(shard.id, None)
         origin, shard.lost_primary = shard.lost_primary, ""
         if lost_at is not None:

@@ -40,6 +40,7 @@ async def heartbeats(replica: Replica, settings: ReplicaSettings, repl_addr: str
                 shards=replica.progress(),
                 load=load,
                 shard_load=replica.served.report(),
+                incarnation=replica.incarnation,
             )
             try:
                 reply = await stub.Heartbeat(request, timeout=1.0)

@@ -152,9 +152,9 @@ class Replica(Requests, Leading, Following, Members):
         self._dirty_metas: set[int] = set()  # shards whose metadata the store lacks
         self._dropped: set[int] = set()  # shards we held and are no longer a member of
         self._persist_task: asyncio.Task[None] | None = None
-        self._checkpointer = Checkpointer(
-            settings, store, self.shards, clock, rng or random.Random()
-        )
+        rng = rng or random.Random()
+        self._checkpointer = Checkpointer(settings, store, self.shards, clock, rng)
+        self.incarnation = rng.getrandbits(63) | 1  # this process's, in every heartbeat
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keyspaces = settings.keyspaces()
