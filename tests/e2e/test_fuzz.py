@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.api import BASE, Api
 
@@ -73,5 +74,19 @@ async def test_fuzz__no_server_errors_and_no_schema_violations(api: Api, tmp_pat
     _, token = await api.signup("fuzz")
     anonymous = _fuzz(tmp_path / "anonymous")
     authenticated = _fuzz(tmp_path / "authenticated", f"Authorization: Bearer {token}")
+    await _forget_our_address()
     print(f"fuzz: {anonymous + authenticated} cases ({anonymous} anonymous)")
     assert anonymous + authenticated >= 1000
+
+
+async def _forget_our_address() -> None:
+    """The fuzzer sends thousands of requests a minute from 127.0.0.1, every test's address:
+    its per-address counts would refuse the tests after it (429) for a minute. It stands for
+    another client, so they go with it."""
+    redis = Redis.from_url(os.environ.get("MT_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    try:
+        keys = [key async for key in redis.scan_iter("rl:ip:*")]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
