@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from mt_cli.kvcluster import KVCluster, manager_call
-from mt_kv_client import KVClient
+from mt_kv_client import Key, KVClient
 from mt_proto import kv_pb2 as pb
 
 from tests.integration.test_kv_elastic import Load
@@ -70,5 +70,34 @@ async def test_split__under_load_without_a_failed_request(tmp_path: Path) -> Non
         status = await cluster.status()
         assert len(status.shards) == SHARDS + 1
         assert status.shards[SHARDS].replicas
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_split__a_shard_grown_too_large_is_split_by_the_manager(tmp_path: Path) -> None:
+    cluster = KVCluster(
+        tmp_path / "kv",
+        shards=2,
+        extra_env={"MT_MICROSHARDS": "16", "MT_KV_SPLIT_ITEMS": "150"},
+    )
+    try:
+        await cluster.start()
+        async with KVClient(cluster.manager_addr) as kv:
+            keys = [Key("test", f"p{n}".encode(), b"k") for n in range(400)]
+            await asyncio.gather(*(kv.put(key, b"v") for key in keys))  # ~200 keys a shard
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                status = await cluster.status()
+                if len(status.shards) > 2 and not status.splits:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                raise TimeoutError(f"no split by itself in 60 s: {status}")
+            table = await manager_call(cluster.manager_addr, "GetRoutingTable", pb.RoutingRequest())
+            assert len(table.shards) == 3  # one at a time: the next waits out a cooldown
+            assert sum(s == 2 for s in table.microshard_to_shard) == 4  # half of 8
+            found = await kv.multi_get(keys)
+            assert all(item is not None and item.value == b"v" for item in found.values())
     finally:
         cluster.stop()

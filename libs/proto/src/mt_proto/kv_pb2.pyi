@@ -1344,6 +1344,7 @@ class ShardProgress(_message.Message):
     PRIMARY_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
     APPLIED_EPOCH_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     epoch: _builtins.int
     applied_seq: _builtins.int
@@ -1356,6 +1357,10 @@ class ShardProgress(_message.Message):
     """a primary past its lease wait, or a caught-up follower"""
     applied_epoch: _builtins.int
     """epoch of the entry at applied_seq (the epoch is established"""
+    items: _builtins.int
+    """once its primary applied one of its own)
+    keys it holds of the shard (as applied): splits by size
+    """
     def __init__(
         self,
         *,
@@ -1367,10 +1372,11 @@ class ShardProgress(_message.Message):
         primary: _builtins.bool = ...,
         serving: _builtins.bool = ...,
         applied_epoch: _builtins.int = ...,
+        items: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_epoch", b"applied_epoch", "applied_seq", b"applied_seq", "epoch", b"epoch", "last_epoch", b"last_epoch", "last_seq", b"last_seq", "primary", b"primary", "serving", b"serving", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_epoch", b"applied_epoch", "applied_seq", b"applied_seq", "epoch", b"epoch", "items", b"items", "last_epoch", b"last_epoch", "last_seq", b"last_seq", "primary", b"primary", "serving", b"serving", "shard", b"shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,10 @@ class ManagerSettings(ServiceSettings):
     # limit); `minithreads kv quota` sets them at run time.
     kv_quotas: str = ""
     hot_moves: bool = True  # move hot μshards off a primary that carries more than its part
+    # A shard is split by itself once its primary has held more keys of it than this, or served
+    # more keys of it per second (not most of them of one μshard), for 10 s; 0: never.
+    kv_split_items: int = 500_000
+    kv_split_keys_per_s: float = 4_000.0
 
     def replica_addrs(self) -> dict[str, str]:
         return _pairs(self.kv_replicas)

@@ -19,6 +19,7 @@ from mt_core.rpc.server import Servicer, grpc_server
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
+from mt_kv.manager.autosplit import AutoSplit
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.grpc_api import ShardManagerServicer
 from mt_kv.manager.hotspots import Hotspots, shard_loads
@@ -40,6 +41,22 @@ def balance_load(manager: ShardManager, mover: Mover, hotspots: Hotspots) -> Non
         log.info("hot μshard moved", extra=asdict(move))
         mover.request(move.microshard, move.to_shard)
     manager.notes = hotspots.notes
+
+
+def split_when_due(manager: ShardManager, mover: Mover, autosplit: AutoSplit) -> None:
+    """Split a shard that has been too large or too hot for a while (``autosplit.py``)."""
+    busy = bool(manager.splits) or any(m.step != "done" for m in manager.moves.values())
+    busy = busy or not manager.placement_settled()
+    shard = autosplit.plan(manager.shard_sizes(), busy=busy, now=manager.now())
+    if shard is None:
+        return
+    try:
+        split = manager.split(shard)
+    except ValueError as err:  # e.g. fewer live replicas than copies just now
+        log.warning("not splitting", extra={"shard": shard, "error": str(err)})
+        return
+    log.info("splitting by itself", extra={"shard": shard, "new_shard": split.new_shard})
+    mover.wake()
 
 
 @asynccontextmanager
@@ -64,6 +81,7 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
     )
     async with grpc_server(settings, [mount]) as running:
         hotspots = Hotspots()
+        autosplit = AutoSplit(settings.kv_split_items, settings.kv_split_keys_per_s)
 
         async def watch() -> None:
             # Heartbeats drive failover; this also catches a cluster that went silent entirely.
@@ -71,6 +89,7 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
                 manager.tick()
                 if settings.hot_moves:
                     balance_load(manager, mover, hotspots)
+                split_when_due(manager, mover, autosplit)
                 ok = manager.healthy()
                 status = (
                     health_pb2.HealthCheckResponse.SERVING

@@ -23,6 +23,7 @@ from typing import Any
 
 from mt_proto import kv_pb2 as pb
 
+from mt_kv.manager.autosplit import ShardSize
 from mt_kv.manager.placement import Copyset, Planned, plan
 from mt_kv.manager.quotas import Quotas
 from mt_kv.manager.reconfig import Reconfigs, ReplicaMove
@@ -691,6 +692,27 @@ class ShardManager:
                 for new, (source, remaining) in self.splits.items()
             ],
         )
+
+    def shard_sizes(self) -> list[ShardSize]:
+        """Each shard with a live primary: the keys it holds and serves, as that primary last
+        reported them (``autosplit.py`` decides from these)."""
+        now = self._clock()
+        counts = Counter(self.mapping)
+        served = {
+            (rid, shard): (rate, hot)
+            for rid, shards in self.served.items()
+            for shard, rate, hot in shards
+        }
+        sizes = []
+        for s in self.shards:
+            if not s.primary or not self.alive(s.primary, now):
+                continue
+            progress = self.replicas[s.primary].progress.get(s.id)
+            rate, hot = served.get((s.primary, s.id), (0.0, []))
+            busiest = max((r for _, r in hot), default=0.0)
+            items = progress.items if progress is not None else 0
+            sizes.append(ShardSize(s.id, items, rate, busiest, counts[s.id]))
+        return sizes
 
     def split(self, shard_id: int) -> pb.Split:
         """Split ``shard_id``: a new shard, on the 3 live replicas holding the fewest copies,

@@ -260,6 +260,7 @@ class Replica(Requests, Leading, Following, Members):
             primary=s.role is Role.PRIMARY,
             serving=(s.role is Role.PRIMARY and now >= s.serving_after)
             or (s.role is Role.FOLLOWER and fresh),
+            items=len(s.data),
         )
 
     def _export_lag(self) -> None:
