@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
 from mt_cli.kvcluster import KVCluster, manager_call
 from mt_kv_client import Key, KVClient
-from mt_kv_contract.errors import OverQuota
+from mt_kv_contract.errors import OverBytesQuota, OverQuota
 from mt_proto import kv_pb2 as pb
 
 QUOTA = 200.0  # keys per second
@@ -72,5 +73,69 @@ async def test_quota__holds_the_noisy_keyspace_and_not_the_other(tmp_path: Path)
             )
             assert set(after) == {"ok"}, after
             assert not (await cluster.status()).quotas
+    finally:
+        cluster.stop()
+
+
+BYTES_QUOTA = 20_000  # bytes stored
+VALUE = b"x" * 100  # with its partition and key: ~105 bytes a put
+
+
+async def _fill(kv: KVClient, keyspace: str) -> tuple[list[Key], OverQuota]:
+    """Puts of new keys until one is refused; the keys written and the refusal."""
+    keys: list[Key] = []
+    for n in range(5_000):
+        key = Key(keyspace, f"p{n}".encode(), b"k")
+        try:
+            await kv.put(key, VALUE)
+        except OverQuota as err:
+            return keys, err
+        keys.append(key)
+    raise AssertionError(f"{len(keys)} puts of {len(VALUE)} bytes and none refused")
+
+
+async def _refused_within(attempts: Iterator[Awaitable[object]]) -> None:
+    """One of ``attempts`` refused over the bytes quota (every primary hears that its keyspace
+    is full with its next heartbeat), 0.1 s apart."""
+    for attempt in attempts:
+        try:
+            await attempt
+        except OverBytesQuota:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("never refused")
+
+
+@pytest.mark.timeout(120)
+async def test_bytes_quota__a_full_keyspace_takes_deletes_and_not_puts(tmp_path: Path) -> None:
+    cluster = KVCluster(tmp_path / "kv", shards=4)
+    try:
+        await cluster.start()
+        request = pb.QuotaRequest(keyspace="test", bytes=BYTES_QUOTA)
+        await manager_call(cluster.manager_addr, "SetQuota", request)
+        await asyncio.sleep(0.5)
+        async with KVClient(cluster.manager_addr) as kv:
+            keys, refused = await _fill(kv, "test")
+            assert isinstance(refused, OverBytesQuota)
+            # Refused once the primaries' reports reach the manager: a heartbeat or two late.
+            stored = len(keys) * (len(VALUE) + 5)
+            assert BYTES_QUOTA <= stored <= 2 * BYTES_QUOTA, len(keys)
+            (use,) = (await cluster.status()).quotas
+            assert use.full
+            assert use.used_bytes >= BYTES_QUOTA
+            await kv.put(Key("bench", b"p", b"k"), VALUE)  # another keyspace is not held
+            await _refused_within(kv.put(keys[0], VALUE * 2) for _ in range(50))  # may grow it
+
+            for key in keys[: len(keys) // 2]:
+                await kv.delete(key)  # deletes pass, and free it
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    await kv.put(keys[0], VALUE)
+                    break
+                except OverQuota:
+                    assert time.monotonic() < deadline, "still full after deleting half"
+                    await asyncio.sleep(0.2)
+            assert not (await cluster.status()).quotas[0].full
     finally:
         cluster.stop()

@@ -9,11 +9,12 @@ import pytest
 from mt_core.errors import InvalidArgument
 from mt_gateway.errors import response_for
 from mt_jobs.policy import is_backpressure, is_congestion
+from mt_kv.data import ShardData
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.quotas import FLOOR, Quotas, parse
 from mt_kv.replica.quotas import BURST_S
 from mt_kv.replica.quotas import Quotas as Buckets
-from mt_kv_contract.errors import OverQuota, Step, next_step
+from mt_kv_contract.errors import OverBytesQuota, OverQuota, Step, next_step
 from mt_proto import kv_pb2 as pb
 
 
@@ -106,7 +107,7 @@ def _report(quotas: Quotas, replica: str, offered: float) -> None:
 
 
 def test_manager_shares__follow_demand_and_sum_to_the_quota() -> None:
-    quotas = Quotas({"noisy": 300.0})
+    quotas = Quotas({"noisy": (300.0, 0.0)})
     serving = ["kv-1", "kv-2", "kv-3"]
     _report(quotas, "kv-1", 600.0)
     _report(quotas, "kv-2", 300.0)
@@ -118,7 +119,7 @@ def test_manager_shares__follow_demand_and_sum_to_the_quota() -> None:
 
 
 def test_manager_shares__without_demand_even__off_primaries_the_floor() -> None:
-    quotas = Quotas({"noisy": 300.0})
+    quotas = Quotas({"noisy": (300.0, 0.0)})
     assert quotas.shares("kv-1", ["kv-1", "kv-2"])["noisy"] == pytest.approx(150.0)
     assert quotas.shares("kv-9", ["kv-1", "kv-2"])["noisy"] == pytest.approx(300 * FLOOR / 2)
     assert quotas.shares("kv-1", ["kv-1", "kv-2"]).keys() == {"noisy"}
@@ -146,7 +147,7 @@ def test_manager_quotas__survive_a_restart(tmp_path: Path) -> None:
             state_path=tmp_path / "manager.json",
             failover_timeout_ms=1500,
             lease_ms=1000,
-            quotas={"jobs": 50.0},
+            quotas={"jobs": (50.0, 0.0)},
         )
 
     first = manager()
@@ -169,3 +170,51 @@ def test_over_quota__is_back_pressure_for_the_services() -> None:
     assert response.headers["Retry-After"] == "1"
     assert is_backpressure(err)  # an async kind's rate is cut, the job keeps its attempts
     assert is_congestion(err)
+
+
+def test_shard_data__counts_the_bytes_stored_per_keyspace() -> None:
+    data = ShardData()
+    data.apply([(("posts", b"p1", b"k"), (b"x" * 10, 1, 0)), (("jobs", b"j", b"k"), (b"y", 1, 0))])
+    assert data.bytes == {"posts": 2 + 1 + 10, "jobs": 1 + 1 + 1}
+    data.apply([(("posts", b"p1", b"k"), (b"x" * 4, 2, 0))])  # overwritten smaller
+    assert data.bytes["posts"] == 2 + 1 + 4
+    data.apply([(("posts", b"p1", b"k"), None), (("posts", b"gone", b"k"), None)])
+    assert data.bytes["posts"] == 0
+    data.replace([(("jobs", b"j", b"k2"), (b"zz", 1, 0))])
+    assert data.bytes == {"jobs": 1 + 2 + 2}
+
+
+def test_bytes_quota__a_full_keyspace_is_refused_growth_until_under_the_refill_mark() -> None:
+    quotas = Quotas(parse("posts=0/1000, jobs=50"))
+    assert quotas.bytes_limits == {"posts": 1000.0}
+    assert quotas.keyspaces() == ["jobs", "posts"]
+
+    def report(stored: int) -> list[str]:
+        quotas.observe("kv-1", [pb.KeyspaceLoad(keyspace="posts", bytes=stored)])
+        return quotas.update_full(["kv-1", "kv-2"])
+
+    assert report(600) == []
+    assert report(1000) == ["posts"]
+    assert report(960) == ["posts"]  # hysteresis: not yet under 95%
+    assert report(940) == []
+    use = quotas.use_of("posts", ["kv-1"])
+    assert (use.bytes, use.used_bytes, use.full) == (1000.0, 940, False)
+
+
+def test_bytes_quota__the_primary_refuses_growth_of_a_full_keyspace_only() -> None:
+    buckets = Buckets(Clock())
+    buckets.admit_growth(["posts"])  # nothing full: nothing refused
+    buckets.full = frozenset({"posts"})
+    with pytest.raises(OverQuota) as refused:
+        buckets.admit_growth(["jobs", "posts"])
+    assert isinstance(refused.value, OverBytesQuota)
+    buckets.admit_growth(["jobs"])
+    (load,) = [e for e in buckets.load({"posts": 120}) if e.keyspace == "posts"]
+    assert load.bytes == 120
+
+
+def test_bytes_quota__saved_before_bytes_quotas__restores_as_keys_per_second() -> None:
+    quotas = Quotas({})
+    quotas.restore({"noisy": 120.0, "posts": [0.0, 5e6]})
+    assert quotas.limits == {"noisy": 120.0}
+    assert quotas.bytes_limits == {"posts": 5e6}

@@ -6,7 +6,7 @@
   minithreads kv move (MICROSHARD | --key KEYSPACE KEY) --to SHARD [--json]
   minithreads kv bench [--vs etcd] [--json]
   minithreads kv add-replica | drain REPLICA | move-replica SHARD --from R --to R
-  minithreads kv quota KEYSPACE --ops N         # keys read or written per second; 0: none
+  minithreads kv quota KEYSPACE [--ops N] [--bytes B]  # keys/s, bytes stored; 0: none
   minithreads kv split SHARD [--wait-s N]       # a new shard takes half its μshards, live
 
 KEY is ``PARTITION/REST``: the part before the first "/" picks the μshard (keys of one
@@ -70,9 +70,12 @@ def add_arguments(kv: argparse.ArgumentParser) -> None:
     move.add_argument("--to", type=int, required=True, metavar="SHARD", dest="to_shard")
     move.add_argument("--wait-s", type=float, default=60.0, help="default: %(default)s")
     move.add_argument("--json", action="store_true")
-    quota = sub.add_parser("quota", help="set a keyspace's quota (keys per second; 0: none)")
+    quota = sub.add_parser(
+        "quota", help="set a keyspace's quotas (keys per second, bytes stored; 0: none)"
+    )
     quota.add_argument("keyspace")
-    quota.add_argument("--ops", type=float, required=True, metavar="N", dest="ops_s")
+    quota.add_argument("--ops", type=float, metavar="N", dest="ops_s", help="default: as is")
+    quota.add_argument("--bytes", type=float, metavar="B", dest="bytes", help="default: as is")
     split = sub.add_parser("split", help="split a shard: a new one takes half its μshards")
     split.add_argument("shard", type=int)
     split.add_argument("--wait-s", type=float, default=300.0, help="until done (%(default)s)")
@@ -212,6 +215,9 @@ def _quota_json(q: pb.QuotaUse) -> dict[str, object]:
         "ops_s": q.ops_s,
         "offered_per_s": round(q.offered_per_s, 1),
         "refused_per_s": round(q.refused_per_s, 1),
+        "bytes": q.bytes,
+        "used_bytes": q.used_bytes,
+        "full": q.full,
     }
 
 
@@ -237,7 +243,15 @@ async def _split(args: argparse.Namespace) -> int:
 
 
 async def _quota(args: argparse.Namespace) -> int:
-    request = pb.QuotaRequest(keyspace=args.keyspace, ops_s=args.ops_s)
+    if args.ops_s is None and args.bytes is None:
+        raise SystemExit("kv quota: give --ops, --bytes or both")
+    now = next(
+        (q for q in (await manager_status(args.addr)).quotas if q.keyspace == args.keyspace),
+        pb.QuotaUse(),
+    )  # the quota not given stays as it is
+    ops_s = now.ops_s if args.ops_s is None else args.ops_s
+    stored = now.bytes if args.bytes is None else args.bytes
+    request = pb.QuotaRequest(keyspace=args.keyspace, ops_s=ops_s, bytes=stored)
     use: pb.QuotaUse = await manager_call(args.addr, "SetQuota", request)
     print(json.dumps(_quota_json(use)))
     return 0
@@ -274,10 +288,12 @@ async def _status(args: argparse.Namespace) -> int:
             print(f"{line}  {r['error']}".rstrip())
     quotas: list[dict[str, Any]] = status["quotas"]  # type: ignore[assignment]
     if quotas:
-        print(f"\n{'KEYSPACE':<16} {'QUOTA/S':>9} {'OFFERED/S':>9} {'REFUSED/S':>9}")
+        head = f"{'KEYSPACE':<16} {'QUOTA/S':>9} {'OFFERED/S':>9} {'REFUSED/S':>9}"
+        print(f"\n{head} {'BYTES':>12} {'QUOTA BYTES':>12}")
         for q in quotas:
             used = f"{q['offered_per_s']:>9.0f} {q['refused_per_s']:>9.0f}"
-            print(f"{q['keyspace']:<16} {q['ops_s']:>9.0f} {used}")
+            stored = f"{q['used_bytes']:>12,} {q['bytes']:>12,.0f}" + (" full" if q["full"] else "")
+            print(f"{q['keyspace']:<16} {q['ops_s']:>9.0f} {used} {stored}")
     for split in status["splits"]:  # type: ignore[attr-defined]
         left = len(split["remaining"])
         print(f"\nsplit: shard {split['shard']} -> {split['new_shard']}, {left} μshards to move")

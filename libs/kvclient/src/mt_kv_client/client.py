@@ -43,6 +43,7 @@ from mt_kv_contract.errors import (
     KVUnavailable,
     Moved,
     NotPrimary,
+    OverBytesQuota,
     OverQuota,
     Refused,
     Step,
@@ -1009,8 +1010,8 @@ class KVClient:
         for (_, keyspace), outcome in zip(parts, outcomes, strict=False):
             if keyspace and outcome.HasField("error"):
                 error = _outcome_error(outcome)
-                if isinstance(error, OverQuota):
-                    self._quota_gate.learn(addr, keyspace, error)
+                if isinstance(error, OverQuota) and not isinstance(error, OverBytesQuota):
+                    self._quota_gate.learn(addr, keyspace, error)  # (a full one takes deletes)
 
     async def _settle_conditional(
         self,

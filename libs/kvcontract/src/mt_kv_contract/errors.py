@@ -114,6 +114,14 @@ class OverQuota(RateLimited):
     default_code = "over_quota"
 
 
+@known
+class OverBytesQuota(OverQuota):
+    """The keyspace is at its quota of bytes stored: a write that may grow it (a put or an
+    increment) is refused until deletes free enough; deletes pass."""
+
+    default_code = "over_bytes_quota"
+
+
 class Step(enum.Enum):
     """What the client does after a failed attempt (:func:`next_step`)."""
 

@@ -1496,21 +1496,25 @@ class KeyspaceLoad(_message.Message):
     KEYSPACE_FIELD_NUMBER: _builtins.int
     OFFERED_PER_S_FIELD_NUMBER: _builtins.int
     REFUSED_PER_S_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
     keyspace: _builtins.str
     offered_per_s: _builtins.float
     """asked of it, refused included"""
     refused_per_s: _builtins.float
     """refused over the keyspace's quota"""
+    bytes: _builtins.int
+    """stored in the shards it leads (partitions, keys and values)"""
     def __init__(
         self,
         *,
         keyspace: _builtins.str = ...,
         offered_per_s: _builtins.float = ...,
         refused_per_s: _builtins.float = ...,
+        bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyspace", b"keyspace", "offered_per_s", b"offered_per_s", "refused_per_s", b"refused_per_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "keyspace", b"keyspace", "offered_per_s", b"offered_per_s", "refused_per_s", b"refused_per_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1565,6 +1569,7 @@ class HeartbeatResponse(_message.Message):
     REPL_ADDRS_FIELD_NUMBER: _builtins.int
     QUOTA_OPS_FIELD_NUMBER: _builtins.int
     MICROSHARDS_FIELD_NUMBER: _builtins.int
+    BYTES_FULL_FIELD_NUMBER: _builtins.int
     lease_ms: _builtins.int
     """how long a primary may serve strong reads unchallenged"""
     microshards: _builtins.int
@@ -1583,6 +1588,10 @@ class HeartbeatResponse(_message.Message):
         keyspace's quota); a keyspace not listed has no quota.
         """
 
+    @_builtins.property
+    def bytes_full(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """keyspaces at their bytes quota: refuse growing writes"""
+
     def __init__(
         self,
         *,
@@ -1591,10 +1600,11 @@ class HeartbeatResponse(_message.Message):
         repl_addrs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         quota_ops: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         microshards: _builtins.int = ...,
+        bytes_full: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "microshards", b"microshards", "quota_ops", b"quota_ops", "repl_addrs", b"repl_addrs", "shards", b"shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_full", b"bytes_full", "lease_ms", b"lease_ms", "microshards", b"microshards", "quota_ops", b"quota_ops", "repl_addrs", b"repl_addrs", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1756,6 +1766,9 @@ class QuotaUse(_message.Message):
     OPS_S_FIELD_NUMBER: _builtins.int
     OFFERED_PER_S_FIELD_NUMBER: _builtins.int
     REFUSED_PER_S_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    USED_BYTES_FIELD_NUMBER: _builtins.int
+    FULL_FIELD_NUMBER: _builtins.int
     keyspace: _builtins.str
     ops_s: _builtins.float
     """the quota (keys read or written per second)"""
@@ -1763,6 +1776,12 @@ class QuotaUse(_message.Message):
     """asked of the primaries, refused included"""
     refused_per_s: _builtins.float
     """refused with OverQuota"""
+    bytes: _builtins.float
+    """the quota of bytes stored (partitions, keys and values)"""
+    used_bytes: _builtins.int
+    """stored, as the primaries last reported"""
+    full: _builtins.bool
+    """at its bytes quota: writes that may grow it are refused"""
     def __init__(
         self,
         *,
@@ -1770,10 +1789,13 @@ class QuotaUse(_message.Message):
         ops_s: _builtins.float = ...,
         offered_per_s: _builtins.float = ...,
         refused_per_s: _builtins.float = ...,
+        bytes: _builtins.float = ...,
+        used_bytes: _builtins.int = ...,
+        full: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyspace", b"keyspace", "offered_per_s", b"offered_per_s", "ops_s", b"ops_s", "refused_per_s", b"refused_per_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "full", b"full", "keyspace", b"keyspace", "offered_per_s", b"offered_per_s", "ops_s", b"ops_s", "refused_per_s", b"refused_per_s", "used_bytes", b"used_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1785,18 +1807,22 @@ class QuotaRequest(_message.Message):
 
     KEYSPACE_FIELD_NUMBER: _builtins.int
     OPS_S_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
     keyspace: _builtins.str
     ops_s: _builtins.float
-    """0: no quota"""
+    """0: no quota of keys per second"""
+    bytes: _builtins.float
+    """0: no quota of bytes stored"""
     def __init__(
         self,
         *,
         keyspace: _builtins.str = ...,
         ops_s: _builtins.float = ...,
+        bytes: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyspace", b"keyspace", "ops_s", b"ops_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "keyspace", b"keyspace", "ops_s", b"ops_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -136,6 +136,7 @@ class ShardData:
         # keyspace hash they were given with (0 until a μshard has moved away).
         self.moved: set[int] = set()
         self.microshards = 0
+        self.bytes: dict[str, int] = {}  # keyspace -> bytes stored (partitions, keys, values)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -152,7 +153,11 @@ class ShardData:
                 self._delete(key)
 
     def _set(self, key: KeyT, entry: Entry) -> None:
-        if key not in self.items:
+        old = self.items.get(key)
+        if old is not None:
+            grown = len(entry[VALUE]) - len(old[VALUE])
+        else:
+            grown = len(key[1]) + len(key[2]) + len(entry[VALUE])
             partition = key[:2]
             keys = self._keys.get(partition)
             if keys is None:
@@ -162,6 +167,8 @@ class ShardData:
             else:
                 keys.add(key[2])
         self.items[key] = entry
+        if grown:
+            self.bytes[key[0]] = self.bytes.get(key[0], 0) + grown
         if entry[EXPIRES]:
             heapq.heappush(self._expiries, (entry[EXPIRES], key))
         if key[0] == META_KEYSPACE and key[1] == MOVED:
@@ -169,8 +176,10 @@ class ShardData:
             self.microshards = int(entry[VALUE].split(b"/")[1])
 
     def _delete(self, key: KeyT) -> None:
-        if self.items.pop(key, None) is None:
+        old = self.items.pop(key, None)
+        if old is None:
             return
+        self.bytes[key[0]] -= len(key[1]) + len(key[2]) + len(old[VALUE])
         if key[0] == META_KEYSPACE and key[1] == MOVED:
             self.moved.discard(int.from_bytes(key[2], "big"))
         partition = key[:2]
@@ -184,7 +193,7 @@ class ShardData:
 
     def replace(self, entries: Iterable[tuple[KeyT, Entry]]) -> None:
         self.items, self._keys, self._expiries = {}, {}, []
-        self.moved, self.microshards = set(), 0
+        self.moved, self.microshards, self.bytes = set(), 0, {}
         for key, entry in entries:
             self._set(key, entry)
 

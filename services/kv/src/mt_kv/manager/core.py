@@ -125,7 +125,7 @@ class ShardManager:
         failover_timeout_ms: int,
         lease_ms: int,
         clock: Callable[[], float] = time.monotonic,
-        quotas: Mapping[str, float] | None = None,
+        quotas: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self._clock = clock
         self.replicas = {rid: ReplicaView(rid, addr) for rid, addr in replicas.items()}
@@ -293,7 +293,14 @@ class ShardManager:
             repl_addrs={r.id: r.repl_addr for r in self.replicas.values() if r.repl_addr},
             quota_ops=self._quota_shares(req.replica_id),
             microshards=self.microshards,
+            bytes_full=self._bytes_full(),
         )
+
+    def _bytes_full(self) -> list[str]:
+        if not self.quotas.bytes_limits:
+            return []
+        now = self._clock()
+        return self.quotas.update_full([r for r in self.replicas if self.alive(r, now)])
 
     def _quota_shares(self, rid: str) -> dict[str, float]:
         """``rid``'s shares of the keyspaces' quotas, split among the live primaries."""
@@ -625,7 +632,7 @@ class ShardManager:
             shards=self.shard_infos(),
             replicas=self.replica_infos(),
             microshard_to_shard=self.mapping,
-            quota_keyspaces=sorted(self.quotas.limits),
+            quota_keyspaces=self.quotas.keyspaces(),
         )
 
     def replica_infos(self) -> list[pb.ReplicaInfo]:

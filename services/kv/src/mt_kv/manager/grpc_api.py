@@ -56,7 +56,7 @@ class ShardManagerServicer(kv_pb2_grpc.ShardManagerServicer):
         return self.manager.replica_info(request.id)
 
     async def SetQuota(self, request: pb.QuotaRequest, context: Any) -> pb.QuotaUse:
-        self.manager.quotas.set(request.keyspace, request.ops_s)
+        self.manager.quotas.set(request.keyspace, request.ops_s, request.bytes)
         self.manager.save()
         live = [r for r in self.manager.replicas if self.manager.alive(r)]
         return self.manager.quotas.use_of(request.keyspace, live)

@@ -31,7 +31,7 @@ async def heartbeats(replica: Replica, settings: ReplicaSettings, repl_addr: str
         stub = kv_pb2_grpc.ShardManagerStub(chan)
         warned = False
         while True:
-            load = replica.quotas.load()
+            load = replica.quotas.load(replica.stored_bytes())
             request = pb.HeartbeatRequest(
                 replica_id=replica.id,
                 addr=settings.addr(),
@@ -46,6 +46,7 @@ async def heartbeats(replica: Replica, settings: ReplicaSettings, repl_addr: str
                 reply = await stub.Heartbeat(request, timeout=1.0)
                 replica.assign(reply.shards, reply.lease_ms, dict(reply.repl_addrs))
                 replica.quotas.set_shares(reply.quota_ops)
+                replica.quotas.full = frozenset(reply.bytes_full)
                 replica.served.microshards = reply.microshards
                 observe_quotas(load, reply.quota_ops)
                 warned = False

@@ -241,6 +241,16 @@ class Replica(Requests, Leading, Following, Members):
 
     # ------------------------------------------------------------------ assignments
 
+    def stored_bytes(self) -> dict[str, int]:
+        """Bytes stored per keyspace in the shards this replica leads (for bytes quotas: each
+        shard is counted by its primary alone)."""
+        stored: dict[str, int] = {}
+        for shard in self.shards.values():
+            if shard.role is Role.PRIMARY:
+                for keyspace, n in shard.data.bytes.items():
+                    stored[keyspace] = stored.get(keyspace, 0) + n
+        return stored
+
     def progress(self) -> list[pb.ShardProgress]:
         """Each shard's position for the shard manager: its log only as far as it is durable
         (the manager elects by it)."""

@@ -7,16 +7,18 @@ bucket holds any token and then charged in full (the bucket may go into debt), s
 larger than the bucket still goes through, and the rate holds on average. A refusal is a dict
 lookup and some arithmetic, before any check, log entry or lease wait: it must cost far less
 than the work it refuses. The offered and refused keys per keyspace go to the shard manager
-with each heartbeat, as rates.
+with each heartbeat, as rates, with the bytes stored of the shards this replica leads; a
+keyspace the manager says is full (at its bytes quota) gets its writes that may grow it
+refused — puts and increments; deletes pass.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from mt_kv_contract.errors import OverQuota
+from mt_kv_contract.errors import OverBytesQuota, OverQuota
 from mt_proto import kv_pb2 as pb
 
 from mt_kv.replica.load import decay
@@ -24,6 +26,7 @@ from mt_kv.replica.load import decay
 BURST_S = 0.2  # a bucket holds at most this long of its rate
 RATE_HALF_LIFE_S = 1.0  # of the reported rates (an exponentially weighted average)
 MAX_RETRY_AFTER_S = 5.0
+FULL_RETRY_AFTER_S = 1.0  # a full keyspace stays full until deletes free its bytes
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Quotas:
         self._refused: defaultdict[str, int] = defaultdict(int)
         self._rates: dict[str, tuple[float, ...]] = {}  # keyspace -> (offered, refused)/s
         self._reported_at = clock()
+        self.full: frozenset[str] = frozenset()  # keyspaces at their bytes quota
 
     def set_shares(self, shares: Mapping[str, float]) -> None:
         """Follow the shard manager: each keyspace's rate here (a keyspace left out has no
@@ -91,9 +95,19 @@ class Quotas:
         for bucket, n in charged:
             bucket.tokens -= n
 
-    def load(self) -> list[pb.KeyspaceLoad]:
+    def admit_growth(self, keyspaces: Iterable[str]) -> None:
+        """Refuse a write that may grow a full keyspace (the caller leaves its deletes out)."""
+        for keyspace in keyspaces:
+            if keyspace in self.full:
+                self._refused[keyspace] += 1
+                raise OverBytesQuota(
+                    f"keyspace {keyspace!r} is at its quota of bytes stored",
+                    retry_after_s=FULL_RETRY_AFTER_S,
+                )
+
+    def load(self, stored: Mapping[str, int] | None = None) -> list[pb.KeyspaceLoad]:
         """The offered and refused keys per second of each keyspace, averaged over about
-        ``RATE_HALF_LIFE_S``; called with each heartbeat."""
+        ``RATE_HALF_LIFE_S``, and the bytes ``stored`` of each; called with each heartbeat."""
         now = self._clock()
         elapsed = now - self._reported_at
         if elapsed > 0:
@@ -102,10 +116,18 @@ class Quotas:
             decay(self._rates, counts, elapsed, RATE_HALF_LIFE_S)
             self._offered.clear()
             self._refused.clear()
-        return self._report()
+        return self._report(stored or {})
 
-    def _report(self) -> list[pb.KeyspaceLoad]:
-        return [
-            pb.KeyspaceLoad(keyspace=k, offered_per_s=offered, refused_per_s=refused)
-            for k, (offered, refused) in sorted(self._rates.items())
-        ]
+    def _report(self, stored: Mapping[str, int]) -> list[pb.KeyspaceLoad]:
+        out = []
+        for keyspace in sorted(set(self._rates) | {k for k, n in stored.items() if n}):
+            offered, refused = self._rates.get(keyspace, (0.0, 0.0))
+            out.append(
+                pb.KeyspaceLoad(
+                    keyspace=keyspace,
+                    offered_per_s=offered,
+                    refused_per_s=refused,
+                    bytes=stored.get(keyspace, 0),
+                )
+            )
+        return out

@@ -109,6 +109,9 @@ class Requests(ReplicaBase):
             if first is not None:  # (a repeat is answered, never refused or charged)
                 return first
         self.quotas.admit(_keyspaces(m.key for m in req.mutations))
+        if self.quotas.full:
+            growing = (m.key.keyspace for m in req.mutations if not m.HasField("delete"))
+            self.quotas.admit_growth(growing)
         self.served.count(shard.id, (m.key for m in req.mutations))
         for cond in req.conditions:
             self._check(shard, cond, now)
