@@ -138,7 +138,13 @@ def main() -> int:
     parser.add_argument("--gets", type=float, default=0.0)
     parser.add_argument("--hot", default="", help="partitions, comma-separated")
     parser.add_argument("--hot-share", type=float, default=0.0)
-    print(json.dumps(asyncio.run(generate(parser.parse_args()))), flush=True)
+    parser.add_argument(
+        "--idle", action="store_true", help="run only on CPU nothing else wants (SCHED_IDLE)"
+    )
+    args = parser.parse_args()
+    if args.idle:  # a client standing for machines of its own: its CPU is not the cluster's
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    print(json.dumps(asyncio.run(generate(args))), flush=True)
     return 0
 
 
