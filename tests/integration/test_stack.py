@@ -59,6 +59,23 @@ async def test_unknown_path__gets_the_contract_error_shape() -> None:
     assert body == {"error": {"code": "not_found", "message": "Not Found"}}
 
 
+async def test_kv_manager_metrics__show_each_shards_primary_and_each_replica() -> None:
+    deadline = time.monotonic() + 10  # (exported once a second)
+    while True:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get("http://127.0.0.1:51060/metrics") as resp,
+        ):
+            text = await resp.text()
+        if 'kv_replica_alive{replica="kv-1"} 1.0' in text or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert 'kv_shard_epoch{shard="0"}' in text
+    assert "kv_shard_primary{" in text
+    assert 'kv_replica_alive{replica="kv-1"} 1.0' in text
+    assert 'kv_moves_in_progress{kind="microshard"}' in text
+
+
 def test_ps_json__lists_every_process_with_pid_port_role_and_health(stack: Manifest) -> None:
     result = minithreads("ps", "--json")
     assert result.returncode == 0, result.stderr

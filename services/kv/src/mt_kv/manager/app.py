@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,12 +24,14 @@ from mt_kv.manager.autosplit import AutoSplit
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.grpc_api import ShardManagerServicer
 from mt_kv.manager.hotspots import Hotspots, shard_loads
+from mt_kv.manager.metrics import Exporter
 from mt_kv.manager.mover import GrpcCalls, Mover
 from mt_kv.manager.quotas import parse as parse_quotas
 from mt_kv.settings import ManagerSettings
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ShardManager"].full_name
 log = logging.getLogger(__name__)
+EXPORT_EVERY = 5  # watch turns (0.2 s each) between metric exports
 
 
 def balance_load(manager: ShardManager, mover: Mover, hotspots: Hotspots) -> None:
@@ -82,11 +85,14 @@ async def app(settings: ManagerSettings) -> AsyncIterator[None]:
     async with grpc_server(settings, [mount]) as running:
         hotspots = Hotspots()
         autosplit = AutoSplit(settings.kv_split_items, settings.kv_split_keys_per_s)
+        exporter = Exporter()
 
         async def watch() -> None:
             # Heartbeats drive failover; this also catches a cluster that went silent entirely.
-            while True:
+            for turn in itertools.count():
                 manager.tick()
+                if turn % EXPORT_EVERY == 0:
+                    exporter.export(manager.status())
                 if settings.hot_moves:
                     balance_load(manager, mover, hotspots)
                 split_when_due(manager, mover, autosplit)
