@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from mt_kv_client import Key, KVClient
-from mt_kv_client.quota_gate import MAX_HOLD_S, QuotaGate
 from mt_kv_contract.errors import OverQuota
 from mt_proto import kv_pb2 as pb
 
@@ -81,40 +80,6 @@ async def test_write_parts__quota_removed_while_in_flight__each_put_gets_its_ans
     assert await _two_puts(kv) == [1, 1]
 
 
-class _OverQuotaStub(_Stub):
-    """A primary whose bucket for ``test`` is empty for the next 50 ms."""
-
-    async def BatchWrite(self, request: pb.BatchWriteRequest, **_: Any) -> pb.BatchWriteResponse:
-        answer = await super().BatchWrite(request)
-        for write, result in zip(request.writes, answer.results, strict=True):
-            if write.mutations[0].key.keyspace == "test":
-                result.error.CopyFrom(
-                    pb.Error(kind="OverQuota", code="over_quota", message="over", retry_after_ms=50)
-                )
-        return answer
-
-
-async def test_over_quota__refused_again_in_the_client_until_the_bucket_refills() -> None:
-    now = [100.0]
-    kv, _ = _client(["test"])
-    stub = _OverQuotaStub(lambda: None)
-    kv._stubs[ADDR] = stub  # type: ignore[assignment]
-    kv._quota_gate = QuotaGate(clock=lambda: now[0])
-    noisy, quiet = Key("test", b"p", b"a"), Key("bench", b"p", b"b")
-    with pytest.raises(OverQuota):
-        await kv.put(noisy, b"1")
-    assert len(stub.requests) == 1
-    with pytest.raises(OverQuota) as refused:
-        await kv.put(noisy, b"2")
-    assert len(stub.requests) == 1  # answered here: no call
-    assert refused.value.retry_after_s == pytest.approx(0.05)
-    assert await kv.put(quiet, b"3") == 1  # another keyspace is not held back
-    now[0] += 0.051
-    with pytest.raises(OverQuota):
-        await kv.put(noisy, b"4")
-    assert len(stub.requests) == 3  # the bucket may hold a token again: asked
-
-
 class _OverQuotaReads:
     """A primary whose bucket for ``test`` is empty for the next 50 ms, for reads."""
 
@@ -134,28 +99,12 @@ class _OverQuotaReads:
         )
 
 
-async def test_over_quota__a_refused_read_is_answered_not_retried_and_then_refused_here() -> None:
+async def test_over_quota__a_refused_read_is_the_callers_answer_not_retried() -> None:
     kv, _ = _client(["test"])
     stub = _OverQuotaReads()
     kv._stubs[ADDR] = stub  # type: ignore[assignment]
-    kv._quota_gate = QuotaGate(clock=lambda: 100.0)  # a machine stall must not end the 50 ms
     noisy, quiet = Key("test", b"p", b"a"), Key("bench", b"p", b"b")
     with pytest.raises(OverQuota):
         await kv.get(noisy)
     assert len(stub.requests) == 1  # back-pressure is the caller's answer: not sent again
-    with pytest.raises(OverQuota):
-        await kv.get(noisy)
-    assert len(stub.requests) == 1  # refused here
-    assert await kv.get(quiet) is None
-    assert len(stub.requests) == 2
-
-
-def test_quota_gate__holds_a_refusal_at_most_max_hold_s() -> None:
-    now = [0.0]
-    gate = QuotaGate(clock=lambda: now[0])
-    gate.learn("a", "test", OverQuota("over", retry_after_s=5.0))  # a bucket deep in debt
-    assert gate.refused("a", "test") is not None
-    assert gate.refused("b", "test") is None
-    assert gate.refused("a", "other") is None
-    now[0] += MAX_HOLD_S + 0.001  # the quota may have been lifted meanwhile: ask the primary
-    assert gate.refused("a", "test") is None
+    assert await kv.get(quiet) is None  # another keyspace is served

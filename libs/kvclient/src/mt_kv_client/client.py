@@ -43,7 +43,6 @@ from mt_kv_contract.errors import (
     KVUnavailable,
     Moved,
     NotPrimary,
-    OverBytesQuota,
     OverQuota,
     Refused,
     Step,
@@ -53,7 +52,6 @@ from mt_kv_contract.keys import MAX_BATCH, Key, microshard, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
-from mt_kv_client.quota_gate import QuotaGate
 from mt_kv_client.sessions import WriteSession
 
 T = TypeVar("T")
@@ -390,7 +388,6 @@ class KVClient:
         self._budget_s = retry_budget_ms / 1000
         self._table = pb.RoutingTable()
         self._quota_keyspaces: frozenset[str] = frozenset()
-        self._quota_gate = QuotaGate()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, kv_pb2_grpc.KVAsyncStub] = {}
         self._manager: grpc.aio.Channel | None = None
@@ -574,12 +571,9 @@ class KVClient:
         addr, consistency = group
         # A part per shard and keyspace: a keyspace over its quota is refused alone.
         by_part = _by_shard(((s, self._apart(k.keyspace)), k) for call in calls for s, k in call)
-        found: dict[Key, Item | BaseException | None] = {}
-        for part, refusal in self._refused_here(addr, by_part).items():
-            found.update(dict.fromkeys(by_part.pop(part), refusal))
         parts = [
-            ((shard, keyspace), keys[start : start + MAX_BATCH])
-            for (shard, keyspace), keys in by_part.items()
+            (shard, keys[start : start + MAX_BATCH])
+            for (shard, _), keys in by_part.items()
             for start in range(0, len(keys), MAX_BATCH)
         ]
         request = pb.BatchGetRequest(
@@ -589,20 +583,18 @@ class KVClient:
                     keys=[_pb_key(k) for k in keys],
                     read=self._read_options(shard, consistency),
                 )
-                for (shard, _), keys in parts
+                for shard, keys in parts
             ]
         )
-        outcomes: list[pb.GetResult | None] = []
         try:
-            if parts:  # (none when every part was refused here)
-                with outbound(_BATCH_GET) as metadata:
-                    reply = await self._stub_at(addr).BatchGet(
-                        request, timeout=self._call_timeout_s(), metadata=metadata
-                    )
-                outcomes = list(reply.results)
-                self._learn_refusals(addr, [part for part, _ in parts], reply.results)
+            with outbound(_BATCH_GET) as metadata:
+                reply = await self._stub_at(addr).BatchGet(
+                    request, timeout=self._call_timeout_s(), metadata=metadata
+                )
+            outcomes: list[pb.GetResult | None] = list(reply.results)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(parts)
+        found: dict[Key, Item | BaseException | None] = {}
         failed: list[list[Key]] = []
         for (_, keys), outcome in zip(parts, outcomes, strict=True):
             if outcome is not None and outcome.HasField("ok"):
@@ -916,8 +908,7 @@ class KVClient:
                     by_shard[shard, self._apart(mutations[0].key.keyspace, quotas)].extend(
                         mutations
                     )
-        refused = self._refused_here(addr, by_shard)
-        shards = [part for part in by_shard if part not in refused]
+        shards = list(by_shard)
         writes = [
             pb.WriteRequest(
                 route=self._route(shard),
@@ -936,18 +927,16 @@ class KVClient:
         ]
         for write in writes:
             self.writes.tag(write)
-        outcomes: list[pb.WriteResult | None] = []
+        outcomes: list[pb.WriteResult | None]
         started = time.monotonic()
         try:
-            if writes:  # (none when every part was refused here)
-                request = pb.BatchWriteRequest(writes=writes)
-                with outbound(_BATCH_WRITE) as metadata:
-                    reply = await self._stub_at(addr).BatchWrite(
-                        request, timeout=self._call_timeout_s(), metadata=metadata
-                    )
-                outcomes = list(reply.results)
-                self._observe_commit(time.monotonic() - started)
-                self._learn_refusals(addr, shards, reply.results)
+            request = pb.BatchWriteRequest(writes=writes)
+            with outbound(_BATCH_WRITE) as metadata:
+                reply = await self._stub_at(addr).BatchWrite(
+                    request, timeout=self._call_timeout_s(), metadata=metadata
+                )
+            outcomes = list(reply.results)
+            self._observe_commit(time.monotonic() - started)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(writes)  # unknown outcome for every part
         # Parts that must be retried are retried together: a failover touches many shards.
@@ -965,9 +954,7 @@ class KVClient:
                 )
             ),
         )
-        results: dict[tuple[int, str], Sequence[pb.Item | BaseException] | BaseException]
-        results = dict(zip(shards, settled[: len(shards)], strict=True))  # type: ignore[arg-type]
-        results.update(refused)
+        results = dict(zip(shards, settled[: len(shards)], strict=True))
         answers = iter(settled[len(shards) :])
         position: dict[tuple[int, str], int] = defaultdict(int)
         out: list[list[list[pb.Item] | BaseException] | pb.WriteResponse | BaseException] = []
@@ -979,6 +966,7 @@ class KVClient:
             for shard, mutations in call.parts:
                 key = (shard, self._apart(mutations[0].key.keyspace, quotas))
                 part = results[key]
+                assert not isinstance(part, pb.WriteResponse)
                 if isinstance(part, BaseException):
                     parts.append(part)
                     continue
@@ -988,30 +976,6 @@ class KVClient:
                 parts.append(failed if failed is not None else mine)  # type: ignore[arg-type]
             out.append(parts)
         return out
-
-    def _refused_here(
-        self, addr: str, parts: Iterable[tuple[int, str]]
-    ) -> dict[tuple[int, str], OverQuota]:
-        """The parts of a keyspace that ``addr`` refused a moment ago and would refuse again
-        (see :mod:`mt_kv_client.quota_gate`), each with its refusal."""
-        refused = {}
-        for part in parts:
-            if part[1] and (error := self._quota_gate.refused(addr, part[1])) is not None:
-                refused[part] = error
-        return refused
-
-    def _learn_refusals(
-        self,
-        addr: str,
-        parts: Sequence[tuple[int, str]],
-        outcomes: Iterable[pb.WriteResult | pb.GetResult],
-    ) -> None:
-        """Remember the parts ``addr`` refused over a quota, until their buckets refill."""
-        for (_, keyspace), outcome in zip(parts, outcomes, strict=False):
-            if keyspace and outcome.HasField("error"):
-                error = _outcome_error(outcome)
-                if isinstance(error, OverQuota) and not isinstance(error, OverBytesQuota):
-                    self._quota_gate.learn(addr, keyspace, error)  # (a full one takes deletes)
 
     async def _settle_conditional(
         self,
