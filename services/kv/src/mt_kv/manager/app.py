@@ -34,12 +34,16 @@ log = logging.getLogger(__name__)
 EXPORT_EVERY = 5  # watch turns (0.2 s each) between metric exports
 
 
+def _moving(manager: ShardManager) -> bool:
+    """μshards or shard copies are moving: what load reports say is about to change."""
+    return any(m.step != "done" for m in manager.moves.values()) or not manager.placement_settled()
+
+
 def balance_load(manager: ShardManager, mover: Mover, hotspots: Hotspots) -> None:
     """Move hot μshards off a primary carrying more than its part (``hotspots.py``)."""
     now = manager.now()
     primaries = {s.id: s.primary for s in manager.shards if s.primary and manager.alive(s.primary)}
-    busy = any(m.step != "done" for m in manager.moves.values())
-    busy = busy or not manager.placement_settled()
+    busy = _moving(manager)
     for move in hotspots.plan(shard_loads(manager.served, primaries), busy=busy, now=now):
         log.info("hot μshard moved", extra=asdict(move))
         mover.request(move.microshard, move.to_shard)
@@ -48,8 +52,7 @@ def balance_load(manager: ShardManager, mover: Mover, hotspots: Hotspots) -> Non
 
 def split_when_due(manager: ShardManager, mover: Mover, autosplit: AutoSplit) -> None:
     """Split a shard that has been too large or too hot for a while (``autosplit.py``)."""
-    busy = bool(manager.splits) or any(m.step != "done" for m in manager.moves.values())
-    busy = busy or not manager.placement_settled()
+    busy = bool(manager.splits) or _moving(manager)
     shard = autosplit.plan(manager.shard_sizes(), busy=busy, now=manager.now())
     if shard is None:
         return
