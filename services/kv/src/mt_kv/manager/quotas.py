@@ -134,6 +134,6 @@ class Quotas:
             offered_per_s=sum(e.offered_per_s for e in found),
             refused_per_s=sum(e.refused_per_s for e in found),
             bytes=self.bytes_limits.get(keyspace, 0.0),
-            used_bytes=sum(e.bytes for e in found),
+            used_bytes=self.used_bytes(keyspace, live),
             full=keyspace in self.full,
         )
