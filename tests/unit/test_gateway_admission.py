@@ -7,6 +7,7 @@ import heapq
 import math
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -22,6 +23,7 @@ from mt_gateway.admission import (
     Shedder,
 )
 from mt_gateway.limits import admission_middleware
+from mt_gateway.middleware import errors_middleware
 
 C, D, S = Criticality.CRITICAL, Criticality.DEFAULT, Criticality.SHEDDABLE
 
@@ -434,3 +436,50 @@ def test_limit__probes_higher_when_refusals_leave_it_nothing_to_learn_from() -> 
     assert limit.value == 1
     limit.starved(2.5)  # no window closed for 2.5 s while requests were turned away
     assert limit.value == 2
+
+
+class _Spy(FixedLimit):
+    """The old fixed bound, remembering how each request ended."""
+
+    def __init__(self) -> None:
+        super().__init__(4)
+        self.ended: list[bool] = []
+
+    def done(self, route: str, latency_s: float, now: float, **kw: Any) -> None:
+        self.ended.append(bool(kw.get("dropped")))
+        super().done(route, latency_s, now, **kw)
+
+
+@pytest.mark.parametrize("cancels", [False, True], ids=["read_fails", "handler_cancelled"])
+async def test_middleware__a_client_that_goes_away_is_no_sign_of_overload(cancels: bool) -> None:
+    """A browser leaving a page cuts its requests short; that used to reach admission as a
+    500 and halve the limit, so a lone user's next page met 503s on an idle gateway. The
+    gateway's server lets the handler run on (its read fails); aiohttp can also cancel it."""
+
+    async def reads_body(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"ok": True})
+
+    gate = _Spy()
+    app = web.Application(middlewares=[errors_middleware])
+    route = app.router.add_post("/v1/posts", reads_body)
+    app.middlewares.insert(0, admission_middleware(gate, {route: (S, "POST /v1/posts")}))
+    runner = web.AppRunner(app, handler_cancellation=cancels)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/posts HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()  # mid-body
+        await writer.wait_closed()
+        for _ in range(50):
+            if gate.ended:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await runner.cleanup()
+    assert gate.ended == [False]

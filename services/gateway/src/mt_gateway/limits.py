@@ -165,6 +165,9 @@ def admission_middleware(
             response = await handler(request)
             dropped = response.status >= 500  # an overloaded backend or a failure: back off
             return response
+        except asyncio.CancelledError:
+            dropped = False  # the client left (or we are stopping): not a sign of overload
+            raise
         finally:
             criticality.reset(token)
             now = time.monotonic()

@@ -31,6 +31,8 @@ _HTTP_CODES = {
 }
 
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": never sent, counted apart from 5xx
+
 # The context of a request that is not traced: its calls see an unsampled parent, so nothing
 # beneath it starts a trace of its own (a Redis command's span, say).
 _UNTRACED = NonRecordingSpan(SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(0)))
@@ -76,6 +78,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except MinithreadsError as err:
         return response_for(err)
+    except ConnectionResetError:
+        # The client went away mid-request (a page left while it loaded): nobody to answer,
+        # nothing failed on our side, and no sign of overload for admission to back off from.
+        return error_response(CLIENT_CLOSED, "client_closed_request", "the client went away")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -112,7 +118,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     except asyncio.CancelledError:
-        status = 499  # the client went away before the answer (nginx's "client closed request")
+        status = CLIENT_CLOSED  # the client went away before the answer
         raise
     finally:
         LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
