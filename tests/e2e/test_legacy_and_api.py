@@ -189,6 +189,7 @@ async def test_openapi__describes_every_contract_row(api: Api) -> None:
         ("get", "/v1/legacy/accounts/{legacy_id}"),
         ("get", "/v1/legacy/accounts/{legacy_id}/following"),
         ("post", "/v1/legacy/assertions"),  # wave 2: the legacy identity provider
+        ("get", "/v1/me/following/{handle}"),  # wave 2: the web client's Follow button
     }
     assert {(m, p) for p, ops in paths.items() for m in ops} == expected
     docs = await api.http.get("http://127.0.0.1:8080/docs")

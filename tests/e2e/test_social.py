@@ -50,6 +50,21 @@ async def _followers_become(api: Api, user: dict[str, Any], ids: list[str]) -> N
     await eventually(converged, timeout_s=30, what=f"{user['handle']}'s followers {ids}")
 
 
+async def test_follow__is_readable_by_the_follower_at_once(api: Api) -> None:
+    alice, _ = await api.signup()
+    _, tb = await api.signup()
+    path = f"/v1/me/following/{alice['handle']}"
+    reply = await api.call("GET", path, token=tb)
+    assert (reply.status, reply.code) == (404, "not_following")
+    await api.call("PUT", path, token=tb)
+    assert (await api.call("GET", path, token=tb)).status == 204  # read-your-writes
+    await api.call("DELETE", path, token=tb)
+    assert (await api.call("GET", path, token=tb)).status == 404
+    assert (await api.call("GET", path)).status == 401
+    unknown = await api.call("GET", f"/v1/me/following/nobody{secrets.token_hex(4)}", token=tb)
+    assert (unknown.status, unknown.code) == (404, "user_not_found")
+
+
 async def test_follow__lists_are_newest_first_across_pages(api: Api) -> None:
     star, _ = await api.signup()
     fans = [await api.signup() for _ in range(5)]

@@ -242,6 +242,26 @@ async def follow(ctx: Ctx) -> web.StreamResponse:
 
 
 @endpoint(
+    "GET",
+    "/v1/me/following/{handle}",
+    "Whether you follow the user: 204 if you do, 404 not_following if not",
+    auth="required",
+    status=204,
+    errors=(401, 404),
+)
+async def is_following(ctx: Ctx) -> web.StreamResponse:
+    # Beyond DESIGN.md's table: the read of the resource PUT and DELETE name, which a profile's
+    # Follow button needs (issue 20's web client).
+    followee = await _user_id(ctx, ctx.param("handle"))
+    reply = await call(
+        ctx.b.graph.IsFollowing(gpb.IsFollowingRequest(viewer_id=ctx.me, target_ids=[followee]))
+    )
+    if followee not in reply.following_ids:
+        raise NotFound("you do not follow this user", code="not_following")
+    return _no_content()
+
+
+@endpoint(
     "DELETE",
     "/v1/me/following/{handle}",
     "Unfollow (idempotent)",

@@ -38,6 +38,7 @@ ROUTE_CLASSES: dict[tuple[str, str], Criticality] = {
     ("GET", "/v1/users/{handle}/posts"): S,
     ("GET", "/v1/users/{handle}/followers"): S,
     ("GET", "/v1/users/{handle}/following"): S,
+    ("GET", "/v1/me/following/{handle}"): S,
     ("GET", "/v1/search/users"): S,
     ("GET", "/v1/notifications"): S,
     ("GET", "/v1/me/imports/{id}"): S,
