@@ -6,7 +6,7 @@ UV = $(shell infra/bootstrap-uv.sh)
 VENV_BIN := $(CURDIR)/.venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install infra venv up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity cost bulk chaos sim
+.PHONY: help install infra venv web up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity cost bulk chaos sim
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -20,7 +20,17 @@ venv:  ## create .venv from the lock file (the `minithreads` CLI lands in .venv/
 	$(UV) sync --locked --quiet --compile-bytecode
 	$(VENV_BIN)/python -m compileall -q -j 0 services libs > /dev/null
 
-install: infra venv  ## everything `up` and `test` need
+# The web client (web/): npm ci from the lock, then Vite; both redone only when their inputs change.
+WEB_SRC := $(shell find web/src web/public web/index.html -type f 2>/dev/null)
+web/node_modules/.ok: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.ok
+
+web/dist/.ok: web/node_modules/.ok $(WEB_SRC) web/vite.config.ts web/tsconfig.json
+	cd web && npx vite build --logLevel warn && touch dist/.ok
+
+web: web/dist/.ok  ## build the web client (served by the gateway at its root)
+
+install: infra venv web  ## everything `up` and `test` need
 
 up: install  ## run the whole stack locally and print the URLs
 	$(VENV_BIN)/minithreads up --no-install
@@ -41,10 +51,11 @@ format: venv  ## apply the formatter and the safe lint fixes
 	$(VENV_BIN)/ruff format .
 	$(VENV_BIN)/ruff check --fix .
 
-lint: venv proto-check  ## ruff (lint + format check) and mypy --strict
+lint: venv proto-check web/node_modules/.ok  ## ruff (lint + format check), mypy --strict and tsc (the web client)
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy
+	cd web && npx tsc --noEmit
 
 test-unit: venv  ## unit tests only (no services needed)
 	$(VENV_BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -35,7 +35,7 @@ drop_policy() {
 # and disable any that got running anyway.
 apt_packages() {
   local missing=() p
-  for p in redis-server redis-tools etcd-server etcd-client postgresql-15; do
+  for p in redis-server redis-tools etcd-server etcd-client postgresql-15 prometheus chromium; do
     installed "$p" || missing+=("$p")
   done
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
@@ -56,12 +56,13 @@ apt_packages() {
   fi
   stop_system_services
   say "apt: redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-)," \
-    "etcd $(etcd --version 2>/dev/null | awk '/etcd Version/{print $3}') ... ok"
+    "etcd $(etcd --version 2>/dev/null | awk '/etcd Version/{print $3}')," \
+    "prometheus $(prometheus --version 2>&1 | awk 'NR==1{print $3}'), $(chromium --version) ... ok"
 }
 
 disable_system_services() {
   local s
-  for s in redis-server etcd; do
+  for s in redis-server etcd prometheus; do
     if [[ -d /run/systemd/system ]]; then
       "${SUDO[@]}" systemctl disable --now "$s" >/dev/null 2>&1 || true
     elif [[ -x /etc/init.d/$s ]]; then
@@ -73,7 +74,7 @@ disable_system_services() {
 # Cheap check on every run: a service started by someone else (or a reboot) steals our ports.
 stop_system_services() {
   local s
-  for s in redis-server etcd; do
+  for s in redis-server etcd prometheus; do
     if [[ -d /run/systemd/system ]]; then
       if systemctl is-active --quiet "$s" 2>/dev/null; then
         say "stopping system service $s"

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from aiohttp import web
 from mt_core.rpc.services import services
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from mt_gateway import api, health, openapi
+from mt_gateway import web as site
 from mt_gateway.admission import AdaptiveLimit, Admission, FixedLimit, LimitSettings
 from mt_gateway.limits import Gate, RateLimiter, admission_middleware, publish_forever
 from mt_gateway.middleware import errors_middleware, metrics_middleware, tracing_middleware
@@ -55,6 +57,7 @@ def build_app(settings: Settings, clients: Clients, gate: Gate) -> web.Applicati
     document = openapi.spec()
     application.router.add_get("/openapi.json", lambda _: _json(document))
     application.router.add_get("/docs", lambda _: _html(openapi.docs_page()))
+    application.add_routes(site.routes(Path(settings.web_root)))
     classes = mount(application, clients, settings)
     # Admission before everything else, tracing included: a refusal must cost less than
     # recording it would.

@@ -12,6 +12,7 @@ class Settings(ServiceSettings):
     http_port: int = 8080
     health_timeout_ms: int = 1_000
     max_body_bytes: int = 64 * 1024
+    web_root: str = "web/dist"  # the web client's build (make web), from the repository
     # A log line per request (aiohttp's access log): a tenth of a cheap request's CPU; the
     # RED metrics on /metrics count every request anyway.
     access_log: bool = False

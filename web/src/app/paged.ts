@@ -1,0 +1,65 @@
+// A list read page by page (?cursor=), each item once, however pages overlap.
+import { useCallback, useEffect, useRef, useState } from "preact/hooks";
+import type { Page } from "../api/types";
+
+export interface Paged<T> {
+  items: T[];
+  done: boolean;
+  loading: boolean;
+  error: unknown;
+  more(): Promise<void>;
+  setItems(update: (items: T[]) => T[]): void;
+}
+
+export function usePaged<T>(
+  load: (cursor: string | null) => Promise<Page<T>>,
+  keyOf: (item: T) => string,
+  resetKey: unknown,
+): Paged<T> {
+  const [items, setItems] = useState<T[]>([]);
+  const [loading, setLoading] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+  const [done, setDone] = useState(false);
+  const cursor = useRef<string | null>(null);
+  const busy = useRef(false);
+  const generation = useRef(0);
+  const loader = useRef(load);
+  loader.current = load;
+
+  const more = useCallback(async () => {
+    if (busy.current) return;
+    busy.current = true;
+    const mine = generation.current;
+    setLoading(true);
+    try {
+      const page = await loader.current(cursor.current);
+      if (mine !== generation.current) return;
+      cursor.current = page.next_cursor;
+      setItems((old) => {
+        const seen = new Set(old.map(keyOf));
+        return [...old, ...page.items.filter((item) => !seen.has(keyOf(item)))];
+      });
+      setDone(page.next_cursor === null);
+      setError(null);
+    } catch (err) {
+      if (mine === generation.current) setError(err);
+    } finally {
+      if (mine === generation.current) {
+        busy.current = false;
+        setLoading(false);
+      }
+    }
+  }, [keyOf]);
+
+  useEffect(() => {
+    generation.current += 1;
+    busy.current = false;
+    cursor.current = null;
+    setItems([]);
+    setDone(false);
+    setError(null);
+    void more();
+  }, [resetKey]);
+
+  return { items, done, loading, error, more, setItems };
+}
