@@ -21,7 +21,7 @@ venv:  ## create .venv from the lock file (the `minithreads` CLI lands in .venv/
 	$(VENV_BIN)/python -m compileall -q -j 0 services libs > /dev/null
 
 # The web client (web/): npm ci from the lock, then Vite; both redone only when their inputs change.
-WEB_SRC := $(shell find web/src web/public web/index.html -type f 2>/dev/null)
+WEB_SRC := $(shell find web/src web/public web/index.html web/control -type f 2>/dev/null)
 web/node_modules/.ok: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.ok
 

@@ -18,7 +18,7 @@ AXE = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "axe-core" 
 SERIOUS = {"serious", "critical"}
 
 
-async def _serious_violations(page: Page) -> list[str]:
+async def serious_violations(page: Page) -> list[str]:
     await page.evaluate(AXE.read_text())
     found: list[dict[str, Any]] = await page.evaluate(
         "async () => (await axe.run(document)).violations"
@@ -43,7 +43,7 @@ async def test_every_screen__has_no_serious_axe_violation(api: Api, phones: Phon
     for path in ("/signup", "/login", "/join", f"/@{author['handle']}"):
         await visitor.page.goto(path)
         await expect(visitor.page.locator("main h1")).to_be_visible()
-        screens[f"signed out {path}"] = await _serious_violations(visitor.page)
+        screens[f"signed out {path}"] = await serious_violations(visitor.page)
     user = await phones(bypass_csp=True)
     await user.sign_in(reader, token)
     for path in (
@@ -57,7 +57,7 @@ async def test_every_screen__has_no_serious_axe_violation(api: Api, phones: Phon
         await user.page.goto(path)
         await expect(user.page.locator("main h1")).to_be_visible()
         await user.page.wait_for_load_state("networkidle")
-        screens[path] = await _serious_violations(user.page)
+        screens[path] = await serious_violations(user.page)
     assert all(not v for v in screens.values()), {k: v for k, v in screens.items() if v}
 
 

@@ -6,6 +6,7 @@ No Docker engine runs here, so the file is checked with the Compose Specificatio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mt_cli import promtargets
 from mt_cli.manifest import load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +44,7 @@ def compose() -> dict[str, Any]:
     return services
 
 
-OBSERVABILITY = {"prometheus", "grafana"}  # compose only: locally each process serves /metrics
+OBSERVABILITY = {"grafana"}  # compose only: locally the control room (/control) shows the metrics
 
 
 def test_compose__names_the_same_services_as_the_manifest(compose: dict[str, Any]) -> None:
@@ -117,3 +119,21 @@ def test_grafana_dashboard__queries_metrics_that_the_code_exports() -> None:
         declared = any(f'"{name}"' in source for name in (base, metric))
         declared = declared or f'"{base.removeprefix("jobs_")}":' in source
         assert declared, metric
+
+
+def test_local_prometheus__scrapes_what_compose_prometheus_scrapes(tmp_path: Path) -> None:
+    """`make up`'s Prometheus gets a target file per process the launcher starts (file_sd):
+    the same processes and ports as the compose one's static list."""
+    manifest = load(REPO)
+    manifest = dataclasses.replace(manifest, home=tmp_path)
+    for proc in manifest.processes.values():
+        promtargets.write(manifest, proc)
+    written = {
+        target.replace("127.0.0.1", path.stem)
+        for path in promtargets.folder(manifest).glob("*.json")
+        for entry in json.loads(path.read_text())
+        for target in entry["targets"]
+    }
+    assert written == _metrics_targets()
+    promtargets.remove(manifest, "kv-1")
+    assert not (promtargets.folder(manifest) / "kv-1.json").exists()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mt_cli import ports
+from mt_cli import ports, promtargets
 from mt_cli.manifest import Manifest, Process
 from mt_cli.probes import port_open, probe
 
@@ -100,6 +100,7 @@ def _spawn(manifest: Manifest, proc: Process) -> Running:
         )
     if proc.nice:
         _prioritise(child.pid, proc.nice)
+    promtargets.write(manifest, proc)
     return Running(proc.name, child.pid, proc.port, proc.role, str(log), time.time())
 
 
@@ -121,6 +122,7 @@ async def stop_extra(manifest: Manifest, name: str, say: Say) -> None:
     if name in state:
         await _stop_one(10.0, state.pop(name), say)
         write_state(manifest, state)
+    promtargets.remove(manifest, name)
 
 
 def _prioritise(pid: int, nice: int) -> None:
@@ -178,6 +180,7 @@ async def up(manifest: Manifest, names: list[str] | None, say: Say) -> dict[str,
                 if await probe(proc.health, proc.port):
                     pid = state[proc.name].pid
                     say(f"  {proc.name:<9} already running  pid {pid}  :{proc.port}")
+                    promtargets.write(manifest, proc)  # (a stack started before they existed)
                     continue
                 pending.append((proc, state[proc.name]))  # started, still coming up
                 continue
@@ -262,9 +265,11 @@ async def down(manifest: Manifest, names: list[str] | None, say: Say) -> None:
         for run in runs:
             say(f"  {run.name:<9} stopped")
             state.pop(run.name)
+            promtargets.remove(manifest, run.name)
     # Anything in the state the manifest no longer names still gets stopped.
     for name in [n for n in targets if n in state]:
         await _stop_one(10.0, state.pop(name), say)
+        promtargets.remove(manifest, name)
     write_state(manifest, state)
     busy = [p for p in manifest.processes.values() if p.name in targets and await port_open(p.port)]
     if busy:

@@ -7,6 +7,7 @@ minithreads logs NAME [-f]     a process's log
 minithreads jobs status        the async platform per kind (class, rate limit, deferred, lag...)
 minithreads jobs pause KIND    hold a kind at rate zero (its work waits in Kafka); `resume` it
 minithreads legacy credential ID   the operator: a synthetic legacy account's credential
+minithreads operator url       the control room's link, with the operator's credential
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from mt_cli.manifest import Manifest, ManifestError, load
 UP = "minithreads is up ({seconds:.1f}s). Stop it with `make down` (or `minithreads down`)."
 # What a person reaches, by the process that serves it: listed only for what is running.
 ENDPOINTS = {
-    "gateway": "REST API      http://127.0.0.1:8080      (health: /healthz, readiness: /readyz, "
+    "gateway": "Web app       http://127.0.0.1:8080/     (API explorer: /docs)\n"
+    "  Control room  http://127.0.0.1:8080/control    (`minithreads operator url` opens it)\n"
+    "  REST API      http://127.0.0.1:8080/v1   (health: /healthz, readiness: /readyz, "
     "metrics: /metrics)",
+    "prometheus": "Prometheus    http://127.0.0.1:9090      (loopback; the control room's data)",
     "zipkin": "Tracing UI    http://127.0.0.1:9411      (Zipkin)",
     "kv": "KV            127.0.0.1:50060            (minithreads kv status)",
     "kafka": "Kafka         127.0.0.1:9092",
@@ -176,7 +180,27 @@ def parser() -> argparse.ArgumentParser:
     )
     p_credential.add_argument("legacy_id")
     p_credential.set_defaults(run=cmd_legacy_credential)
+    p_operator = sub.add_parser("operator", help="the operator's credential for the control room")
+    operator_sub = p_operator.add_subparsers(dest="operator_command", required=True)
+    operator_sub.add_parser("token", help="print it").set_defaults(run=cmd_operator_token)
+    operator_sub.add_parser(
+        "url", help="the control room's link carrying it (in the fragment: never sent or logged)"
+    ).set_defaults(run=cmd_operator_url)
     return top
+
+
+def cmd_operator_token(manifest: Manifest, _: argparse.Namespace) -> int:
+    from mt_core.operator import ensure_token
+
+    print(ensure_token(manifest.home))
+    return 0
+
+
+def cmd_operator_url(manifest: Manifest, _: argparse.Namespace) -> int:
+    from mt_core.operator import ensure_token
+
+    print(f"http://127.0.0.1:8080/control#op={ensure_token(manifest.home)}")
+    return 0
 
 
 def cmd_legacy_credential(manifest: Manifest, args: argparse.Namespace) -> int:

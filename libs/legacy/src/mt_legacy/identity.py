@@ -17,7 +17,6 @@ Instagram account, so linking one takes its provider's word, not a claim typed i
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
@@ -30,6 +29,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from mt_core import secretfile
 from mt_core.errors import Unauthenticated
 
 ISSUER = "legacy-idp"
@@ -49,28 +49,13 @@ def public_key_path(home: Path) -> Path:
 def ensure_secret(home: Path) -> bytes:
     """The operator's secret (32 random bytes, hex in the file), made on first use; the public
     key file beside it. Safe against processes racing to make it."""
-    path = secret_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
-    seed = _read_seed(path)
+    seed = bytes.fromhex(secretfile.ensure(secret_path(home)))
     pub = public_key_path(home)
     if not pub.exists():
         temporary = pub.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_bytes(_public_pem(_signing_key(seed)))
         temporary.replace(pub)
     return seed
-
-
-def _read_seed(path: Path) -> bytes:
-    for _ in range(50):  # a racing maker may not have written it yet
-        text = path.read_text().strip()
-        if text:
-            return bytes.fromhex(text)
-        time.sleep(0.01)
-    raise RuntimeError(f"{path} is empty")
 
 
 def credential(seed: bytes, legacy_id: str) -> str:

@@ -15,7 +15,7 @@ from mt_schema.users import Handles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from mt_gateway import api, health, openapi
+from mt_gateway import api, control, health, openapi
 from mt_gateway import web as site
 from mt_gateway.admission import AdaptiveLimit, Admission, FixedLimit, LimitSettings
 from mt_gateway.limits import Gate, RateLimiter, admission_middleware, publish_forever
@@ -58,6 +58,8 @@ def build_app(settings: Settings, clients: Clients, gate: Gate) -> web.Applicati
     application.router.add_get("/openapi.json", lambda _: _json(document))
     application.router.add_get("/docs", lambda _: _html(openapi.docs_page()))
     application.add_routes(site.routes(Path(settings.web_root)))
+    application.add_routes(control.routes(settings, clients))
+    application.cleanup_ctx.append(control.lifetime(settings))
     classes = mount(application, clients, settings)
     # Admission before everything else, tracing included: a refusal must cost less than
     # recording it would.

@@ -13,6 +13,9 @@ class Settings(ServiceSettings):
     health_timeout_ms: int = 1_000
     max_body_bytes: int = 64 * 1024
     web_root: str = "web/dist"  # the web client's build (make web), from the repository
+    home: str = ".local"  # MT_HOME: the operator's token is in its secrets/
+    prometheus_url: str = "http://127.0.0.1:9090"  # the control room's data (loopback)
+    zipkin_ui_url: str = "http://127.0.0.1:9411/zipkin/"  # linked from the control room
     # A log line per request (aiohttp's access log): a tenth of a cheap request's CPU; the
     # RED metrics on /metrics count every request anyway.
     access_log: bool = False

@@ -10,10 +10,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import mimetypes
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 # The app runs only our own script and style; user text is only ever text (no HTML from users
 # reaches the DOM), and Trusted Types make an accidental innerHTML a violation, not a hole.
@@ -22,6 +25,12 @@ APP_CSP = (
     "font-src 'self'; connect-src 'self'; manifest-src 'self'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'; "
     "trusted-types 'none'"
+)
+# The control room draws with uPlot (canvas; it sets styles through the CSSOM, which CSP
+# allows): the same policy without Trusted Types, which uPlot was not written for.
+CONTROL_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -89,18 +98,28 @@ def load(path: Path, headers: dict[str, str]) -> File:
     )
 
 
+# Each page: its file in the build, and its policy.
+PAGES = {"app": ("index.html", APP_CSP), "control": ("control/index.html", CONTROL_CSP)}
+
+
 @dataclass(frozen=True)
 class Site:
-    page: File | None
+    pages: dict[str, File]
     assets: dict[str, File]
     public: dict[str, File]
 
     @classmethod
     def read(cls, root: Path) -> Site:
-        index = root / "index.html"
-        if not index.is_file():
-            return cls(None, {}, {})
-        page_headers = {"Cache-Control": REVALIDATE, "Content-Security-Policy": APP_CSP}
+        if not (root / "index.html").is_file():
+            return cls({}, {}, {})
+        pages = {
+            name: load(
+                root / file,
+                {"Cache-Control": REVALIDATE, "Content-Security-Policy": csp, **SECURITY_HEADERS},
+            )
+            for name, (file, csp) in PAGES.items()
+            if (root / file).is_file()
+        }
         assets_dir = root / "assets"
         assets = {
             p.name: load(p, {"Cache-Control": IMMUTABLE, **SECURITY_HEADERS})
@@ -112,18 +131,22 @@ class Site:
             for name in PUBLIC_FILES
             if (root / name).is_file()
         }
-        return cls(load(index, {**page_headers, **SECURITY_HEADERS}), assets, public)
+        return cls(pages, assets, public)
 
 
 def routes(root: Path) -> list[web.RouteDef]:
     site = Site.read(root)
 
-    async def page(request: web.Request) -> web.Response:
-        if site.page is None:
-            return web.Response(
-                status=503, text=NOT_BUILT, content_type="text/html", headers=SECURITY_HEADERS
-            )
-        return site.page.response(request)
+    def page(name: str) -> Handler:
+        async def serve(request: web.Request) -> web.Response:
+            found = site.pages.get(name)
+            if found is None:
+                return web.Response(
+                    status=503, text=NOT_BUILT, content_type="text/html", headers=SECURITY_HEADERS
+                )
+            return found.response(request)
+
+        return serve
 
     async def asset(request: web.Request) -> web.Response:
         found = site.assets.get(request.match_info["name"])
@@ -141,7 +164,8 @@ def routes(root: Path) -> list[web.RouteDef]:
         return web.get(f"/{name}", serve)
 
     return [
-        *(web.get(path, page) for path in APP_PATHS),
+        *(web.get(path, page("app")) for path in APP_PATHS),
+        web.get("/control", page("control")),
         web.get("/assets/{name}", asset),
         *(public(name) for name in PUBLIC_FILES),
     ]

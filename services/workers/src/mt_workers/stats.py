@@ -41,8 +41,13 @@ GAUGES = {
 }
 
 
+# Which capacity class each kind runs in (reserved, or opportunistic: deferrable), as a label.
+CLASS = Gauge("jobs_class", "1 for each job kind's capacity class", ["kind", "class"])
+
+
 def _gauges(worker: Worker) -> None:
     for kind, stats in worker.stats().items():
+        CLASS.labels(kind, stats.job_class).set(1)
         values = dataclasses.asdict(stats)
         values["rate_limit"] = -1 if stats.rate_limit is None else stats.rate_limit
         for name, gauge in GAUGES.items():
