@@ -6,7 +6,7 @@ UV = $(shell infra/bootstrap-uv.sh)
 VENV_BIN := $(CURDIR)/.venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install infra venv web up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity cost bulk chaos sim
+.PHONY: help install infra venv web web-perf surge-shots up down ps proto proto-check lint format test test-unit test-integration surge surge-ui capacity cost bulk chaos sim
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -21,7 +21,7 @@ venv:  ## create .venv from the lock file (the `minithreads` CLI lands in .venv/
 	$(VENV_BIN)/python -m compileall -q -j 0 services libs > /dev/null
 
 # The web client (web/): npm ci from the lock, then Vite; both redone only when their inputs change.
-WEB_SRC := $(shell find web/src web/public web/index.html web/control -type f 2>/dev/null)
+WEB_SRC := $(shell find web/src web/public web/index.html web/control web/docs -type f 2>/dev/null)
 web/node_modules/.ok: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.ok
 
@@ -77,6 +77,12 @@ cost: install  ## CPU per user action over every process, this tree vs COST_BASE
 
 bulk: install  ## applied follows/s of a celebrity's join and of imports, this tree (and BULK_BASE); invariants checked
 	$(VENV_BIN)/python loadtest/bulk.py $(if $(BULK_BASE),--base $(BULK_BASE))
+
+web-perf: install  ## the web client's bundle sizes and first screen on a throttled phone (needs `make up`)
+	$(VENV_BIN)/python loadtest/web_perf.py
+
+surge-shots: install  ## make surge with a kill -9 of a primary, the control room screenshotted mid-surge and drained (docs/control-room/)
+	$(VENV_BIN)/python loadtest/control_shots.py
 
 surge-ui: venv  ## Locust's web UI against the running stack (http://127.0.0.1:8089; Ctrl-C stops)
 	@echo "Locust UI: http://127.0.0.1:8089 against $${SURGE_TARGET:-http://127.0.0.1:8080} (Ctrl-C stops)"

@@ -148,6 +148,13 @@ interface Drawn {
 }
 const drawn: Record<string, Drawn> = {};
 
+// An axis label that fits: 1500ms as 1.5s, 12000 as 12k.
+function tick(v: number, unit: string): string {
+  if (unit === "ms" && Math.abs(v) >= 1000) return `${+(v / 1000).toFixed(1)}s`;
+  if (Math.abs(v) >= 10_000) return `${+(v / 1000).toFixed(0)}k${unit}`;
+  return `${+v.toFixed(2)}${unit}`;
+}
+
 function grid(start: number, end: number): number[] {
   const xs: number[] = [];
   for (let t = Math.ceil(start / STEP_S) * STEP_S; t <= end; t += STEP_S) xs.push(t);
@@ -190,8 +197,9 @@ function render(spec: ChartSpec, found: Record<string, Matrix[]>, start: number,
         points: { show: spec.id === "kv_events" },
       })),
     ],
-    axes: [{}, { size: 56, values: (_u: uPlot, vals: number[]) => vals.map((v) => `${+v.toFixed(2)}${spec.unit}`) }],
+    axes: [{}, { size: 64, values: (_u: uPlot, vals: number[]) => vals.map((v) => tick(v, spec.unit)) }],
     scales: { y: { range: (_u, min, max) => [Math.min(0, min ?? 0), Math.max(1, max ?? 1)] } },
+    legend: { live: false }, // names only: the values are on the axes
     plugins: [eventLines()],
   };
   drawn[spec.id] = { plot: new uPlot(opts, data, box), keys };

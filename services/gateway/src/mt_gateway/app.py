@@ -56,7 +56,6 @@ def build_app(settings: Settings, clients: Clients, gate: Gate) -> web.Applicati
     application.router.add_get("/metrics", metrics)
     document = openapi.spec()
     application.router.add_get("/openapi.json", lambda _: _json(document))
-    application.router.add_get("/docs", lambda _: _html(openapi.docs_page()))
     application.add_routes(site.routes(Path(settings.web_root)))
     application.add_routes(control.routes(settings, clients))
     application.cleanup_ctx.append(control.lifetime(settings))
@@ -69,10 +68,6 @@ def build_app(settings: Settings, clients: Clients, gate: Gate) -> web.Applicati
 
 async def _json(document: object) -> web.Response:
     return web.json_response(document)
-
-
-async def _html(page: str) -> web.Response:
-    return web.Response(text=page, content_type="text/html")
 
 
 @asynccontextmanager

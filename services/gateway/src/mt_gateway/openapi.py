@@ -1,9 +1,8 @@
-"""OpenAPI 3 of the REST API, generated from the route table and the pydantic models, and a
-self-contained docs page rendering it."""
+"""OpenAPI 3 of the REST API, generated from the route table and the pydantic models (the
+API explorer at /docs, Swagger UI from web/docs, renders it)."""
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Any
 
@@ -34,12 +33,61 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _page_schema(item: type[BaseModel]) -> dict[str, Any]:
     return {
         "type": "object",
+        "description": "One page of a list",
         "required": ["items", "next_cursor"],
         "properties": {
-            "items": {"type": "array", "items": _ref(item)},
-            "next_cursor": {"type": ["string", "null"]},
+            "items": {"type": "array", "items": _ref(item), "description": "This page's items"},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Opaque: pass it as ?cursor= for the next page; null on the last",
+            },
         },
     }
+
+
+# What each path parameter, query parameter and header means.
+_PARAMETER_TEXT = {
+    "handle": "A user's handle (case-insensitive)",
+    "id": "The resource's id",
+    "legacy_id": "An account id on the legacy app",
+    "limit": "Items per page, 1..100",
+    "cursor": "next_cursor of the previous page; none for the first",
+    "q": "The start of a handle (case-insensitive)",
+    "Idempotency-Key": "Any string (1..128) naming this write: sent again with the same key "
+    "(after a timeout or a 503), the post is made once and the same answer returned",
+}
+# Sections of the API explorer, by the path's first segment after /v1.
+_TAGS = {
+    "accounts": "Accounts",
+    "sessions": "Accounts",
+    "me": "Accounts",
+    "users": "People",
+    "search": "People",
+    "posts": "Posts",
+    "feed": "Feed",
+    "notifications": "Notifications",
+    "legacy": "Legacy app and import",
+}
+_INFO = """The REST API of minithreads (DESIGN.md §3). JSON in and out.
+
+**Auth**: `Authorization: Bearer <token>` where an operation shows a lock; the token comes
+from signing up (POST /v1/accounts) or logging in (POST /v1/sessions).
+
+**Errors** are always `{"error": {"code": "<snake_case>", "message": "<sentence>"}}`: 400
+invalid input, 401 no or bad token, 403 not yours, 404 unknown, 409 conflict, 413 too large,
+429 rate limited and 503 shedding load, both with `Retry-After` (seconds). A 503 `overloaded`
+did nothing: send it again after Retry-After. `x-criticality` says who is refused first
+under overload (sheddable, then default; critical last).
+
+**Lists** are `{"items": [...], "next_cursor": "<opaque>|null"}` with `?limit=` (1..100,
+default 20) and `?cursor=`. Ids are strings; times RFC 3339 UTC."""
+
+
+def _tag(path: str) -> str:
+    segment = path.split("/")[2]
+    if path.startswith(("/v1/me/following", "/v1/me/imports")):
+        return "People" if "following" in path else "Legacy app and import"
+    return _TAGS.get(segment, "Other")
 
 
 def _parameters(ep: Endpoint) -> list[dict[str, Any]]:
@@ -64,13 +112,17 @@ def _parameters(ep: Endpoint) -> list[dict[str, Any]]:
         {"name": h, "in": "header", "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
         for h in ep.headers
     ]
+    for param in params:
+        param["description"] = _PARAMETER_TEXT[param["name"]]
     return params
 
 
 def _operation(ep: Endpoint) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": ep.summary,
+        "description": ep.summary + (" (no token needed)" if ep.auth == "none" else ""),
         "operationId": ep.handler.__name__,
+        "tags": [_tag(ep.path)],
         # Who is refused first under overload (mt_gateway.classes): for clients and load tests.
         "x-criticality": class_of(ep.method, ep.path).label,
     }
@@ -118,27 +170,10 @@ def spec() -> dict[str, Any]:
         paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "minithreads REST API", "version": "1"},
+        "info": {"title": "minithreads REST API", "version": "1", "description": _INFO},
         "paths": paths,
         "components": {
             "schemas": defs.get("$defs", {}),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
-
-
-def docs_page() -> str:
-    rows = "".join(
-        f"<tr><td><code>{ep.method}</code></td><td><code>{html.escape(ep.path)}</code></td>"
-        f"<td>{'🔒' if ep.auth == 'required' else ''}</td><td>{html.escape(ep.summary)}</td></tr>"
-        for ep in ENDPOINTS
-    )
-    return (
-        "<!doctype html><meta charset=utf-8><title>minithreads API</title>"
-        "<style>body{font:15px system-ui;margin:2em}td{padding:.2em .8em}</style>"
-        "<h1>minithreads REST API v1</h1><p>Machine-readable: "
-        "<a href=/openapi.json>/openapi.json</a>. "
-        'Errors: <code>{"error": {"code", "message"}}</code>. '
-        "🔒 = <code>Authorization: Bearer &lt;token&gt;</code>.</p>"
-        f"<table>{rows}</table>"
-    )

@@ -32,6 +32,12 @@ CONTROL_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+# Swagger UI injects inline styles and data: images (its icons); its script is still ours.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -99,7 +105,11 @@ def load(path: Path, headers: dict[str, str]) -> File:
 
 
 # Each page: its file in the build, and its policy.
-PAGES = {"app": ("index.html", APP_CSP), "control": ("control/index.html", CONTROL_CSP)}
+PAGES = {
+    "app": ("index.html", APP_CSP),
+    "control": ("control/index.html", CONTROL_CSP),
+    "docs": ("docs/index.html", DOCS_CSP),
+}
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,7 @@ def routes(root: Path) -> list[web.RouteDef]:
     return [
         *(web.get(path, page("app")) for path in APP_PATHS),
         web.get("/control", page("control")),
+        web.get("/docs", page("docs")),
         web.get("/assets/{name}", asset),
         *(public(name) for name in PUBLIC_FILES),
     ]
