@@ -2,6 +2,14 @@
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import type { Page } from "../api/types";
 
+export const PAGE_SIZE = 20;
+
+// ``path`` (which may have a query already) asking for the page after ``cursor``.
+export function pageUrl(path: string, cursor: string | null): string {
+  const sep = path.includes("?") ? "&" : "?";
+  return `${path}${sep}limit=${PAGE_SIZE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+}
+
 export interface Paged<T> {
   items: T[];
   done: boolean;

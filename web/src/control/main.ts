@@ -26,6 +26,7 @@ interface ChartSpec {
   unit: string;
   label: (query: string, metric: Labels) => string;
   scale?: number; // values multiplied by this (seconds -> ms)
+  top?: number; // only the series with the most over the window (routes: a legend that fits)
 }
 
 const jobClass: Record<string, string> = {};
@@ -35,16 +36,18 @@ const CHARTS: ChartSpec[] = [
   { id: "signups", title: "Signups per second", queries: ["signups"], unit: "/s", label: () => "signups" },
   {
     id: "requests",
-    title: "Requests per second, by route (top 8)",
+    title: "Requests per second, by route (the 8 busiest)",
     queries: ["requests"],
     unit: "/s",
+    top: 8,
     label: (_, m) => `${m.method ?? ""} ${m.route ?? ""}`,
   },
   {
     id: "p99",
-    title: "p99 latency by route (ms)",
+    title: "p99 latency by route (the 8 slowest)",
     queries: ["p99"],
     unit: "ms",
+    top: 8,
     scale: 1000,
     label: (_, m) => `${m.method ?? ""} ${m.route ?? ""}`,
   },
@@ -174,6 +177,13 @@ function render(spec: ChartSpec, found: Record<string, Matrix[]>, start: number,
         return v === undefined || !Number.isFinite(v) ? null : v * (spec.scale ?? 1);
       }));
     }
+  }
+  if (spec.top !== undefined && ys.length > spec.top) {
+    const total = (row: (number | null)[]) => row.reduce<number>((sum, v) => sum + (v ?? 0), 0);
+    const keep = ys.map((row, i) => [total(row), i] as const).sort((a, b) => b[0] - a[0]).slice(0, spec.top).map(([, i]) => i).sort((a, b) => a - b);
+    const kept = keep.map((i) => [names[i]!, ys[i]!] as const);
+    names.splice(0, names.length, ...kept.map(([n]) => n));
+    ys.splice(0, ys.length, ...kept.map(([, y]) => y));
   }
   const keys = names.join("|");
   const box = document.getElementById(`chart-${spec.id}`)!;

@@ -5,7 +5,7 @@ import type { Page, Post } from "../../api/types";
 import { Composer } from "../components/Composer";
 import { ListEnd } from "../components/ListEnd";
 import { PostItem } from "../components/PostItem";
-import { usePaged } from "../paged";
+import { pageUrl, usePaged } from "../paged";
 import { usePoll } from "../poll";
 import { useApp } from "../state";
 
@@ -30,14 +30,14 @@ export function merge(shown: Post[], page: Post[]): Post[] {
 export function Feed(): JSX.Element {
   const { api } = useApp();
   const list = usePaged<Post>(
-    (cursor) => api.get<Page<Post>>(`/v1/feed?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`),
+    (cursor) => api.get<Page<Post>>(pageUrl("/v1/feed", cursor)),
     postKey,
     "feed",
   );
   const [waiting, setWaiting] = useState<Post[]>([]);
 
   usePoll(async () => {
-    const page = await api.get<Page<Post>>("/v1/feed?limit=20");
+    const page = await api.get<Page<Post>>(pageUrl("/v1/feed", null));
     if (window.scrollY > 200) {
       // Reading further down: new posts wait behind a button instead of moving the page.
       const known = new Set(list.items.map(postKey));

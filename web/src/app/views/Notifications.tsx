@@ -2,7 +2,7 @@
 import type { JSX } from "preact";
 import type { Notification, Page } from "../../api/types";
 import { ListEnd } from "../components/ListEnd";
-import { usePaged } from "../paged";
+import { pageUrl, usePaged } from "../paged";
 import { usePoll } from "../poll";
 import { Link } from "../router";
 import { useApp } from "../state";
@@ -14,12 +14,12 @@ const key = (n: Notification): string => n.id;
 export function Notifications(): JSX.Element {
   const { api } = useApp();
   const list = usePaged<Notification>(
-    (cursor) => api.get<Page<Notification>>(`/v1/notifications?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`),
+    (cursor) => api.get<Page<Notification>>(pageUrl("/v1/notifications", cursor)),
     key,
     "notifications",
   );
   usePoll(async () => {
-    const page = await api.get<Page<Notification>>("/v1/notifications?limit=20");
+    const page = await api.get<Page<Notification>>(pageUrl("/v1/notifications", null));
     list.setItems((shown) => {
       const known = new Set(shown.map(key));
       return [...page.items.filter((n) => !known.has(n.id)), ...shown];

@@ -3,7 +3,7 @@ import type { JSX } from "preact";
 import { useState } from "preact/hooks";
 import type { Page, User } from "../../api/types";
 import { ListEnd } from "../components/ListEnd";
-import { usePaged } from "../paged";
+import { pageUrl, usePaged } from "../paged";
 import { Link } from "../router";
 import { useApp } from "../state";
 
@@ -25,10 +25,7 @@ function UserRow(props: { user: User }): JSX.Element {
 function UserList(props: { path: string; resetKey: unknown; empty: string }): JSX.Element {
   const { api } = useApp();
   const list = usePaged<User>(
-    (cursor) => {
-      const sep = props.path.includes("?") ? "&" : "?";
-      return api.get<Page<User>>(`${props.path}${sep}limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
-    },
+    (cursor) => api.get<Page<User>>(pageUrl(props.path, cursor)),
     userKey,
     props.resetKey,
   );

@@ -5,7 +5,7 @@ import { ApiError, describe } from "../../api/client";
 import type { Page, Post, User } from "../../api/types";
 import { ListEnd } from "../components/ListEnd";
 import { PostItem } from "../components/PostItem";
-import { usePaged } from "../paged";
+import { pageUrl, usePaged } from "../paged";
 import { Link } from "../router";
 import { useApp } from "../state";
 import { postKey, replaceItem } from "./Feed";
@@ -19,7 +19,7 @@ export function Profile(props: { handle: string }): JSX.Element {
   const path = encodeURIComponent(props.handle);
   const mine = session?.user.handle === props.handle.toLowerCase();
   const posts = usePaged<Post>(
-    (cursor) => api.get<Page<Post>>(`/v1/users/${path}/posts?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`),
+    (cursor) => api.get<Page<Post>>(pageUrl(`/v1/users/${path}/posts`, cursor)),
     postKey,
     props.handle,
   );

@@ -6,7 +6,7 @@ import type { Page, Post } from "../../api/types";
 import { Composer } from "../components/Composer";
 import { ListEnd } from "../components/ListEnd";
 import { PostItem } from "../components/PostItem";
-import { usePaged } from "../paged";
+import { pageUrl, usePaged } from "../paged";
 import { Link } from "../router";
 import { useApp } from "../state";
 import { postKey, replaceItem } from "./Feed";
@@ -17,7 +17,7 @@ export function Thread(props: { id: string }): JSX.Element {
   const [error, setError] = useState<unknown>(null);
   const path = `/v1/posts/${encodeURIComponent(props.id)}`;
   const replies = usePaged<Post>(
-    (cursor) => api.get<Page<Post>>(`${path}/replies?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`),
+    (cursor) => api.get<Page<Post>>(pageUrl(`${path}/replies`, cursor)),
     postKey,
     props.id,
   );
