@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def routes(settings: Settings, clients: Clients) -> list[web.RouteDef]:
 TRACED = ["gateway", "users", "graph", "posts", "feed", "workers", "kv"]
 
 
-def _operator_token(home: Path) -> Any:
+def _operator_token(home: Path) -> Callable[[], str]:
     token: list[str] = []
 
     def get() -> str:
@@ -148,7 +148,7 @@ PROMETHEUS_SESSION = web.AppKey("prometheus_session", aiohttp.ClientSession)
 PROMETHEUS_URL = web.AppKey("prometheus_url", str)
 
 
-def lifetime(settings: Settings) -> Any:
+def lifetime(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     """The HTTP client to Prometheus, for the application's lifetime (cleanup_ctx)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
