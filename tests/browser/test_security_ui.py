@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.async_api import expect
 
-from tests.api import BASE, Api
+from tests.api import BASE, Api, eventually
 from tests.browser.conftest import PhoneFactory
 from tests.browser.ui import post_with, sign_up, write_post
 
@@ -28,6 +28,11 @@ async def test_user_html__is_shown_as_text_and_runs_nothing(api: Api, phones: Ph
     posted = await write_post(writer.page, XSS)
     await expect(posted.locator(".text")).to_have_text(XSS)
 
+    async def renamed() -> bool:  # others may see a profile's edit a moment late
+        reply = await api.call("GET", f"/v1/users/{handle}")
+        return bool(reply.body["display_name"] == "<b>bold</b>")
+
+    await eventually(renamed, timeout_s=30, what="the new display name, for others")
     _, token = await api.signup("xssreader")
     await api.call("PUT", f"/v1/me/following/{handle}", token=token)
     me = (await api.call("GET", "/v1/me", token=token)).body

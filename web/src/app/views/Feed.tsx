@@ -58,7 +58,7 @@ export function Feed(): JSX.Element {
   return (
     <section aria-labelledby="feed-title">
       <h1 id="feed-title">Home</h1>
-      <Composer label="What's new?" onPosted={(post) => list.setItems((shown) => [post, ...shown])} />
+      <Composer label="What's new?" onPosted={(post) => list.setItems((shown) => merge(shown, [post]))} />
       <div aria-live="polite" class="new-posts">
         {waiting.length > 0 && (
           <button type="button" class="pill" onClick={showWaiting}>

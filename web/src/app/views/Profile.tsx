@@ -28,13 +28,13 @@ export function Profile(props: { handle: string }): JSX.Element {
     setUser(null);
     setError(null);
     setFollowing(null);
-    api.get<User>(`/v1/users/${path}`).then(setUser, setError);
+    // What the user came to see: read again after a 503's Retry-After, unseen.
+    api.request<User>("GET", `/v1/users/${path}`, { retryShed: true }).then(setUser, setError);
     if (session !== null && !mine) {
-      api.request("GET", `/v1/me/following/${path}`).then(
+      api.request("GET", `/v1/me/following/${path}`, { retryShed: true }).then(
         () => setFollowing(true),
-        (err: unknown) => {
-          if (err instanceof ApiError && err.status === 404) setFollowing(false);
-        },
+        // Not following (404), or not known: Follow is offered either way (PUT is idempotent).
+        () => setFollowing(false),
       );
     }
   }, [props.handle]);

@@ -24,7 +24,7 @@ export function Thread(props: { id: string }): JSX.Element {
   useEffect(() => {
     setPost(null);
     setError(null);
-    api.get<Post>(path).then(setPost, setError);
+    api.request<Post>("GET", path, { retryShed: true }).then(setPost, setError);
   }, [props.id]);
 
   if (error !== null) {
@@ -46,7 +46,7 @@ export function Thread(props: { id: string }): JSX.Element {
           label={`Reply to @${post.author.handle}`}
           replyTo={post.id}
           onPosted={(reply) => {
-            replies.setItems((all) => [...all, reply]);
+            replies.setItems((all) => (all.some((p) => p.id === reply.id) ? all : [...all, reply]));
             setPost({ ...post, reply_count: post.reply_count + 1 });
           }}
         />
