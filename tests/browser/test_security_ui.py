@@ -24,6 +24,9 @@ async def test_user_html__is_shown_as_text_and_runs_nothing(api: Api, phones: Ph
     await writer.page.get_by_label("Name").fill("<b>bold</b>")
     await writer.page.get_by_label("Bio").fill("<script>alert(2)</script>")
     await writer.page.get_by_role("button", name="Save").click()
+    # Saved (the form closes on the answer): leaving earlier would cut the PATCH short.
+    await expect(writer.page.get_by_role("button", name="Edit profile")).to_be_visible()
+    await expect(writer.page.get_by_role("heading", level=1)).to_contain_text("<b>bold</b>")
     await writer.page.goto("/")
     posted = await write_post(writer.page, XSS)
     await expect(posted.locator(".text")).to_have_text(XSS)

@@ -123,7 +123,7 @@ function EditProfile(props: { user: User; onDone: (user: User | null) => void })
   const save = async (event: Event) => {
     event.preventDefault();
     try {
-      props.onDone(await api.request<User>("PATCH", "/v1/me", { body: { display_name: name, bio } }));
+      props.onDone(await api.request<User>("PATCH", "/v1/me", { body: { display_name: name, bio }, retryShed: true }));
     } catch (err) {
       setError(describe(err));
     }
