@@ -15,7 +15,9 @@ export interface Paged<T> {
   done: boolean;
   loading: boolean;
   error: unknown;
-  more(): Promise<void>;
+  // ``auto``: asked by scrolling, not by the user — not after a failure (the user's "Try
+  // again" is: a shed read is not sent again behind Retry-After's back).
+  more(auto?: boolean): Promise<void>;
   setItems(update: (items: T[]) => T[]): void;
 }
 
@@ -30,12 +32,13 @@ export function usePaged<T>(
   const [done, setDone] = useState(false);
   const cursor = useRef<string | null>(null);
   const busy = useRef(false);
+  const failed = useRef(false);
   const generation = useRef(0);
   const loader = useRef(load);
   loader.current = load;
 
-  const more = useCallback(async () => {
-    if (busy.current) return;
+  const more = useCallback(async (auto = false) => {
+    if (busy.current || (auto && failed.current)) return;
     busy.current = true;
     const mine = generation.current;
     setLoading(true);
@@ -49,8 +52,12 @@ export function usePaged<T>(
       });
       setDone(page.next_cursor === null);
       setError(null);
+      failed.current = false;
     } catch (err) {
-      if (mine === generation.current) setError(err);
+      if (mine === generation.current) {
+        failed.current = true;
+        setError(err);
+      }
     } finally {
       if (mine === generation.current) {
         busy.current = false;
@@ -62,6 +69,7 @@ export function usePaged<T>(
   useEffect(() => {
     generation.current += 1;
     busy.current = false;
+    failed.current = false;
     cursor.current = null;
     setItems([]);
     setDone(false);

@@ -11,7 +11,7 @@ export function ListEnd<T>(props: { list: Paged<T>; empty: string }): JSX.Elemen
     const node = sentinel.current;
     if (node === null || list.done || list.error !== null) return;
     const observer = new IntersectionObserver((entries) => {
-      if (entries.some((e) => e.isIntersecting)) void list.more();
+      if (entries.some((e) => e.isIntersecting)) void list.more(true);
     });
     observer.observe(node);
     return () => observer.disconnect();
