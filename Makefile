@@ -57,10 +57,12 @@ lint: venv proto-check web/node_modules/.ok  ## ruff (lint + format check), mypy
 	$(VENV_BIN)/mypy
 	cd web && npx tsc --noEmit
 
-test-unit: venv  ## unit tests only (no services needed)
+test-unit: venv web/node_modules/.ok  ## unit tests only (no services needed): Python's, then the web client's
 	$(VENV_BIN)/pytest tests/unit $(PYTEST_ARGS)
+	cd web && npx vitest run
 
-test: install lint  ## lint, then every test: unit, integration and e2e against the real stack
+test: install lint  ## lint, then every test: the web client's unit tests, then unit, integration and e2e against the real stack
+	cd web && npx vitest run
 	$(VENV_BIN)/pytest $(PYTEST_ARGS)
 
 surge: install  ## replay the launch with Locust (SURGE_DURATION_S, SURGE_SCALE, SURGE_TARGET); report in loadtest/reports/

@@ -34,9 +34,11 @@ async def test_long_feed__scrolls_past_first_pages_without_repeat_or_gap(
     phone = await phones()
     await phone.sign_in(reader, reader_token)
     pages: list[list[str]] = []
+    urls: list[str] = []
 
     async def record(response: Response) -> None:
         if "/v1/feed" in response.url and response.ok:
+            urls.append(response.url.split("/v1/feed", 1)[1][:60])
             pages.append([p["id"] for p in json.loads(await response.body())["items"]])
 
     phone.page.on("response", record)
@@ -55,7 +57,7 @@ async def test_long_feed__scrolls_past_first_pages_without_repeat_or_gap(
     scrolled = [ids for ids in pages]
     assert len(scrolled) >= 4, f"the feed came in {len(scrolled)} requests"
     first_pass = _without_polls(scrolled)
-    assert len(first_pass) == len(set(first_pass)) == POSTS
+    assert len(first_pass) == len(set(first_pass)) == POSTS, f"feed reads: {urls}"
 
 
 def _without_polls(pages: list[list[str]]) -> list[str]:

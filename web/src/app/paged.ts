@@ -1,6 +1,7 @@
 // A list read page by page (?cursor=), each item once, however pages overlap.
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import type { Page } from "../api/types";
+import { Pager } from "./pager";
 
 export const PAGE_SIZE = 20;
 
@@ -30,47 +31,33 @@ export function usePaged<T>(
   const [loading, setLoading] = useState(false);
   const [error, setError] = useState<unknown>(null);
   const [done, setDone] = useState(false);
-  const cursor = useRef<string | null>(null);
-  const busy = useRef(false);
-  const failed = useRef(false);
-  const generation = useRef(0);
+  const [pager] = useState(() => new Pager());
   const loader = useRef(load);
   loader.current = load;
 
   const more = useCallback(async (auto = false) => {
-    if (busy.current || (auto && failed.current)) return;
-    busy.current = true;
-    const mine = generation.current;
+    const turn = pager.begin(auto);
+    if (turn === null) return;
     setLoading(true);
     try {
-      const page = await loader.current(cursor.current);
-      if (mine !== generation.current) return;
-      cursor.current = page.next_cursor;
+      const page = await loader.current(turn.cursor);
+      if (!pager.arrived(turn, page.next_cursor)) return;
       setItems((old) => {
         const seen = new Set(old.map(keyOf));
         return [...old, ...page.items.filter((item) => !seen.has(keyOf(item)))];
       });
       setDone(page.next_cursor === null);
       setError(null);
-      failed.current = false;
+      setLoading(false);
     } catch (err) {
-      if (mine === generation.current) {
-        failed.current = true;
-        setError(err);
-      }
-    } finally {
-      if (mine === generation.current) {
-        busy.current = false;
-        setLoading(false);
-      }
+      if (!pager.failedAt(turn)) return;
+      setError(err);
+      setLoading(false);
     }
   }, [keyOf]);
 
   useEffect(() => {
-    generation.current += 1;
-    busy.current = false;
-    failed.current = false;
-    cursor.current = null;
+    pager.reset();
     setItems([]);
     setDone(false);
     setError(null);
