@@ -1,7 +1,7 @@
 """A noisy keyspace held to its quota while another keyspace is served as if it were alone.
 
     .venv/bin/python loadtest/kv_quota.py [--pairs 4] [--round-s 10] [--quiet-share 0.15]
-        [--noisy-shares-cpu]
+        [--noisy-shares-cpu] [--quiet-args=--nice=-10 ...]
 
 A fresh cluster (shard manager + 3 replicas, 16 shards) in a temporary folder. First the put
 throughput T of the cluster is measured as ``minithreads kv bench`` does (closed loop, 64
@@ -104,7 +104,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         plan = [(pair, kind) for pair in range(1, args.pairs + 1) for kind in ("A", "B")]
         for pair, kind in [*plan, (0, "C")]:
             _say(f"pair {pair}/{args.pairs}, round {kind} ({args.round_s:g} s)...")
-            quiet = kvload.spawn(addr, QUIET, quiet_rate, args.round_s, "--gets", "0.5")
+            quiet = kvload.spawn(
+                addr, QUIET, quiet_rate, args.round_s, "--gets", "0.5", *args.quiet_args
+            )
             idle = () if args.noisy_shares_cpu else ("--idle",)
             noisy = kvload.spawn(addr, NOISY, offered[kind] * quota, args.round_s, *idle)
             await asyncio.sleep(kvload.WARMUP_S)
@@ -132,13 +134,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _line(entry: dict[str, Any]) -> str:
     q = entry["quiet"]
-    line = f"  quiet p99 {q['p99_ms']} ms, {q['ok_per_s']}/s ok, failed {q['failed']}"
+    line = f"  quiet p99 {q['p99_ms']} ms (gets {q['p99_get_ms']}, puts {q['p99_put_ms']})"
+    line += f", {q['ok_per_s']}/s ok, failed {q['failed']}"
+    line += f", own loop lag p99 {q['loop_lag_p99_ms']} ms"
+    line += f", waited for a CPU {q['cpu_wait_ms_per_s']} ms/s"
     if "noisy" in entry:
         n = entry["noisy"]
         line += (
             f"; noisy offered {entry['noisy_offered_x']}x quota,"
             f" {n['ok_per_s']}/s accepted ({entry['noisy_vs_quota']}x quota),"
-            f" {n['over_quota_per_s']}/s over quota, failed {n['failed']}"
+            f" {n['over_quota_per_s']}/s over quota, failed {n['failed']},"
+            f" generator {n['generator_lag_ms']} ms behind at worst"
         )
     return line
 
@@ -195,6 +201,7 @@ def main() -> int:
         action="store_true",
         help="the noisy generator at normal priority, not SCHED_IDLE",
     )
+    parser.add_argument("--quiet-args", nargs="*", default=[], help="more kvload.py flags")
     args = parser.parse_args()
     try:
         result = asyncio.run(run(args))
