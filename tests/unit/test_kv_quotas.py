@@ -3,7 +3,9 @@ manager's split of a quota across the primaries by demand."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import cast
 
 import pytest
 from mt_core.errors import InvalidArgument
@@ -12,8 +14,11 @@ from mt_jobs.policy import is_backpressure, is_congestion
 from mt_kv.data import ShardData
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.quotas import FLOOR, Quotas, parse
-from mt_kv.replica.quotas import BURST_S
+from mt_kv.replica.core import Replica
+from mt_kv.replica.quotas import BURST_S, PRESSED_S
 from mt_kv.replica.quotas import Quotas as Buckets
+from mt_kv.settings import ReplicaSettings
+from mt_kv.storage.store import Durable
 from mt_kv_contract.errors import OverBytesQuota, OverQuota, Step, next_step
 from mt_proto import kv_pb2 as pb
 
@@ -218,3 +223,56 @@ def test_bytes_quota__saved_before_bytes_quotas__restores_as_keys_per_second() -
     quotas.restore({"noisy": 120.0, "posts": [0.0, 5e6]})
     assert quotas.limits == {"noisy": 120.0}
     assert quotas.bytes_limits == {"posts": 5e6}
+
+
+def _pressed_buckets(clock: Clock) -> Buckets:
+    """A keyspace at its quota: refused a moment ago, tokens again now."""
+    buckets = Buckets(clock)
+    buckets.set_shares({"noisy": 100.0})
+    buckets.admit({"noisy": 50})
+    with pytest.raises(OverQuota):
+        buckets.admit({"noisy": 1})
+    clock.t += 0.5
+    return buckets
+
+
+def test_pressed__a_keyspace_refused_lately_with_tokens_again() -> None:
+    clock = Clock()
+    buckets = _pressed_buckets(clock)
+    assert buckets.pressed(["noisy"])
+    assert not buckets.pressed(["noisy", "quiet"])  # a request with a keyspace not at quota
+    assert not buckets.pressed([])
+    buckets.admit({"noisy": 100})
+    assert not buckets.pressed(["noisy"])  # no tokens: refused at once, not held
+    clock.t += PRESSED_S + 1.5
+    assert not buckets.pressed(["noisy"])  # not refused lately: served as any other
+
+
+def _write(keyspace: str) -> pb.WriteRequest:
+    key = pb.Key(keyspace=keyspace, partition=b"p", key=b"k")
+    return pb.WriteRequest(mutations=[pb.Mutation(key=key, put=pb.Mutation.Put(value=b"v"))])
+
+
+async def test_over_quota_turn__holds_a_pressed_keyspace_s_writes_for_one_shared_turn() -> None:
+    clock = Clock()
+    settings = ReplicaSettings(over_quota_turn_ms=40)
+    replica = Replica(settings, cast(Durable, None), clock=clock)
+    replica.quotas = _pressed_buckets(clock)
+    loop = asyncio.get_running_loop()
+
+    started = loop.time()
+    await replica.over_quota([_write("quiet")])  # not at its quota: no wait
+    assert loop.time() - started < 0.02
+
+    done: list[float] = []
+
+    async def noisy() -> None:
+        await replica.over_quota([_write("noisy")])
+        done.append(loop.time())
+
+    started = loop.time()
+    first = asyncio.create_task(noisy())
+    await asyncio.sleep(0.02)  # a second caller, half-way through the first one's turn
+    await asyncio.gather(first, noisy(), noisy())
+    assert min(done) - started >= 0.035  # held for the turn...
+    assert max(done) - min(done) < 0.01  # ...and let go together: one sequencing, one flush

@@ -68,6 +68,9 @@ class ReplicaSettings(ServiceSettings):
     # being made durable, and what is sequenced meanwhile waits to share the next one.
     appends_in_flight: int = 2
     replication_timeout_ms: int = 1_000
+    # A write of keyspaces at their quota waits for the next such turn (0: none), so they go
+    # out together: one log transaction and one Append for all, not one each (quotas.py).
+    over_quota_turn_ms: int = 30
     max_entries_per_append: int = 2_000
     # Applied effects reach the store's items in checkpoints (the log covers what is newer):
     # at least this often, or sooner once this many keys wait (see checkpoint.py).

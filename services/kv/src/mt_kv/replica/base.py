@@ -46,6 +46,7 @@ class ReplicaBase:
     lease_s: float
     _links: dict[str, PeerLink]
     _flush_scheduled: bool
+    _over_quota_turn: asyncio.Future[None] | None
     _persisting: bool
     _heartbeat_due: bool
     _answered: asyncio.Event

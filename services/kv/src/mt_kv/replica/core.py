@@ -146,6 +146,7 @@ class Replica(Requests, Leading, Following, Members):
         self.lease_s = 1.0
         self._links: dict[str, PeerLink] = {}  # follower -> our link to it
         self._flush_scheduled = False
+        self._over_quota_turn: asyncio.Future[None] | None = None  # see Requests.over_quota
         self._persisting = False  # a local persist of ours is being written
         self._heartbeat_due = False  # the next flush asks every follower (lease in doubt)
         self._answered: asyncio.Event = asyncio.Event()  # replaced after each Append answer

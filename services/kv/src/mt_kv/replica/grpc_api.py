@@ -36,6 +36,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         self, request: pb.BatchWriteRequest, context: Any
     ) -> pb.BatchWriteResponse:
         # Every write is sequenced first (in order), then their commits are awaited.
+        await self.replica.over_quota(request.writes)
         started: list[tuple[pb.WriteResult, asyncio.Future[None] | None]] = []
         for write in request.writes:
             try:

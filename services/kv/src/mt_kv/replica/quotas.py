@@ -6,7 +6,10 @@ Operations are keys: a write of ten keys is ten. A request is admitted while its
 bucket holds any token and then charged in full (the bucket may go into debt), so a batch
 larger than the bucket still goes through, and the rate holds on average. A refusal is a dict
 lookup and some arithmetic, before any check, log entry or lease wait: it must cost far less
-than the work it refuses. The offered and refused keys per keyspace go to the shard manager
+than the work it refuses. A keyspace refused in the last ``PRESSED_S`` is *pressed*: its
+writes that are admitted wait for the replica's next over-quota turn and go out together
+(``Requests.over_quota``) — it slows itself, and what it may do costs the replicas one log
+transaction per turn instead of one per request. The offered and refused keys per keyspace go to the shard manager
 with each heartbeat, as rates, with the bytes stored of the shards this replica leads; a
 keyspace the manager says is full (at its bytes quota) gets its writes that may grow it
 refused — puts and increments; deletes pass.
@@ -24,6 +27,7 @@ from mt_proto import kv_pb2 as pb
 from mt_kv.replica.load import decay
 
 BURST_S = 0.2  # a bucket holds at most this long of its rate
+PRESSED_S = 1.0  # a keyspace refused this recently is at its quota (its writes wait a turn)
 RATE_HALF_LIFE_S = 1.0  # of the reported rates (an exponentially weighted average)
 MAX_RETRY_AFTER_S = 5.0
 FULL_RETRY_AFTER_S = 1.0  # a full keyspace stays full until deletes free its bytes
@@ -34,6 +38,7 @@ class Bucket:
     rate: float  # tokens (keys) per second
     tokens: float
     at: float  # when ``tokens`` was last brought up to date
+    refused_at: float = float("-inf")
 
     def refill(self, now: float) -> None:
         self.tokens = min(self.tokens + (now - self.at) * self.rate, self.rate * BURST_S)
@@ -86,6 +91,7 @@ class Quotas:
                 continue
             bucket.refill(now)
             if bucket.tokens <= 0:
+                bucket.refused_at = now
                 for k, n in keys.items():
                     self._refused[k] += n
                 raise OverQuota(
@@ -94,6 +100,24 @@ class Quotas:
             charged.append((bucket, keys[keyspace]))
         for bucket, n in charged:
             bucket.tokens -= n
+
+    def pressed(self, keyspaces: Iterable[str]) -> bool:
+        """Whether every one of ``keyspaces`` is at its quota (refused within ``PRESSED_S``)
+        and its bucket holds tokens: a request that would be admitted, of a keyspace that
+        is asking for more than it may have."""
+        if not self.buckets:
+            return False
+        now = self._clock()
+        seen = False
+        for keyspace in keyspaces:
+            bucket = self.buckets.get(keyspace)
+            if bucket is None or now - bucket.refused_at > PRESSED_S:
+                return False
+            bucket.refill(now)
+            if bucket.tokens <= 0:
+                return False  # refused at once, not held
+            seen = True
+        return seen
 
     def admit_growth(self, keyspaces: Iterable[str]) -> None:
         """Refuse a write that may grow a full keyspace (the caller leaves its deletes out)."""
