@@ -9,10 +9,10 @@ lookup and some arithmetic, before any check, log entry or lease wait: it must c
 than the work it refuses. A keyspace refused in the last ``PRESSED_S`` is *pressed*: its
 writes that are admitted wait for the replica's next over-quota turn and go out together
 (``Requests.over_quota``) — it slows itself, and what it may do costs the replicas one log
-transaction per turn instead of one per request. The offered and refused keys per keyspace go to the shard manager
-with each heartbeat, as rates, with the bytes stored of the shards this replica leads; a
-keyspace the manager says is full (at its bytes quota) gets its writes that may grow it
-refused — puts and increments; deletes pass.
+transaction per turn instead of one per request. The offered and refused keys per keyspace
+go to the shard manager with each heartbeat, as rates, with the bytes stored of the shards
+this replica leads; a keyspace the manager says is full (at its bytes quota) gets its writes
+that may grow it refused — puts and increments; deletes pass.
 """
 
 from __future__ import annotations
