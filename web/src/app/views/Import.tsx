@@ -16,12 +16,14 @@ export function Import(): JSX.Element {
   // The legacy id is not part of the user: the join form leaves it here.
   const legacyId = session === null ? null : sessionStorage.getItem("mt.legacy");
 
+  // Reads the page needs ride out a shed (they are sheddable) and say so if they fail.
+  const fail = (err: unknown) => setError(describe(err));
   useEffect(() => {
     const saved = sessionStorage.getItem("mt.import");
-    if (saved) api.get<ImportT>(`/v1/me/imports/${encodeURIComponent(saved)}`).then(setJob, () => undefined);
+    if (saved) api.request<ImportT>("GET", `/v1/me/imports/${encodeURIComponent(saved)}`, { retryShed: true }).then(setJob, fail);
   }, []);
   useEffect(() => {
-    if (legacyId) api.get<LegacyAccount>(`/v1/legacy/accounts/${encodeURIComponent(legacyId)}`).then(setAccount, () => undefined);
+    if (legacyId) api.request<LegacyAccount>("GET", `/v1/legacy/accounts/${encodeURIComponent(legacyId)}`, { retryShed: true }).then(setAccount, fail);
   }, [legacyId]);
 
   const running = job !== null && (job.state === "queued" || job.state === "running");
