@@ -37,9 +37,7 @@ async def test_legacy_one_tap__joins_and_imports_with_progress(phones: PhoneFact
     await expect(page.get_by_role("heading", name="Follow the same people")).to_be_visible()
     following = GRAPH.out_degree(int(legacy_id))
     # (a sheddable read: under load it may ride out a 503's Retry-After or two)
-    await expect(page.get_by_text(f"You follow {following} accounts")).to_be_visible(
-        timeout=30_000
-    )
+    await expect(page.get_by_text(f"You follow {following} accounts")).to_be_visible(timeout=30_000)
     await page.get_by_role("button", name="Follow them here too").click()
     status = page.get_by_role("status")
     await expect(status).to_have_attribute("data-import-state", "done", timeout=IMPORT_S * 1000)
