@@ -103,6 +103,7 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
     hot = [p.encode() for p in args.hot.split(",") if p]
     tasks: set[asyncio.Task[None]] = set()
     lags: list[float] = []
+    waited = _cpu_wait_s()
     client = KVClient(
         args.addr, write_batches_in_flight=args.in_flight, read_batches_in_flight=args.in_flight
     )
@@ -149,7 +150,7 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
     seconds = args.seconds
-    waited = _cpu_wait_s()
+    waited = _cpu_wait_s() - waited
     return {
         "keyspace": args.keyspace,
         "offered_per_s": round(sum(outcomes.values()) / seconds, 1),
