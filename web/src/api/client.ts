@@ -19,7 +19,7 @@ export class ApiError extends Error {
 export interface RequestOptions {
   body?: unknown;
   headers?: Record<string, string>;
-  // Resend after a 503's Retry-After (writes the user waits for; never reads that poll).
+  // Resend after a 503's Retry-After (what the user waits for; never reads that poll).
   retryShed?: boolean;
 }
 
@@ -32,8 +32,14 @@ export class Api {
     private readonly onUnauthorized: () => void,
   ) {}
 
+  // A read that polls: a 503 is left to the poller's back-off.
   get<T>(path: string): Promise<T> {
     return this.request<T>("GET", path);
+  }
+
+  // A read the user is waiting for: it rides out a 503's Retry-After (see request).
+  read<T>(path: string): Promise<T> {
+    return this.request<T>("GET", path, { retryShed: true });
   }
 
   async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<T> {

@@ -20,10 +20,10 @@ export function Import(): JSX.Element {
   const fail = (err: unknown) => setError(describe(err));
   useEffect(() => {
     const saved = sessionStorage.getItem("mt.import");
-    if (saved) api.request<ImportT>("GET", `/v1/me/imports/${encodeURIComponent(saved)}`, { retryShed: true }).then(setJob, fail);
+    if (saved) api.read<ImportT>(`/v1/me/imports/${encodeURIComponent(saved)}`).then(setJob, fail);
   }, []);
   useEffect(() => {
-    if (legacyId) api.request<LegacyAccount>("GET", `/v1/legacy/accounts/${encodeURIComponent(legacyId)}`, { retryShed: true }).then(setAccount, fail);
+    if (legacyId) api.read<LegacyAccount>(`/v1/legacy/accounts/${encodeURIComponent(legacyId)}`).then(setAccount, fail);
   }, [legacyId]);
 
   const running = job !== null && (job.state === "queued" || job.state === "running");

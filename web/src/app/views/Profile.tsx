@@ -29,9 +29,9 @@ export function Profile(props: { handle: string }): JSX.Element {
     setError(null);
     setFollowing(null);
     // What the user came to see: read again after a 503's Retry-After, unseen.
-    api.request<User>("GET", `/v1/users/${path}`, { retryShed: true }).then(setUser, setError);
+    api.read<User>(`/v1/users/${path}`).then(setUser, setError);
     if (session !== null && !mine) {
-      api.request("GET", `/v1/me/following/${path}`, { retryShed: true }).then(
+      api.read(`/v1/me/following/${path}`).then(
         () => setFollowing(true),
         // Not following (404), or not known: Follow is offered either way (PUT is idempotent).
         () => setFollowing(false),

@@ -24,7 +24,7 @@ export function Thread(props: { id: string }): JSX.Element {
   useEffect(() => {
     setPost(null);
     setError(null);
-    api.request<Post>("GET", path, { retryShed: true }).then(setPost, setError);
+    api.read<Post>(path).then(setPost, setError);
   }, [props.id]);
 
   if (error !== null) {
