@@ -108,3 +108,53 @@ async def test_over_quota__a_refused_read_is_the_callers_answer_not_retried() ->
         await kv.get(noisy)
     assert len(stub.requests) == 1  # back-pressure is the caller's answer: not sent again
     assert await kv.get(quiet) is None  # another keyspace is served
+
+
+class _OverQuotaWrites(_Stub):
+    """A primary whose bucket for ``test`` is empty for the next 50 ms, for writes."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: None)
+
+    async def BatchWrite(self, request: pb.BatchWriteRequest, **_: Any) -> pb.BatchWriteResponse:
+        answered = await super().BatchWrite(request)
+        over = pb.Error(kind="OverQuota", code="over_quota", message="over", retry_after_ms=50)
+        for write, result in zip(request.writes, answered.results, strict=True):
+            if write.mutations[0].key.keyspace == "test":
+                result.Clear()
+                result.error.CopyFrom(over)
+        return answered
+
+
+async def test_over_quota__a_refused_keyspace_is_held_at_the_client_until_retry_after() -> None:
+    kv, _ = _client(["test"])
+    stub = _OverQuotaWrites()
+    kv._stubs[ADDR] = stub  # type: ignore[assignment]
+    noisy, quiet = Key("test", b"p", b"a"), Key("bench", b"p", b"b")
+    with pytest.raises(OverQuota):
+        await kv.put(noisy, b"1")
+    with pytest.raises(OverQuota) as held:
+        await kv.put(noisy, b"2")
+    assert len(stub.requests) == 1  # refused here, as the replica would have: no RPC
+    assert 0 < held.value.retry_after_s <= 0.05
+    assert await kv.put(quiet, b"3") == 1  # another keyspace is sent
+    assert len(stub.requests) == 2
+    assert kv.holds.refused == 1
+    assert dict(stub.requests[1].held) == {"test": 1}  # told with the next batch there
+    await asyncio.sleep(0.06)
+    with pytest.raises(OverQuota):
+        await kv.put(noisy, b"4")
+    assert len(stub.requests) == 3  # asked again once the replica said to
+    assert not stub.requests[2].held  # (once)
+
+
+async def test_over_quota__a_refused_read_holds_the_keyspace_s_reads_too() -> None:
+    kv, _ = _client(["test"])
+    stub = _OverQuotaReads()
+    kv._stubs[ADDR] = stub  # type: ignore[assignment]
+    noisy = Key("test", b"p", b"a")
+    for _ in range(3):
+        with pytest.raises(OverQuota):
+            await kv.get(noisy)
+    assert len(stub.requests) == 1
+    assert kv.holds.refused == 2

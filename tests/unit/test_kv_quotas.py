@@ -15,10 +15,11 @@ from mt_kv.data import ShardData
 from mt_kv.manager.core import ShardManager
 from mt_kv.manager.quotas import FLOOR, Quotas, parse
 from mt_kv.replica.core import Replica
-from mt_kv.replica.quotas import BURST_S, PRESSED_S
+from mt_kv.replica.quotas import BURST_S, MIN_RETRY_AFTER_S, PRESSED_S
 from mt_kv.replica.quotas import Quotas as Buckets
 from mt_kv.settings import ReplicaSettings
 from mt_kv.storage.store import Durable
+from mt_kv_client.holds import Holds
 from mt_kv_contract.errors import OverBytesQuota, OverQuota, Step, next_step
 from mt_proto import kv_pb2 as pb
 
@@ -62,6 +63,35 @@ def test_bucket__refusal_is_typed_with_retry_after_and_charges_nothing() -> None
     assert refused.value.retry_after_s == pytest.approx(2.8, abs=0.01)  # (30 - 2) / 10 per s
     clock.t += 2.81
     assert _admitted(buckets, "noisy", 1)  # refusals did not deepen the debt
+
+
+def test_bucket__a_refusal_asks_for_no_sooner_than_the_least_retry_after() -> None:
+    clock = Clock()
+    buckets = Buckets(clock)
+    buckets.set_shares({"noisy": 1000.0})
+    assert _admitted(buckets, "noisy", 201)  # one key into debt: a token back in 1 ms
+    with pytest.raises(OverQuota) as refused:
+        buckets.admit({"noisy": 1})
+    assert refused.value.retry_after_s == MIN_RETRY_AFTER_S
+
+
+def test_bucket__a_client_holding_as_told_gets_its_whole_rate_in_few_requests() -> None:
+    clock = Clock()
+    buckets, holds = Buckets(clock), Holds(clock)
+    buckets.set_shares({"noisy": 300.0})
+    admitted = asked = 0
+    for _ in range(30_000):  # 10 s of 3,000 keys per second asked, 10 times the rate
+        clock.t += 1 / 3000
+        if holds.check("kv-1", "noisy") is None:
+            asked += 1
+            try:
+                buckets.admit({"noisy": 1})
+            except OverQuota as err:
+                holds.hold("kv-1", "noisy", err)
+            else:
+                admitted += 1
+    assert 3000 <= admitted <= 3000 + 300 * BURST_S + 1  # its rate, not less
+    assert asked < 1.25 * admitted  # the replica was asked little more than it admitted
 
 
 def test_bucket__other_keyspaces_are_not_limited() -> None:
@@ -121,6 +151,46 @@ def test_manager_shares__follow_demand_and_sum_to_the_quota() -> None:
     assert shares["kv-1"] == pytest.approx(2 * shares["kv-2"])
     floor = 300.0 * FLOOR / 3  # kv-3 asks nothing: weighed at the floor
     assert shares["kv-3"] == pytest.approx(300.0 * floor / (600 + 300 + floor))
+
+
+def test_quota_split__follows_the_demand_a_holding_client_tells() -> None:
+    """The loop of manager, replicas and a client that holds as told: a keyspace asking
+    1,333 keys/s of a 300/s quota, three quarters of them at kv-2. Without the held keys told to the
+    replicas, each reports little more than it admits and the split stays where it began."""
+    clock = Clock()
+    quotas = Quotas({"noisy": (300.0, 0.0)})
+    serving = ["kv-1", "kv-2"]
+    buckets = {r: Buckets(clock) for r in serving}
+    holds = Holds(clock)
+    admitted = dict.fromkeys(serving, 0)
+    for tick in range(20_000):  # 20 s in steps of 1 ms
+        clock.t += 0.001
+        if tick % 100 == 0:  # heartbeats: loads up, shares down
+            for r in serving:
+                quotas.observe(r, buckets[r].load())
+            for r in serving:
+                buckets[r].set_shares(quotas.shares(r, serving))
+        for r in serving if tick % 3 == 0 else serving[1:]:  # kv-1: a key every 3 ms
+            if holds.check(r, "noisy") is not None:
+                continue
+            try:
+                buckets[r].held_by_client(holds.take(r))
+                buckets[r].admit({"noisy": 1})
+            except OverQuota as err:
+                holds.hold(r, "noisy", err)
+            else:
+                admitted[r] += tick >= 15_000  # the last 5 s
+    assert sum(admitted.values()) / 5 == pytest.approx(300, rel=0.05)
+    assert admitted["kv-2"] / admitted["kv-1"] == pytest.approx(3, rel=0.15)
+
+
+def test_load__keys_a_client_held_back_are_offered_and_refused() -> None:
+    clock = Clock()
+    buckets = Buckets(clock)
+    buckets.held_by_client({"noisy": 30})
+    clock.t += 1.0
+    (load,) = buckets.load()
+    assert load.offered_per_s == load.refused_per_s > 0
 
 
 def test_manager_shares__without_demand_even__off_primaries_the_floor() -> None:

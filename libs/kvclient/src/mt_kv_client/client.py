@@ -20,7 +20,16 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+    Sized,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,6 +61,7 @@ from mt_kv_contract.keys import MAX_BATCH, Key, microshard, validate_value
 from mt_proto import kv_pb2 as pb
 from mt_proto import kv_pb2_grpc
 
+from mt_kv_client.holds import Holds
 from mt_kv_client.sessions import WriteSession
 
 T = TypeVar("T")
@@ -396,6 +406,7 @@ class KVClient:
         self.writes = WriteSession()
         self._reads = _Coalescer(self._send_reads, max_in_flight=read_batches_in_flight)
         self._writes = _Coalescer(self._send_writes, max_in_flight=write_batches_in_flight)
+        self.holds = Holds(time.monotonic)
         self._commit_ewma_s = 0.0
         self._commit_at = 0.0  # monotonic time of the last answered BatchWrite
 
@@ -571,37 +582,44 @@ class KVClient:
         addr, consistency = group
         # A part per shard and keyspace: a keyspace over its quota is refused alone.
         by_part = _by_shard(((s, self._apart(k.keyspace)), k) for call in calls for s, k in call)
+        found: dict[Key, Item | BaseException | None] = {}
+        for part, refusal in self._held_parts(addr, by_part).items():
+            found.update(dict.fromkeys(by_part.pop(part), refusal))
         parts = [
-            (shard, keys[start : start + MAX_BATCH])
-            for (shard, _), keys in by_part.items()
+            (keyspace, shard, keys[start : start + MAX_BATCH])
+            for (shard, keyspace), keys in by_part.items()
             for start in range(0, len(keys), MAX_BATCH)
         ]
-        request = pb.BatchGetRequest(
-            gets=[
-                pb.GetRequest(
-                    route=self._route(shard),
-                    keys=[_pb_key(k) for k in keys],
-                    read=self._read_options(shard, consistency),
-                )
-                for shard, keys in parts
-            ]
-        )
+        outcomes: list[pb.GetResult | None] = []
         try:
-            with outbound(_BATCH_GET) as metadata:
-                reply = await self._stub_at(addr).BatchGet(
-                    request, timeout=self._call_timeout_s(), metadata=metadata
+            if parts:
+                request = pb.BatchGetRequest(
+                    gets=[
+                        pb.GetRequest(
+                            route=self._route(shard),
+                            keys=[_pb_key(k) for k in keys],
+                            read=self._read_options(shard, consistency),
+                        )
+                        for _, shard, keys in parts
+                    ],
+                    held=self.holds.take(addr),
                 )
-            outcomes: list[pb.GetResult | None] = list(reply.results)
+                with outbound(_BATCH_GET) as metadata:
+                    reply = await self._stub_at(addr).BatchGet(
+                        request, timeout=self._call_timeout_s(), metadata=metadata
+                    )
+                outcomes = list(reply.results)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(parts)
-        found: dict[Key, Item | BaseException | None] = {}
         failed: list[list[Key]] = []
-        for (_, keys), outcome in zip(parts, outcomes, strict=True):
+        for (keyspace, _, keys), outcome in zip(parts, outcomes, strict=True):
             if outcome is not None and outcome.HasField("ok"):
                 for key, item in zip(keys, outcome.ok.items, strict=True):
                     found[key] = _item(key, item)
             elif outcome is not None and isinstance(over := _outcome_error(outcome), OverQuota):
                 found.update(dict.fromkeys(keys, over))  # back-pressure: the caller's answer
+                if keyspace:
+                    self.holds.hold(addr, keyspace, over)
             else:
                 failed.append(keys)
         if failed:  # retried on their own, all at once (reads are always safe to retry)
@@ -908,7 +926,10 @@ class KVClient:
                     by_shard[shard, self._apart(mutations[0].key.keyspace, quotas)].extend(
                         mutations
                     )
-        shards = list(by_shard)
+        held = self._held_parts(addr, by_shard)
+        shards = [part for part in by_shard if part not in held]
+        refused = [self._held_call(addr, c) for c in conditional]  # (equal calls: by place)
+        conditional = [c for c, refusal in zip(conditional, refused, strict=True) if not refusal]
         writes = [
             pb.WriteRequest(
                 route=self._route(shard),
@@ -927,16 +948,17 @@ class KVClient:
         ]
         for write in writes:
             self.writes.tag(write)
-        outcomes: list[pb.WriteResult | None]
+        outcomes: list[pb.WriteResult | None] = []
         started = time.monotonic()
         try:
-            request = pb.BatchWriteRequest(writes=writes)
-            with outbound(_BATCH_WRITE) as metadata:
-                reply = await self._stub_at(addr).BatchWrite(
-                    request, timeout=self._call_timeout_s(), metadata=metadata
-                )
-            outcomes = list(reply.results)
-            self._observe_commit(time.monotonic() - started)
+            if writes:
+                request = pb.BatchWriteRequest(writes=writes, held=self.holds.take(addr))
+                with outbound(_BATCH_WRITE) as metadata:
+                    reply = await self._stub_at(addr).BatchWrite(
+                        request, timeout=self._call_timeout_s(), metadata=metadata
+                    )
+                outcomes = list(reply.results)
+                self._observe_commit(time.monotonic() - started)
         except grpc.aio.AioRpcError:
             outcomes = [None] * len(writes)  # unknown outcome for every part
         # Parts that must be retried are retried together: a failover touches many shards.
@@ -955,7 +977,15 @@ class KVClient:
             ),
         )
         results = dict(zip(shards, settled[: len(shards)], strict=True))
-        answers = iter(settled[len(shards) :])
+        for (_, keyspace), answer in results.items():
+            if keyspace:  # a keyspace with a quota, apart
+                self.holds.hold(addr, keyspace, answer)
+        for call, answer in zip(conditional, settled[len(shards) :], strict=True):
+            if len(limited := {m.key.keyspace for m in call.mutations} & quotas) == 1:
+                self.holds.hold(addr, next(iter(limited)), answer)
+        results.update(held)
+        sent = iter(settled[len(shards) :])
+        answers = iter([refusal or next(sent) for refusal in refused])
         position: dict[tuple[int, str], int] = defaultdict(int)
         out: list[list[list[pb.Item] | BaseException] | pb.WriteResponse | BaseException] = []
         for call in calls:
@@ -976,6 +1006,24 @@ class KVClient:
                 parts.append(failed if failed is not None else mine)  # type: ignore[arg-type]
             out.append(parts)
         return out
+
+    def _held_parts(
+        self, addr: str, parts: Mapping[tuple[int, str], Sized]
+    ) -> dict[tuple[int, str], OverQuota]:
+        """The parts of a batch to ``addr`` answered here, unsent: those of a keyspace the
+        replica refused over its quota until a time not yet come (see holds.py)."""
+        held = {}
+        for part, keys in parts.items():
+            if part[1] and (refusal := self.holds.check(addr, part[1], len(keys))):
+                held[part] = refusal
+        return held
+
+    def _held_call(self, addr: str, call: _Conditional) -> OverQuota | None:
+        """A conditional write answered here, unsent, as :meth:`_held_parts`."""
+        for keyspace in {m.key.keyspace for m in call.mutations} & self._quota_keyspaces:
+            if refusal := self.holds.check(addr, keyspace, len(call.mutations)):
+                return refusal
+        return None
 
     async def _settle_conditional(
         self,

@@ -29,6 +29,8 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         return await self.replica.scan(request)
 
     async def BatchGet(self, request: pb.BatchGetRequest, context: Any) -> pb.BatchGetResponse:
+        if request.held:
+            self.replica.quotas.held_by_client(request.held)
         results = await asyncio.gather(*(self._get(g) for g in request.gets))
         return pb.BatchGetResponse(results=results)
 
@@ -36,6 +38,8 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         self, request: pb.BatchWriteRequest, context: Any
     ) -> pb.BatchWriteResponse:
         # Every write is sequenced first (in order), then their commits are awaited.
+        if request.held:
+            self.replica.quotas.held_by_client(request.held)
         await self.replica.over_quota(request.writes)
         started: list[tuple[pb.WriteResult, asyncio.Future[None] | None]] = []
         for write in request.writes:

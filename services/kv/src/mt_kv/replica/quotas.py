@@ -10,6 +10,7 @@ than the work it refuses. A keyspace refused in the last ``PRESSED_S`` is *press
 writes that are admitted wait for the replica's next over-quota turn and go out together
 (``Requests.over_quota``) — it slows itself, and what it may do costs the replicas one log
 transaction per turn instead of one per request. The offered and refused keys per keyspace
+(with those its clients refused themselves while it held them off, ``held_by_client``)
 go to the shard manager with each heartbeat, as rates, with the bytes stored of the shards
 this replica leads; a keyspace the manager says is full (at its bytes quota) gets its writes
 that may grow it refused — puts and increments; deletes pass.
@@ -30,6 +31,9 @@ BURST_S = 0.2  # a bucket holds at most this long of its rate
 PRESSED_S = 1.0  # a keyspace refused this recently is at its quota (its writes wait a turn)
 RATE_HALF_LIFE_S = 1.0  # of the reported rates (an exponentially weighted average)
 MAX_RETRY_AFTER_S = 5.0
+# Sooner a refused client would only be refused again, an RPC each time; its bucket keeps
+# BURST_S of its rate meanwhile, so waiting this long loses it nothing it was due.
+MIN_RETRY_AFTER_S = BURST_S / 4
 FULL_RETRY_AFTER_S = 1.0  # a full keyspace stays full until deletes free its bytes
 
 
@@ -45,8 +49,10 @@ class Bucket:
         self.at = now
 
     def wait_s(self) -> float:
-        """How long until the bucket holds a token again."""
-        return min(max(-self.tokens, 1.0) / max(self.rate, 1e-3), MAX_RETRY_AFTER_S)
+        """How long a refused client should wait: until the bucket holds a token again, and
+        at least ``MIN_RETRY_AFTER_S``."""
+        wait_s = max(-self.tokens, 1.0) / max(self.rate, 1e-3)
+        return min(max(wait_s, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
 
 
 class Quotas:
@@ -100,6 +106,13 @@ class Quotas:
             charged.append((bucket, keys[keyspace]))
         for bucket, n in charged:
             bucket.tokens -= n
+
+    def held_by_client(self, keys: Mapping[str, int]) -> None:
+        """Count ``keys`` (keyspace -> keys) a client refused itself, holding the keyspace as
+        this replica told it to, as offered here and refused: the demand the split follows."""
+        for keyspace, n in keys.items():
+            self._offered[keyspace] += n
+            self._refused[keyspace] += n
 
     def pressed(self, keyspaces: Iterable[str]) -> bool:
         """Whether every one of ``keyspaces`` is at its quota (refused within ``PRESSED_S``)
