@@ -66,6 +66,13 @@ def _cpu_s(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _steal_s() -> float:
+    """CPU time the hypervisor took from this VM, over all CPUs (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 async def _throughput(addr: str) -> float:
     async with KVClient(addr) as kv:
         phase = await drive(
@@ -112,13 +119,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             idle = () if args.noisy_shares_cpu else ("--idle",)
             noisy = kvload.spawn(addr, NOISY, offered[kind] * quota, args.round_s, *idle)
             await asyncio.sleep(kvload.WARMUP_S)
-            cpu = _cpu_s(replicas)
+            cpu, steal = _cpu_s(replicas), _steal_s()
             await asyncio.sleep(args.round_s)
-            cpu = _cpu_s(replicas) - cpu
+            cpu, steal = _cpu_s(replicas) - cpu, _steal_s() - steal
             loop = asyncio.get_running_loop()
             done = await loop.run_in_executor(None, kvload.result, quiet)
             entry: dict[str, Any] = {"pair": pair, "round": kind, "quiet": done}
             entry["replicas_cpu_s"] = round(cpu, 2)
+            entry["steal_pct"] = round(100 * steal / (args.round_s * (os.cpu_count() or 1)), 1)
             if noisy is not None:
                 entry["noisy"] = await loop.run_in_executor(None, kvload.result, noisy)
                 entry["noisy_vs_quota"] = round(entry["noisy"]["ok_per_s"] / quota, 3)
@@ -140,13 +148,15 @@ def _line(entry: dict[str, Any]) -> str:
     line += f", {q['ok_per_s']}/s ok, failed {q['failed']}"
     line += f", own loop lag p99 {q['loop_lag_p99_ms']} ms"
     line += f", waited for a CPU {q['cpu_wait_ms_per_s']} ms/s"
+    line += f"; the hypervisor took {entry['steal_pct']}% of the CPUs"
     if "noisy" in entry:
         n = entry["noisy"]
         line += (
             f"; noisy offered {entry['noisy_offered_x']}x quota,"
             f" {n['ok_per_s']}/s accepted ({entry['noisy_vs_quota']}x quota),"
             f" {n['over_quota_per_s']}/s over quota, failed {n['failed']},"
-            f" generator {n['generator_lag_ms']} ms behind at worst"
+            f" generator {n['generator_lag_ms']} ms behind at worst,"
+            f" {n['refused_by_client']} refused by its client"
         )
     return line
 

@@ -156,6 +156,7 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         "offered_per_s": round(sum(outcomes.values()) / seconds, 1),
         "ok_per_s": round(outcomes["ok"] / seconds, 1),
         "over_quota_per_s": round(outcomes["over_quota"] / seconds, 1),
+        "refused_by_client": client.holds.refused,
         "failed": outcomes["failed"],
         "errors": errors,
         "p50_ms": round(pct_ms(latencies, 0.5), 2),
