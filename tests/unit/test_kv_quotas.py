@@ -60,8 +60,9 @@ def test_bucket__refusal_is_typed_with_retry_after_and_charges_nothing() -> None
     with pytest.raises(OverQuota) as refused:
         buckets.admit({"noisy": 1})
     assert refused.value.code == "over_quota"
-    assert refused.value.retry_after_s == pytest.approx(2.8, abs=0.01)  # (30 - 2) / 10 per s
-    clock.t += 2.81
+    wait_s = (30 - 10 * BURST_S) / 10  # the debt past a full bucket, at 10 per s
+    assert refused.value.retry_after_s == pytest.approx(wait_s, abs=0.01)
+    clock.t += wait_s + 0.01
     assert _admitted(buckets, "noisy", 1)  # refusals did not deepen the debt
 
 
@@ -69,7 +70,7 @@ def test_bucket__a_refusal_asks_for_no_sooner_than_the_least_retry_after() -> No
     clock = Clock()
     buckets = Buckets(clock)
     buckets.set_shares({"noisy": 1000.0})
-    assert _admitted(buckets, "noisy", 201)  # one key into debt: a token back in 1 ms
+    assert _admitted(buckets, "noisy", round(1000 * BURST_S) + 1)  # a token back in 1 ms
     with pytest.raises(OverQuota) as refused:
         buckets.admit({"noisy": 1})
     assert refused.value.retry_after_s == MIN_RETRY_AFTER_S

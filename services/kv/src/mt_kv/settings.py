@@ -70,7 +70,7 @@ class ReplicaSettings(ServiceSettings):
     replication_timeout_ms: int = 1_000
     # A write of keyspaces at their quota waits for the next such turn (0: none), so they go
     # out together: one log transaction and one Append for all, not one each (quotas.py).
-    over_quota_turn_ms: int = 30
+    over_quota_turn_ms: int = 100
     max_entries_per_append: int = 2_000
     # Applied effects reach the store's items in checkpoints (the log covers what is newer):
     # at least this often, or sooner once this many keys wait (see checkpoint.py).

@@ -27,13 +27,13 @@ from mt_proto import kv_pb2 as pb
 
 from mt_kv.replica.load import decay
 
-BURST_S = 0.2  # a bucket holds at most this long of its rate
+BURST_S = 0.5  # a bucket holds at most this long of its rate (several over-quota turns)
 PRESSED_S = 1.0  # a keyspace refused this recently is at its quota (its writes wait a turn)
 RATE_HALF_LIFE_S = 1.0  # of the reported rates (an exponentially weighted average)
 MAX_RETRY_AFTER_S = 5.0
 # Sooner a refused client would only be refused again, an RPC each time; its bucket keeps
 # BURST_S of its rate meanwhile, so waiting this long loses it nothing it was due.
-MIN_RETRY_AFTER_S = BURST_S / 4
+MIN_RETRY_AFTER_S = 0.05
 FULL_RETRY_AFTER_S = 1.0  # a full keyspace stays full until deletes free its bytes
 
 
