@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -52,6 +53,8 @@ QUOTA_SHARE = 0.25  # of T
 OFFERED_X = 3.0  # the noisy keyspace is offered this many times its quota
 SETTLE_S = 10.0  # after measuring T, before the rounds
 MAX_BEHIND_MS = 1000.0  # a noisy generator further behind than this did not offer on time
+# Round D (--control): the quiet keyspace beside a process that only spins at SCHED_IDLE.
+SPIN = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
 MAX_STEAL_PCT = 10.0  # a round the hypervisor took more of the CPUs from measured the host
 
 
@@ -69,6 +72,11 @@ def _cpu_s(pids: list[int]) -> float:
             fields = stat.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _spin() -> subprocess.Popen[bytes]:
+    """A process that only spins, at idle priority: what a co-located client's CPU alone does."""
+    return subprocess.Popen([sys.executable, "-c", SPIN])
 
 
 def _steal_s() -> float:
@@ -114,8 +122,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         _say(f"letting the replicas checkpoint what T wrote ({SETTLE_S:g} s)...")
         await asyncio.sleep(SETTLE_S)
         replicas = [p.pid for name, p in cluster.procs.items() if name != "kv"]
-        offered = {"A": 0.0, "B": OFFERED_X, "C": 0.9}
-        plan = [(pair, kind) for pair in range(1, args.pairs + 1) for kind in ("A", "B")]
+        offered = {"A": 0.0, "B": OFFERED_X, "C": 0.9, "D": 0.0}
+        kinds = ("A", "B", "D") if args.control else ("A", "B")
+        plan = [(pair, kind) for pair in range(1, args.pairs + 1) for kind in kinds]
         for pair, kind in [*plan, (0, "C")]:
             _say(f"pair {pair}/{args.pairs}, round {kind} ({args.round_s:g} s)...")
             quiet = kvload.spawn(
@@ -123,10 +132,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             idle = () if args.noisy_shares_cpu else ("--idle",)
             noisy = kvload.spawn(addr, NOISY, offered[kind] * quota, args.round_s, *idle)
+            spin = _spin() if kind == "D" else None
             await asyncio.sleep(kvload.WARMUP_S)
             cpu, steal = _cpu_s(replicas), _steal_s()
             await asyncio.sleep(args.round_s)
             cpu, steal = _cpu_s(replicas) - cpu, _steal_s() - steal
+            if spin is not None:
+                spin.kill()
+                spin.wait()
             loop = asyncio.get_running_loop()
             done = await loop.run_in_executor(None, kvload.result, quiet)
             entry: dict[str, Any] = {"pair": pair, "round": kind, "quiet": done}
@@ -172,6 +185,10 @@ def _verdicts(result: dict[str, Any]) -> dict[str, Any]:
     a = [r["quiet"]["p99_ms"] for r in rounds if r["round"] == "A"]
     b = [r["quiet"]["p99_ms"] for r in rounds if r["round"] == "B"]
     ratios = [rb / ra for ra, rb in zip(a, b, strict=True) if ra > 0]
+    d = [r["quiet"]["p99_ms"] for r in rounds if r["round"] == "D"]
+    control = [rd / ra for ra, rd in zip(a, d, strict=False) if ra > 0]
+    result["control_ratios"] = [round(x, 2) for x in control]
+    result["control_median"] = round(statistics.median(control), 2) if control else None
     held = [r["noisy_vs_quota"] for r in rounds if r["round"] == "B"]
     offered = [r["noisy_offered_x"] for r in rounds if r["round"] == "B"]
     result["noisy_offered_x"] = offered
@@ -225,6 +242,11 @@ def main() -> int:
         action="store_true",
         help="the noisy generator at normal priority, not SCHED_IDLE",
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="a round D per pair: the quiet keyspace beside an idle-priority spinning process",
+    )
     parser.add_argument("--quiet-args", nargs="*", default=[], help="more kvload.py flags")
     args = parser.parse_args()
     try:
@@ -241,8 +263,14 @@ def main() -> int:
         f"quiet p99 B/A {result['p99_ratios']} median {result['p99_ratio_median']} "
         f"(failed {result['quiet_failed']}); replicas' CPU per accepted / refused noisy put "
         f"{result['cpu_us']['accepted_put']} / {result['cpu_us']['refused_put']} µs; "
-        f"the hypervisor took up to {result['max_steal_pct']}% of the CPUs "
-        f"-> {_verdict(result)} ({out})"
+        f"the hypervisor took up to {result['max_steal_pct']}% of the CPUs"
+        + (
+            f"; control D/A (a spinning idle process, no KV work) {result['control_ratios']}"
+            f" median {result['control_median']} "
+            if result["control_ratios"]
+            else " "
+        )
+        + f"-> {_verdict(result)} ({out})"
     )
     if result["host_bound"]:
         return 2

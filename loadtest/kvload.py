@@ -103,7 +103,7 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
     hot = [p.encode() for p in args.hot.split(",") if p]
     tasks: set[asyncio.Task[None]] = set()
     lags: list[float] = []
-    waited = _cpu_wait_s()
+    waited, used = _cpu_wait_s(), time.process_time()
     client = KVClient(
         args.addr, write_batches_in_flight=args.in_flight, read_batches_in_flight=args.in_flight
     )
@@ -150,7 +150,7 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
     seconds = args.seconds
-    waited = _cpu_wait_s() - waited
+    waited, used = _cpu_wait_s() - waited, time.process_time() - used
     return {
         "keyspace": args.keyspace,
         "offered_per_s": round(sum(outcomes.values()) / seconds, 1),
@@ -166,6 +166,7 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         "generator_lag_ms": round(lag * 1000, 1),
         "loop_lag_p99_ms": round(pct_ms(lags, 0.99), 2),
         "cpu_wait_ms_per_s": round(waited * 1000 / (seconds + WARMUP_S), 1),
+        "cpu_ms_per_s": round(used * 1000 / (seconds + WARMUP_S), 1),
     }
 
 
