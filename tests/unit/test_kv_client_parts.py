@@ -52,6 +52,13 @@ def _client(quota_keyspaces: list[str], during: Any = lambda: None) -> tuple[KVC
     return kv, stub
 
 
+def _serving(stub: Any) -> KVClient:
+    """A client of a table listing ``test`` with a quota, whose one replica is ``stub``."""
+    kv, _ = _client(["test"])
+    kv._stubs[ADDR] = stub
+    return kv
+
+
 async def _two_puts(kv: KVClient) -> list[int]:
     return list(
         await asyncio.gather(
@@ -100,9 +107,8 @@ class _OverQuotaReads:
 
 
 async def test_over_quota__a_refused_read_is_the_callers_answer_not_retried() -> None:
-    kv, _ = _client(["test"])
     stub = _OverQuotaReads()
-    kv._stubs[ADDR] = stub  # type: ignore[assignment]
+    kv = _serving(stub)
     noisy, quiet = Key("test", b"p", b"a"), Key("bench", b"p", b"b")
     with pytest.raises(OverQuota):
         await kv.get(noisy)
@@ -127,9 +133,8 @@ class _OverQuotaWrites(_Stub):
 
 
 async def test_over_quota__a_refused_keyspace_is_held_at_the_client_until_retry_after() -> None:
-    kv, _ = _client(["test"])
     stub = _OverQuotaWrites()
-    kv._stubs[ADDR] = stub  # type: ignore[assignment]
+    kv = _serving(stub)
     noisy, quiet = Key("test", b"p", b"a"), Key("bench", b"p", b"b")
     with pytest.raises(OverQuota):
         await kv.put(noisy, b"1")
@@ -149,9 +154,8 @@ async def test_over_quota__a_refused_keyspace_is_held_at_the_client_until_retry_
 
 
 async def test_over_quota__a_refused_read_holds_the_keyspace_s_reads_too() -> None:
-    kv, _ = _client(["test"])
     stub = _OverQuotaReads()
-    kv._stubs[ADDR] = stub  # type: ignore[assignment]
+    kv = _serving(stub)
     noisy = Key("test", b"p", b"a")
     for _ in range(3):
         with pytest.raises(OverQuota):
