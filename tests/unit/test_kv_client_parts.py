@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from mt_kv_client import Key, KVClient
+from mt_kv_client.client import Put
 from mt_kv_contract.errors import OverQuota
 from mt_proto import kv_pb2 as pb
 
@@ -162,3 +163,31 @@ async def test_over_quota__a_refused_read_holds_the_keyspace_s_reads_too() -> No
             await kv.get(noisy)
     assert len(stub.requests) == 1
     assert kv.holds.refused == 2
+
+
+async def test_over_quota__a_held_put_is_refused_before_it_is_batched() -> None:
+    stub = _OverQuotaWrites()
+    kv = _serving(stub)
+    noisy = Key("test", b"p", b"a")
+    with pytest.raises(OverQuota):
+        await kv.put(noisy, b"1")
+
+    def never(*_: Any) -> Any:
+        raise AssertionError("a held keyspace's put reached the batcher")
+
+    kv._writes.submit = never  # type: ignore[method-assign]
+    with pytest.raises(OverQuota):
+        await kv.put(noisy, b"2")
+    assert kv.holds.refused == 1
+    assert kv.holds.take(ADDR) == {"test": 1}  # still told to the replica
+
+
+async def test_apply_many__with_return_exceptions__each_group_gets_its_own_answer() -> None:
+    kv = _serving(_OverQuotaWrites())
+    groups = [[Put(Key("test", b"p", b"a"), b"1")], [Put(Key("bench", b"p", b"b"), b"2")]]
+    refused, written = await kv.apply_many(groups, return_exceptions=True)
+    assert isinstance(refused, OverQuota)
+    assert not isinstance(written, BaseException)
+    assert written[0].version == 1
+    with pytest.raises(OverQuota):
+        await kv.apply_many(groups)

@@ -31,7 +31,7 @@ from collections.abc import (
     Sized,
 )
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import grpc
 from mt_core.errors import (
@@ -872,6 +872,9 @@ class KVClient:
         Returns each mutation's result."""
         first = _one_partition(mutations)
         shard, addr = await self._routed(first, lambda s: self._info(s).primary)
+        keyspace = self._apart(first.keyspace)
+        if keyspace and (refusal := self.holds.check(addr, keyspace, len(mutations))):
+            raise refusal  # held here, before any batching: a refusal costs its caller little
         # Awaited directly, not through apply_many's gather: a gather of one future woke each
         # caller a loop turn later, which cost a fifth of the puts' throughput.
         parts = await self._writes.submit(
@@ -882,11 +885,35 @@ class KVClient:
             raise part
         return part
 
+    @overload
     async def apply_many(
-        self, groups: Sequence[Sequence[Mutation]], durability: Durability = Durability.QUORUM
-    ) -> list[list[pb.Item]]:
+        self,
+        groups: Sequence[Sequence[Mutation]],
+        durability: Durability = ...,
+        *,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[list[pb.Item]]: ...
+
+    @overload
+    async def apply_many(
+        self,
+        groups: Sequence[Sequence[Mutation]],
+        durability: Durability = ...,
+        *,
+        return_exceptions: Literal[True],
+    ) -> list[list[pb.Item] | MinithreadsError]: ...
+
+    async def apply_many(
+        self,
+        groups: Sequence[Sequence[Mutation]],
+        durability: Durability = Durability.QUORUM,
+        *,
+        return_exceptions: bool = False,
+    ) -> list[list[pb.Item]] | list[list[pb.Item] | MinithreadsError]:
         """:meth:`apply` for many partitions at once (a fan-out's inbox rows): one BatchWrite
-        per primary; each group atomic on its own, and the call fails if any group does."""
+        per primary; each group atomic on its own, and the call fails if any group does —
+        or, with ``return_exceptions``, answers each group with its results or its error
+        (a bulk writer over its quota learns which of its groups were refused)."""
         firsts = [_one_partition(mutations) for mutations in groups]
         routes = await self._routes(firsts, lambda s: self._info(s).primary)
         if routes is None:  # a shard without a primary just now: each group waits on its own
@@ -901,12 +928,15 @@ class KVClient:
             )
         )
         per_addr = {addr: iter(parts) for addr, parts in zip(by_addr, answers, strict=True)}
-        out: list[list[pb.Item]] = []
+        out: list[list[pb.Item] | MinithreadsError] = []
         for _, addr in routes:  # the groups' answers, in their order
             part = next(per_addr[addr])
-            if isinstance(part, BaseException):
+            if isinstance(part, MinithreadsError) and return_exceptions:
+                out.append(part)
+            elif isinstance(part, BaseException):
                 raise part
-            out.append(part)
+            else:
+                out.append(part)
         return out
 
     async def _send_writes(
