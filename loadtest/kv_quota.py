@@ -1,7 +1,7 @@
 """A noisy keyspace held to its quota while another keyspace is served as if it were alone.
 
     .venv/bin/python loadtest/kv_quota.py [--pairs 4] [--round-s 10] [--quiet-share 0.05]
-        [--noisy-shares-cpu] [--quiet-args=--nice=-10 ...]
+        [--noisy-shares-cpu] [--noisy-bulk-ms 10] [--control] [--quiet-args=--nice=-10 ...]
 
 A fresh cluster (shard manager + 3 replicas, 16 shards) in a temporary folder. First the put
 throughput T of the cluster is measured as ``minithreads kv bench`` does (closed loop, 64
@@ -15,9 +15,11 @@ late generator is not excused). The noisy generator runs at ``SCHED_IDLE``: it s
 another tenant's clients, which run on machines of their own — on this box its Python (a
 quarter to a third of a core) would otherwise take the CPU from the cluster and the quiet
 generator alike, and that is not what the quota can isolate (``--noisy-shares-cpu`` measures it
-that way too). A last round C offers the noisy keyspace 0.9x its quota (nothing to refuse): the
-replicas' CPU (``/proc``) in A, B and C gives the CPU of an accepted noisy put and of a refused
-one.
+that way too). For the same reason it is a bulk writer: the puts due in each
+``--noisy-bulk-ms`` tick go out in one ``apply_many`` call (each still its own group, refused
+or admitted on its own), which halves its CPU per offered put (0: a call per put). A last
+round C offers the noisy keyspace 0.9x its quota (nothing to refuse): the replicas' CPU
+(``/proc``) in A, B and C gives the CPU of an accepted noisy put and of a refused one.
 
 Verdicts: in each B round the noisy keyspace is offered at least 2.7x its quota (its
 generator never more than a second behind its schedule), its accepted puts per second are
@@ -131,7 +133,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 addr, QUIET, quiet_rate, args.round_s, "--gets", "0.5", *args.quiet_args
             )
             idle = () if args.noisy_shares_cpu else ("--idle",)
-            noisy = kvload.spawn(addr, NOISY, offered[kind] * quota, args.round_s, *idle)
+            noisy = kvload.spawn(
+                addr,
+                NOISY,
+                offered[kind] * quota,
+                args.round_s,
+                *idle,
+                f"--bulk-ms={args.noisy_bulk_ms}",
+            )
             spin = _spin() if kind == "D" else None
             await asyncio.sleep(kvload.WARMUP_S)
             cpu, steal = _cpu_s(replicas), _steal_s()
@@ -248,6 +257,12 @@ def main() -> int:
         help="a round D per pair: the quiet keyspace beside an idle-priority spinning process",
     )
     parser.add_argument("--quiet-args", nargs="*", default=[], help="more kvload.py flags")
+    parser.add_argument(
+        "--noisy-bulk-ms",
+        type=float,
+        default=10.0,
+        help="the noisy puts due in each tick this long go out in one call (0: one call each)",
+    )
     args = parser.parse_args()
     try:
         result = asyncio.run(run(args))

@@ -1,11 +1,13 @@
 """An open-loop KV load generator run as a process of its own (``kv_quota.py``, ``kv_hot.py``).
 
     python loadtest/kvload.py --addr HOST:PORT --keyspace K --rate R --seconds S
-        [--gets 0.5] [--hot P1,P2,... --hot-share 0.4]
+        [--gets 0.5] [--hot P1,P2,... --hot-share 0.4] [--bulk-ms 10]
 
 Poisson arrivals at ``--rate`` for WARMUP_S + ``--seconds``: puts of 64 bytes, or (with
 probability ``--gets``) strong gets, of keys spread over 4,096 partitions — or, with
-probability ``--hot-share``, of one of the ``--hot`` partitions (equally). Each op is timed
+probability ``--hot-share``, of one of the ``--hot`` partitions (equally). With ``--bulk-ms``
+(puts only) the puts due in each tick go out together in one ``apply_many`` call when it ends:
+a bulk writer, a fraction of the client CPU per put. Each op is timed
 from when it was due (a late generator is not excused). Prints one JSON line with what the
 measured window's ops did: rates, failures (anything but success; ``OverQuota`` counted
 apart), p50/p99 (and the p99 of gets and of puts apart), how far the generator itself fell
@@ -32,11 +34,13 @@ from typing import Any
 import uvloop
 from mt_core.service import tune_gc
 from mt_kv_client import Consistency, Key, KVClient
+from mt_kv_client.client import Put
 from mt_kv_contract.errors import OverQuota
 
 REPO = Path(__file__).resolve().parent.parent
 WARMUP_S = 2.0  # its client's table and connections, not measured
 PARTITIONS = 4096
+VALUE = b"x" * 64
 
 
 def pct_ms(values: list[float], q: float) -> float:
@@ -114,42 +118,83 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         start = time.monotonic() + WARMUP_S
         end = start + args.seconds
 
-        async def one(due: float, key: Key, get: bool) -> None:
-            try:
-                if get:
-                    await kv.get(key, Consistency.STRONG)
-                else:
-                    await kv.put(key, b"x" * 64)
-            except OverQuota:
+        def record(due: float, answer: object, get: bool, now: float) -> None:
+            if isinstance(answer, OverQuota):
                 outcome = "over_quota"
-            except Exception as err:  # any other failure is a failed request
+            elif isinstance(answer, BaseException):  # any other failure is a failed request
                 outcome = "failed"
                 if len(errors) < 5:
-                    errors.append(repr(err))
+                    errors.append(repr(answer))
             else:
                 outcome = "ok"
                 if due >= start:
-                    latencies.append(time.monotonic() - due)
+                    latencies.append(now - due)
                     by_kind["get" if get else "put"].append(latencies[-1])
             if due >= start:
                 outcomes[outcome] += 1
 
+        async def one(due: float, key: Key, get: bool) -> None:
+            answer: object = None
+            try:
+                if get:
+                    await kv.get(key, Consistency.STRONG)
+                else:
+                    await kv.put(key, VALUE)
+            except Exception as err:
+                answer = err
+            record(due, answer, get, time.monotonic())
+
+        async def bulk(ops: list[tuple[float, Key]]) -> None:
+            answers: list[object]
+            try:
+                answers = list(
+                    await kv.apply_many(
+                        [[Put(key, VALUE)] for _, key in ops], return_exceptions=True
+                    )
+                )
+            except Exception as err:
+                answers = [err] * len(ops)
+            now = time.monotonic()
+            for (due, _), answer in zip(ops, answers, strict=True):
+                record(due, answer, False, now)
+
+        def launch(work: Any) -> None:
+            task = asyncio.create_task(work)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        tick = args.bulk_ms / 1000
+        pending: list[tuple[float, Key]] = []
         due = time.monotonic()
+        send_at = due + tick
         while due < end:
             due += rng.expovariate(args.rate)
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif due >= start:
-                lag = max(lag, -delay)
             if hot and rng.random() < args.hot_share:
                 partition = rng.choice(hot)
             else:
                 partition = f"p{rng.randrange(PARTITIONS)}".encode()
             key = Key(args.keyspace, partition, b"v")
-            task = asyncio.create_task(one(due, key, rng.random() < args.gets))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            if not tick:
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif due >= start:
+                    lag = max(lag, -delay)
+                launch(one(due, key, rng.random() < args.gets))
+                continue
+            if due > send_at:  # a tick's puts go out together when it ends (--bulk-ms)
+                if pending:
+                    delay = send_at - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    elif send_at >= start:
+                        lag = max(lag, -delay)
+                    launch(bulk(pending))
+                    pending = []
+                send_at += tick * max(1, math.ceil((due - send_at) / tick))
+            pending.append((due, key))
+        if pending:
+            launch(bulk(pending))
         await asyncio.gather(*tasks)
     seconds = args.seconds
     waited, used = _cpu_wait_s() - waited, time.process_time() - used
@@ -182,6 +227,12 @@ def main() -> int:
     parser.add_argument(
         "--in-flight", type=int, default=1, help="batches out per replica at once (0: no cap)"
     )
+    parser.add_argument(
+        "--bulk-ms",
+        type=float,
+        default=0.0,
+        help="puts only: those due in each tick of this length go out as one apply_many call",
+    )
     parser.add_argument("--hot", default="", help="partitions, comma-separated")
     parser.add_argument("--hot-share", type=float, default=0.0)
     parser.add_argument(
@@ -191,6 +242,8 @@ def main() -> int:
         "--nice", type=int, default=0, help="the process's nice value (negative: root only)"
     )
     args = parser.parse_args()
+    if args.bulk_ms and args.gets:
+        parser.error("--bulk-ms writes: it takes no --gets")
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     if args.idle:  # a client standing for machines of its own: its CPU is not the cluster's
