@@ -2,10 +2,14 @@
 
     python loadtest/kvload.py --addr HOST:PORT --keyspace K --rate R --seconds S
         [--gets 0.5] [--hot P1,P2,... --hot-share 0.4] [--bulk-ms 10]
+        [--on-off-s 10 --t0 EPOCH_S --settle-s 1] [--samples]
 
 Poisson arrivals at ``--rate`` for WARMUP_S + ``--seconds``: puts of 64 bytes, or (with
 probability ``--gets``) strong gets, of keys spread over 4,096 partitions — or, with
-probability ``--hot-share``, of one of the ``--hot`` partitions (equally). With ``--bulk-ms``
+probability ``--hot-share``, of one of the ``--hot`` partitions (equally). With ``--on-off-s``
+it offers only in every other window of that length from the wall-clock ``--t0`` (the first
+off) and counts each window's outcomes; ``--samples`` reports each successful op's due time
+and latency (for windows another process switches). With ``--bulk-ms``
 (puts only) the puts due in each tick go out together in one ``apply_many`` call when it ends:
 a bulk writer, a fraction of the client CPU per put. Each op is timed
 from when it was due (a late generator is not excused). Prints one JSON line with what the
@@ -27,7 +31,7 @@ import random
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +113,9 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
     hot = [p.encode() for p in args.hot.split(",") if p]
     tasks: set[asyncio.Task[None]] = set()
     lags: list[float] = []
+    by_window: defaultdict[int, Counter[str]] = defaultdict(Counter)
+    samples: list[tuple[float, float]] = []  # (wall-clock due, ms) of each op that succeeded
+    wall_offset = time.time() - time.monotonic()
     waited, used = _cpu_wait_s(), time.process_time()
     client = KVClient(
         args.addr, write_batches_in_flight=args.in_flight, read_batches_in_flight=args.in_flight
@@ -117,6 +124,12 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         await kv.refresh()
         start = time.monotonic() + WARMUP_S
         end = start + args.seconds
+
+        def offered(due: float) -> bool:
+            """Whether an op due then is offered: always, or in the on-windows (--on-off-s)."""
+            if not args.on_off_s:
+                return True
+            return int((due + wall_offset - args.t0) // args.on_off_s) % 2 == 1
 
         def record(due: float, answer: object, get: bool, now: float) -> None:
             if isinstance(answer, OverQuota):
@@ -127,11 +140,17 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
                     errors.append(repr(answer))
             else:
                 outcome = "ok"
+                if due >= start and args.samples:
+                    samples.append((round(due + wall_offset, 4), round((now - due) * 1000, 3)))
                 if due >= start:
                     latencies.append(now - due)
                     by_kind["get" if get else "put"].append(latencies[-1])
             if due >= start:
                 outcomes[outcome] += 1
+            if args.on_off_s:  # by window, past the first --settle-s of each
+                at = due + wall_offset - args.t0
+                if at >= 0 and at % args.on_off_s >= args.settle_s:
+                    by_window[int(at // args.on_off_s)][outcome] += 1
 
         async def one(due: float, key: Key, get: bool) -> None:
             answer: object = None
@@ -174,6 +193,8 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 partition = f"p{rng.randrange(PARTITIONS)}".encode()
             key = Key(args.keyspace, partition, b"v")
+            if not offered(due):
+                continue
             if not tick:
                 delay = due - time.monotonic()
                 if delay > 0:
@@ -214,6 +235,8 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         "loop_lag_p99_ms": round(pct_ms(lags, 0.99), 2),
         "cpu_wait_ms_per_s": round(waited * 1000 / (seconds + WARMUP_S), 1),
         "cpu_ms_per_s": round(used * 1000 / (seconds + WARMUP_S), 1),
+        **({"samples": samples} if args.samples else {}),
+        **({"windows": {w: dict(c) for w, c in sorted(by_window.items())}} if by_window else {}),
     }
 
 
@@ -232,6 +255,19 @@ def main() -> int:
         type=float,
         default=0.0,
         help="puts only: those due in each tick of this length go out as one apply_many call",
+    )
+    parser.add_argument(
+        "--on-off-s",
+        type=float,
+        default=0.0,
+        help="offer only in every other window this long, counted from --t0 (the first off)",
+    )
+    parser.add_argument("--t0", type=float, default=0.0, help="wall-clock start of the windows")
+    parser.add_argument(
+        "--settle-s", type=float, default=0.0, help="not counted at the start of each window"
+    )
+    parser.add_argument(
+        "--samples", action="store_true", help="report each successful op's (due, ms)"
     )
     parser.add_argument("--hot", default="", help="partitions, comma-separated")
     parser.add_argument("--hot-share", type=float, default=0.0)
