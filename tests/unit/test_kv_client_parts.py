@@ -175,7 +175,7 @@ async def test_over_quota__a_held_put_is_refused_before_it_is_batched() -> None:
     def never(*_: Any) -> Any:
         raise AssertionError("a held keyspace's put reached the batcher")
 
-    kv._writes.submit = never  # type: ignore[method-assign]
+    kv._writes.submit = never  # type: ignore[method-assign,assignment]
     with pytest.raises(OverQuota):
         await kv.put(noisy, b"2")
     assert kv.holds.refused == 1
