@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import statistics
 import sys
@@ -170,17 +169,18 @@ async def _alternating(
     windows: list[dict[str, Any]] = []
     await asyncio.sleep(t0 - time.time())
     cpu, steal = _cpu_s(replicas), _steal_s()
+    cpus = os.cpu_count() or 1
     for k in range(count):
         _say(f"pair {k // 2 + 1}/{args.pairs}, round {'AB'[k % 2]} ({window:g} s)...")
         await asyncio.sleep(max(0.0, t0 + (k + 1) * window - time.time()))
-        (cpu, used), (steal, stolen) = _delta(_cpu_s(replicas), cpu), _delta(_steal_s(), steal)
-        cpus = os.cpu_count() or 1
+        cpu_before, steal_before = cpu, steal
+        cpu, steal = _cpu_s(replicas), _steal_s()
         windows.append(
             {
                 "window": k,
                 "round": "AB"[k % 2],
-                "replicas_cpu_s": round(used, 2),
-                "steal_pct": round(100 * stolen / (window * cpus), 1),
+                "replicas_cpu_s": round(cpu - cpu_before, 2),
+                "steal_pct": round(100 * (steal - steal_before) / (window * cpus), 1),
             }
         )
     loop = asyncio.get_running_loop()
@@ -190,10 +190,6 @@ async def _alternating(
     for entry in windows:
         _say(_line(entry))
     return windows
-
-
-def _delta(now: float, before: float) -> tuple[float, float]:
-    return now, now - before
 
 
 def _by_window(
@@ -211,19 +207,12 @@ def _by_window(
     for entry in windows:
         k = entry["window"]
         entry["quiet_ms"] = samples.get(k, [])
-        entry["quiet_p99_ms"] = round(_pct(entry["quiet_ms"], 0.99), 2)
+        entry["quiet_p99_ms"] = round(kvload.pct(entry["quiet_ms"], 0.99), 2)
         if entry["round"] == "B":
             outcomes = noisy.get(str(k), {})
             entry["noisy_vs_quota"] = round(outcomes.get("ok", 0) / counted / quota, 3)
             entry["noisy_offered_x"] = round(sum(outcomes.values()) / counted / quota, 2)
             entry["noisy_over_quota_per_s"] = round(outcomes.get("over_quota", 0) / counted, 1)
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 async def _c_round(
@@ -270,10 +259,10 @@ def _verdicts(result: dict[str, Any], quota: float) -> dict[str, Any]:
     result["max_steal_pct"] = max(w["steal_pct"] for w in windows)
     a_ms = [ms for a, _ in calm for ms in a["quiet_ms"]]
     b_ms = [ms for _, b in calm for ms in b["quiet_ms"]]
-    result["quiet_p99_a_ms"] = round(_pct(a_ms, 0.99), 2)
-    result["quiet_p99_b_ms"] = round(_pct(b_ms, 0.99), 2)
-    result["quiet_p50_a_ms"] = round(_pct(a_ms, 0.5), 2)
-    result["quiet_p50_b_ms"] = round(_pct(b_ms, 0.5), 2)
+    result["quiet_p99_a_ms"] = round(kvload.pct(a_ms, 0.99), 2)
+    result["quiet_p99_b_ms"] = round(kvload.pct(b_ms, 0.99), 2)
+    result["quiet_p50_a_ms"] = round(kvload.pct(a_ms, 0.5), 2)
+    result["quiet_p50_b_ms"] = round(kvload.pct(b_ms, 0.5), 2)
     ratio = result["quiet_p99_b_ms"] / result["quiet_p99_a_ms"] if a_ms else 0.0
     result["p99_ratio"] = round(ratio, 2)
     per_pair = [b["quiet_p99_ms"] / a["quiet_p99_ms"] for a, b in calm if a["quiet_p99_ms"]]

@@ -47,11 +47,17 @@ PARTITIONS = 4096
 VALUE = b"x" * 64
 
 
-def pct_ms(values: list[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank; 0 for none)."""
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def pct_ms(values: list[float], q: float) -> float:
+    """:func:`pct` of durations in seconds, in ms."""
+    return pct(values, q) * 1000
 
 
 def write_report(name: str, result: dict[str, Any]) -> str:
@@ -125,11 +131,14 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         start = time.monotonic() + WARMUP_S
         end = start + args.seconds
 
+        def window_of(due: float) -> tuple[int, float]:
+            """The --on-off-s window an op due then falls in, and how far into it."""
+            at = due + wall_offset - args.t0
+            return int(at // args.on_off_s), at % args.on_off_s
+
         def offered(due: float) -> bool:
             """Whether an op due then is offered: always, or in the on-windows (--on-off-s)."""
-            if not args.on_off_s:
-                return True
-            return int((due + wall_offset - args.t0) // args.on_off_s) % 2 == 1
+            return not args.on_off_s or window_of(due)[0] % 2 == 1
 
         def record(due: float, answer: object, get: bool, now: float) -> None:
             if isinstance(answer, OverQuota):
@@ -148,9 +157,9 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
             if due >= start:
                 outcomes[outcome] += 1
             if args.on_off_s:  # by window, past the first --settle-s of each
-                at = due + wall_offset - args.t0
-                if at >= 0 and at % args.on_off_s >= args.settle_s:
-                    by_window[int(at // args.on_off_s)][outcome] += 1
+                window, into = window_of(due)
+                if window >= 0 and into >= args.settle_s:
+                    by_window[window][outcome] += 1
 
         async def one(due: float, key: Key, get: bool) -> None:
             answer: object = None
